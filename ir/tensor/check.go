@@ -10,7 +10,9 @@ import (
 
 // Spec is an expected tensor: its name and shape.
 type Spec struct {
-	Name  string
+	// Name is the tensor's key, e.g. "features.0.conv.weight".
+	Name string
+	// Shape is the expected shape.
 	Shape []int
 }
 

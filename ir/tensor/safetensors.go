@@ -292,7 +292,7 @@ func parseSTEntry(name string, raw json.RawMessage) (*stEntry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shape %s overflows", ShapeString(e.shape))
 	}
-	if numel > math.MaxInt64/size {
+	if numel > math.MaxInt/size {
 		return nil, fmt.Errorf("shape %s overflows", ShapeString(e.shape))
 	}
 	e.numel = numel
@@ -322,6 +322,14 @@ type jsonKV struct {
 // jsonObject parses b as one JSON object (surrounding whitespace allowed) and
 // returns its members in order, rejecting duplicate keys.
 func jsonObject(b []byte) ([]jsonKV, error) {
+	kvs, err := jsonObjectRaw(b)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = errors.New("unexpected end of JSON")
+	}
+	return kvs, err
+}
+
+func jsonObjectRaw(b []byte) ([]jsonKV, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	tok, err := dec.Token()

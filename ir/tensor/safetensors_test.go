@@ -285,7 +285,7 @@ func TestReadSafetensorsErrors(t *testing.T) {
 		{"header too long", append(hugeLen, make([]byte, 16)...), []string{"header length 209715200 exceeds the 104857600-byte limit"}},
 		{"header length max", append(binary.LittleEndian.AppendUint64(nil, math.MaxUint64), 0), []string{"exceeds"}},
 		{"tiny header", mkST(" ", nil), []string{"too short"}},
-		{"bad JSON", mkST(`{"a":{"dtype":"F32",`, nil), []string{"bad JSON header"}},
+		{"bad JSON", mkST(`{"a":{"dtype":"F32",`, nil), []string{"bad JSON header", "unexpected end of JSON"}},
 		{"not an object", mkST(`[1,2,3]`, nil), []string{"bad JSON header", "want an object"}},
 		{"trailing JSON", mkST(`{}{}`, nil), []string{"bad JSON header"}},
 		{"bad UTF-8", mkST("{\"\xff\":{}}", nil), []string{"UTF-8"}},

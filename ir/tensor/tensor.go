@@ -32,8 +32,10 @@ import (
 // Invariant (checked by [FromData] and by every reader, assumed elsewhere):
 // len(Data) equals the product of Shape.
 type Tensor struct {
+	// Shape holds the dimensions, outermost first; empty for a scalar.
 	Shape []int
-	Data  []float32
+	// Data holds the elements in row-major order.
+	Data []float32
 }
 
 // New returns a zero-filled tensor of the given shape. New() is a scalar.
@@ -208,7 +210,7 @@ func shapeEqual(a, b []int) bool {
 // file it replaces (0644 for a new file), renames it over path and then
 // fsyncs the directory (best effort). If write returns an error, panics, or
 // any step fails, the temporary file is removed and path is left untouched.
-func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
+func WriteFileAtomic(path string, write func(io.Writer) error) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
