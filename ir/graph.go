@@ -96,10 +96,13 @@ func (g *Graph) check(idx int, n *Node, infer bool) error {
 			return Errorf(n.Pos, "%s: result shape %s has a non-positive dimension", n.Op, ShapeString(t.Shape))
 		}
 	}
+	if n.Type.Layout != "" || !infer {
+		t.Layout = n.Type.Layout
+	}
+	if _, err := PhysicalNumel(t); err != nil {
+		return Errorf(n.Pos, "%s: %v", n.Op, err)
+	}
 	if infer {
-		if n.Type.Layout != "" {
-			t.Layout = n.Type.Layout
-		}
 		n.Type = t
 	} else if !ShapeEqual(t.Shape, n.Type.Shape) || t.DType != n.Type.DType {
 		return Errorf(n.Pos, "%s: recorded type %s differs from inferred %s", n.Op, n.Type, t)

@@ -122,7 +122,7 @@ func (p *parser) graph() *Graph {
 		p.expect('=', "'='")
 		n := p.node()
 		declared := n.Type
-		if n.Op != OpInput && n.Op != OpParam {
+		if !HasDeclaredType(n.Op) {
 			n.Type = Type{Layout: declared.Layout}
 		}
 		if _, err := g.Add(n); err != nil {
