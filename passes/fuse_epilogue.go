@@ -1,0 +1,87 @@
+package passes
+
+import "github.com/kiln-dev/kiln/ir"
+
+// fuseEpilogue turns every conv2d into a fused_conv and pulls its epilogue
+// into it.
+//
+// Rule: starting from conv2d(x, w[, b]), absorb a following add(·, r) as the
+// residual operand r, then a following relu, as long as each absorbed value has
+// exactly one user and is not an output or mark. The fused op is placed where
+// the last absorbed node was, so all its operands are already defined. In the
+// Inception-ResNet blocks (after fold-residual-scale) the up-projection
+// conv then reads the block's mixed branches and the block input and writes the
+// block output relu(x + conv(mixed)) in one op.
+var fuseEpilogue = &Pass{
+	Name:  "fuse-epilogue",
+	Doc:   "fuse bias, residual add and ReLU into the producing conv",
+	After: []string{"fold-bn", "fold-residual-scale"},
+	Run: func(s *State) error {
+		g := s.Graph
+		users := g.Users()
+		type fusion struct {
+			residual int // old index, or -1
+			relu     bool
+		}
+		at := map[int]int{}        // final absorbed node -> conv
+		plan := map[int]*fusion{}  // conv -> fusion
+		absorbed := map[int]bool{} // nodes removed (conv and intermediate adds)
+		single := func(i int) (int, bool) {
+			if len(users[i]) == 1 && !isMarkedOrOutput(g, i) {
+				return users[i][0], true
+			}
+			return -1, false
+		}
+		for i, n := range g.Nodes {
+			if n.Op != ir.OpConv2D {
+				continue
+			}
+			f := &fusion{residual: -1}
+			cur := i
+			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpAdd && g.Nodes[u].Args[0] != g.Nodes[u].Args[1] {
+				a := g.Nodes[u].Args
+				f.residual = a[0]
+				if a[0] == cur {
+					f.residual = a[1]
+				}
+				absorbed[cur] = true
+				cur = u
+			}
+			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpReLU {
+				f.relu = true
+				absorbed[cur] = true
+				cur = u
+			}
+			plan[i] = f
+			at[cur] = i
+		}
+		r := newRewriter(g)
+		for i := range g.Nodes {
+			if ci, ok := at[i]; ok {
+				conv, f := g.Nodes[ci], plan[ci]
+				fc := cloneNode(conv)
+				fc.Op = ir.OpFusedConv
+				fc.Args = []int{r.arg(conv.Args[0]), r.arg(conv.Args[1])}
+				if len(conv.Args) == 3 {
+					fc.Args = append(fc.Args, r.arg(conv.Args[2]))
+					fc.Attrs["bias"] = true
+				}
+				if f.residual >= 0 {
+					fc.Args = append(fc.Args, r.arg(f.residual))
+					fc.Attrs["residual"] = true
+				}
+				if f.relu {
+					fc.Attrs["relu"] = true
+				}
+				r.m[i] = r.emit(fc)
+				continue
+			}
+			if absorbed[i] {
+				continue
+			}
+			r.copyNode(i)
+		}
+		s.Graph = r.finish()
+		return nil
+	},
+}

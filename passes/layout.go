@@ -1,0 +1,131 @@
+package passes
+
+import (
+	"fmt"
+
+	"github.com/kiln-dev/kiln/ir"
+)
+
+// ActivationLayout is the blocked activation layout for c lanes: NCHW16c
+// stores channel block cb, row h, column w, then the c channels cb*c..cb*c+c-1
+// contiguously, so one vector load reads c channels of one pixel (oneDNN's
+// nChw16c).
+func ActivationLayout(c int) string { return fmt.Sprintf("NCHW%dc", c) }
+
+// WeightLayout is the blocked conv weight layout for c lanes: OIhw16i16o
+// stores output block ob, input block ib, kh, kw, then 16 input channels × 16
+// output channels, so the inner loop loads one vector of c output channels per
+// input channel.
+func WeightLayout(c int) string { return fmt.Sprintf("OIhw%di%do", c, c) }
+
+// layoutPass moves activations to the blocked NCHWc layout of the target and
+// repacks conv weights once at build time.
+//
+// Rule: every 4-D activation (not the network input, not build-time values)
+// gets Layout NCHW{c}c; the 4-D network input stays NCHW when a conv reads it
+// and its channel count is not a multiple of c (the RGB image: no 3 -> c
+// padding), and is reordered to NCHW{c}c for any other reader;
+// every fused_conv weight that is a build-time value is wrapped in
+// pack_weight(layout=OIhw{c}i{c}o); ops that need a logical tensor (flatten,
+// dense, softmax and anything not 4-D) get a reorder back to the plain layout
+// in front of their blocked operands. Channel counts that are not a multiple of
+// c are padded with zeros in the physical buffer; shapes stay logical.
+var layoutPass = &Pass{
+	Name:  "layout",
+	Doc:   "NCHW -> blocked NCHWc activations, weights repacked at build time",
+	After: []string{"fuse-epilogue", "concat-in-place"},
+	Run: func(s *State) error {
+		c := s.Target.Lanes
+		act, wl := ActivationLayout(c), WeightLayout(c)
+		g := s.Graph
+		build := BuildTime(g)
+		r := newRewriter(g)
+		blocked := map[int]bool{} // new indices holding blocked activations
+		plain := map[int]int{}    // new blocked index -> its reorder to plain
+		toPlain := func(a int) int {
+			if !blocked[a] {
+				return a
+			}
+			if p, ok := plain[a]; ok {
+				return p
+			}
+			p := r.emit(&ir.Node{Op: ir.OpReorder, Args: []int{a}, Attrs: ir.Attrs{"layout": ""}, Pos: r.g.Nodes[a].Pos})
+			plain[a] = p
+			return p
+		}
+		plainInput := map[int]bool{} // new indices of 4-D inputs left in NCHW
+		toBlocked := map[int]int{}   // plain input -> its reorder to NCHWc
+		blockedArg := func(a int) int {
+			if !plainInput[a] {
+				return a
+			}
+			if b, ok := toBlocked[a]; ok {
+				return b
+			}
+			n := r.g.Nodes[a]
+			b := r.emit(&ir.Node{Op: ir.OpReorder, Name: n.Name, Args: []int{a}, Attrs: ir.Attrs{"layout": act}, Pos: n.Pos})
+			toBlocked[a], blocked[b] = b, true
+			return b
+		}
+		for i, n := range g.Nodes {
+			switch {
+			case n.Op == ir.OpInput && n.Type.Rank() == 4:
+				plainInput[r.copyNode(i)] = true
+			case build[i] || n.Op == ir.OpInput:
+				r.copyNode(i)
+			case n.Type.Rank() == 4 && n.Type.Layout == "":
+				nn := cloneNode(n)
+				for k, a := range n.Args {
+					nn.Args[k] = r.arg(a)
+					// A conv reads a network input with few channels (the RGB
+					// image) in NCHW directly, as oneDNN's first-layer kernels
+					// do, instead of padding 3 channels to c.
+					if !(k == 0 && n.Op == ir.OpFusedConv && n.Type.Shape[1] > 0 && g.Nodes[a].Type.Shape[1]%c != 0) {
+						nn.Args[k] = blockedArg(nn.Args[k])
+					}
+				}
+				if n.Op == ir.OpFusedConv && build[n.Args[1]] && n.Attrs.Int("groups") == 1 {
+					nn.Args[1] = r.emit(&ir.Node{Op: ir.OpPackWeight, Name: g.Nodes[n.Args[1]].Name, Args: []int{nn.Args[1]}, Attrs: ir.Attrs{"layout": wl}, Pos: n.Pos})
+				}
+				nn.Type.Layout = act
+				r.m[i] = r.emit(nn)
+				blocked[r.m[i]] = true
+			default:
+				nn := cloneNode(n)
+				for k, a := range n.Args {
+					nn.Args[k] = toPlain(r.arg(a))
+				}
+				r.m[i] = r.emit(nn)
+			}
+		}
+		// Outputs leave in the plain layout.
+		out := r.finish()
+		for k, o := range out.Outputs {
+			if blocked[o] {
+				r.g = out
+				out.Outputs[k] = toPlain(o)
+			}
+		}
+		s.Graph = out
+		return nil
+	},
+}
+
+// BuildTime marks the nodes computable at build time: params and every node
+// whose operands are all build-time values (weight folding and packing).
+func BuildTime(g *ir.Graph) []bool {
+	b := make([]bool, len(g.Nodes))
+	for i, n := range g.Nodes {
+		switch n.Op {
+		case ir.OpParam:
+			b[i] = true
+		case ir.OpInput, ir.OpEmpty:
+		default:
+			b[i] = len(n.Args) > 0
+			for _, a := range n.Args {
+				b[i] = b[i] && b[a]
+			}
+		}
+	}
+	return b
+}

@@ -1,0 +1,221 @@
+// Package passes holds Kiln's graph optimization pipeline: a declared, ordered
+// list of named passes over ir.Graph, each in its own file, with hooks to print,
+// time and verify after every pass (as LLVM's legacy pass manager offers with
+// -print-after and -time-passes).
+package passes
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kiln-dev/kiln/ir"
+)
+
+// Target describes what the layout pass and the planner need of the machine.
+type Target struct {
+	// Name is avx512, avx2 or neon.
+	Name string
+	// Lanes is the float32 vector width: the c of NCHWc (16, 8, 4).
+	Lanes int
+}
+
+// Targets lists the supported targets.
+var Targets = []Target{{"avx512", 16}, {"avx2", 8}, {"neon", 4}}
+
+// LookupTarget finds a target by name.
+func LookupTarget(name string) (Target, error) {
+	var names []string
+	for _, t := range Targets {
+		if t.Name == name {
+			return t, nil
+		}
+		names = append(names, t.Name)
+	}
+	return Target{}, fmt.Errorf("unknown target %q (available: %s)", name, strings.Join(names, ", "))
+}
+
+// State is what passes transform: the graph, plus results of analyses.
+type State struct {
+	Graph  *ir.Graph
+	Target Target
+	// Plan is set by plan-buffers.
+	Plan *Plan
+}
+
+// Pass is one named transformation.
+type Pass struct {
+	// Name is stable kebab-case, used by --disable and --print-after.
+	Name string
+	// Doc is a one-line description.
+	Doc string
+	// After lists passes that, when enabled, must run before this one.
+	After []string
+	Run   func(s *State) error
+}
+
+// Pipeline is the inference pipeline, in order.
+func Pipeline() []*Pass {
+	return []*Pass{
+		foldBN,
+		foldResidualScale,
+		fuseEpilogue,
+		concatInPlace,
+		layoutPass,
+		dcePass,
+		schedulePass,
+		planBuffers,
+	}
+}
+
+// Lookup returns the pipeline's pass called name.
+func Lookup(name string) *Pass {
+	for _, p := range Pipeline() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// Options control a pipeline run.
+type Options struct {
+	Target Target
+	// Disabled passes are skipped.
+	Disabled map[string]bool
+	// PrintAfter prints the graph after the named passes; PrintAfterAll after all.
+	PrintAfter    map[string]bool
+	PrintAfterAll bool
+	// TimePasses prints a timing table at the end.
+	TimePasses bool
+	// VerifyEach runs the IR verifier after every pass and names the pass that
+	// broke it.
+	VerifyEach bool
+	// Stop after this pass (run the pipeline prefix up to and including it).
+	StopAfter string
+	// Out receives printed graphs and timings.
+	Out io.Writer
+}
+
+// CheckNames reports names that are not passes of the pipeline.
+func CheckNames(names ...string) error {
+	for _, n := range names {
+		if Lookup(n) == nil {
+			var all []string
+			for _, p := range Pipeline() {
+				all = append(all, p.Name)
+			}
+			return fmt.Errorf("unknown pass %q (passes: %s)", n, strings.Join(all, ", "))
+		}
+	}
+	return nil
+}
+
+// Run runs the pipeline over g (which it does not modify) and returns the
+// final state.
+func Run(g *ir.Graph, opts Options) (*State, error) {
+	for k := range opts.Disabled {
+		if err := CheckNames(k); err != nil {
+			return nil, err
+		}
+	}
+	for k := range opts.PrintAfter {
+		if err := CheckNames(k); err != nil {
+			return nil, err
+		}
+	}
+	if opts.StopAfter != "" {
+		if err := CheckNames(opts.StopAfter); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Target.Lanes == 0 {
+		opts.Target = Targets[0]
+	}
+	s := &State{Graph: Clone(g), Target: opts.Target}
+	type timing struct {
+		name string
+		d    time.Duration
+	}
+	var times []timing
+	for _, p := range Pipeline() {
+		if opts.Disabled[p.Name] {
+			continue
+		}
+		t0 := time.Now()
+		if err := runPass(p, s); err != nil {
+			return nil, fmt.Errorf("pass %s: %w", p.Name, err)
+		}
+		times = append(times, timing{p.Name, time.Since(t0)})
+		if opts.VerifyEach {
+			if err := s.Graph.Verify(); err != nil {
+				return nil, fmt.Errorf("verifier failed after pass %s:\n%w", p.Name, err)
+			}
+		}
+		if opts.Out != nil && (opts.PrintAfterAll || opts.PrintAfter[p.Name]) {
+			fmt.Fprintf(opts.Out, "// ----- IR after %s -----\n", p.Name)
+			if err := ir.Print(opts.Out, s.Graph); err != nil {
+				return nil, err
+			}
+		}
+		if p.Name == opts.StopAfter {
+			break
+		}
+	}
+	if opts.TimePasses && opts.Out != nil {
+		var total time.Duration
+		for _, t := range times {
+			total += t.d
+		}
+		fmt.Fprintf(opts.Out, "// pass timings (total %.3f ms)\n", ms(total))
+		for _, t := range times {
+			fmt.Fprintf(opts.Out, "//   %-20s %9.3f ms\n", t.name, ms(t.d))
+		}
+	}
+	return s, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// OpCounts counts nodes per op, for before/after reports.
+func OpCounts(g *ir.Graph) map[string]int {
+	c := map[string]int{}
+	for _, n := range g.Nodes {
+		c[n.Op]++
+	}
+	return c
+}
+
+// FormatOpCounts prints op counts of two graphs side by side.
+func FormatOpCounts(before, after *ir.Graph) string {
+	b, a := OpCounts(before), OpCounts(after)
+	var ops []string
+	for k := range b {
+		ops = append(ops, k)
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			ops = append(ops, k)
+		}
+	}
+	sort.Strings(ops)
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%-16s %7s %7s\n", "op", "before", "after")
+	for _, o := range ops {
+		fmt.Fprintf(&sb, "%-16s %7d %7d\n", o, b[o], a[o])
+	}
+	return sb.String()
+}
+
+// runPass runs one pass, turning an internal panic (a pass building an invalid
+// node) into an error that names the pass.
+func runPass(p *Pass, s *State) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	return p.Run(s)
+}

@@ -1,0 +1,283 @@
+package passes
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/kiln-dev/kiln/ir"
+)
+
+// Alignment of every buffer in the activation arena, in bytes (one cache line,
+// one AVX-512 vector).
+const Alignment = 64
+
+// Buffer is one arena allocation shared by a class of aliasing values.
+type Buffer struct {
+	// Values are the node indices stored in this buffer, in graph order.
+	Values []int
+	// Size in bytes, rounded up to Alignment.
+	Size int64
+	// Start and End are the first and last schedule steps (node indices) at
+	// which the buffer is live, inclusive.
+	Start, End int
+	// Offset in the arena.
+	Offset int64
+}
+
+// Plan assigns every run-time value an arena offset.
+type Plan struct {
+	Buffers []Buffer
+	// BufferOf maps a node index to its buffer index, -1 for build-time
+	// values (weights), which live outside the arena.
+	BufferOf []int
+	// Arena is the arena size achieved.
+	Arena int64
+	// LowerBound is the live-bytes lower bound of this schedule: the largest
+	// total size of buffers live at one step. No assignment of these buffers
+	// can be smaller.
+	LowerBound int64
+	// Naive is the one-buffer-per-tensor size: every run-time value in its own
+	// buffer, no reuse.
+	Naive int64
+	// Strategy names the placement order that won.
+	Strategy string
+}
+
+func valueBytes(t ir.Type) int64 {
+	n, err := ir.PhysicalNumel(t)
+	if err != nil {
+		n = t.Numel()
+	}
+	b := int64(n) * 4
+	return (b + Alignment - 1) / Alignment * Alignment
+}
+
+// aliasClasses groups run-time values that share storage, for a schedule given
+// by the node order:
+//   - a write with an "into" operand updates its destination in place;
+//   - dropout and plain-layout flatten are views of their operand;
+//   - a fused_conv's result reuses its residual operand's buffer when this
+//     conv is the residual's last user, the residual is not a network input,
+//     and both have the same physical size (each output element reads only the
+//     residual element it overwrites).
+//
+// It returns the class representative of every node (-1 for build-time values).
+func aliasClasses(g *ir.Graph, build []bool) []int {
+	users := g.Users()
+	rep := make([]int, len(g.Nodes))
+	var find func(i int) int
+	find = func(i int) int {
+		for rep[i] != i {
+			rep[i] = rep[rep[i]]
+			i = rep[i]
+		}
+		return i
+	}
+	for i := range rep {
+		rep[i] = i
+		if build[i] {
+			rep[i] = -1
+		}
+	}
+	lastUser := func(v int) int {
+		l := -1
+		for _, u := range users[v] {
+			l = max(l, u)
+		}
+		return l
+	}
+	outputs := map[int]bool{}
+	for _, o := range g.Outputs {
+		outputs[o] = true
+	}
+	for i, n := range g.Nodes {
+		if build[i] {
+			continue
+		}
+		if k := ir.IntoOperand(n); k >= 0 {
+			rep[i] = find(n.Args[k])
+			continue
+		}
+		switch {
+		case n.Op == ir.OpDropout || (n.Op == ir.OpFlatten && g.Nodes[n.Args[0]].Type.Layout == ""):
+			rep[i] = find(n.Args[0])
+		case n.Op == ir.OpFusedConv && n.Attrs.Bool("residual"):
+			_, r, _ := ir.FusedConvOperands(n)
+			res := n.Args[r]
+			if lastUser(res) == i && g.Nodes[res].Op != ir.OpInput && !outputs[res] &&
+				valueBytes(g.Nodes[res].Type) == valueBytes(n.Type) && res != n.Args[0] && find(res) != find(n.Args[0]) {
+				rep[i] = find(res)
+			}
+		}
+	}
+	for i := range rep {
+		if rep[i] >= 0 {
+			rep[i] = find(i)
+		}
+	}
+	return rep
+}
+
+// MakePlan computes liveness intervals over the graph's node order and places
+// buffers in one arena.
+//
+// Placement is greedy, as in TFLite's "greedy by size" memory planner (Pisarchyk
+// & Lee, "Efficient Memory Management for Deep Neural Net Inference", 2020):
+// buffers are taken in a fixed order and each goes into the lowest-offset gap,
+// among the already placed buffers whose lifetimes overlap it, that is large
+// enough (best fit by position). Several orders are tried (size descending;
+// size × lifetime descending; start time) and the smallest arena wins.
+func MakePlan(g *ir.Graph) *Plan {
+	build := BuildTime(g)
+	rep := aliasClasses(g, build)
+	users := g.Users()
+	p := &Plan{BufferOf: make([]int, len(g.Nodes))}
+	idx := map[int]int{}
+	end := len(g.Nodes) - 1
+	outputs := map[int]bool{}
+	for _, o := range g.Outputs {
+		outputs[o] = true
+	}
+	for i := range g.Nodes {
+		p.BufferOf[i] = -1
+		if rep[i] < 0 {
+			continue
+		}
+		size := valueBytes(g.Nodes[i].Type)
+		p.Naive += size
+		b, ok := idx[rep[i]]
+		if !ok {
+			b = len(p.Buffers)
+			idx[rep[i]] = b
+			p.Buffers = append(p.Buffers, Buffer{Start: i, End: i})
+		}
+		buf := &p.Buffers[b]
+		p.BufferOf[i] = b
+		buf.Values = append(buf.Values, i)
+		buf.Size = max(buf.Size, size)
+		buf.Start = min(buf.Start, i)
+		buf.End = max(buf.End, i)
+		for _, u := range users[i] {
+			buf.End = max(buf.End, u)
+		}
+		if outputs[i] {
+			buf.End = end
+		}
+	}
+	// Live-bytes lower bound: sweep the schedule.
+	delta := make([]int64, len(g.Nodes)+1)
+	for _, b := range p.Buffers {
+		delta[b.Start] += b.Size
+		delta[b.End+1] -= b.Size
+	}
+	var live int64
+	for _, d := range delta {
+		live += d
+		p.LowerBound = max(p.LowerBound, live)
+	}
+	orders := []struct {
+		name string
+		less func(a, b Buffer) bool
+	}{
+		{"greedy-by-size", func(a, b Buffer) bool { return a.Size > b.Size }},
+		{"greedy-by-size-x-lifetime", func(a, b Buffer) bool {
+			return a.Size*int64(a.End-a.Start+1) > b.Size*int64(b.End-b.Start+1)
+		}},
+		{"greedy-by-start", func(a, b Buffer) bool { return a.Start < b.Start }},
+	}
+	best := int64(-1)
+	var bestOffsets []int64
+	for _, o := range orders {
+		offs, arena := place(p.Buffers, o.less)
+		if best < 0 || arena < best {
+			best, bestOffsets, p.Strategy = arena, offs, o.name
+		}
+	}
+	for i := range p.Buffers {
+		p.Buffers[i].Offset = bestOffsets[i]
+	}
+	p.Arena = max(best, 0)
+	return p
+}
+
+// place assigns offsets taking buffers in the order given by less (ties by
+// index) and returns them with the arena size.
+func place(bufs []Buffer, less func(a, b Buffer) bool) ([]int64, int64) {
+	order := make([]int, len(bufs))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(i, j int) bool { return less(bufs[order[i]], bufs[order[j]]) })
+	offs := make([]int64, len(bufs))
+	var placed []int
+	var arena int64
+	for _, b := range order {
+		cur := bufs[b]
+		var conflicts []int
+		for _, q := range placed {
+			if bufs[q].Start <= cur.End && cur.Start <= bufs[q].End {
+				conflicts = append(conflicts, q)
+			}
+		}
+		sort.Slice(conflicts, func(i, j int) bool { return offs[conflicts[i]] < offs[conflicts[j]] })
+		// Lowest gap that fits.
+		var off int64
+		for _, q := range conflicts {
+			if offs[q]-off >= cur.Size {
+				break
+			}
+			off = max(off, offs[q]+bufs[q].Size)
+		}
+		offs[b] = off
+		arena = max(arena, off+cur.Size)
+		placed = append(placed, b)
+	}
+	return offs, arena
+}
+
+// Check verifies the plan: every run-time value has a buffer at least as large
+// as its physical size, buffers lie inside the arena, and no two buffers whose
+// lifetimes overlap share a byte.
+func (p *Plan) Check(g *ir.Graph) error {
+	build := BuildTime(g)
+	for i, n := range g.Nodes {
+		b := p.BufferOf[i]
+		if build[i] {
+			if b >= 0 {
+				return fmt.Errorf("build-time value %%%d has an arena buffer", i)
+			}
+			continue
+		}
+		if b < 0 {
+			return fmt.Errorf("run-time value %%%d has no buffer", i)
+		}
+		if valueBytes(n.Type) > p.Buffers[b].Size {
+			return fmt.Errorf("value %%%d (%d bytes) does not fit buffer %d (%d bytes)", i, valueBytes(n.Type), b, p.Buffers[b].Size)
+		}
+	}
+	for i, a := range p.Buffers {
+		if a.Offset < 0 || a.Offset+a.Size > p.Arena || a.Offset%Alignment != 0 {
+			return fmt.Errorf("buffer %d [%d, %d) outside arena %d or misaligned", i, a.Offset, a.Offset+a.Size, p.Arena)
+		}
+		for j := i + 1; j < len(p.Buffers); j++ {
+			b := p.Buffers[j]
+			if a.Start <= b.End && b.Start <= a.End && a.Offset < b.Offset+b.Size && b.Offset < a.Offset+a.Size {
+				return fmt.Errorf("buffers %d (steps %d-%d, bytes [%d, %d)) and %d (steps %d-%d, bytes [%d, %d)) are live together and overlap",
+					i, a.Start, a.End, a.Offset, a.Offset+a.Size, j, b.Start, b.End, b.Offset, b.Offset+b.Size)
+			}
+		}
+	}
+	return nil
+}
+
+// planBuffers is the final pass: it plans the arena for the current schedule
+// and checks the plan.
+var planBuffers = &Pass{
+	Name:  "plan-buffers",
+	Doc:   "liveness intervals -> offsets in one activation arena",
+	After: []string{"schedule", "dce", "layout", "concat-in-place"},
+	Run: func(s *State) error {
+		s.Plan = MakePlan(s.Graph)
+		return s.Plan.Check(s.Graph)
+	},
+}
