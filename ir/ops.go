@@ -239,7 +239,9 @@ func rankIs(t Type, r int, what string) error {
 	return nil
 }
 
-func same(t Type) Type { return Type{DType: t.DType, Shape: append([]int(nil), t.Shape...), Layout: t.Layout} }
+func same(t Type) Type {
+	return Type{DType: t.DType, Shape: append([]int(nil), t.Shape...), Layout: t.Layout}
+}
 
 // ConvOut is the output size of a convolution or pooling window along one
 // axis: floor((in + 2*pad - k) / stride) + 1 (PyTorch, ceil_mode=False).

@@ -60,9 +60,9 @@ var concatInPlace = &Pass{
 			concat, offset int
 		}
 		writes := map[int]write{} // producer -> its slice
-		first := map[int]int{}     // concat -> its first producer in graph order
-		last := map[int]int{}      // concat -> its last producer in graph order
-		inner := map[int]bool{}    // flattened nested concats
+		first := map[int]int{}    // concat -> its first producer in graph order
+		last := map[int]int{}     // concat -> its last producer in graph order
+		inner := map[int]bool{}   // flattened nested concats
 		// Outer concats first (they come later in graph order), so a nested
 		// concat is flattened into its outer one rather than converted alone.
 		for i := len(g.Nodes) - 1; i >= 0; i-- {

@@ -1,6 +1,5 @@
 package passes
 
-
 // dcePass removes nodes that no output depends on (a backward walk from the
 // outputs). Marks do not keep nodes alive; marks on removed nodes are dropped.
 var dcePass = &Pass{
