@@ -115,7 +115,9 @@ func CheckNames(names ...string) error {
 
 // Run runs the pipeline over g (which it does not modify) and returns the
 // final state.
-func Run(g *ir.Graph, opts Options) (*State, error) {
+func Run(g *ir.Graph, opts Options) (*State, error) { return runPasses(g, Pipeline(), opts) }
+
+func runPasses(g *ir.Graph, pipeline []*Pass, opts Options) (*State, error) {
 	for k := range opts.Disabled {
 		if err := CheckNames(k); err != nil {
 			return nil, err
@@ -140,7 +142,7 @@ func Run(g *ir.Graph, opts Options) (*State, error) {
 		d    time.Duration
 	}
 	var times []timing
-	for _, p := range Pipeline() {
+	for _, p := range pipeline {
 		if opts.Disabled[p.Name] {
 			continue
 		}
