@@ -17,7 +17,16 @@
 //     shift = bias - running_mean*scale per channel in float64 from the float32
 //     parameters, rounds both to float32, and applies y = x*scale + shift in
 //     float32.
-//   - mul computes float32(c) * x.
+//   - mul and fold_scale compute float32(c) * x.
+//   - fused_conv computes the conv2d GEMM sum, then adds the bias, then the
+//     residual, then applies ReLU, each step a float32 operation in that order,
+//     so it is bitwise identical to conv2d → add → relu (→ concat).
+//   - fold_bn_weight computes w[o,...]*s[o] and fold_bn_bias
+//     (bias-running_mean)*s + bn_bias, with s = bn_weight/sqrt(running_var+eps)
+//     computed in float64 from the float32 parameters exactly as batchnorm
+//     does, each result evaluated in float64 and rounded to float32 once. A
+//     folded conv therefore differs from conv → batchnorm only by float32
+//     rounding; without a conv bias the folded bias equals batchnorm's shift.
 //   - avgpool sums a window in float32 in row-major order and divides by
 //     kh*kw (count_include_pad) or by the number of in-bounds pixels.
 //   - global_avgpool sums each channel in float32 over 8 interleaved partial
@@ -32,11 +41,36 @@
 //
 // # Scope
 //
-// The interpreter evaluates the ops of the IR's op table on logical layouts
-// (Type.Layout == "") and dtype f32. Any other op (for example fused ops added
-// by later passes) or physical layout is reported as an error naming the node,
-// so that extending the interpreter is a matter of adding an entry to the
-// evaluator table (see evaluators).
+// The interpreter evaluates every op of the IR's op table in dtype f32: the
+// forward ops of ir/ops.go and the ops of the optimization passes
+// (ir/ops_fused.go):
+//
+//   - fused_conv: relu?(conv(x, weight) + bias? + residual?);
+//   - destination writes: fused_conv, maxpool and avgpool with an "into"
+//     operand return the destination with channels [offset, offset+C)
+//     replaced by the op's value (value semantics; Run writes in place when it
+//     holds the only reference to the destination's storage, with identical
+//     results);
+//   - empty: a zero tensor of the declared type;
+//   - the build-time transforms fold_bn_weight, fold_bn_bias, fold_scale and
+//     pack_weight, evaluated like any other node, once per Run;
+//   - reorder, which converts between the plain layout and NCHW{c}c.
+//
+// # Layouts
+//
+// A value whose node has a physical layout (Type.Layout non-empty: NCHW{c}c
+// or OIhw{c}i{c}o, see ir/layout.go) is held as its physical data: the
+// tensor's Shape is the physical shape, for example [N, ceil(C/c), H, W, c]
+// for NCHW{c}c and [ceil(O/c), ceil(I/c), kh, kw, c, c] for OIhw{c}i{c}o, and
+// it holds ir.PhysicalNumel elements (see layout.go). Inputs and params with a
+// layout are fed physical, and outputs and kept values are returned as stored;
+// ToLogical and ToPhysical convert. Every op is computed on logical tensors:
+// blocked operands are converted to the plain layout, the op's evaluator
+// runs, and the result is converted to the node's layout with zero padding
+// lanes. Layouts that do not apply to a value's type, and ops outside the op
+// table, are reported as errors naming the node; extending the interpreter to
+// a new op is a matter of adding an entry to the evaluator table (see
+// evaluators).
 package interp
 
 import (
@@ -62,9 +96,10 @@ type Options struct {
 // Result holds the values computed by Run.
 type Result struct {
 	// Outputs holds the value of each of the graph's outputs, in the order of
-	// Graph.Outputs.
+	// Graph.Outputs, as stored: physical for nodes with a layout (see
+	// ToLogical).
 	Outputs []*tensor.Tensor
-	// Values maps each node index of Options.Keep to its value.
+	// Values maps each node index of Options.Keep to its value, as stored.
 	Values map[int]*tensor.Tensor
 }
 
@@ -74,14 +109,18 @@ type Result struct {
 //
 // Run first checks that every op and layout is supported, then verifies the
 // graph (g.Verify) and checks that every input and param is present with
-// exactly its node's shape; any problem is returned as an error, never a
-// panic. Entries of params and inputs that the graph does not use are
+// exactly its node's (physical) shape; any problem is returned as an error,
+// never a panic. Entries of params and inputs that the graph does not use are
 // ignored. Only nodes that an output or a kept node depends on are
 // evaluated.
 //
+// Values with a physical layout are fed and returned as physical tensors
+// (see the package doc's Layouts and ToLogical).
+//
 // Run never modifies params or inputs. Returned tensors may share storage with
-// them or with each other (input, param, flatten and dropout nodes are views
-// of their operand), so callers that modify a result should copy it first.
+// them or with each other (input, param, flatten and dropout nodes, and
+// reorder nodes whose operand and result are both plain, are views of their
+// operand), so callers that modify a result should copy it first.
 func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tensor.Tensor, opt Options) (*Result, error) {
 	if g == nil {
 		return nil, fmt.Errorf("interp: nil graph")
@@ -136,6 +175,19 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 		}
 	}
 
+	// refs counts, per storage array, the live values that use it (views such
+	// as flatten share their operand's). Fed tensors count twice, once as a
+	// pin that is never released, because Run must never modify them. A
+	// value that is not kept, whose storage has one reference and whose node
+	// has exactly one remaining use may be overwritten by that use (an into
+	// destination written in place).
+	refs := map[*float32]int{}
+	for _, v := range vals {
+		if s := storage(v); s != nil {
+			refs[s] += 2
+		}
+	}
+
 	e := &evaluator{threads: threads}
 	for i, n := range g.Nodes {
 		if !needed[i] {
@@ -144,25 +196,37 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 		}
 		if n.Op != ir.OpInput && n.Op != ir.OpParam {
 			args := make([]*tensor.Tensor, len(n.Args))
+			types := make([]ir.Type, len(n.Args))
+			e.reuse = make([]bool, len(n.Args))
 			for j, a := range n.Args {
 				args[j] = vals[a]
+				types[j] = g.Nodes[a].Type
+				e.reuse[j] = !keep[a] && remaining[a] == 1 && refs[storage(vals[a])] == 1
 			}
-			out, err := evaluators[n.Op](e, n, args)
+			out, err := e.evalNode(n, args, types)
 			if err != nil {
 				return nil, ir.Errorf(n.Pos, "%%%d %s: %v", i, n.Op, err)
 			}
-			if !ir.ShapeEqual(out.Shape, n.Type.Shape) || len(out.Data) != n.Type.Numel() {
+			if err := checkPhysical(out, n.Type); err != nil {
 				// An interpreter bug, not a user error; report it rather than
 				// computing garbage downstream.
-				return nil, ir.Errorf(n.Pos, "%%%d %s: interpreter produced shape %s, want %s",
-					i, n.Op, ir.ShapeString(out.Shape), ir.ShapeString(n.Type.Shape))
+				return nil, ir.Errorf(n.Pos, "%%%d %s: interpreter produced %v", i, n.Op, err)
+			}
+			if k := ir.IntoOperand(n); k >= 0 && inPlaceHook != nil && storage(out) == storage(args[k]) {
+				inPlaceHook(i)
 			}
 			vals[i] = out
+			refs[storage(out)]++
 		}
 		// Free operands whose last user this was.
 		for _, a := range n.Args {
 			remaining[a]--
 			if remaining[a] == 0 && !keep[a] {
+				if s := storage(vals[a]); refs[s] <= 1 {
+					delete(refs, s)
+				} else {
+					refs[s]--
+				}
 				vals[a] = nil
 				if releaseHook != nil {
 					releaseHook(a)
@@ -185,6 +249,52 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 // Run releases, right after its last user has run.
 var releaseHook func(node int)
 
+// inPlaceHook, if set (by tests), is called with the index of every node whose
+// destination write Run performed in place.
+var inPlaceHook func(node int)
+
+// storage identifies the array behind t's data (nil for nil or empty t).
+func storage(t *tensor.Tensor) *float32 {
+	if t == nil || len(t.Data) == 0 {
+		return nil
+	}
+	return &t.Data[0]
+}
+
+// evalNode evaluates n. Ops run on plain (logical) tensors: when n or any
+// operand has a physical layout, blocked operands are converted to logical
+// tensors first (fresh copies, which the op may reuse as destinations) and the
+// result is converted to n's layout, with zero padding lanes. This is slow but
+// obviously correct, which is what the oracle needs.
+func (e *evaluator) evalNode(n *ir.Node, args []*tensor.Tensor, types []ir.Type) (*tensor.Tensor, error) {
+	f := evaluators[n.Op]
+	blocked := n.Type.Layout != ""
+	for _, t := range types {
+		blocked = blocked || t.Layout != ""
+	}
+	if !blocked {
+		return f(e, n, args)
+	}
+	logical := make([]*tensor.Tensor, len(args))
+	for j, a := range args {
+		if types[j].Layout == "" {
+			logical[j] = a
+			continue
+		}
+		l, err := ToLogical(a, types[j])
+		if err != nil {
+			return nil, err
+		}
+		logical[j] = l
+		e.reuse[j] = true
+	}
+	out, err := f(e, n, logical)
+	if err != nil {
+		return nil, err
+	}
+	return ToPhysical(out, n.Type)
+}
+
 // Supports reports whether the interpreter can evaluate op.
 func Supports(op string) bool {
 	_, ok := evaluators[op]
@@ -201,17 +311,44 @@ func checkSupported(g *ir.Graph) error {
 			errs.Add(fmt.Errorf("node %%%d is nil", i))
 		case !Supports(n.Op):
 			errs.Add(ir.Errorf(n.Pos, "%%%d: op %s not supported by the interpreter", i, n.Op))
-		case n.Type.Layout != "":
-			errs.Add(ir.Errorf(n.Pos, "%%%d %s: layout %s not supported by the interpreter (it evaluates logical layouts only)", i, n.Op, n.Type.Layout))
 		case n.Type.DType != ir.F32 && n.Type.DType != 0:
 			errs.Add(ir.Errorf(n.Pos, "%%%d %s: dtype %s not supported by the interpreter (f32 only)", i, n.Op, n.Type.DType))
+		default:
+			if err := checkLayout(n); err != nil {
+				errs.Add(ir.Errorf(n.Pos, "%%%d %s: %v", i, n.Op, err))
+			}
 		}
 	}
 	return errs.Err()
 }
 
+// checkLayout checks that n's layout applies to its type and, for reorder and
+// pack_weight, that the layout attribute names a layout of the right kind and
+// agrees with the result type.
+func checkLayout(n *ir.Node) error {
+	if _, err := ir.PhysicalNumel(n.Type); err != nil {
+		return err
+	}
+	switch n.Op {
+	case ir.OpReorder, ir.OpPackWeight:
+		l := n.Attrs.String("layout")
+		if n.Op == ir.OpReorder {
+			if _, ok := ir.ActivationBlock(l); !ok && l != "" {
+				return fmt.Errorf("layout %q is not an activation layout (\"\" or NCHW{c}c)", l)
+			}
+		} else if _, ok := ir.WeightBlock(l); !ok {
+			return fmt.Errorf("layout %q is not a weight layout (OIhw{c}i{c}o)", l)
+		}
+		if l != n.Type.Layout {
+			return fmt.Errorf("layout attribute %q differs from the result layout %q", l, n.Type.Layout)
+		}
+	}
+	return nil
+}
+
 // feed places the inputs and params in vals after checking that each one is
-// present, has its node's shape and holds as many values as that shape.
+// present, has its node's physical shape (see PhysicalShape) and holds as many
+// values as that shape.
 func feed(g *ir.Graph, params, inputs map[string]*tensor.Tensor, vals []*tensor.Tensor) error {
 	var errs ir.ErrorList
 	for i, n := range g.Nodes {
@@ -224,15 +361,21 @@ func feed(g *ir.Graph, params, inputs map[string]*tensor.Tensor, vals []*tensor.
 		default:
 			continue
 		}
-		want := n.Type.Shape
+		// Verified graph: the layout applies.
+		want, _ := PhysicalShape(n.Type)
+		numel, _ := ir.PhysicalNumel(n.Type)
+		var phys string
+		if n.Type.Layout != "" {
+			phys = fmt.Sprintf(" (physical layout of %s)", n.Type)
+		}
 		t := src[n.Name]
 		switch {
 		case t == nil:
-			errs.Add(fmt.Errorf("missing %s %q (shape %s)", n.Op, n.Name, ir.ShapeString(want)))
+			errs.Add(fmt.Errorf("missing %s %q (shape %s%s)", n.Op, n.Name, ir.ShapeString(want), phys))
 		case !ir.ShapeEqual(t.Shape, want):
-			errs.Add(fmt.Errorf("%s %q: shape %s, want %s", n.Op, n.Name, ir.ShapeString(t.Shape), ir.ShapeString(want)))
-		case len(t.Data) != n.Type.Numel():
-			errs.Add(fmt.Errorf("%s %q: shape %s needs %d values, tensor holds %d", n.Op, n.Name, ir.ShapeString(want), n.Type.Numel(), len(t.Data)))
+			errs.Add(fmt.Errorf("%s %q: shape %s, want %s%s", n.Op, n.Name, ir.ShapeString(t.Shape), ir.ShapeString(want), phys))
+		case len(t.Data) != numel:
+			errs.Add(fmt.Errorf("%s %q: shape %s needs %d values, tensor holds %d", n.Op, n.Name, ir.ShapeString(want), numel, len(t.Data)))
 		default:
 			vals[i] = t
 		}

@@ -144,13 +144,40 @@ func TestErrors(t *testing.T) {
 			return Options{}
 		}, []string{`input "image": shape 1x3x8x6 needs 144 values, tensor holds 10`}},
 		{"unknown op", func(b *builder) Options {
-			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: "fused_conv", Args: []int{0, 1}})
+			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: "winograd_conv", Args: []int{0, 1}})
 			return Options{}
-		}, []string{"%4: op fused_conv not supported by the interpreter"}},
-		{"blocked layout", func(b *builder) Options {
-			b.g.Nodes[2].Type.Layout = "NCHW16c"
+		}, []string{"%4: op winograd_conv not supported by the interpreter"}},
+		{"unknown layout", func(b *builder) Options {
+			b.g.Nodes[3].Type.Layout = "NHWC"
 			return Options{}
-		}, []string{"%2 conv2d: layout NCHW16c not supported by the interpreter"}},
+		}, []string{`%3 relu: layout "NHWC" does not apply to f32[1,4,6,4]@NHWC`}},
+		{"weight layout with unequal blocks", func(b *builder) Options {
+			b.g.Nodes[1].Type.Layout = "OIhw16i8o"
+			return Options{}
+		}, []string{`%1 param: layout "OIhw16i8o" does not apply`}},
+		{"blocked layout on a vector", func(b *builder) Options {
+			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: ir.OpParam, Name: "v", Type: ir.Type{DType: ir.F32, Shape: []int{4}, Layout: "NCHW8c"}})
+			return Options{}
+		}, []string{`%4 param: layout "NCHW8c" does not apply to f32[4]@NCHW8c`}},
+		{"reorder attribute differs from type", func(b *builder) Options {
+			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: ir.OpReorder, Args: []int{3}, Attrs: ir.Attrs{"layout": "NCHW16c"},
+				Type: ir.Type{DType: ir.F32, Shape: []int{1, 4, 6, 4}, Layout: "NCHW8c"}})
+			return Options{}
+		}, []string{`%4 reorder: layout attribute "NCHW16c" differs from the result layout "NCHW8c"`}},
+		{"reorder to a weight layout", func(b *builder) Options {
+			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: ir.OpReorder, Args: []int{3}, Attrs: ir.Attrs{"layout": "OIhw8i8o"},
+				Type: ir.Type{DType: ir.F32, Shape: []int{1, 4, 6, 4}, Layout: "OIhw8i8o"}})
+			return Options{}
+		}, []string{`%4 reorder: layout "OIhw8i8o" is not an activation layout`}},
+		{"pack_weight to an activation layout", func(b *builder) Options {
+			b.g.Nodes = append(b.g.Nodes, &ir.Node{Op: ir.OpPackWeight, Args: []int{1}, Attrs: ir.Attrs{"layout": "NCHW8c"},
+				Type: ir.Type{DType: ir.F32, Shape: []int{4, 3, 3, 3}, Layout: "NCHW8c"}})
+			return Options{}
+		}, []string{`%4 pack_weight: layout "NCHW8c" is not a weight layout`}},
+		{"blocked input fed logical", func(b *builder) Options {
+			b.g.Nodes[0].Type.Layout = "NCHW8c"
+			return Options{}
+		}, []string{`input "image": shape 1x3x8x6, want 1x1x8x6x8 (physical layout of f32[1,3,8,6]@NCHW8c)`}},
 		{"bf16", func(b *builder) Options {
 			b.g.Nodes[1].Type.DType = ir.BF16
 			return Options{}
@@ -210,8 +237,14 @@ func TestSupports(t *testing.T) {
 			t.Errorf("forward op %s is not supported", op)
 		}
 	}
-	if Supports("fused_conv") {
-		t.Errorf("Supports(fused_conv) = true")
+	passes := []string{ir.OpFusedConv, ir.OpFoldBNWeight, ir.OpFoldBNBias, ir.OpFoldScale, ir.OpPackWeight, ir.OpReorder, ir.OpEmpty}
+	for _, op := range passes {
+		if !Supports(op) {
+			t.Errorf("pass op %s is not supported", op)
+		}
+	}
+	if Supports("winograd_conv") {
+		t.Errorf("Supports(winograd_conv) = true")
 	}
 }
 

@@ -11,11 +11,18 @@ import (
 // evaluator carries the per-run settings that ops need.
 type evaluator struct {
 	threads int
+	// reuse[j] reports that the storage of operand j of the node being
+	// evaluated is referenced by nothing else (Run's reference count), so an
+	// op that writes into it (the "into" destination) may do so in place. Run
+	// sets it before each node.
+	reuse []bool
 }
 
-// evalFunc computes the value of node n from its operand values. The graph has
-// been verified, so operand shapes and attributes are consistent with the op
-// table; evalFuncs must not modify their operands.
+// evalFunc computes the value of node n from its operand values, all in the
+// plain layout (Run converts blocked values around the call; see evalNode).
+// The graph has been verified, so operand shapes and attributes are
+// consistent with the op table. evalFuncs must not modify their operands,
+// except an operand j with e.reuse[j] set, which may become the result.
 type evalFunc func(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error)
 
 // evaluators maps every op the interpreter supports (other than input and
@@ -37,6 +44,13 @@ func init() {
 		ir.OpDropout:       evalView,
 		ir.OpDense:         evalDense,
 		ir.OpSoftmax:       evalSoftmax,
+		ir.OpFusedConv:     evalFusedConv,
+		ir.OpFoldBNWeight:  evalFoldBNWeight,
+		ir.OpFoldBNBias:    evalFoldBNBias,
+		ir.OpFoldScale:     evalMul,
+		ir.OpPackWeight:    evalView,
+		ir.OpReorder:       evalView,
+		ir.OpEmpty:         evalEmpty,
 	}
 }
 
@@ -48,22 +62,47 @@ func newOut(n *ir.Node) *tensor.Tensor {
 // elementwiseGrain is the smallest chunk of elements worth a goroutine.
 const elementwiseGrain = 1 << 15
 
-// evalConv2D computes a grouped 2-D cross-correlation with symmetric zero
-// padding as one GEMM per image and group:
+// evalConv2D computes a grouped 2-D convolution with an optional bias; see
+// conv.
+func evalConv2D(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error) {
+	out := newOut(n)
+	var ep epilogue
+	if len(args) == 3 {
+		ep.bias = args[2].Data
+	}
+	conv(e, n, args[0], args[1], out, 0, ep)
+	return out, nil
+}
+
+// epilogue is what a convolution applies to each output after the GEMM sum,
+// in this order of float32 operations: + bias[o], + residual, then ReLU.
+// Absent parts (nil, false) are skipped.
+type epilogue struct {
+	bias     []float32 // per output channel
+	residual []float32 // N×O×Ho×Wo, the shape of the convolution's value
+	relu     bool
+}
+
+func (ep epilogue) empty() bool { return ep.bias == nil && ep.residual == nil && !ep.relu }
+
+// conv computes a grouped 2-D cross-correlation with symmetric zero padding
+// (attributes stride, pad, groups of n) of x (NCHW) with w (OIHW) and writes
+// its value, followed by the epilogue, to channels [off, off+O) of dst, an
+// N×D×Ho×Wo tensor (D = O and off = 0 when the convolution has dst to
+// itself). It runs one GEMM per image and group:
 //
 //	out[n, g*Og:(g+1)*Og, :] (Og × Ho·Wo) = W_g (Og × Cg·KH·KW) · B_{n,g} (Cg·KH·KW × Ho·Wo)
 //
 // where W_g is the group's rows of the OIHW weight (already row-major in the
 // right order) and B_{n,g} the im2col matrix of the group's input channels,
 // packed on the fly; for 1×1, stride-1, unpadded convolutions B_{n,g} is the
-// input itself (Cg × H·W). The bias, if any, is added after the sum.
-func evalConv2D(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error) {
-	x, w := args[0], args[1]
+// input itself (Cg × H·W). The GEMM writes straight into dst's channel slice;
+// the epilogue then runs over the same planes.
+func conv(e *evaluator, n *ir.Node, x, w, dst *tensor.Tensor, off int, ep epilogue) {
 	stride, pad, groups := n.Attrs.Ints("stride"), n.Attrs.Ints("pad"), n.Attrs.Int("groups")
 	batch, c, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	o, cg, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
-	out := newOut(n)
-	ho, wo := out.Shape[2], out.Shape[3]
+	d, ho, wo := dst.Shape[1], dst.Shape[2], dst.Shape[3]
 	og := o / groups
 	k := cg * kh * kw
 	pix := ho * wo
@@ -84,24 +123,41 @@ func evalConv2D(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor
 				src = &im2colB{x: xs, h: h, w: wd, kh: kh, kw: kw,
 					sh: stride[0], sw: stride[1], ph: pad[0], pw: pad[1], wo: wo}
 			}
+			c0 := b*d + off + g*og // first output channel of this task in dst
 			tasks = append(tasks, gemmTask{a: as[g], b: src, n: pix,
-				c: out.Data[(b*o+g*og)*pix : (b*o+(g+1)*og)*pix], ldc: pix})
+				c: dst.Data[c0*pix : (c0+og)*pix], ldc: pix})
 		}
 	}
 	gemm(tasks, e.threads)
-	if len(args) == 3 {
-		bias := args[2].Data
-		parallelRange(e.threads, batch*o, max(1, elementwiseGrain/pix), func(lo, hi int) {
-			for p := lo; p < hi; p++ {
-				bv := bias[p%o]
-				plane := out.Data[p*pix : (p+1)*pix]
-				for i := range plane {
-					plane[i] += bv
-				}
-			}
-		})
+	if ep.empty() {
+		return
 	}
-	return out, nil
+	parallelRange(e.threads, batch*o, max(1, elementwiseGrain/pix), func(lo, hi int) {
+		for p := lo; p < hi; p++ {
+			b, oc := p/o, p%o
+			plane := dst.Data[(b*d+off+oc)*pix : (b*d+off+oc+1)*pix]
+			var bv float32
+			if ep.bias != nil {
+				bv = ep.bias[oc]
+			}
+			var res []float32
+			if ep.residual != nil {
+				res = ep.residual[p*pix : (p+1)*pix]
+			}
+			for i, v := range plane {
+				if ep.bias != nil {
+					v += bv
+				}
+				if res != nil {
+					v += res[i]
+				}
+				if ep.relu && v < 0 {
+					v = 0 // NaN stays NaN, as in evalReLU
+				}
+				plane[i] = v
+			}
+		}
+	})
 }
 
 // evalDense computes out[N,O] = x[N,I] · W[O,I]ᵀ + bias as one GEMM with
@@ -196,7 +252,7 @@ func evalAdd(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, e
 	}), nil
 }
 
-// evalMul computes float32(c) * x.
+// evalMul computes float32(c) * x; it implements mul and fold_scale.
 func evalMul(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error) {
 	x := args[0].Data
 	c := float32(n.Attrs.Float("c"))
@@ -207,8 +263,10 @@ func evalMul(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, e
 	}), nil
 }
 
-// evalView implements flatten and dropout (identity at inference): the result
-// shares the operand's data and takes the node's shape.
+// evalView implements flatten, dropout (identity at inference), and reorder
+// and pack_weight, which are the identity on logical values (Run converts the
+// layouts around them): the result shares the operand's data and takes the
+// node's logical shape.
 func evalView(_ *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error) {
 	return &tensor.Tensor{Shape: append([]int(nil), n.Type.Shape...), Data: args[0].Data}, nil
 }
@@ -257,16 +315,20 @@ func (w window) cols(ox, wd int) (int, int) {
 	return max(x, 0), min(x+w.kw, wd)
 }
 
-// pool runs f on every (image, channel) plane in parallel; f gets the input
-// plane (h×w) and the output plane (ho×wo).
-func pool(e *evaluator, n *ir.Node, x *tensor.Tensor, f func(src, dst []float32)) *tensor.Tensor {
-	out := newOut(n)
-	h, wd := x.Shape[2], x.Shape[3]
-	ho, wo := out.Shape[2], out.Shape[3]
-	planes := x.Shape[0] * x.Shape[1]
+// pool runs f on every (image, channel) plane of args[0] in parallel; f gets
+// the input plane (h×w) and the output plane (ho×wo). The result is written
+// to the node's destination (see evaluator.destination): a new tensor, or
+// channels [offset, offset+C) of the into operand.
+func pool(e *evaluator, n *ir.Node, args []*tensor.Tensor, f func(src, dst []float32)) *tensor.Tensor {
+	x := args[0]
+	out, off := e.destination(n, args)
+	c, h, wd := x.Shape[1], x.Shape[2], x.Shape[3]
+	d, ho, wo := out.Shape[1], out.Shape[2], out.Shape[3]
+	planes := x.Shape[0] * c
 	parallelRange(e.threads, planes, max(1, elementwiseGrain/(ho*wo*4)), func(lo, hi int) {
 		for p := lo; p < hi; p++ {
-			f(x.Data[p*h*wd:(p+1)*h*wd], out.Data[p*ho*wo:(p+1)*ho*wo])
+			q := p/c*d + off + p%c // the plane's index in out
+			f(x.Data[p*h*wd:(p+1)*h*wd], out.Data[q*ho*wo:(q+1)*ho*wo])
 		}
 	})
 	return out
@@ -278,7 +340,7 @@ func evalMaxPool(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tenso
 	x, w := args[0], windowOf(n)
 	h, wd := x.Shape[2], x.Shape[3]
 	ho, wo := n.Type.Shape[2], n.Type.Shape[3]
-	return pool(e, n, x, func(src, dst []float32) {
+	return pool(e, n, args, func(src, dst []float32) {
 		for oy := 0; oy < ho; oy++ {
 			y0, y1 := w.rows(oy, h)
 			for ox := 0; ox < wo; ox++ {
@@ -309,7 +371,7 @@ func evalAvgPool(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tenso
 	includePad := n.Attrs.Bool("count_include_pad")
 	h, wd := x.Shape[2], x.Shape[3]
 	ho, wo := n.Type.Shape[2], n.Type.Shape[3]
-	return pool(e, n, x, func(src, dst []float32) {
+	return pool(e, n, args, func(src, dst []float32) {
 		for oy := 0; oy < ho; oy++ {
 			y0, y1 := w.rows(oy, h)
 			for ox := 0; ox < wo; ox++ {
