@@ -1,0 +1,248 @@
+package rt
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/kiln-dev/kiln/ir/tensor"
+)
+
+// ManifestVersion is the manifest and shared-object ABI version this runtime
+// reads: Manifest.Version and kiln_abi_version() must both equal it.
+const ManifestVersion = 1
+
+// BarrierBytes is the size of the barrier block the runtime allocates (64-byte
+// aligned, zeroed once per session) and passes to kiln_run_<isa>.
+const BarrierBytes = 256
+
+// ISA names as they appear in Manifest.ISAs, in the symbol suffix of
+// kiln_run_<isa>, in Options.ISA and in KILN_ISA.
+const (
+	ISAAVX512 = "avx512" // amd64: AVX-512F + AVX-512VL
+	ISAAVX2   = "avx2"   // amd64: AVX2 + FMA
+	ISANEON   = "neon"   // arm64: Advanced SIMD
+)
+
+// Manifest describes a compiled artifact. The code generator writes it as
+// JSON next to (or, in a standalone executable, after) the shared object and
+// the weights; the runtime checks it with Validate before using it.
+type Manifest struct {
+	// Version is the artifact format version; must be ManifestVersion (1).
+	Version int `json:"version"`
+	// Network names the compiled network, e.g. "inception_v4".
+	Network string `json:"network"`
+	// Batch is the batch size the artifact was compiled for; it is the
+	// first dimension of Input.Shape and Output.Shape.
+	Batch int `json:"batch"`
+	// Arch is the target architecture: "amd64" or "arm64".
+	Arch string `json:"arch"`
+	// ISAs lists the instruction sets the shared object has an entry point
+	// for (kiln_run_<isa>), e.g. ["avx512", "avx2"] or ["neon"].
+	ISAs []string `json:"isas"`
+	// ArenaBytes is the size of one activation arena in bytes.
+	ArenaBytes int64 `json:"arena_bytes"`
+	// WeightsBytes is the exact size of the weights blob in bytes.
+	WeightsBytes int64 `json:"weights_bytes"`
+	// Input is where the network input lives in the arena (row-major).
+	Input TensorInfo `json:"input"`
+	// Output is where the network output lives in the arena (row-major).
+	Output TensorInfo `json:"output"`
+	// Kernels lists the kernels in execution order; the timings array of
+	// kiln_run_<isa> is indexed like it.
+	Kernels []KernelInfo `json:"kernels"`
+	// Preprocess, when present, is the image preprocessing the network
+	// expects (used for --image).
+	Preprocess *Preprocess `json:"preprocess,omitempty"`
+	// Labels, when present, names the output classes; its length equals the
+	// number of output values per batch item.
+	Labels []string `json:"labels,omitempty"`
+}
+
+// TensorInfo places a network input or output in the arena.
+type TensorInfo struct {
+	// Name is the IR name of the tensor.
+	Name string `json:"name"`
+	// Shape is the logical shape, NCHW or NC, with Shape[0] == Batch.
+	Shape []int `json:"shape"`
+	// Offset is where the tensor starts, in float32 elements from the arena
+	// base. The tensor is stored plain row-major from there.
+	Offset int64 `json:"offset"`
+}
+
+// KernelInfo describes one kernel of the shared object.
+type KernelInfo struct {
+	// Name is the kernel's base symbol, without the ISA suffix.
+	Name string `json:"name"`
+	// Label is the IR node the kernel computes.
+	Label string `json:"label"`
+	// Op is the IR operation, e.g. "conv2d".
+	Op string `json:"op"`
+	// Tiles is the number of work tiles the kernel splits into.
+	Tiles int64 `json:"tiles"`
+	// MACs is the number of multiply-accumulates the kernel performs.
+	MACs int64 `json:"macs"`
+}
+
+// Preprocess is the image preprocessing a network expects: resize so that
+// the center crop of CropPct covers Size×Size, crop, scale to [0,1], then
+// (x-Mean)/Std per RGB channel.
+type Preprocess struct {
+	// Size is the side of the square network input, e.g. 299.
+	Size int `json:"size"`
+	// CropPct is the fraction of the resized image kept by the center crop,
+	// in (0, 1], e.g. 0.875.
+	CropPct float64 `json:"crop_pct"`
+	// Mean is subtracted per RGB channel after scaling to [0,1].
+	Mean [3]float64 `json:"mean"`
+	// Std divides per RGB channel after subtracting Mean.
+	Std [3]float64 `json:"std"`
+	// Interpolation names the resampling filter, e.g. "bicubic".
+	Interpolation string `json:"interpolation"`
+}
+
+// ParseManifest decodes and validates a JSON manifest. Unknown fields are
+// rejected, so a producer and this runtime that disagree on the format fail
+// loudly instead of silently dropping data.
+func ParseManifest(b []byte) (*Manifest, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("manifest: trailing data after the JSON object")
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// isaArch maps each known ISA to its architecture.
+var isaArch = map[string]string{ISAAVX512: "amd64", ISAAVX2: "amd64", ISANEON: "arm64"}
+
+// knownISAs lists the ISAs in preference order, best first per architecture.
+var knownISAs = []string{ISAAVX512, ISAAVX2, ISANEON}
+
+// Validate checks the manifest for internal consistency: version, arch and
+// ISAs, sizes, the input and output lying inside the arena, labels matching
+// the output.
+func (m *Manifest) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("manifest: "+format, args...)
+	}
+	if m.Version != ManifestVersion {
+		return bad("version %d unsupported (this runtime reads version %d)", m.Version, ManifestVersion)
+	}
+	if m.Batch < 1 {
+		return bad("batch %d: want at least 1", m.Batch)
+	}
+	if m.Arch != "amd64" && m.Arch != "arm64" {
+		return bad("arch %q: want amd64 or arm64", m.Arch)
+	}
+	if len(m.ISAs) == 0 {
+		return bad("no ISAs listed")
+	}
+	seen := map[string]bool{}
+	for _, isa := range m.ISAs {
+		arch, ok := isaArch[isa]
+		if !ok {
+			return bad("unknown ISA %q (known: %s)", isa, strings.Join(knownISAs, ", "))
+		}
+		if arch != m.Arch {
+			return bad("ISA %s is for %s, but arch is %s", isa, arch, m.Arch)
+		}
+		if seen[isa] {
+			return bad("ISA %s listed twice", isa)
+		}
+		seen[isa] = true
+	}
+	if m.ArenaBytes <= 0 {
+		return bad("arena_bytes %d: want > 0", m.ArenaBytes)
+	}
+	if m.WeightsBytes < 0 {
+		return bad("weights_bytes %d: want >= 0", m.WeightsBytes)
+	}
+	for _, t := range []struct {
+		what string
+		ti   *TensorInfo
+	}{{"input", &m.Input}, {"output", &m.Output}} {
+		if _, err := m.tensorSpan(t.what, t.ti); err != nil {
+			return err
+		}
+	}
+	for i, k := range m.Kernels {
+		if k.Name == "" {
+			return bad("kernel %d has no name", i)
+		}
+		if k.Tiles < 0 || k.MACs < 0 {
+			return bad("kernel %d (%s): negative tiles or MACs", i, k.Name)
+		}
+	}
+	if p := m.Preprocess; p != nil {
+		if p.Size < 1 {
+			return bad("preprocess size %d: want > 0", p.Size)
+		}
+		if !(p.CropPct > 0 && p.CropPct <= 1) {
+			return bad("preprocess crop_pct %v: want in (0, 1]", p.CropPct)
+		}
+		for c, s := range p.Std {
+			if !(s > 0) {
+				return bad("preprocess std[%d] = %v: want > 0", c, s)
+			}
+		}
+	}
+	if m.Labels != nil {
+		n, _ := tensor.NumelOf(m.Output.Shape)
+		if per := n / m.Batch; len(m.Labels) != per {
+			return bad("%d labels, but the output %s has %d values per batch item",
+				len(m.Labels), tensor.ShapeString(m.Output.Shape), per)
+		}
+	}
+	return nil
+}
+
+// tensorSpan checks that ti is a valid tensor of batch m.Batch lying inside
+// the arena and returns its element count.
+func (m *Manifest) tensorSpan(what string, ti *TensorInfo) (int, error) {
+	if len(ti.Shape) == 0 {
+		return 0, fmt.Errorf("manifest: %s %q has no shape", what, ti.Name)
+	}
+	for _, d := range ti.Shape {
+		if d < 1 {
+			return 0, fmt.Errorf("manifest: %s %q shape %s: dimensions must be positive", what, ti.Name, tensor.ShapeString(ti.Shape))
+		}
+	}
+	if ti.Shape[0] != m.Batch {
+		return 0, fmt.Errorf("manifest: %s %q shape %s does not start with batch %d", what, ti.Name, tensor.ShapeString(ti.Shape), m.Batch)
+	}
+	n, err := tensor.NumelOf(ti.Shape)
+	if err != nil {
+		return 0, fmt.Errorf("manifest: %s %q: %w", what, ti.Name, err)
+	}
+	if ti.Offset < 0 || ti.Offset > m.ArenaBytes/4 || int64(n) > m.ArenaBytes/4-ti.Offset {
+		return 0, fmt.Errorf("manifest: %s %q (%s at float offset %d) does not fit in the %d-byte arena",
+			what, ti.Name, tensor.ShapeString(ti.Shape), ti.Offset, m.ArenaBytes)
+	}
+	return n, nil
+}
+
+// clone returns a deep copy of m.
+func (m Manifest) clone() Manifest {
+	m.ISAs = slices.Clone(m.ISAs)
+	m.Input.Shape = slices.Clone(m.Input.Shape)
+	m.Output.Shape = slices.Clone(m.Output.Shape)
+	m.Kernels = slices.Clone(m.Kernels)
+	m.Labels = slices.Clone(m.Labels)
+	if m.Preprocess != nil {
+		p := *m.Preprocess
+		m.Preprocess = &p
+	}
+	return m
+}

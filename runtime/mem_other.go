@@ -1,0 +1,5 @@
+//go:build !linux
+
+package rt
+
+func adviseHugePages(mem []byte) {}

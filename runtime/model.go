@@ -1,0 +1,386 @@
+package rt
+
+import (
+	"errors"
+	"fmt"
+	goruntime "runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/kiln-dev/kiln/ir/tensor"
+)
+
+// Artifact is a compiled network: manifest, shared object and weights.
+type Artifact struct {
+	// Manifest describes the artifact.
+	Manifest Manifest
+	// SharedObject holds the shared object's bytes; it is loaded through
+	// memfd_create. Exactly one of SharedObject and SharedObjectPath must be
+	// set.
+	SharedObject []byte
+	// SharedObjectPath is the shared object's file, loaded with dlopen.
+	SharedObjectPath string
+	// Weights is the weights blob, exactly Manifest.WeightsBytes long. It
+	// may be Go memory or an mmap of a file region; it must stay valid and
+	// unmodified until the Model is closed.
+	Weights []byte
+
+	mapping []byte // mmap behind Weights, owned by the Artifact (FindPayload)
+}
+
+// Close releases memory the Artifact owns (the weights mapping made by
+// FindPayload). Close every Model opened from the Artifact first.
+func (a *Artifact) Close() error {
+	m := a.mapping
+	a.mapping, a.Weights = nil, nil
+	return unmap(m)
+}
+
+// Options tune Open. The zero value picks everything automatically.
+type Options struct {
+	// ISA forces an instruction set: "avx512", "avx2" or "neon"; "" reads
+	// the KILN_ISA environment variable, and "" or "auto" there picks the
+	// best one the CPU and the artifact share.
+	ISA string
+	// Threads is the number of threads per inference; <= 0 means
+	// GOMAXPROCS.
+	Threads int
+	// MaxSessions bounds the number of concurrent inferences (each has its
+	// own arena and Threads-1 worker threads besides the calling
+	// goroutine); <= 0 means GOMAXPROCS/Threads, at least 1. Run waits for
+	// a session when all are busy.
+	MaxSessions int
+	// SpinWait is how long idle worker threads spin waiting for the next
+	// inference, and a caller spins waiting for its workers, before
+	// parking: back-to-back inferences then skip the wake-up of parked
+	// threads (microseconds on bare metal, far more in some VMs) at the
+	// price of that much CPU per thread after each inference. 0 means
+	// DefaultSpinWait; negative means park at once.
+	SpinWait time.Duration
+
+	cpu *cpuFeatures // test hook: pretend to run on this CPU
+}
+
+// ErrClosed is returned by Run and Profile after Close.
+var ErrClosed = errors.New("kiln model is closed")
+
+// maxThreads bounds Options.Threads.
+const maxThreads = 4096
+
+// Model is a loaded artifact ready to run. Its methods are safe for
+// concurrent use.
+type Model struct {
+	man     Manifest
+	isa     string
+	threads int
+	spin    time.Duration
+	lib     *library
+	runFn   uintptr // kiln_run_<isa>
+
+	weights      []byte // what the kernels read: the caller's or ownWeights
+	weightsPtr   uintptr
+	ownWeights   []byte // aligned copy of misaligned weights, unmapped on Close
+	pinner       goruntime.Pinner
+	arenaBytes   int64
+	inOff, inLen int
+	outOff       int
+	outLen       int
+
+	maxSessions int
+	mu          sync.Mutex // guards the fields below
+	cond        sync.Cond  // on mu: a session was released, or Close began
+	idle        []*session // idle sessions, most recently used last; capacity maxSessions
+	nSessions   int        // sessions made, idle or not
+	closed      bool
+	closeDone   sync.WaitGroup // Close in progress
+	closeErr    error          // set before closeDone is released
+}
+
+// Open loads an artifact: it validates the manifest and weights, selects an
+// ISA for this CPU, loads the shared object (from SharedObjectPath with
+// dlopen, or from SharedObject through memfd_create), checks
+// kiln_abi_version, resolves kiln_run_<isa> for every ISA of the manifest
+// and starts one session. At most one Options may be given.
+func Open(a Artifact, opts ...Options) (*Model, error) {
+	if len(opts) > 1 {
+		return nil, errors.New("open artifact: at most one Options")
+	}
+	var o Options
+	if len(opts) == 1 {
+		o = opts[0]
+	}
+	m := &Model{man: a.Manifest.clone()}
+	man := &m.man
+	if err := man.Validate(); err != nil {
+		return nil, fmt.Errorf("open artifact: %w", err)
+	}
+	if int64(len(a.Weights)) != man.WeightsBytes {
+		return nil, fmt.Errorf("open artifact %q: weights are %d bytes, the manifest says %d", man.Network, len(a.Weights), man.WeightsBytes)
+	}
+	if (a.SharedObject == nil) == (a.SharedObjectPath == "") {
+		return nil, fmt.Errorf("open artifact %q: set exactly one of SharedObject and SharedObjectPath", man.Network)
+	}
+	c := hostCPU()
+	if o.cpu != nil {
+		c = *o.cpu
+	}
+	isa, err := selectISA(man, o.ISA, c)
+	if err != nil {
+		return nil, err
+	}
+	m.isa = isa
+
+	m.threads = o.Threads
+	if m.threads <= 0 {
+		m.threads = goruntime.GOMAXPROCS(0)
+	}
+	if m.threads > maxThreads {
+		return nil, fmt.Errorf("open artifact %q: %d threads: at most %d", man.Network, m.threads, maxThreads)
+	}
+	m.spin = o.SpinWait
+	if m.spin == 0 {
+		m.spin = DefaultSpinWait
+	}
+	m.maxSessions = o.MaxSessions
+	if m.maxSessions <= 0 {
+		m.maxSessions = max(1, goruntime.GOMAXPROCS(0)/m.threads)
+	}
+
+	if a.SharedObjectPath != "" {
+		m.lib, err = dlopen(a.SharedObjectPath, "shared object "+a.SharedObjectPath)
+	} else {
+		m.lib, err = openLibraryBytes(a.SharedObject)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			m.releaseModel()
+		}
+	}()
+	if err := m.bind(); err != nil {
+		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
+	}
+	if err := m.setWeights(a.Weights); err != nil {
+		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
+	}
+
+	m.arenaBytes = man.ArenaBytes
+	m.inOff, m.inLen = int(man.Input.Offset), mustNumel(man.Input.Shape)
+	m.outOff, m.outLen = int(man.Output.Offset), mustNumel(man.Output.Shape)
+	m.cond.L = &m.mu
+	m.idle = make([]*session, 0, m.maxSessions)
+	// Start one session now, so that allocation failures show up here and
+	// the first Run pays no thread start-up.
+	s, err := m.newSession()
+	if err != nil {
+		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
+	}
+	m.nSessions = 1
+	m.idle = append(m.idle, s)
+	ok = true
+	return m, nil
+}
+
+func mustNumel(shape []int) int {
+	n, err := tensor.NumelOf(shape)
+	if err != nil {
+		panic(err) // Validate checked the shape
+	}
+	return n
+}
+
+// bind checks the ABI version and resolves the entry points.
+func (m *Model) bind() error {
+	abi := m.lib.sym("kiln_abi_version")
+	if abi == 0 {
+		return fmt.Errorf("%s does not export kiln_abi_version: not a kiln artifact", m.lib.name)
+	}
+	if v := callABIVersion(abi); v != ManifestVersion {
+		return fmt.Errorf("%s has ABI version %d; this runtime supports %d", m.lib.name, v, ManifestVersion)
+	}
+	for _, isa := range m.man.ISAs {
+		name := "kiln_run_" + isa
+		f := m.lib.sym(name)
+		if f == 0 {
+			return fmt.Errorf("%s lacks symbol %s (the manifest lists ISA %s)", m.lib.name, name, isa)
+		}
+		if isa == m.isa {
+			m.runFn = f
+		}
+	}
+	return nil
+}
+
+// setWeights makes w available to the kernels: in place if it is 64-byte
+// aligned (pinned, in case it is Go memory), else as an aligned copy.
+func (m *Model) setWeights(w []byte) error {
+	if len(w) == 0 {
+		return nil
+	}
+	if uintptr(unsafe.Pointer(&w[0]))%64 != 0 {
+		cp, err := mapAnon(len(w))
+		if err != nil {
+			return fmt.Errorf("copy misaligned weights: %w", err)
+		}
+		copy(cp, w)
+		m.ownWeights, w = cp, cp
+	} else {
+		// A no-op for non-Go memory such as an mmap.
+		m.pinner.Pin(&w[0])
+	}
+	m.weights = w
+	m.weightsPtr = uintptr(unsafe.Pointer(&w[0]))
+	return nil
+}
+
+// releaseModel frees what Open acquired besides sessions.
+func (m *Model) releaseModel() error {
+	err := m.lib.close()
+	m.lib = nil
+	if uerr := unmap(m.ownWeights); err == nil {
+		err = uerr
+	}
+	m.ownWeights = nil
+	m.pinner.Unpin()
+	m.weights, m.weightsPtr = nil, 0
+	return err
+}
+
+// Manifest returns the artifact's manifest. The caller must not modify it.
+func (m *Model) Manifest() *Manifest { return &m.man }
+
+// ISA returns the instruction set the model runs with.
+func (m *Model) ISA() string { return m.isa }
+
+// Threads returns the number of threads per inference.
+func (m *Model) Threads() int { return m.threads }
+
+// MaxSessions returns the bound on concurrent inferences.
+func (m *Model) MaxSessions() int { return m.maxSessions }
+
+// Run runs one inference: it copies in (Manifest.Input, row-major) into an
+// arena, runs every kernel on Threads threads and copies the result into out
+// (Manifest.Output, row-major). It allocates nothing, and may be called
+// from many goroutines at once: each call uses its own session, waiting for
+// one when MaxSessions are busy.
+func (m *Model) Run(in, out []float32) error {
+	if err := m.checkLens("Run", in, out); err != nil {
+		return err
+	}
+	s, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	s.run(in, out, false)
+	m.release(s)
+	return nil
+}
+
+// Profile is Run that also measures each kernel. It returns the time spent
+// in each kernel of Manifest.Kernels, as measured by thread 0 (including its
+// wait on the barrier after the kernel).
+func (m *Model) Profile(in, out []float32) ([]time.Duration, error) {
+	if err := m.checkLens("Profile", in, out); err != nil {
+		return nil, err
+	}
+	s, err := m.acquire()
+	if err != nil {
+		return nil, err
+	}
+	s.run(in, out, true)
+	d := make([]time.Duration, len(s.timings))
+	for i, ns := range s.timings {
+		d[i] = time.Duration(ns)
+	}
+	m.release(s)
+	return d, nil
+}
+
+func (m *Model) checkLens(op string, in, out []float32) error {
+	if len(in) != m.inLen {
+		return fmt.Errorf("%s %q: input has %d values, the model expects %s = %d",
+			op, m.man.Network, len(in), tensor.ShapeString(m.man.Input.Shape), m.inLen)
+	}
+	if len(out) != m.outLen {
+		return fmt.Errorf("%s %q: output has room for %d values, the model produces %s = %d",
+			op, m.man.Network, len(out), tensor.ShapeString(m.man.Output.Shape), m.outLen)
+	}
+	return nil
+}
+
+// acquire takes the most recently used idle session (its workers are the
+// likeliest to be still spinning and its arena still in cache), makes a new
+// one if fewer than MaxSessions exist, or waits for one to be released.
+func (m *Model) acquire() (*session, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		if m.closed {
+			return nil, ErrClosed
+		}
+		if n := len(m.idle); n > 0 {
+			s := m.idle[n-1]
+			m.idle = m.idle[:n-1]
+			return s, nil
+		}
+		if m.nSessions < m.maxSessions {
+			s, err := m.newSession()
+			if err != nil {
+				return nil, fmt.Errorf("run %q: %w", m.man.Network, err)
+			}
+			m.nSessions++
+			return s, nil
+		}
+		m.cond.Wait()
+	}
+}
+
+// release returns s to the idle stack.
+func (m *Model) release(s *session) {
+	m.mu.Lock()
+	m.idle = append(m.idle, s) // within capacity: no allocation
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		m.cond.Broadcast() // Close waits for every session
+	} else {
+		m.cond.Signal()
+	}
+}
+
+// Close waits for running inferences to finish, stops the worker threads,
+// unmaps the arenas and unloads the shared object. Later calls to Run and
+// Profile return ErrClosed; Close itself may be called more than once.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.closeDone.Wait()
+		return m.closeErr
+	}
+	m.closed = true
+	m.closeDone.Add(1)
+	defer m.closeDone.Done()
+	m.cond.Broadcast() // waiting acquirers return ErrClosed
+	for len(m.idle) < m.nSessions {
+		m.cond.Wait()
+	}
+	idle := m.idle
+	m.idle = nil
+	m.mu.Unlock()
+	var err error
+	for _, s := range idle {
+		if serr := s.destroy(); err == nil {
+			err = serr
+		}
+	}
+	if rerr := m.releaseModel(); err == nil {
+		err = rerr
+	}
+	m.closeErr = err
+	return err
+}
