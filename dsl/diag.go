@@ -1,0 +1,158 @@
+package dsl
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/alecthomas/participle/v2/lexer"
+
+	"github.com/kiln-dev/kiln/ir"
+)
+
+// Diagnostic is one error at a source position.
+type Diagnostic struct {
+	Pos ir.Pos
+	Msg string
+	// Line is the source line at Pos (without the newline), shown with a caret.
+	Line string
+	// Notes are extra lines printed after the caret, such as the block call
+	// chain that led to an error inside a block.
+	Notes []string
+}
+
+// String formats the diagnostic as
+//
+//	file:line:col: message
+//	<source line>
+//	      ^
+//	    note...
+func (d *Diagnostic) String() string {
+	var b strings.Builder
+	b.WriteString(d.Pos.String())
+	b.WriteString(": ")
+	b.WriteString(d.Msg)
+	if d.Pos.IsValid() && d.Line != "" {
+		b.WriteString("\n")
+		b.WriteString(d.Line)
+		b.WriteString("\n")
+		b.WriteString(caretPrefix(d.Line, d.Pos.Col))
+		b.WriteString("^")
+	}
+	for _, n := range d.Notes {
+		b.WriteString("\n\t")
+		b.WriteString(n)
+	}
+	return b.String()
+}
+
+// caretPrefix returns the indentation that puts a caret under column col
+// (1-based, counted in runes) of line, keeping tabs so the caret aligns.
+func caretPrefix(line string, col int) string {
+	var b strings.Builder
+	i := 1
+	for _, r := range line {
+		if i >= col {
+			break
+		}
+		if r == '\t' {
+			b.WriteByte('\t')
+		} else {
+			b.WriteByte(' ')
+		}
+		i++
+	}
+	for ; i < col; i++ {
+		b.WriteByte(' ')
+	}
+	return b.String()
+}
+
+// Diagnostics is the error type of parsing and elaboration: every problem
+// found, sorted by position (file name, line, column).
+type Diagnostics []*Diagnostic
+
+// Error prints all diagnostics, one after the other.
+func (ds Diagnostics) Error() string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.String()
+	}
+	return strings.Join(parts, "\n")
+}
+
+// Sort orders the diagnostics by file, line and column (stable).
+func (ds Diagnostics) Sort() {
+	sort.SliceStable(ds, func(i, j int) bool {
+		a, b := ds[i].Pos, ds[j].Pos
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Col < b.Col
+	})
+}
+
+// diagList collects diagnostics, dropping exact duplicates (same position and
+// message, as produced by a block elaborated several times).
+type diagList struct {
+	list Diagnostics
+	seen map[string]bool
+	srcs map[string][]byte // file name -> source, for the caret line
+}
+
+func newDiagList() *diagList {
+	return &diagList{seen: map[string]bool{}, srcs: map[string][]byte{}}
+}
+
+func (l *diagList) addSource(name string, src []byte) { l.srcs[name] = src }
+
+// errorf records an error at p.
+func (l *diagList) errorf(p lexer.Position, format string, args ...any) *Diagnostic {
+	return l.add(irPos(p), fmt.Sprintf(format, args...))
+}
+
+func (l *diagList) add(p ir.Pos, msg string, notes ...string) *Diagnostic {
+	key := p.String() + "\x00" + msg
+	if l.seen[key] {
+		return nil
+	}
+	l.seen[key] = true
+	d := &Diagnostic{Pos: p, Msg: msg, Line: sourceLine(l.srcs[p.File], p.Line), Notes: notes}
+	l.list = append(l.list, d)
+	return d
+}
+
+func (l *diagList) len() int { return len(l.list) }
+
+// err returns the sorted diagnostics, or nil.
+func (l *diagList) err() error {
+	if len(l.list) == 0 {
+		return nil
+	}
+	out := append(Diagnostics(nil), l.list...)
+	out.Sort()
+	return out
+}
+
+func sourceLine(src []byte, line int) string {
+	if line <= 0 || src == nil {
+		return ""
+	}
+	for i := 1; i < line; i++ {
+		k := bytes.IndexByte(src, '\n')
+		if k < 0 {
+			return ""
+		}
+		src = src[k+1:]
+	}
+	if k := bytes.IndexByte(src, '\n'); k >= 0 {
+		src = src[:k]
+	}
+	return strings.TrimRight(string(src), "\r")
+}
+
+func irPos(p lexer.Position) ir.Pos { return ir.Pos{File: p.Filename, Line: p.Line, Col: p.Column} }
