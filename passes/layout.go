@@ -28,7 +28,8 @@ func WeightLayout(c int) string { return fmt.Sprintf("OIhw%di%do", c, c) }
 // every fused_conv weight that is a build-time value is wrapped in
 // pack_weight(layout=OIhw{c}i{c}o); ops that need a logical tensor (flatten,
 // dense, softmax and anything not 4-D) get a reorder back to the plain layout
-// in front of their blocked operands. Channel counts that are not a multiple of
+// in front of their blocked operands; a concat whose channel offsets are not
+// multiples of c runs on plain NCHW between reorders. Channel counts that are not a multiple of
 // c are padded with zeros in the physical buffer; shapes stay logical.
 var layoutPass = &Pass{
 	Name:  "layout",
@@ -53,7 +54,7 @@ var layoutPass = &Pass{
 			plain[a] = p
 			return p
 		}
-		plainInput := map[int]bool{} // new indices of 4-D inputs left in NCHW
+		plainInput := map[int]bool{} // new indices of 4-D values left in NCHW (inputs, unaligned concats)
 		toBlocked := map[int]int{}   // plain input -> its reorder to NCHWc
 		blockedArg := func(a int) int {
 			if !plainInput[a] {
@@ -73,6 +74,16 @@ var layoutPass = &Pass{
 				plainInput[r.copyNode(i)] = true
 			case build[i] || n.Op == ir.OpInput:
 				r.copyNode(i)
+			case n.Op == ir.OpConcat && n.Type.Rank() == 4 && !alignedConcat(g, n, c):
+				// A concat whose channel offsets are not multiples of c
+				// cannot write whole vector blocks: it runs on plain NCHW,
+				// where each operand is one contiguous copy per image.
+				nn := cloneNode(n)
+				for k, a := range n.Args {
+					nn.Args[k] = toPlain(r.arg(a))
+				}
+				r.m[i] = r.emit(nn)
+				plainInput[r.m[i]] = true
 			case n.Type.Rank() == 4 && n.Type.Layout == "":
 				nn := cloneNode(n)
 				for k, a := range n.Args {
@@ -109,6 +120,22 @@ var layoutPass = &Pass{
 		s.Graph = out
 		return nil
 	},
+}
+
+// alignedConcat reports whether every operand of a channel concat starts at a
+// multiple of c.
+func alignedConcat(g *ir.Graph, n *ir.Node, c int) bool {
+	if n.Attrs.Int("axis") != 1 {
+		return false
+	}
+	off := 0
+	for _, a := range n.Args {
+		if off%c != 0 {
+			return false
+		}
+		off += g.Nodes[a].Type.Shape[1]
+	}
+	return true
 }
 
 // BuildTime marks the nodes computable at build time: params and every node

@@ -1,0 +1,136 @@
+package codegen
+
+import (
+	"fmt"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/kiln-dev/kiln/codegen/internal/ktest"
+	"github.com/llir/llvm/ir/value"
+)
+
+// peakChains is the number of independent FMA chains of the peak kernel on
+// t: more than FMA latency × pipes on current x86 cores (4 × 2), and within
+// the register file with the two operands (12 on AVX2, 24 on AVX-512).
+func peakChains(t Target) int { return min(24, t.Registers-4) }
+
+// addPeak adds a kernel measuring the FMA peak: each "tile" is one
+// iteration of peakChains independent vector FMA chains
+// (acc = acc*a + b, with a and b loaded from the arena so nothing folds).
+func addPeak(m *Module, name string, iters int) error {
+	_, _, err := m.define(Kernel{Name: name, Kind: "peak", Tiles: iters}, func(g *builder) error {
+		a, b := g.vload(g.arena, ci(0)), g.vload(g.arena, ci(g.t.VectorLanes))
+		acc := make([]value.Value, peakChains(g.t))
+		for i := range acc {
+			acc[i] = g.vload(g.arena, ci((2+i)*g.t.VectorLanes))
+		}
+		acc = g.loop(g.begin, g.end, acc, func(_ value.Value, acc []value.Value) []value.Value {
+			out := make([]value.Value, len(acc))
+			for i := range acc {
+				out[i] = g.fma(acc[i], a, b)
+			}
+			return out
+		})
+		for i := range acc {
+			g.vstore(acc[i], g.arena, ci((2+i)*g.t.VectorLanes))
+		}
+		return nil
+	})
+	return err
+}
+
+// benchConvs are typical Inception-v4 layers.
+var benchConvs = []struct {
+	name string
+	s    ConvSpec
+}{
+	{"3x3_64to96_73x73", with(cv(1, 64, 73, 73, 96, 3, 3, 1, 1, 0, 0), biasRelu)},
+	{"1x1_1024to384_17x17", with(cv(1, 1024, 17, 17, 384, 1, 1, 1, 1, 0, 0), biasRelu)},
+	{"1x7_192to224_17x17", with(cv(1, 192, 17, 17, 224, 1, 7, 1, 1, 0, 3), biasRelu)},
+	{"1x3_384to256_8x8", with(cv(1, 384, 8, 8, 256, 1, 3, 1, 1, 0, 1), biasRelu)},
+	{"3x3s2_3to32_299_stem", with(cv(1, 3, 299, 299, 32, 3, 3, 2, 2, 0, 0), func(s *ConvSpec) { plain(s); biasRelu(s) })},
+}
+
+// measure returns the GFLOP/s of k's fastest run over [0, tiles), timing
+// in C for at least about 60 ms in all.
+func measure(k ktest.Kernel, arena, weights []float32, tiles int, flops int64) float64 {
+	reps := 1
+	for {
+		start := time.Now()
+		for i := 0; i < reps; i++ {
+			k.Run(arena, weights, 0, tiles)
+		}
+		if time.Since(start) > 20*time.Millisecond {
+			break
+		}
+		reps *= 2
+	}
+	best := k.Time(arena, weights, tiles, reps*3)
+	return float64(flops) / best * 1e-9
+}
+
+// BenchmarkConv reports the single-threaded GFLOP/s of the conv kernels on
+// typical Inception layers, for each x86 target the CPU has, next to the
+// measured FMA peak of the same target (peak/TARGET; also measured again
+// after every kernel). GFLOP/s are of the fastest run, which filters out
+// interference on shared machines; ns/op is the usual mean.
+func BenchmarkConv(b *testing.B) {
+	const blk = 16
+	lib := buildLib(b, func(m *Module) error {
+		if err := addPeak(m, "peak", 1<<18); err != nil {
+			return err
+		}
+		for i, c := range benchConvs {
+			s := c.s
+			s.InOff, s.OutOff = 0, 2<<20
+			s.WeightOff, s.BiasOff = 0, 4<<20
+			if _, _, err := m.Conv(fmt.Sprintf("bench%d", i), s); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := ktest.Aligned(4 << 20)
+	weights := ktest.Aligned(5 << 20)
+	r := rand.New(rand.NewSource(1))
+	for i := range arena {
+		arena[i] = float32(r.NormFloat64()) * 0.01
+	}
+	for i := range weights {
+		weights[i] = float32(r.NormFloat64()) * 0.01
+	}
+	for _, tgt := range x86Targets(b) {
+		pk := kernel(b, lib, "peak", tgt)
+		const peakIters = 1 << 18
+		peakFlops := int64(peakIters) * int64(peakChains(tgt)) * 2 * int64(tgt.VectorLanes)
+		b.Run("peak/"+tgt.Name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				pk.Run(arena, weights, 0, peakIters)
+			}
+			b.StopTimer()
+			b.ReportMetric(measure(pk, arena, weights, peakIters, peakFlops), "GFLOP/s")
+		})
+		for i, c := range benchConvs {
+			s := c.s
+			p := planConv(s, blk, AVX512)
+			k := kernel(b, lib, fmt.Sprintf("bench%d", i), tgt)
+			// Nominal FLOPs, padding taps included (the kernels skip those:
+			// about 10% of a 1x7 at width 17), as conv benchmarks usually count.
+			flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+			b.Run(c.name+"/"+tgt.Name, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					k.Run(arena, weights, 0, p.tiles)
+				}
+				b.StopTimer()
+				// Best-of timings of the kernel and of the peak kernel right
+				// after it, so that both see the same machine state.
+				gf := measure(k, arena, weights, p.tiles, flops)
+				peak := measure(pk, arena, weights, peakIters, peakFlops)
+				b.ReportMetric(gf, "GFLOP/s")
+				b.ReportMetric(peak, "peak-GFLOP/s")
+				b.ReportMetric(100*gf/peak, "%peak")
+			})
+		}
+	}
+}

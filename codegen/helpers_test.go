@@ -1,0 +1,198 @@
+package codegen
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/kiln-dev/kiln/codegen/internal/ktest"
+)
+
+// Test infrastructure: build kernels into modules, compile them with
+// clang-19 (objects cached by content hash), link one shared library, dlopen
+// it, and run kernels on Go-allocated arenas.
+
+var (
+	tcOnce sync.Once
+	tc     *Toolchain
+	tcErr  error
+)
+
+// toolchain returns the LLVM toolchain or skips the test.
+func toolchain(t testing.TB) *Toolchain {
+	tcOnce.Do(func() { tc, tcErr = FindLLVM() })
+	if tcErr != nil {
+		t.Skipf("skipping: %v", tcErr)
+	}
+	return tc
+}
+
+// x86Targets returns the x86 targets this CPU can execute.
+func x86Targets(t testing.TB) []Target {
+	var ts []Target
+	if ktest.HasAVX512() {
+		ts = append(ts, AVX512)
+	}
+	if ktest.HasAVX2() {
+		ts = append(ts, AVX2)
+	}
+	if len(ts) == 0 {
+		t.Skip("skipping: CPU has neither AVX-512 nor AVX2")
+	}
+	return ts
+}
+
+// x86Block4 is a test target running the Block 4, 4-lane code paths that
+// NEON uses (its planning parameters: 32 registers, no embedded broadcast)
+// on x86, so that they are executed and checked here; NEON itself is
+// compile-only until tests run under qemu.
+var x86Block4 = Target{Name: "x86b4", Triple: AVX2.Triple, CPU: AVX2.CPU, Features: AVX2.Features,
+	VectorLanes: 4, Registers: 32, Block: 4}
+
+// targetSet is a group of targets sharing a block size, compiled into one
+// module; run lists those this CPU executes.
+type targetSet struct {
+	b       int
+	targets []Target
+	run     []Target
+}
+
+// targetSets returns the x86 Block 16 set (AVX512, AVX2) and the Block 4
+// set, or skips the test when the CPU has no AVX2.
+func targetSets(t testing.TB) []targetSet {
+	run := x86Targets(t)
+	if !ktest.HasAVX2() {
+		t.Skip("skipping: CPU lacks AVX2")
+	}
+	return []targetSet{
+		{b: 16, targets: []Target{AVX512, AVX2}, run: run},
+		{b: 4, targets: []Target{x86Block4}, run: []Target{x86Block4}},
+	}
+}
+
+// buildLib builds one module per gen for AVX512 and AVX2, compiles them in
+// parallel and links them into one shared library.
+func buildLib(t testing.TB, gens ...func(m *Module) error) *ktest.Lib {
+	return buildLibFor(t, []Target{AVX512, AVX2}, gens...)
+}
+
+// buildLibFor is buildLib for the given targets.
+func buildLibFor(t testing.TB, targets []Target, gens ...func(m *Module) error) *ktest.Lib {
+	t.Helper()
+	tc := toolchain(t)
+	if !ktest.HasAVX2() {
+		t.Skip("skipping: CPU lacks AVX2")
+	}
+	var jobs []CompileJob
+	for i, gen := range gens {
+		m := NewModule(targets...)
+		if err := gen(m); err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, CompileJob{Name: fmt.Sprintf("%s#%d", t.Name(), i), IR: m.String(), Target: targets[0]})
+	}
+	objs, err := tc.CompileAll(context.Background(), jobs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "kiln-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	so := filepath.Join(dir, "kernels.so")
+	if err := tc.SharedLibrary(objs, targets[0], so); err != nil {
+		t.Fatal(err)
+	}
+	lib, err := ktest.Open(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lib
+}
+
+func kernel(t testing.TB, lib *ktest.Lib, name string, tgt Target) ktest.Kernel {
+	t.Helper()
+	k, err := lib.Kernel(tgt.Symbol(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// runChecked runs k over all tiles on a copy of arena, then again split in
+// two ranges on another copy, checks that both agree bit for bit, and
+// returns the result.
+func runChecked(t *testing.T, k ktest.Kernel, arena, weights []float32, tiles int) []float32 {
+	t.Helper()
+	a := ktest.Aligned(len(arena))
+	copy(a, arena)
+	k.Run(a, weights, 0, tiles)
+	b := ktest.Aligned(len(arena))
+	copy(b, arena)
+	mid := tiles / 2
+	k.Run(b, weights, mid, tiles)
+	k.Run(b, weights, 0, mid)
+	k.Run(b, weights, tiles, tiles+5) // out of range: clamped, no work
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("%s: tiles [0,%d) and [0,%d)+[%d,%d) differ at arena[%d]: %v vs %v", k.Name, tiles, mid, mid, tiles, i, a[i], b[i])
+		}
+	}
+	return a
+}
+
+// sentinel marks arena elements no kernel may write.
+const sentinel = float32(-12345.5)
+
+func randn(r *rand.Rand, n int) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		s[i] = float32(r.NormFloat64())
+	}
+	return s
+}
+
+func fill(s []float32, v float32) {
+	for i := range s {
+		s[i] = v
+	}
+}
+
+// compare checks got against ref with tolerance 1e-5 relative to max|ref|.
+func compare(t *testing.T, what string, got []float32, ref []float64) {
+	t.Helper()
+	m := 0.0
+	for _, v := range ref {
+		m = max(m, math.Abs(v))
+	}
+	tol := 1e-5 * max(m, 1e-30)
+	bad := 0
+	for i := range ref {
+		if d := math.Abs(float64(got[i]) - ref[i]); !(d <= tol) {
+			if bad < 5 {
+				t.Errorf("%s: element %d: got %v, want %v (tolerance %.3g)", what, i, got[i], ref[i], tol)
+			}
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%s: %d of %d elements differ", what, bad, len(ref))
+	}
+}
+
+// checkUnchanged checks that arena equals orig outside the [lo, hi) ranges
+// of written.
+func checkUnchanged(t *testing.T, what string, got, orig []float32, written func(i int) bool) {
+	t.Helper()
+	for i := range got {
+		if !written(i) && math.Float32bits(got[i]) != math.Float32bits(orig[i]) {
+			t.Fatalf("%s: arena[%d] changed from %v to %v outside the output", what, i, orig[i], got[i])
+		}
+	}
+}

@@ -1,0 +1,367 @@
+// Package lower turns an optimized graph and its memory plan into a compiled
+// artifact: one kernel per run-time node (codegen specs with every arena and
+// weight offset resolved), a weights blob holding the build-time values
+// (folded, packed, transposed once), a small C driver that runs the kernels in
+// schedule order across threads, and the runtime manifest.
+package lower
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/ir/interp"
+	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/passes"
+	rt "github.com/kiln-dev/kiln/runtime"
+)
+
+// Program is a lowered network, ready to compile.
+type Program struct {
+	// Modules hold the kernels, split into several LLVM modules so that they
+	// compile in parallel.
+	Modules []*codegen.Module
+	// Driver is the C source of kiln_run_<isa> and kiln_abi_version.
+	Driver string
+	// Weights is the weights blob (little-endian float32).
+	Weights []byte
+	// Manifest describes the artifact to the runtime.
+	Manifest rt.Manifest
+	// Targets are the ISA variants compiled.
+	Targets []codegen.Target
+}
+
+// kernelsPerModule bounds the size of one LLVM module.
+const kernelsPerModule = 24
+
+// blob accumulates the weights blob, each tensor 64-byte aligned.
+type blob struct {
+	data []float32
+}
+
+func (b *blob) add(v []float32) int {
+	for len(b.data)%16 != 0 {
+		b.data = append(b.data, 0)
+	}
+	off := len(b.data)
+	b.data = append(b.data, v...)
+	return off
+}
+
+// Lower lowers the final pipeline state s (it must have a plan) for targets,
+// which must share a triple and a channel block equal to the graph's NCHWc
+// block. params are the network's weights, keyed by parameter name.
+func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.Target) (*Program, error) {
+	if s.Plan == nil {
+		return nil, fmt.Errorf("lower: the graph has no memory plan (run the pipeline through plan-buffers)")
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("lower: no targets")
+	}
+	g, plan := s.Graph, s.Plan
+	B := targets[0].Block
+	build := passes.BuildTime(g)
+	values, err := evalBuildTime(g, build, params)
+	if err != nil {
+		return nil, err
+	}
+	off := func(i int) int { return int(plan.Buffers[plan.BufferOf[i]].Offset / 4) }
+	var wb blob
+	var specs []kernelSpec
+	for i, n := range g.Nodes {
+		if build[i] {
+			continue
+		}
+		if err := checkLayout(n, B); err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("k%d", i)
+		switch n.Op {
+		case ir.OpInput, ir.OpEmpty:
+			// The runtime writes the input; empty is storage only.
+		case ir.OpFusedConv:
+			x, w := g.Nodes[n.Args[0]], g.Nodes[n.Args[1]]
+			if n.Attrs.Int("groups") != 1 {
+				return nil, ir.Errorf(n.Pos, "codegen: grouped convolution (groups=%d) is not supported yet", n.Attrs.Int("groups"))
+			}
+			wt, ok := values[n.Args[1]]
+			if !ok || w.Type.Layout == "" {
+				return nil, ir.Errorf(n.Pos, "codegen: conv weight %s must be a packed build-time value", w.Name)
+			}
+			bi, ri, _ := ir.FusedConvOperands(n)
+			st, pd := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+			ws := w.Type.Shape
+			spec := codegen.ConvSpec{
+				N: x.Type.Shape[0], C: x.Type.Shape[1], H: x.Type.Shape[2], W: x.Type.Shape[3],
+				O: ws[0], KH: ws[2], KW: ws[3], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1],
+				OH: ir.ConvOut(x.Type.Shape[2], ws[2], st[0], pd[0]), OW: ir.ConvOut(x.Type.Shape[3], ws[3], st[1], pd[1]),
+				InOff: off(n.Args[0]), InPlain: x.Type.Layout == "",
+				WeightOff: wb.add(wt.Data),
+				Relu:      n.Attrs.Bool("relu"),
+				OutOff:    off(i), OutC: n.Type.Shape[1], OutCOffset: n.Attrs.Int("offset"),
+			}
+			if bi >= 0 {
+				bt, ok := values[n.Args[bi]]
+				if !ok {
+					return nil, ir.Errorf(n.Pos, "codegen: conv bias must be a build-time value")
+				}
+				spec.HasBias, spec.BiasOff = true, wb.add(padTo(bt.Data, ceilTo(ws[0], B)))
+			}
+			if ri >= 0 {
+				spec.HasResidual, spec.ResidualOff = true, off(n.Args[ri])
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: spec, macs: g.MACs(i)})
+		case ir.OpMaxPool, ir.OpAvgPool:
+			x := g.Nodes[n.Args[0]]
+			k, st, pd := n.Attrs.Ints("kernel"), n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.PoolSpec{
+				Max: n.Op == ir.OpMaxPool, CountIncludePad: n.Attrs.Bool("count_include_pad"),
+				N: x.Type.Shape[0], C: x.Type.Shape[1], H: x.Type.Shape[2], W: x.Type.Shape[3],
+				KH: k[0], KW: k[1], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1],
+				OH: ir.ConvOut(x.Type.Shape[2], k[0], st[0], pd[0]), OW: ir.ConvOut(x.Type.Shape[3], k[1], st[1], pd[1]),
+				InOff: off(n.Args[0]), OutOff: off(i), OutC: n.Type.Shape[1], OutCOffset: n.Attrs.Int("offset"),
+			}})
+		case ir.OpGlobalAvgPool:
+			x := g.Nodes[n.Args[0]].Type.Shape
+			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.GlobalAvgPoolSpec{
+				N: x[0], C: x[1], H: x[2], W: x[3], InOff: off(n.Args[0]), OutOff: off(i)}})
+		case ir.OpReorder:
+			x := g.Nodes[n.Args[0]].Type
+			if x.Rank() != 4 {
+				return nil, ir.Errorf(n.Pos, "codegen: reorder of a rank-%d value", x.Rank())
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.ReorderSpec{
+				N: x.Shape[0], C: x.Shape[1], H: x.Shape[2], W: x.Shape[3],
+				InOff: off(n.Args[0]), OutOff: off(i), ToBlocked: n.Type.Layout != ""}})
+		case ir.OpFlatten, ir.OpDropout:
+			if plan.BufferOf[i] != plan.BufferOf[n.Args[0]] {
+				specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.CopySpec{
+					Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)}})
+			}
+		case ir.OpConcat:
+			// Only unaligned concats survive the pipeline, on plain NCHW
+			// (the layout pass): one contiguous copy per operand and image.
+			if n.Type.Layout != "" || n.Type.Rank() != 4 || n.Attrs.Int("axis") != 1 {
+				return nil, ir.Errorf(n.Pos, "codegen: concat must be a plain NCHW channel concat here")
+			}
+			sh := n.Type.Shape
+			hw := sh[2] * sh[3]
+			for b := 0; b < sh[0]; b++ {
+				c0 := 0
+				for j, a := range n.Args {
+					cj := g.Nodes[a].Type.Shape[1]
+					specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d_%d", name, b, j), node: i, spec: codegen.CopySpec{
+						Elems: cj * hw, InOff: off(a) + b*cj*hw, OutOff: off(i) + (b*sh[1]+c0)*hw}})
+					c0 += cj
+				}
+			}
+		case ir.OpDense:
+			x, w := g.Nodes[n.Args[0]].Type.Shape, g.Nodes[n.Args[1]].Type.Shape
+			wt, ok := values[n.Args[1]]
+			if !ok {
+				return nil, ir.Errorf(n.Pos, "codegen: dense weight must be a build-time value")
+			}
+			spec := codegen.DenseSpec{N: x[0], I: x[1], O: w[0], InOff: off(n.Args[0]), OutOff: off(i),
+				WeightOff: wb.add(transpose(wt.Data, w[0], w[1]))}
+			if len(n.Args) == 3 {
+				bt, ok := values[n.Args[2]]
+				if !ok {
+					return nil, ir.Errorf(n.Pos, "codegen: dense bias must be a build-time value")
+				}
+				spec.HasBias, spec.BiasOff = true, wb.add(bt.Data)
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: spec, macs: g.MACs(i)})
+		case ir.OpSoftmax:
+			if n.Type.Rank() != 2 || n.Attrs.Int("axis") != 1 {
+				return nil, ir.Errorf(n.Pos, "codegen: softmax supported on [N, K] along axis 1 only")
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.SoftmaxSpec{
+				N: n.Type.Shape[0], K: n.Type.Shape[1], InOff: off(n.Args[0]), OutOff: off(i)}})
+		default:
+			return nil, ir.Errorf(n.Pos, "codegen: op %s has no kernel (run the full inference pipeline first)", n.Op)
+		}
+	}
+	p := &Program{Targets: targets}
+	var infos []rt.KernelInfo
+	for k := 0; k < len(specs); k += kernelsPerModule {
+		m := codegen.NewModule(targets...)
+		for _, ks := range specs[k:min(k+kernelsPerModule, len(specs))] {
+			tiles, kind, err := ks.add(m)
+			if err != nil {
+				return nil, ir.Errorf(g.Nodes[ks.node].Pos, "codegen %s: %v", g.Nodes[ks.node].Name, err)
+			}
+			infos = append(infos, rt.KernelInfo{Name: ks.name, Label: g.Nodes[ks.node].Name, Op: kind, Tiles: int64(tiles), MACs: ks.macs})
+		}
+		if err := m.Err(); err != nil {
+			return nil, err
+		}
+		p.Modules = append(p.Modules, m)
+	}
+	p.Driver = driverSource(targets, infos)
+	p.Weights = float32Bytes(wb.data)
+	in := g.Inputs()
+	if len(in) != 1 || len(g.Outputs) != 1 {
+		return nil, fmt.Errorf("codegen: networks with one input and one output only (have %d, %d)", len(in), len(g.Outputs))
+	}
+	inID := indexOf(g, in[0])
+	out := g.Outputs[0]
+	if g.Nodes[out].Type.Layout != "" {
+		return nil, fmt.Errorf("codegen: the output must be in the plain layout")
+	}
+	var isas []string
+	for _, t := range targets {
+		isas = append(isas, t.Name)
+	}
+	p.Manifest = rt.Manifest{
+		Version: rt.ManifestVersion, Network: g.Name, Batch: in[0].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
+		ArenaBytes: plan.Arena, WeightsBytes: int64(len(p.Weights)),
+		Input:   rt.TensorInfo{Name: in[0].Name, Shape: append([]int(nil), in[0].Type.Shape...), Offset: int64(off(inID))},
+		Output:  rt.TensorInfo{Name: g.Nodes[out].Name, Shape: append([]int(nil), g.Nodes[out].Type.Shape...), Offset: int64(off(out))},
+		Kernels: infos,
+	}
+	return p, nil
+}
+
+// kernelSpec is one kernel to emit.
+type kernelSpec struct {
+	name string
+	node int
+	spec any
+	macs int64
+}
+
+func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
+	switch s := k.spec.(type) {
+	case codegen.ConvSpec:
+		_, tiles, err = m.Conv(k.name, s)
+		kind = "conv"
+	case codegen.PoolSpec:
+		_, tiles, err = m.Pool(k.name, s)
+		kind = "avgpool"
+		if s.Max {
+			kind = "maxpool"
+		}
+	case codegen.GlobalAvgPoolSpec:
+		_, tiles, err = m.GlobalAvgPool(k.name, s)
+		kind = "global_avgpool"
+	case codegen.ReorderSpec:
+		_, tiles, err = m.Reorder(k.name, s)
+		kind = "reorder"
+	case codegen.DenseSpec:
+		_, tiles, err = m.Dense(k.name, s)
+		kind = "dense"
+	case codegen.SoftmaxSpec:
+		_, tiles, err = m.Softmax(k.name, s)
+		kind = "softmax"
+	case codegen.CopySpec:
+		_, tiles, err = m.Copy(k.name, s)
+		kind = "copy"
+	default:
+		err = fmt.Errorf("unknown spec %T", k.spec)
+	}
+	return
+}
+
+func checkLayout(n *ir.Node, b int) error {
+	if n.Type.Layout == "" {
+		return nil
+	}
+	if c, ok := ir.ActivationBlock(n.Type.Layout); ok && c == b {
+		return nil
+	}
+	return ir.Errorf(n.Pos, "codegen: %s has layout %s, but the target's kernels use NCHW%dc (run the pipeline for this target)", n.Op, n.Type.Layout, b)
+}
+
+func indexOf(g *ir.Graph, n *ir.Node) int {
+	for i, m := range g.Nodes {
+		if m == n {
+			return i
+		}
+	}
+	return -1
+}
+
+func archOf(t codegen.Target) string {
+	if strings.HasPrefix(t.Triple, "aarch64") {
+		return "arm64"
+	}
+	return "amd64"
+}
+
+func ceilTo(x, c int) int { return (x + c - 1) / c * c }
+
+func padTo(v []float32, n int) []float32 {
+	out := make([]float32, n)
+	copy(out, v)
+	return out
+}
+
+// transpose turns a row-major [r][c] matrix into [c][r].
+func transpose(v []float32, r, c int) []float32 {
+	out := make([]float32, len(v))
+	for i := 0; i < r; i++ {
+		for j := 0; j < c; j++ {
+			out[j*r+i] = v[i*c+j]
+		}
+	}
+	return out
+}
+
+// evalBuildTime evaluates every build-time value that a run-time node uses,
+// with the reference interpreter, on the subgraph of build-time nodes. Packed
+// values come back in their physical layout.
+func evalBuildTime(g *ir.Graph, build []bool, params map[string]*tensor.Tensor) (map[int]*tensor.Tensor, error) {
+	need := map[int]bool{}
+	for i, n := range g.Nodes {
+		if build[i] {
+			continue
+		}
+		for _, a := range n.Args {
+			if build[a] {
+				need[a] = true
+			}
+		}
+	}
+	sub := &ir.Graph{Name: g.Name + ".weights"}
+	m := map[int]int{}
+	for i, n := range g.Nodes {
+		if !build[i] {
+			continue
+		}
+		c := *n
+		c.Args = make([]int, len(n.Args))
+		for k, a := range n.Args {
+			c.Args[k] = m[a]
+		}
+		if !ir.HasDeclaredType(c.Op) {
+			c.Type = ir.Type{Layout: n.Type.Layout}
+		}
+		id, err := sub.Add(&c)
+		if err != nil {
+			return nil, err
+		}
+		m[i] = id
+	}
+	var ids []int
+	for i := range need {
+		ids = append(ids, i)
+	}
+	sort.Ints(ids)
+	if len(ids) == 0 {
+		return map[int]*tensor.Tensor{}, nil
+	}
+	for _, i := range ids {
+		sub.Outputs = append(sub.Outputs, m[i])
+	}
+	res, err := interp.Run(sub, params, nil, interp.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("evaluating weights at build time: %w", err)
+	}
+	out := map[int]*tensor.Tensor{}
+	for k, i := range ids {
+		out[i] = res.Outputs[k]
+	}
+	return out, nil
+}

@@ -1,0 +1,95 @@
+package lower
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/kiln-dev/kiln/archs"
+	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/ir/interp"
+	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/passes"
+	rt "github.com/kiln-dev/kiln/runtime"
+)
+
+// compileNet runs the pipeline, lowers and compiles net, and opens it.
+func compileNet(t *testing.T, net string, batch int, input []int, isa string) (*rt.Model, map[string]*tensor.Tensor, *tensor.Tensor, *tensor.Tensor) {
+	t.Helper()
+	g, err := dsl.LoadFile(net+".kiln", dsl.Options{Batch: batch, InputShape: input, FS: archs.FS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := map[string]*tensor.Tensor{}
+	for _, p := range g.Params() {
+		params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	x, err := tensor.Generate("input", g.Inputs()[0].Type.Shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := interp.Run(g, params, map[string]*tensor.Tensor{g.Inputs()[0].Name: x}, interp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := passes.Run(g, passes.Options{Target: passes.Targets[0], VerifyEach: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Lower(s, params, []codegen.Target{codegen.AVX512, codegen.AVX2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := codegen.FindLLVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	so := filepath.Join(t.TempDir(), "net.so")
+	if err := p.Compile(context.Background(), tc, so, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rt.Open(rt.Artifact{Manifest: p.Manifest, SharedObjectPath: so, Weights: p.Weights}, rt.Options{ISA: isa, Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, params, x, ref.Outputs[0]
+}
+
+func TestTinyCompiled(t *testing.T) {
+	for _, isa := range []string{"avx512", "avx2"} {
+		for _, batch := range []int{1, 3} {
+			m, _, x, want := compileNet(t, "tiny", batch, nil, isa)
+			got := tensor.New(want.Shape...)
+			if err := m.Run(x.Data, got.Data); err != nil {
+				t.Fatal(err)
+			}
+			d, _ := tensor.MaxAbsDiff(got, want)
+			rel := d / tensor.MaxAbs(want)
+			t.Logf("tiny %s batch %d: max|diff|/max|ref| = %.2e", isa, batch, rel)
+			if !(rel <= 1e-4) {
+				t.Errorf("tiny %s batch %d: compiled differs from the interpreter by %.3g x max|ref|", isa, batch, rel)
+			}
+		}
+	}
+}
+
+func TestNetworksCompiled(t *testing.T) {
+	for _, net := range []string{"inception_resnet_v1"} {
+		m, _, x, want := compileNet(t, net, 1, []int{3, 75, 75}, "avx512")
+		got := tensor.New(want.Shape...)
+		if err := m.Run(x.Data, got.Data); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := tensor.MaxAbsDiff(got, want)
+		rel := d / tensor.MaxAbs(want)
+		t.Logf("%s: max|diff|/max|ref| = %.2e", net, rel)
+		if !(rel <= 1e-4) {
+			t.Errorf("%s: compiled differs from the interpreter by %.3g x max|ref|", net, rel)
+		}
+	}
+}

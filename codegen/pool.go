@@ -1,0 +1,142 @@
+package codegen
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/llir/llvm/ir/value"
+)
+
+// Pool adds a max or average pooling kernel (see PoolSpec). A tile is one
+// output row of one channel block of one image; each output pixel reduces
+// its in-bounds window (bounds computed per pixel), B channels at a time in
+// vectors.
+func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
+	b, err := m.block()
+	if err != nil {
+		return "", 0, err
+	}
+	if err := s.Validate(b); err != nil {
+		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
+	}
+	cb := ceilDiv(s.C, b)
+	kind := "avgpool"
+	if s.Max {
+		kind = "maxpool"
+	}
+	k := Kernel{Name: name, Kind: kind, Tiles: s.N * cb * s.OH, Flops: int64(s.N*s.C*s.OH*s.OW) * int64(s.KH*s.KW)}
+	return m.define(k, func(g *builder) error {
+		V := g.t.VectorLanes
+		vpb := b / V
+		outCB := ceilDiv(s.OutC, b)
+		g.tiles(func(t value.Value) {
+			oh := g.urem(t, s.OH)
+			t = g.udiv(t, s.OH)
+			blk := g.urem(t, cb)
+			n := g.udiv(t, cb)
+			ih0 := g.sub(g.mul(oh, ci(s.SH)), ci(s.PH))
+			khLo := g.smax(g.sub(ci(0), ih0), ci(0))
+			khHi := g.smin(g.sub(ci(s.H), ih0), ci(s.KH))
+			// Input offset of (n, blk, ih = 0, iw = 0).
+			inBase := g.gep(g.arena, g.add(g.mul(g.add(g.mul(n, ci(cb)), blk), ci(s.H*s.W*b)), ci(s.InOff)))
+			ob := g.add(g.mul(n, ci(outCB)), g.add(blk, ci(s.OutCOffset/b)))
+			outRow := g.gep(g.arena, g.add(g.mul(g.add(g.mul(ob, ci(s.OH)), oh), ci(s.OW*b)), ci(s.OutOff)))
+			g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
+				iw0 := g.sub(g.mul(ow, ci(s.SW)), ci(s.PW))
+				kwLo := g.smax(g.sub(ci(0), iw0), ci(0))
+				kwHi := g.smin(g.sub(ci(s.W), iw0), ci(s.KW))
+				init := g.vzero()
+				if s.Max {
+					init = g.vconst(math.Inf(-1))
+				}
+				acc := make([]value.Value, vpb)
+				for j := range acc {
+					acc[j] = init
+				}
+				acc = g.loop(khLo, khHi, acc, func(kh value.Value, acc []value.Value) []value.Value {
+					row := g.gep(inBase, g.mul(g.add(g.mul(g.add(ih0, kh), ci(s.W)), iw0), ci(b)))
+					return g.loop(kwLo, kwHi, acc, func(kw value.Value, acc []value.Value) []value.Value {
+						px := g.gep(row, g.mul(kw, ci(b)))
+						out := make([]value.Value, vpb)
+						for j := range out {
+							x := g.vload(px, ci(j*V))
+							if s.Max {
+								out[j] = g.fmaxNum(acc[j], x)
+							} else {
+								out[j] = g.fadd(acc[j], x)
+							}
+						}
+						return out
+					})
+				})
+				if !s.Max {
+					var scale value.Value
+					if s.CountIncludePad {
+						scale = g.vconst(1 / float64(s.KH*s.KW))
+					} else {
+						cnt := g.mul(g.sub(khHi, khLo), g.sub(kwHi, kwLo))
+						inv := g.b.NewFDiv(cf(1), g.b.NewSIToFP(cnt, f32))
+						scale = g.splat(inv)
+					}
+					for j := range acc {
+						acc[j] = g.fmul(acc[j], scale)
+					}
+				}
+				px := g.gep(outRow, g.mul(ow, ci(b)))
+				for j := range acc {
+					g.vstore(acc[j], px, ci(j*V))
+				}
+				return nil
+			})
+		})
+		return nil
+	})
+}
+
+// GlobalAvgPool adds a global average pooling kernel (see GlobalAvgPoolSpec).
+// A tile is one channel block of one image.
+func (m *Module) GlobalAvgPool(name string, s GlobalAvgPoolSpec) (string, int, error) {
+	b, err := m.block()
+	if err != nil {
+		return "", 0, err
+	}
+	if err := s.Validate(b); err != nil {
+		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
+	}
+	cb := ceilDiv(s.C, b)
+	k := Kernel{Name: name, Kind: "global_avgpool", Tiles: s.N * cb, Flops: int64(s.N*s.C) * int64(s.H*s.W)}
+	return m.define(k, func(g *builder) error {
+		V := g.t.VectorLanes
+		vpb := b / V
+		hw := s.H * s.W
+		g.tiles(func(t value.Value) {
+			in := g.gep(g.arena, g.add(g.mul(t, ci(hw*b)), ci(s.InOff)))
+			// Two interleaved accumulator sets hide the add latency.
+			const u = 2
+			acc := make([]value.Value, u*vpb)
+			for i := range acc {
+				acc[i] = g.vzero()
+			}
+			acc = g.loopN(hw/u, acc, func(i value.Value, acc []value.Value) []value.Value {
+				px := g.gep(in, g.mul(i, ci(u*b)))
+				out := make([]value.Value, len(acc))
+				for k := range acc {
+					out[k] = g.fadd(acc[k], g.vload(px, ci(k*V)))
+				}
+				return out
+			})
+			sum := make([]value.Value, vpb)
+			for j := range sum {
+				sum[j] = g.fadd(acc[j], acc[vpb+j])
+				if hw%u != 0 {
+					sum[j] = g.fadd(sum[j], g.vload(in, ci((hw-1)*b+j*V)))
+				}
+			}
+			out := g.gep(g.arena, g.add(g.mul(t, ci(b)), ci(s.OutOff)))
+			for j := range sum {
+				g.vstore(g.fmul(sum[j], g.vconst(1/float64(hw))), out, ci(j*V))
+			}
+		})
+		return nil
+	})
+}
