@@ -1,0 +1,59 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/kiln-dev/kiln/archs"
+	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/ir/tensor"
+)
+
+// netFlags are the flags shared by every command that elaborates a network.
+type netFlags struct {
+	batch int
+	input string
+}
+
+func (f *netFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.batch, "batch", 1, "batch size `N` bound at build time")
+	fs.StringVar(&f.input, "input", "", "per-sample input shape `CxHxW` overriding the network's declared one (e.g. 3x139x139)")
+}
+
+func (f *netFlags) options() (dsl.Options, error) {
+	if f.batch <= 0 {
+		return dsl.Options{}, usagef("--batch must be positive, got %d", f.batch)
+	}
+	opts := dsl.Options{Batch: f.batch}
+	if f.input != "" {
+		s, err := tensor.ParseShape(f.input)
+		if err != nil {
+			return dsl.Options{}, usagef("--input: %v", err)
+		}
+		opts.InputShape = s
+	}
+	return opts, nil
+}
+
+func builtinNames() []string { return archs.Names() }
+
+// loadNet elaborates FILE: a path on disk, or a built-in network name.
+func loadNet(file string, opts dsl.Options) (*ir.Graph, error) {
+	if _, err := os.Stat(file); err != nil {
+		name := strings.TrimSuffix(file, ".kiln")
+		for _, b := range archs.Names() {
+			if b == name {
+				opts.FS = archs.FS
+				return dsl.LoadFile(name+".kiln", opts)
+			}
+		}
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("%s: no such file, and not a built-in network (%s)", file, strings.Join(archs.Names(), ", "))
+		}
+		return nil, err
+	}
+	return dsl.LoadFile(file, opts)
+}

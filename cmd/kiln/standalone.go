@@ -1,0 +1,202 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"sort"
+	"time"
+
+	"github.com/kiln-dev/kiln/ir/tensor"
+	rt "github.com/kiln-dev/kiln/runtime"
+	"github.com/kiln-dev/kiln/runtime/imageprep"
+)
+
+func hostArch() string { return runtime.GOARCH }
+
+// standalone runs a built executable: the kiln binary with a compiled network
+// appended (kiln build). It returns the exit status, or -1 when the running
+// executable carries no network (it is plain kiln).
+func standalone(args []string, stdout, stderr io.Writer) int {
+	a, found, err := rt.FindPayload("")
+	if !found && err == nil {
+		return -1
+	}
+	name := "kiln-model"
+	if len(os.Args) > 0 {
+		name = os.Args[0]
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	defer a.Close()
+	man := &a.Manifest
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	input := fs.String("input", "", "input tensor `X.npy`, float32 "+tensor.ShapeString(man.Input.Shape))
+	output := fs.String("output", "", "write the output tensor to `Y.npy`")
+	image := fs.String("image", "", "classify an image `FILE` (JPEG or PNG) with the network's preprocessing")
+	top := fs.Int("top", 5, "with --image: print the `K` best classes")
+	bench := fs.Bool("bench", false, "time repeated inferences and print the median latency")
+	iters := fs.Int("iters", 20, "with --bench: timed `N` inferences after warm-up")
+	threads := fs.Int("threads", 0, "worker `threads` per inference (0: all cores)")
+	isa := fs.String("isa", "", "force the instruction set `ISA` ("+isaList(man.ISAs)+"); default $KILN_ISA or the best available")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench]\n\n", name)
+		fmt.Fprintf(fs.Output(), "%s compiled by kiln: input %s, output %s, batch %d, ISAs %s.\n\nFlags:\n",
+			man.Network, tensor.ShapeString(man.Input.Shape), tensor.ShapeString(man.Output.Shape), man.Batch, isaList(man.ISAs))
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	usage := func(msg string) int {
+		fmt.Fprintf(stderr, "%s: %s\nRun '%s -h' for usage.\n", name, msg, name)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		return usage("unexpected arguments")
+	}
+	modes := 0
+	for _, on := range []bool{*input != "", *image != "", *bench} {
+		if on {
+			modes++
+		}
+	}
+	if modes != 1 {
+		return usage("give exactly one of --input (with --output), --image or --bench")
+	}
+	if *input != "" && *output == "" {
+		return usage("--input needs --output")
+	}
+	if *threads < 0 || *iters <= 0 || *top <= 0 {
+		return usage("--threads must be >= 0, --iters and --top positive")
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads})
+	if err != nil {
+		return fail(err)
+	}
+	defer m.Close()
+	out := make([]float32, numel(man.Output.Shape))
+	switch {
+	case *input != "":
+		x, err := tensor.ReadNPYFile(*input)
+		if err != nil {
+			return fail(err)
+		}
+		if !equalShape(x.Shape, man.Input.Shape) {
+			return fail(fmt.Errorf("input %s: shape %s, this binary was built for %s", *input, tensor.ShapeString(x.Shape), tensor.ShapeString(man.Input.Shape)))
+		}
+		if err := m.Run(x.Data, out); err != nil {
+			return fail(err)
+		}
+		if err := tensor.WriteNPYFile(*output, &tensor.Tensor{Shape: man.Output.Shape, Data: out}); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "wrote %s: %s\n", *output, tensor.ShapeString(man.Output.Shape))
+	case *image != "":
+		pp := man.Preprocess
+		if pp == nil {
+			return fail(fmt.Errorf("this network has no image preprocessing (built from a network without a 3xSxS input)"))
+		}
+		cfg := imageprep.Config{Size: pp.Size, CropPct: pp.CropPct, Mean: pp.Mean, Std: pp.Std}
+		x, err := imageprep.LoadFile(*image, cfg)
+		if err != nil {
+			return fail(err)
+		}
+		in := make([]float32, numel(man.Input.Shape))
+		for b := 0; b < man.Batch; b++ {
+			copy(in[b*len(x):], x)
+		}
+		if err := m.Run(in, out); err != nil {
+			return fail(err)
+		}
+		printTop(stdout, out[:numel(man.Output.Shape)/man.Batch], *top, man.Labels)
+	case *bench:
+		in := make([]float32, numel(man.Input.Shape))
+		for i := range in {
+			in[i] = float32(math.Sin(float64(i)))
+		}
+		for i := 0; i < 3; i++ {
+			if err := m.Run(in, out); err != nil {
+				return fail(err)
+			}
+		}
+		ts := make([]float64, *iters)
+		for i := range ts {
+			t0 := time.Now()
+			if err := m.Run(in, out); err != nil {
+				return fail(err)
+			}
+			ts[i] = time.Since(t0).Seconds()
+		}
+		sort.Float64s(ts)
+		var macs int64
+		for _, k := range man.Kernels {
+			macs += k.MACs
+		}
+		med := ts[len(ts)/2]
+		fmt.Fprintf(stdout, "%s batch %d, %s, %d threads: median %.2f ms (p10 %.2f, p90 %.2f) over %d runs, %.1f GFLOP/s\n",
+			man.Network, man.Batch, m.ISA(), m.Threads(), med*1e3, ts[len(ts)/10]*1e3, ts[len(ts)*9/10]*1e3, len(ts), 2*float64(macs)/med/1e9)
+	}
+	return 0
+}
+
+// printTop prints the k largest softmax probabilities of logits (or of
+// probabilities, if the network ends in softmax).
+func printTop(w io.Writer, logits []float32, k int, labels []string) {
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = math.Max(mx, float64(v))
+	}
+	var sum float64
+	p := make([]float64, len(logits))
+	for i, v := range logits {
+		p[i] = math.Exp(float64(v) - mx)
+		sum += p[i]
+	}
+	idx := make([]int, len(p))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return p[idx[a]] > p[idx[b]] })
+	for _, i := range idx[:min(k, len(idx))] {
+		label := ""
+		if i < len(labels) {
+			label = "  " + labels[i]
+		}
+		fmt.Fprintf(w, "%5d  %.4f%s\n", i, p[i]/sum, label)
+	}
+}
+
+func numel(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
