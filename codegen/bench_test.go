@@ -7,38 +7,7 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/codegen/internal/ktest"
-	"github.com/llir/llvm/ir/value"
 )
-
-// peakChains is the number of independent FMA chains of the peak kernel on
-// t: more than FMA latency × pipes on current x86 cores (4 × 2), and within
-// the register file with the two operands (12 on AVX2, 24 on AVX-512).
-func peakChains(t Target) int { return min(24, t.Registers-4) }
-
-// addPeak adds a kernel measuring the FMA peak: each "tile" is one
-// iteration of peakChains independent vector FMA chains
-// (acc = acc*a + b, with a and b loaded from the arena so nothing folds).
-func addPeak(m *Module, name string, iters int) error {
-	_, _, err := m.define(Kernel{Name: name, Kind: "peak", Tiles: iters}, func(g *builder) error {
-		a, b := g.vload(g.arena, ci(0)), g.vload(g.arena, ci(g.t.VectorLanes))
-		acc := make([]value.Value, peakChains(g.t))
-		for i := range acc {
-			acc[i] = g.vload(g.arena, ci((2+i)*g.t.VectorLanes))
-		}
-		acc = g.loop(g.begin, g.end, acc, func(_ value.Value, acc []value.Value) []value.Value {
-			out := make([]value.Value, len(acc))
-			for i := range acc {
-				out[i] = g.fma(acc[i], a, b)
-			}
-			return out
-		})
-		for i := range acc {
-			g.vstore(acc[i], g.arena, ci((2+i)*g.t.VectorLanes))
-		}
-		return nil
-	})
-	return err
-}
 
 // benchConvs are typical Inception-v4 layers.
 var benchConvs = []struct {
@@ -51,6 +20,10 @@ var benchConvs = []struct {
 	{"1x3_384to256_8x8", with(cv(1, 384, 8, 8, 256, 1, 3, 1, 1, 0, 1), biasRelu)},
 	{"3x3s2_3to32_299_stem", with(cv(1, 3, 299, 299, 32, 3, 3, 2, 2, 0, 0), func(s *ConvSpec) { plain(s); biasRelu(s) })},
 }
+
+// benchPeak is the FMA-peak kernel of the benchmarks: one tile of 2^18
+// iterations (a few milliseconds).
+var benchPeak = PeakSpec{Tiles: 1, Iters: 1 << 18}
 
 // measure returns the GFLOP/s of k's fastest run over [0, tiles), timing
 // in C for at least about 60 ms in all.
@@ -78,7 +51,7 @@ func measure(k ktest.Kernel, arena, weights []float32, tiles int, flops int64) f
 func BenchmarkConv(b *testing.B) {
 	const blk = 16
 	lib := buildLib(b, func(m *Module) error {
-		if err := addPeak(m, "peak", 1<<18); err != nil {
+		if _, _, err := m.Peak("peak", benchPeak); err != nil {
 			return err
 		}
 		for i, c := range benchConvs {
@@ -102,14 +75,13 @@ func BenchmarkConv(b *testing.B) {
 	}
 	for _, tgt := range x86Targets(b) {
 		pk := kernel(b, lib, "peak", tgt)
-		const peakIters = 1 << 18
-		peakFlops := int64(peakIters) * int64(peakChains(tgt)) * 2 * int64(tgt.VectorLanes)
+		peakFlops := benchPeak.TileFlops(tgt)
 		b.Run("peak/"+tgt.Name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				pk.Run(arena, weights, 0, peakIters)
+				pk.Run(arena, weights, 0, benchPeak.Tiles)
 			}
 			b.StopTimer()
-			b.ReportMetric(measure(pk, arena, weights, peakIters, peakFlops), "GFLOP/s")
+			b.ReportMetric(measure(pk, arena, weights, benchPeak.Tiles, peakFlops), "GFLOP/s")
 		})
 		for i, c := range benchConvs {
 			s := c.s
@@ -126,7 +98,7 @@ func BenchmarkConv(b *testing.B) {
 				// Best-of timings of the kernel and of the peak kernel right
 				// after it, so that both see the same machine state.
 				gf := measure(k, arena, weights, p.tiles, flops)
-				peak := measure(pk, arena, weights, peakIters, peakFlops)
+				peak := measure(pk, arena, weights, benchPeak.Tiles, peakFlops)
 				b.ReportMetric(gf, "GFLOP/s")
 				b.ReportMetric(peak, "peak-GFLOP/s")
 				b.ReportMetric(100*gf/peak, "%peak")

@@ -169,10 +169,13 @@ func (tc *Toolchain) Assembly(ll string, t Target) (string, error) {
 }
 
 // SharedLibrary links objects into the shared library out for t with clang
-// -shared. Linking for another architecture (arm64 on an x86 host) needs
-// lld (-fuse-ld=lld) and a sysroot; when ld.lld is missing it returns an
-// error saying so. TODO: cross-link arm64 once lld and an aarch64 sysroot
-// are part of the build dependencies.
+// -shared. Linking for another architecture (arm64 on an x86 host) uses lld
+// (-fuse-ld=lld) without the C library or a sysroot (-nostdlib); when ld.lld
+// is missing it returns an error saying so. The library then has no
+// DT_NEEDED entries: the few libc functions the C driver calls
+// (clock_gettime, sched_yield) stay undefined and are bound at dlopen time
+// to the loading process's libc (kiln links it), and the driver is compiled
+// with CrossCFlags so that nothing needs libgcc (docs/ARM64.md).
 func (tc *Toolchain) SharedLibrary(objs []string, t Target, out string) error {
 	tmp := out + ".tmp"
 	args := []string{"-shared", "-fPIC", "--target=" + clangTarget(t), "-o", tmp}
@@ -180,7 +183,8 @@ func (tc *Toolchain) SharedLibrary(objs []string, t Target, out string) error {
 		if !haveLLD() {
 			return fmt.Errorf("linking a %s library on %s needs ld.lld (apt-get install lld-%d)", t.Arch(), hostArch(), LLVMMajor)
 		}
-		// Kernels call nothing, so no libc or sysroot is needed.
+		// Kernels call nothing and the driver only libc, resolved at load
+		// time, so no libc, libgcc or sysroot is linked.
 		args = append(args, "-fuse-ld=lld", "-nostdlib")
 	}
 	if err := tc.run(tc.Clang, append(args, objs...)...); err != nil {
@@ -188,6 +192,39 @@ func (tc *Toolchain) SharedLibrary(objs []string, t Target, out string) error {
 		return err
 	}
 	return os.Rename(tmp, out)
+}
+
+// debianArch is Debian's name of each architecture Kiln targets, which
+// names its cross C library package (libc6-dev-<arch>-cross).
+var debianArch = map[string]string{"x86_64": "amd64", "aarch64": "arm64"}
+
+// CrossCFlags are the extra clang arguments for compiling C (the kernel
+// driver) for t on this host: none for the host's own architecture. For
+// another architecture the headers come from Debian's cross C library in
+// /usr/<arch>-linux-gnu (libc6-dev-arm64-cross for aarch64), never from the
+// host's /usr/include, and on aarch64 atomics are inlined
+// (-mno-outline-atomics): outlined ones call libgcc helpers such as
+// __aarch64_ldadd4_acq_rel, which SharedLibrary's -nostdlib link leaves
+// undefined and no libc defines, so the library would fail to load. A
+// missing sysroot is an error naming the package to install.
+func CrossCFlags(t Target) ([]string, error) {
+	arch := t.Arch()
+	if arch == hostArch() {
+		return nil, nil
+	}
+	sysroot := "/usr/" + arch + "-linux-gnu"
+	if _, err := os.Stat(filepath.Join(sysroot, "include", "time.h")); err != nil {
+		pkg := "libc6-dev-" + debianArch[arch] + "-cross"
+		if debianArch[arch] == "" {
+			pkg = "the " + arch + " C library headers"
+		}
+		return nil, fmt.Errorf("compiling C for %s on %s needs the %s C library headers in %s (apt-get install %s)", arch, hostArch(), arch, sysroot, pkg)
+	}
+	flags := []string{"--sysroot=" + sysroot}
+	if arch == "aarch64" {
+		flags = append(flags, "-mno-outline-atomics")
+	}
+	return flags, nil
 }
 
 func haveLLD() bool {

@@ -2,23 +2,54 @@ package lower
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"sync"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	rt "github.com/kiln-dev/kiln/runtime"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/kiln-dev/kiln/codegen"
 )
 
-// Compile compiles the program's modules (in parallel, through the object
-// cache) and its driver, and links them into the shared library out.
-// progress, if not nil, reports each finished module.
+// Compile produces the shared library out. A whole-library cache comes
+// first: the key hashes the kiln executable itself (so any change to the code
+// generators invalidates it), the targets and every kernel spec; on a hit the
+// cached library and kernel list are reused and no LLVM IR is generated. On a
+// miss the kernels are emitted into LLVM modules that compile in parallel
+// through the per-object cache, the driver is generated and compiled, and
+// everything is linked. Compile sets p.Manifest.Kernels. progress, if not
+// nil, reports each finished module.
 func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string, progress func(done, total int, cached bool)) error {
 	t := p.Targets[0]
+	key, err := p.cacheKey(tc)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(tc.CacheDir, "lib", key[:2])
+	cachedSO, cachedInfo := filepath.Join(dir, key+".so"), filepath.Join(dir, key+".json")
+	if info, err := os.ReadFile(cachedInfo); err == nil {
+		var kernels []rt.KernelInfo
+		if json.Unmarshal(info, &kernels) == nil && copyFile(cachedSO, out) == nil {
+			p.Manifest.Kernels = kernels
+			if progress != nil {
+				progress(1, 1, true)
+			}
+			return nil
+		}
+	}
+	mods, infos, err := p.generate()
+	if err != nil {
+		return err
+	}
 	var jobs []codegen.CompileJob
-	for i, m := range p.Modules {
+	for i, m := range mods {
 		jobs = append(jobs, codegen.CompileJob{Name: fmt.Sprintf("kernels%d", i), IR: m.String(), Target: t})
 	}
 	var cb func(done, total int, job codegen.CompileJob, cached bool)
@@ -29,16 +60,103 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	if err != nil {
 		return err
 	}
-	drv, err := compileC(tc, p.Driver, t)
+	drv, err := compileC(tc, driverSource(p.Targets, infos), t)
 	if err != nil {
 		return err
 	}
-	return tc.SharedLibrary(append(objs, drv), t, out)
+	if err := tc.SharedLibrary(append(objs, drv), t, out); err != nil {
+		return err
+	}
+	p.Manifest.Kernels = infos
+	// Fill the library cache (best effort; a failure only costs the next
+	// build time).
+	if info, err := json.Marshal(infos); err == nil && os.MkdirAll(dir, 0o755) == nil {
+		if copyFile(out, cachedSO) == nil {
+			writeAtomic(cachedInfo, info)
+		}
+	}
+	return nil
+}
+
+var exeHash struct {
+	once sync.Once
+	sum  string
+	err  error
+}
+
+// cacheKey hashes the running executable, the targets and the specs.
+func (p *Program) cacheKey(tc *codegen.Toolchain) (string, error) {
+	exeHash.once.Do(func() {
+		exe, err := os.Executable()
+		if err != nil {
+			exeHash.err = err
+			return
+		}
+		f, err := os.Open(exe)
+		if err != nil {
+			exeHash.err = err
+			return
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			exeHash.err = err
+			return
+		}
+		exeHash.sum = hex.EncodeToString(h.Sum(nil))
+	})
+	if exeHash.err != nil {
+		return "", fmt.Errorf("hashing the kiln executable for the build cache: %w", exeHash.err)
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "kiln-lib-v1\x00%s\x00%s\x00", exeHash.sum, tc.Version)
+	for _, t := range p.Targets {
+		fmt.Fprintf(h, "%+v\x00", t)
+	}
+	for _, k := range p.specs {
+		fmt.Fprintf(h, "%s %d %T%+v\x00", k.name, k.macs, k.spec, k.spec)
+		fmt.Fprintf(h, "%s\x00", p.graph.Nodes[k.node].Name)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// copyFile copies src to dst atomically.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(dst, b)
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".kiln-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // compileC compiles C source for t through the object cache.
 func compileC(tc *codegen.Toolchain, src string, t codegen.Target) (string, error) {
-	h := sha256.Sum256([]byte(tc.Version + "\x00" + t.Triple + "\x00driver-O2\x00" + src))
+	cross, err := codegen.CrossCFlags(t) // sysroot and inline atomics when cross-compiling
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256([]byte(tc.Version + "\x00" + t.Triple + "\x00driver-O2" + strings.Join(cross, " ") + "\x00" + src))
 	key := hex.EncodeToString(h[:])
 	obj := filepath.Join(tc.CacheDir, key[:2], key+".o")
 	if _, err := os.Stat(obj); err == nil {
@@ -57,7 +175,7 @@ func compileC(tc *codegen.Toolchain, src string, t codegen.Target) (string, erro
 		return "", err
 	}
 	tmp := filepath.Join(dir, "driver.o")
-	cmd := exec.Command(tc.Clang, "-c", "-O2", "-fPIC", "--target="+t.Triple, "-o", tmp, c)
+	cmd := exec.Command(tc.Clang, append([]string{"-c", "-O2", "-fPIC", "--target=" + t.Triple}, append(cross, "-o", tmp, c)...)...)
 	if outp, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("compiling the kernel driver: %v\n%s", err, outp)
 	}

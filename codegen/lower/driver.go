@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unsafe"
 
 	"github.com/kiln-dev/kiln/codegen"
 	rt "github.com/kiln-dev/kiln/runtime"
@@ -110,10 +111,22 @@ int32_t kiln_abi_version(void) { return 1; }
 	return b.String()
 }
 
-func float32Bytes(v []float32) []byte {
-	out := make([]byte, 4*len(v))
-	for i, f := range v {
-		binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(f))
+// putFloats writes v into dst as little-endian float32: a plain copy on
+// little-endian hosts (every target Kiln supports), byte by byte otherwise.
+func putFloats(dst []byte, v []float32) {
+	if len(v) == 0 {
+		return
 	}
-	return out
+	if littleEndian {
+		copy(dst, unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v)))
+		return
+	}
+	for i, f := range v {
+		binary.LittleEndian.PutUint32(dst[4*i:], math.Float32bits(f))
+	}
 }
+
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()

@@ -18,36 +18,52 @@ import (
 	rt "github.com/kiln-dev/kiln/runtime"
 )
 
-// Program is a lowered network, ready to compile.
+// Program is a lowered network, ready to compile: kernel specs with every
+// offset resolved, the weights blob and the manifest (whose kernel list
+// Compile fills in).
 type Program struct {
-	// Modules hold the kernels, split into several LLVM modules so that they
-	// compile in parallel.
-	Modules []*codegen.Module
-	// Driver is the C source of kiln_run_<isa> and kiln_abi_version.
-	Driver string
 	// Weights is the weights blob (little-endian float32).
 	Weights []byte
-	// Manifest describes the artifact to the runtime.
+	// Manifest describes the artifact to the runtime; Manifest.Kernels is
+	// set by Compile.
 	Manifest rt.Manifest
 	// Targets are the ISA variants compiled.
 	Targets []codegen.Target
+
+	specs []kernelSpec
+	graph *ir.Graph
 }
 
 // kernelsPerModule bounds the size of one LLVM module.
 const kernelsPerModule = 24
 
-// blob accumulates the weights blob, each tensor 64-byte aligned.
+// blob lays out the weights blob, each tensor 64-byte aligned; the bytes are
+// assembled once at the end (a 160 MB blob must not be regrown piecewise).
 type blob struct {
-	data []float32
+	chunks []chunk
+	n      int
+}
+
+type chunk struct {
+	off int
+	v   []float32
 }
 
 func (b *blob) add(v []float32) int {
-	for len(b.data)%16 != 0 {
-		b.data = append(b.data, 0)
-	}
-	off := len(b.data)
-	b.data = append(b.data, v...)
+	b.n = ceilTo(b.n, 16)
+	off := b.n
+	b.chunks = append(b.chunks, chunk{off, v})
+	b.n += len(v)
 	return off
+}
+
+// bytes returns the blob as little-endian float32.
+func (b *blob) bytes() []byte {
+	out := make([]byte, 4*b.n)
+	for _, c := range b.chunks {
+		putFloats(out[4*c.off:], c.v)
+	}
+	return out
 }
 
 // Lower lowers the final pipeline state s (it must have a plan) for targets,
@@ -183,24 +199,8 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 			return nil, ir.Errorf(n.Pos, "codegen: op %s has no kernel (run the full inference pipeline first)", n.Op)
 		}
 	}
-	p := &Program{Targets: targets}
-	var infos []rt.KernelInfo
-	for k := 0; k < len(specs); k += kernelsPerModule {
-		m := codegen.NewModule(targets...)
-		for _, ks := range specs[k:min(k+kernelsPerModule, len(specs))] {
-			tiles, kind, err := ks.add(m)
-			if err != nil {
-				return nil, ir.Errorf(g.Nodes[ks.node].Pos, "codegen %s: %v", g.Nodes[ks.node].Name, err)
-			}
-			infos = append(infos, rt.KernelInfo{Name: ks.name, Label: g.Nodes[ks.node].Name, Op: kind, Tiles: int64(tiles), MACs: ks.macs})
-		}
-		if err := m.Err(); err != nil {
-			return nil, err
-		}
-		p.Modules = append(p.Modules, m)
-	}
-	p.Driver = driverSource(targets, infos)
-	p.Weights = float32Bytes(wb.data)
+	p := &Program{Targets: targets, specs: specs, graph: g}
+	p.Weights = wb.bytes()
 	in := g.Inputs()
 	if len(in) != 1 || len(g.Outputs) != 1 {
 		return nil, fmt.Errorf("codegen: networks with one input and one output only (have %d, %d)", len(in), len(g.Outputs))
@@ -217,11 +217,33 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 	p.Manifest = rt.Manifest{
 		Version: rt.ManifestVersion, Network: g.Name, Batch: in[0].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
 		ArenaBytes: plan.Arena, WeightsBytes: int64(len(p.Weights)),
-		Input:   rt.TensorInfo{Name: in[0].Name, Shape: append([]int(nil), in[0].Type.Shape...), Offset: int64(off(inID))},
-		Output:  rt.TensorInfo{Name: g.Nodes[out].Name, Shape: append([]int(nil), g.Nodes[out].Type.Shape...), Offset: int64(off(out))},
-		Kernels: infos,
+		Input:  rt.TensorInfo{Name: in[0].Name, Shape: append([]int(nil), in[0].Type.Shape...), Offset: int64(off(inID))},
+		Output: rt.TensorInfo{Name: g.Nodes[out].Name, Shape: append([]int(nil), g.Nodes[out].Type.Shape...), Offset: int64(off(out))},
 	}
 	return p, nil
+}
+
+// generate emits the kernels into LLVM modules (kernelsPerModule each) and
+// returns the kernel list for the manifest and the driver.
+func (p *Program) generate() ([]*codegen.Module, []rt.KernelInfo, error) {
+	var mods []*codegen.Module
+	var infos []rt.KernelInfo
+	g := p.graph
+	for k := 0; k < len(p.specs); k += kernelsPerModule {
+		m := codegen.NewModule(p.Targets...)
+		for _, ks := range p.specs[k:min(k+kernelsPerModule, len(p.specs))] {
+			tiles, kind, err := ks.add(m)
+			if err != nil {
+				return nil, nil, ir.Errorf(g.Nodes[ks.node].Pos, "codegen %s: %v", g.Nodes[ks.node].Name, err)
+			}
+			infos = append(infos, rt.KernelInfo{Name: ks.name, Label: g.Nodes[ks.node].Name, Op: kind, Tiles: int64(tiles), MACs: ks.macs})
+		}
+		if err := m.Err(); err != nil {
+			return nil, nil, err
+		}
+		mods = append(mods, m)
+	}
+	return mods, infos, nil
 }
 
 // kernelSpec is one kernel to emit.

@@ -52,12 +52,25 @@ func compileNet(t *testing.T, net string, batch int, input []int, isa string) (*
 	if err := p.Compile(context.Background(), tc, so, nil); err != nil {
 		t.Fatal(err)
 	}
-	m, err := rt.Open(rt.Artifact{Manifest: p.Manifest, SharedObjectPath: so, Weights: p.Weights}, rt.Options{ISA: isa, Threads: 2})
+	a := rt.Artifact{Manifest: p.Manifest, SharedObjectPath: so, Weights: p.Weights}
+	m, err := rt.Open(a, rt.Options{ISA: isa, Threads: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
+	artifacts[m] = a
 	t.Cleanup(func() { m.Close() })
 	return m, params, x, ref.Outputs[0]
+}
+
+var artifacts = map[*rt.Model]rt.Artifact{}
+
+// reopen opens the artifact behind m again with another ISA.
+func reopen(t *testing.T, m *rt.Model, isa string) (*rt.Model, error) {
+	m2, err := rt.Open(artifacts[m], rt.Options{ISA: isa, Threads: 2})
+	if err == nil {
+		t.Cleanup(func() { m2.Close() })
+	}
+	return m2, err
 }
 
 func TestTinyCompiled(t *testing.T) {
@@ -78,18 +91,40 @@ func TestTinyCompiled(t *testing.T) {
 	}
 }
 
+// TestNetworksCompiled compiles the three networks at batch 1 (299x299) and
+// batch 4 (139x139, to keep the interpreter's share of CI time down), with
+// AVX-512 and AVX2 kernels in one artifact, and checks both paths against the
+// interpreter within 1e-4 x max|reference|.
 func TestNetworksCompiled(t *testing.T) {
-	for _, net := range []string{"inception_resnet_v1"} {
-		m, _, x, want := compileNet(t, net, 1, []int{3, 75, 75}, "avx512")
-		got := tensor.New(want.Shape...)
-		if err := m.Run(x.Data, got.Data); err != nil {
-			t.Fatal(err)
-		}
-		d, _ := tensor.MaxAbsDiff(got, want)
-		rel := d / tensor.MaxAbs(want)
-		t.Logf("%s: max|diff|/max|ref| = %.2e", net, rel)
-		if !(rel <= 1e-4) {
-			t.Errorf("%s: compiled differs from the interpreter by %.3g x max|ref|", net, rel)
+	if testing.Short() {
+		t.Skip("compiles three full networks")
+	}
+	for _, net := range []string{"inception_v4", "inception_resnet_v2", "inception_resnet_v1"} {
+		for _, batch := range []int{1, 4} {
+			var size []int
+			if batch > 1 {
+				size = []int{3, 139, 139}
+			}
+			m, _, x, want := compileNet(t, net, batch, size, "avx512")
+			for _, isa := range []string{"avx512", "avx2"} {
+				if isa == "avx2" {
+					m2, err := reopen(t, m, isa)
+					if err != nil {
+						t.Fatal(err)
+					}
+					m = m2
+				}
+				got := tensor.New(want.Shape...)
+				if err := m.Run(x.Data, got.Data); err != nil {
+					t.Fatal(err)
+				}
+				d, _ := tensor.MaxAbsDiff(got, want)
+				rel := d / tensor.MaxAbs(want)
+				t.Logf("%s batch %d %s: max|diff|/max|ref| = %.2e", net, batch, isa, rel)
+				if !(rel <= 1e-4) {
+					t.Errorf("%s batch %d %s: compiled differs from the interpreter by %.3g x max|ref|", net, batch, isa, rel)
+				}
+			}
 		}
 	}
 }
