@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kiln-dev/kiln/ir"
+
 	"github.com/kiln-dev/kiln/ir/tensor"
 	rt "github.com/kiln-dev/kiln/runtime"
 )
@@ -34,8 +36,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				runner, err := runnerFor(bt)
-				if err != nil {
+				if _, err := runnerFor(bt); err != nil {
 					return err
 				}
 				opts, err := nf.options()
@@ -54,19 +55,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				c.prog.Manifest.Preprocess = preprocessFor(g.Name, g.Inputs()[0].Type.Shape)
-				exe, err := os.Open(runner)
-				if err != nil {
-					return err
-				}
-				defer exe.Close()
-				err = tensor.WriteFileAtomic(*out, func(w io.Writer) error {
-					return rt.AppendPayload(w, exe, c.so, bytes.NewReader(c.prog.Weights), c.prog.Manifest)
-				})
-				if err != nil {
-					return err
-				}
-				if err := os.Chmod(*out, 0o755); err != nil {
+				if err := writeStandalone(c, g, bt, *out); err != nil {
 					return err
 				}
 				st, _ := os.Stat(*out)
@@ -124,4 +113,26 @@ func preprocessFor(network string, inShape []int) *rt.Preprocess {
 		crop = 0.8975
 	}
 	return &rt.Preprocess{Size: inShape[2], CropPct: crop, Mean: [3]float64{0.5, 0.5, 0.5}, Std: [3]float64{0.5, 0.5, 0.5}, Interpolation: "bicubic"}
+}
+
+// writeStandalone writes the executable out: the runner for bt with the
+// compiled network appended (atomically; executable bits set).
+func writeStandalone(c *compiled, g *ir.Graph, bt buildTarget, out string) error {
+	runner, err := runnerFor(bt)
+	if err != nil {
+		return err
+	}
+	c.prog.Manifest.Preprocess = preprocessFor(g.Name, g.Inputs()[0].Type.Shape)
+	exe, err := os.Open(runner)
+	if err != nil {
+		return err
+	}
+	defer exe.Close()
+	err = tensor.WriteFileAtomic(out, func(w io.Writer) error {
+		return rt.AppendPayload(w, exe, c.so, bytes.NewReader(c.prog.Weights), c.prog.Manifest)
+	})
+	if err != nil {
+		return err
+	}
+	return os.Chmod(out, 0o755)
 }
