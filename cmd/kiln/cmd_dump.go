@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/passes"
@@ -44,7 +45,7 @@ func init() {
 				}
 				switch *format {
 				case "dot":
-					return ir.WriteDOT(e.stdout, st.Graph)
+					return ir.WriteDOTWith(e.stdout, st.Graph, planNote(st))
 				case "counts":
 					_, err := e.stdout.Write([]byte(passes.FormatOpCounts(g, st.Graph)))
 					return err
@@ -55,4 +56,39 @@ func init() {
 				return ir.Print(e.stdout, st.Graph)
 			}
 		}})
+}
+
+// planNote labels DOT nodes with their arena buffer when the pipeline planned
+// memory: buffer number, byte range, and the channel slice of an in-place
+// concat write.
+func planNote(st *passes.State) func(i int) string {
+	if st.Plan == nil {
+		return nil
+	}
+	p := st.Plan
+	return func(i int) string {
+		b := p.BufferOf[i]
+		if b < 0 {
+			return "build time (weights)"
+		}
+		buf := p.Buffers[b]
+		s := fmt.Sprintf("buffer %d @%d+%d B", b, buf.Offset, buf.Size)
+		n := st.Graph.Nodes[i]
+		if ir.IntoOperand(n) >= 0 {
+			off := n.Attrs.Int("offset")
+			s += fmt.Sprintf(", channels [%d,%d) of %d", off, off+sliceChannels(st.Graph, i), n.Type.Shape[1])
+		}
+		return s
+	}
+}
+
+// sliceChannels is the number of channels a destination write produces.
+func sliceChannels(g *ir.Graph, i int) int {
+	n := g.Nodes[i]
+	switch n.Op {
+	case ir.OpFusedConv:
+		return g.Nodes[n.Args[1]].Type.Shape[0]
+	default:
+		return g.Nodes[n.Args[0]].Type.Shape[1]
+	}
 }
