@@ -3,18 +3,28 @@
 GO      ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test vet fmt-check unit fuzz install-deps clean
+.PHONY: all build kiln-arm64 demo test vet fmt-check unit race fuzz install-deps clean
 
 all: build
 
 build:
 	$(GO) build -o bin/kiln ./cmd/kiln
 
+# The arm64 runtime that `kiln build --target arm64-neon` appends networks to:
+# it must sit next to bin/kiln. Cross-compiled with cgo (the runtime dlopens
+# the kernels) with Debian's aarch64 toolchain (make install-deps); see
+# docs/ARM64.md. Not part of `build`, which needs no cross toolchain.
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+
+kiln-arm64:
+	@command -v $(AARCH64_CC) >/dev/null 2>&1 || { echo "$(AARCH64_CC) not found: run make install-deps (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"; exit 1; }
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(AARCH64_CC) $(GO) build -o bin/kiln-linux-arm64 ./cmd/kiln
+
 # Main job: Inception-v4 end to end on the built-in sample (procedural weights).
 demo: build
 	./bin/kiln demo inception_v4
 
-test: fmt-check vet unit fuzz
+test: fmt-check vet unit race fuzz
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -25,6 +35,10 @@ vet:
 
 unit:
 	$(GO) test -count=1 -timeout 40m ./...
+
+# Concurrent inference from many goroutines, under the race detector.
+race:
+	$(GO) test -count=1 -race ./runtime/
 
 # Every parser gets a short fuzz run: no panic, no hang.
 fuzz:
