@@ -87,18 +87,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	e := &env{stdout: stdout, stderr: stderr}
 	runFn := cmd.setup(fs, e)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: kiln %s [flags] %s\n\n%s\n\nFlags:\n", cmd.name, cmd.args, cmd.summary)
+	usage := func(w io.Writer) {
+		fs.SetOutput(w)
+		fmt.Fprintf(w, "Usage: kiln %s [flags] %s\n\n%s\n\nFlags:\n", cmd.name, cmd.args, cmd.summary)
 		fs.PrintDefaults()
 	}
+	fs.Usage = func() {} // printed below, once, to the right stream
 	pos, err := parseInterleaved(fs, args[1:])
 	if errors.Is(err, flag.ErrHelp) {
-		fs.SetOutput(stdout)
-		fs.Usage()
+		usage(stdout)
 		return 0
 	}
 	if err != nil {
-		return 2 // the flag package has printed the error and usage
+		usage(stderr) // the flag package has printed the error itself
+		return 2
 	}
 	if err := runFn(pos); err != nil {
 		var ue usageError
