@@ -3,7 +3,7 @@
 GO      ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build kiln-arm64 demo test vet fmt-check unit race fuzz install-deps clean
+.PHONY: all build kiln-arm64 demo peers test vet fmt-check unit race fuzz install-deps clean
 
 all: build
 
@@ -23,6 +23,11 @@ kiln-arm64:
 # Main job: Inception-v4 end to end on the built-in sample (procedural weights).
 demo: build
 	./bin/kiln demo inception_v4
+
+# Kiln vs ONNX Runtime on the three networks: agreement and alternating
+# timings, batch {1, 8} x threads {1, 2} (several minutes).
+peers:
+	bash bench/peers/run.sh
 
 test: fmt-check vet unit race fuzz
 
