@@ -3,3 +3,5 @@
 package rt
 
 func adviseHugePages(mem []byte) {}
+
+func dropPages(mem []byte) {}

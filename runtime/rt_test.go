@@ -315,6 +315,21 @@ func TestMisalignedWeightsAreCopied(t *testing.T) {
 	runOnce(t, m, 4) // the kernels report misaligned pointers as -1
 }
 
+// TestCopyWeights checks that CopyWeights makes the model independent of the
+// caller's weights: they may be overwritten (released) right after Open.
+func TestCopyWeights(t *testing.T) {
+	so := buildLib(t)
+	w := testWeights()
+	m := mustOpen(t, Artifact{Manifest: testManifest(), SharedObjectPath: so, Weights: w}, Options{CopyWeights: true})
+	if m.ownWeights == nil {
+		t.Fatal("CopyWeights did not copy")
+	}
+	for i := range w {
+		w[i] = 0xff
+	}
+	runOnce(t, m, 5)
+}
+
 func TestProfile(t *testing.T) {
 	so := buildLib(t)
 	m := mustOpen(t, Artifact{Manifest: testManifest(), SharedObjectPath: so, Weights: testWeights()}, Options{Threads: 2})

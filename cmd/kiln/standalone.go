@@ -84,11 +84,18 @@ func standalone(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
-	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads})
+	// The weights are mapped from this executable; by default they are copied
+	// into huge-page memory and the mapping released (faster kernels, same
+	// resident size). KILN_WEIGHTS=mmap keeps the zero-copy mapping.
+	copyWeights := os.Getenv("KILN_WEIGHTS") != "mmap"
+	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads, CopyWeights: copyWeights})
 	if err != nil {
 		return fail(err)
 	}
 	defer m.Close()
+	if copyWeights {
+		a.Close()
+	}
 	out := make([]float32, numel(man.Output.Shape))
 	switch {
 	case *input != "":
