@@ -115,7 +115,10 @@ func compileNet(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarget, p
 	return &compiled{prog: prog, so: b, stats: stats}, nil
 }
 
-// open loads a compiled network in this process.
+// open loads a compiled network in this process. The weights are copied into
+// huge-page memory as the standalone executable does, so that kiln bench
+// measures what the built binary runs.
 func (c *compiled) open(opts rt.Options) (*rt.Model, error) {
+	opts.CopyWeights = true
 	return rt.Open(rt.Artifact{Manifest: c.prog.Manifest, SharedObject: c.so, Weights: c.prog.Weights}, opts)
 }
