@@ -76,7 +76,7 @@ func main() {
 	flag.Float64Var(&c.tol, "tol", 1e-4, "agreement `tolerance`, relative to max|reference|")
 	flag.BoolVar(&c.check, "check", true, "run the agreement check at batch 1")
 	flag.BoolVar(&c.bench, "bench", true, "run the timings")
-	flag.BoolVar(&c.copyWeights, "copy-weights", false, "run Kiln with its weights copied to anonymous memory instead of mapped from the executable file (as the standalone executable does)")
+	flag.BoolVar(&c.copyWeights, "copy-weights", true, "load Kiln's weights as the standalone executable does by default (copied into huge-page memory); false keeps them mapped from the executable file (KILN_WEIGHTS=mmap)")
 	flag.StringVar(&c.weightsDir, "weights-dir", "", "`dir`ectory with NET.safetensors checkpoints (default: procedural weights)")
 	flag.Parse()
 	var err error
@@ -328,11 +328,7 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 		return row, fmt.Errorf("%s carries no kiln network", exe)
 	}
 	defer a.Close()
-	art := *a
-	if c.copyWeights {
-		art.Weights = append([]byte(nil), a.Weights...)
-	}
-	m, err := rt.Open(art, rt.Options{Threads: threads})
+	m, err := rt.Open(*a, rt.Options{Threads: threads, CopyWeights: c.copyWeights})
 	if err != nil {
 		return row, err
 	}
