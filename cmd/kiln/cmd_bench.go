@@ -94,13 +94,9 @@ func init() {
 				if err != nil {
 					return err
 				}
-				opts, err := nf.options()
-				if err != nil {
-					return err
-				}
 				b := &benchRun{weights: *weights, isa: *isa, threads: *threads,
 					layers: *layers, minTime: *minTime, warmup: *warmup}
-				g, err := loadNet(file, opts)
+				g, err := nf.load(file)
 				if err != nil {
 					return err
 				}

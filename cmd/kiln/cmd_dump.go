@@ -28,11 +28,7 @@ func init() {
 				if *format != "text" && *format != "dot" && *format != "counts" {
 					return usagef("--format must be text, dot or counts, got %q", *format)
 				}
-				opts, err := nf.options()
-				if err != nil {
-					return err
-				}
-				g, err := loadNet(file, opts)
+				g, err := nf.load(file)
 				if err != nil {
 					return err
 				}

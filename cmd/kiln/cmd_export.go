@@ -28,11 +28,7 @@ func init() {
 				if *out == "" {
 					return usagef("-o OUT is required")
 				}
-				opts, err := nf.options()
-				if err != nil {
-					return err
-				}
-				g, err := loadNet(file, opts)
+				g, err := nf.load(file)
 				if err != nil {
 					return err
 				}

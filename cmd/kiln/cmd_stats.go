@@ -20,11 +20,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				opts, err := nf.options()
-				if err != nil {
-					return err
-				}
-				g, err := loadNet(file, opts)
+				g, err := nf.load(file)
 				if err != nil {
 					return err
 				}

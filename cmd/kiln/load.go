@@ -38,6 +38,15 @@ func (f *netFlags) options() (dsl.Options, error) {
 	return opts, nil
 }
 
+// load elaborates FILE with the batch and input shape of the flags.
+func (f *netFlags) load(file string) (*ir.Graph, error) {
+	opts, err := f.options()
+	if err != nil {
+		return nil, err
+	}
+	return loadNet(file, opts)
+}
+
 func builtinNames() []string { return archs.Names() }
 
 // loadNet elaborates FILE: a path on disk, or a built-in network name.
