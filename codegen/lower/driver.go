@@ -18,10 +18,21 @@ import (
 //	                    int32_t nthreads, void* barrier, int64_t* timings)
 //
 // which every participating thread calls once per inference: for each kernel
-// in schedule order it runs the thread's share of the kernel's tiles (a static
-// contiguous split) and waits on a barrier, so dependent kernels never
-// overlap. The barrier is a generation-counting spin barrier on the
-// caller-owned block (count and generation on separate cache lines; spin with
+// in schedule order it runs tiles of the kernel and waits on a barrier, so
+// dependent kernels never overlap. Each thread owns a contiguous share of
+// the tiles (the static split) and claims it in chunks from the front; a
+// thread that runs out steals the back half of what is left of another's
+// share (work stealing: a worker that starts late, a core slowed by another
+// process or by the memory system, and uneven tiles no longer leave the others
+// idle at the barrier, while most tiles stay with the thread that owned
+// them). The shares live in the barrier block's spare 128 bytes: one 64-bit
+// word per thread, {epoch, next tile, end}, claimed with compare-and-swap;
+// the epoch (from the barrier's generation, the same for every thread
+// between two barriers) tells a share of this kernel from a stale one, so a
+// thief can also take work of a thread that has not reached the kernel yet.
+// With more than 16 threads, or tile counts too large for the word, the
+// split stays static. The barrier is a generation-counting spin barrier on
+// the caller-owned block (count and generation on separate cache lines; spin with
 // pause, yield to the OS after a while so oversubscribed threads make
 // progress). With timings non-NULL, thread 0 adds each kernel's wall time,
 // barrier wait included, in nanoseconds.
@@ -74,6 +85,92 @@ static int64_t kiln_now(void) {
 
 int32_t kiln_abi_version(void) { return 1; }
 
+// Work stealing. Share words: bits 63..40 epoch, 39..20 next tile, 19..0
+// end. Threads 0 and 1 get a cache line each; more threads share them.
+#define KILN_MAX_STEAL 16
+#define KILN_TILE_BITS 20
+#define KILN_TILE_MASK ((1ull << KILN_TILE_BITS) - 1)
+
+static inline uint64_t* kiln_share(void* barrier, int32_t t) {
+	return (uint64_t*)((char*)barrier + 128 + 64 * (t & 1)) + (t >> 1);
+}
+
+static inline uint64_t kiln_word(uint64_t ep, int64_t lo, int64_t hi) {
+	return ep << (2 * KILN_TILE_BITS) | (uint64_t)lo << KILN_TILE_BITS | (uint64_t)hi;
+}
+
+// kiln_claim takes up to c tiles from the front of share *w of epoch ep,
+// initializing it to [lo, hi) when stale; it returns the count taken and
+// sets *first.
+static int64_t kiln_claim(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int64_t c, int64_t* first) {
+	uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+	for (;;) {
+		int64_t a = lo, b = hi;
+		if (v >> (2 * KILN_TILE_BITS) == ep) {
+			a = (int64_t)((v >> KILN_TILE_BITS) & KILN_TILE_MASK);
+			b = (int64_t)(v & KILN_TILE_MASK);
+		}
+		if (a >= b) return 0;
+		int64_t k = b - a < c ? b - a : c;
+		if (__atomic_compare_exchange_n(w, &v, kiln_word(ep, a + k, b), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			*first = a;
+			return k;
+		}
+	}
+}
+
+// kiln_steal takes the back half of what is left of share *w (whose owner's
+// range is [lo, hi)); it returns the count taken and sets *first.
+static int64_t kiln_steal(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int64_t* first) {
+	uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+	for (;;) {
+		int64_t a = lo, b = hi;
+		if (v >> (2 * KILN_TILE_BITS) == ep) {
+			a = (int64_t)((v >> KILN_TILE_BITS) & KILN_TILE_MASK);
+			b = (int64_t)(v & KILN_TILE_MASK);
+		}
+		if (a >= b) return 0;
+		int64_t k = (b - a + 1) / 2;
+		if (__atomic_compare_exchange_n(w, &v, kiln_word(ep, a, b - k), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			*first = b - k;
+			return k;
+		}
+	}
+}
+
+static void kiln_run_kernel(kiln_kernel* f, float* arena, const float* weights, int64_t n, int32_t tid, int32_t nthreads, void* barrier) {
+	if (nthreads <= 1 || nthreads > KILN_MAX_STEAL || n > (int64_t)KILN_TILE_MASK) {
+		int64_t lo = n * tid / nthreads, hi = n * (tid + 1) / nthreads;
+		if (lo < hi) f(arena, weights, lo, hi);
+		return;
+	}
+	kiln_barrier* bar = (kiln_barrier*)barrier;
+	uint64_t ep = ((uint64_t)__atomic_load_n(&bar->gen, __ATOMIC_ACQUIRE) + 1) & 0xffffff;
+	// Own share in chunks of about 1/16 of it (one tile when tiles are few).
+	int64_t lo = n * tid / nthreads, hi = n * (tid + 1) / nthreads;
+	int64_t c = (hi - lo) / 16 > 1 ? (hi - lo) / 16 : 1;
+	uint64_t* own = kiln_share(barrier, tid);
+	int64_t first, k;
+	while ((k = kiln_claim(own, ep, lo, hi, c, &first)) > 0) f(arena, weights, first, first + k);
+	// Then steal from the others, nearest first, until none has work left.
+	for (int found = 1; found;) {
+		found = 0;
+		for (int32_t d = 1; d < nthreads; d++) {
+			int32_t v = (tid + d) % nthreads;
+			int64_t vlo = n * v / nthreads, vhi = n * (v + 1) / nthreads;
+			if ((k = kiln_steal(kiln_share(barrier, v), ep, vlo, vhi, &first)) > 0) {
+				found = 1;
+				// Run the stolen tiles in chunks, claiming them from a share of
+				// our own so that others can steal from them in turn.
+				int64_t sc = k / 16 > 1 ? k / 16 : 1;
+				__atomic_store_n(own, kiln_word(ep, first, first + k), __ATOMIC_RELEASE);
+				while ((k = kiln_claim(own, ep, first, first, sc, &first)) > 0) f(arena, weights, first, first + k);
+				break;
+			}
+		}
+	}
+}
+
 `)
 	fmt.Fprintf(&b, "#define KILN_NKERNELS %d\n", len(kernels))
 	b.WriteString("static const int64_t kiln_tiles[KILN_NKERNELS + 1] = {")
@@ -94,9 +191,7 @@ int32_t kiln_abi_version(void) { return 1; }
 	kiln_barrier* bar = (kiln_barrier*)barrier;
 	int64_t t0 = (timings && tid == 0) ? kiln_now() : 0;
 	for (int k = 0; k < KILN_NKERNELS; k++) {
-		int64_t n = kiln_tiles[k];
-		int64_t lo = n * tid / nthreads, hi = n * (tid + 1) / nthreads;
-		if (lo < hi) kiln_kernels_%s[k](arena, weights, lo, hi);
+		kiln_run_kernel(kiln_kernels_%s[k], arena, weights, kiln_tiles[k], tid, nthreads, barrier);
 		kiln_barrier_wait(bar, nthreads);
 		if (timings && tid == 0) {
 			int64_t t1 = kiln_now();
