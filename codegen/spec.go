@@ -242,16 +242,7 @@ func (s PoolSpec) Validate(b int) error {
 	}
 	in := prod(s.N, ceilDiv(s.C, b), b, s.H, s.W)
 	out := prod(s.N, ceilDiv(s.OutC, b), b, s.OH, s.OW)
-	if err := checkExtent(w, "input", s.InOff, in); err != nil {
-		return err
-	}
-	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
-		return err
-	}
-	if overlap(s.InOff, in, s.OutOff, out) {
-		return fmt.Errorf("%s: input overlaps output", w)
-	}
-	return nil
+	return checkInOut(w, s.InOff, in, s.OutOff, out)
 }
 
 // Validate checks the spec against the block size b of a target.
@@ -265,16 +256,7 @@ func (s GlobalAvgPoolSpec) Validate(b int) error {
 	}
 	cb := ceilDiv(s.C, b)
 	in, out := prod(s.N, cb, b, s.H, s.W), prod(s.N, cb, b)
-	if err := checkExtent(w, "input", s.InOff, in); err != nil {
-		return err
-	}
-	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
-		return err
-	}
-	if overlap(s.InOff, in, s.OutOff, out) {
-		return fmt.Errorf("%s: input overlaps output", w)
-	}
-	return nil
+	return checkInOut(w, s.InOff, in, s.OutOff, out)
 }
 
 // Validate checks the spec against the block size b of a target.
@@ -291,16 +273,7 @@ func (s ReorderSpec) Validate(b int) error {
 	if !s.ToBlocked {
 		in, out = blocked, plain
 	}
-	if err := checkExtent(w, "input", s.InOff, in); err != nil {
-		return err
-	}
-	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
-		return err
-	}
-	if overlap(s.InOff, in, s.OutOff, out) {
-		return fmt.Errorf("%s: input overlaps output", w)
-	}
-	return nil
+	return checkInOut(w, s.InOff, in, s.OutOff, out)
 }
 
 // Validate checks the spec.
@@ -364,6 +337,21 @@ func (s CopySpec) Validate() error {
 	}
 	if overlap(s.InOff, s.Elems, s.OutOff, s.Elems) {
 		return fmt.Errorf("%s: ranges overlap", w)
+	}
+	return nil
+}
+
+// checkInOut checks that the input extent [inOff, inOff+in) and the output
+// extent [outOff, outOff+out) are representable and do not overlap.
+func checkInOut(what string, inOff, in, outOff, out int) error {
+	if err := checkExtent(what, "input", inOff, in); err != nil {
+		return err
+	}
+	if err := checkExtent(what, "output", outOff, out); err != nil {
+		return err
+	}
+	if overlap(inOff, in, outOff, out) {
+		return fmt.Errorf("%s: input overlaps output", what)
 	}
 	return nil
 }
