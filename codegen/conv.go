@@ -168,12 +168,9 @@ func (t Target) planFor(s ConvSpec, limit, l int) targetPlan {
 // blocks (for 1×1 stride-1 unpadded convolutions: a chunk of about 48
 // pixels of the flattened image).
 func (m *Module) Conv(name string, s ConvSpec) (string, int, error) {
-	b, err := m.block()
+	b, err := m.validated(name, s)
 	if err != nil {
 		return "", 0, err
-	}
-	if err := s.Validate(b); err != nil {
-		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
 	}
 	p := planConv(s, b, m.targets[0])
 	flops := 2 * int64(s.N) * int64(s.O) * int64(s.OH*s.OW) * int64(s.C*s.KH*s.KW)

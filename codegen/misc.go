@@ -13,12 +13,9 @@ import (
 // channel count that is not a multiple of B has its own code path, which
 // writes the padding lanes as zero when blocking.
 func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
-	b, err := m.block()
+	b, err := m.validated(name, s)
 	if err != nil {
 		return "", 0, err
-	}
-	if err := s.Validate(b); err != nil {
-		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
 	}
 	cb := ceilDiv(s.C, b)
 	k := Kernel{Name: name, Kind: "reorder", Tiles: s.N * cb * s.H}

@@ -185,3 +185,16 @@ func (m *Module) loopID() *metadata.Tuple {
 	m.mod.MetadataDefs = append(m.mod.MetadataDefs, id)
 	return id
 }
+
+// validated returns the module's block size after checking spec s against
+// it; errors name the kernel.
+func (m *Module) validated(name string, s interface{ Validate(b int) error }) (int, error) {
+	b, err := m.block()
+	if err != nil {
+		return 0, err
+	}
+	if err := s.Validate(b); err != nil {
+		return 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
+	}
+	return b, nil
+}

@@ -1,7 +1,6 @@
 package codegen
 
 import (
-	"fmt"
 	"math"
 
 	"github.com/llir/llvm/ir/value"
@@ -12,12 +11,9 @@ import (
 // its in-bounds window (bounds computed per pixel), B channels at a time in
 // vectors.
 func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
-	b, err := m.block()
+	b, err := m.validated(name, s)
 	if err != nil {
 		return "", 0, err
-	}
-	if err := s.Validate(b); err != nil {
-		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
 	}
 	cb := ceilDiv(s.C, b)
 	kind := "avgpool"
@@ -96,12 +92,9 @@ func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
 // GlobalAvgPool adds a global average pooling kernel (see GlobalAvgPoolSpec).
 // A tile is one channel block of one image.
 func (m *Module) GlobalAvgPool(name string, s GlobalAvgPoolSpec) (string, int, error) {
-	b, err := m.block()
+	b, err := m.validated(name, s)
 	if err != nil {
 		return "", 0, err
-	}
-	if err := s.Validate(b); err != nil {
-		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
 	}
 	cb := ceilDiv(s.C, b)
 	k := Kernel{Name: name, Kind: "global_avgpool", Tiles: s.N * cb, Flops: int64(s.N*s.C) * int64(s.H*s.W)}
