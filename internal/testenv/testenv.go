@@ -1,0 +1,58 @@
+// Package testenv decides what a test does when something it needs from the
+// machine is missing: an external tool (clang-19, llc-19, ld.lld-19,
+// qemu-aarch64-static, node), cgo, or a CPU feature.
+//
+// Outside CI such a test skips, saying why. With KILN_REQUIRE_TOOLS=1 (set by
+// .ci/run) it fails instead, so CI can never go green having silently run no
+// kernel. Skips for -short are a separate, deliberate choice and are not
+// affected.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequireEnv is the environment variable that turns missing-tool skips into
+// failures.
+const RequireEnv = "KILN_REQUIRE_TOOLS"
+
+// Required reports whether missing tools must fail tests (KILN_REQUIRE_TOOLS
+// is set to anything but "" or "0").
+func Required() bool {
+	v := os.Getenv(RequireEnv)
+	return v != "" && v != "0"
+}
+
+// Missing stops the test because something it needs is absent: a skip
+// normally, a failure under KILN_REQUIRE_TOOLS. It does not return.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if Required() {
+		t.Fatalf("%s=1 and a required tool is missing: %s", RequireEnv, msg)
+	}
+	t.Skipf("skipping: %s (set %s=1 to make this a failure)", msg, RequireEnv)
+}
+
+// Check stops the test through Missing when err is non-nil (err says what is
+// missing, e.g. codegen.FindLLVM's error).
+func Check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		Missing(t, "%v", err)
+	}
+}
+
+// LookPath returns the path of the named program, or stops the test through
+// Missing when it is not on PATH.
+func LookPath(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, "%s not found on PATH", name)
+	}
+	return p
+}
