@@ -147,8 +147,12 @@ func (m *Module) define(k Kernel, gen func(g *builder) error) (string, int, erro
 		f := ir.NewFunc(t.Symbol(k.Name), types.Void, arena, weights, begin, end)
 		f.FuncAttrs = append(f.FuncAttrs,
 			ir.AttrPair{Key: "target-cpu", Value: t.CPU},
-			ir.AttrPair{Key: "target-features", Value: t.Features},
+			ir.AttrPair{Key: "target-features", Value: t.FeatureString()},
 			enum.FuncAttrNoUnwind)
+		if t.TuneCPU != "" {
+			// Scheduling model and tuning only; enables no instructions.
+			f.FuncAttrs = append(f.FuncAttrs, ir.AttrPair{Key: "tune-cpu", Value: t.TuneCPU})
+		}
 		if t.Arch() == "x86_64" {
 			w := fmt.Sprint(t.VectorLanes * 32)
 			f.FuncAttrs = append(f.FuncAttrs,

@@ -109,11 +109,13 @@ func compileArgs(t Target, in, out string) []string {
 }
 
 // CacheKey is the content hash under which the object of ll for t is cached:
-// sha256 of the IR text, the target description, the compiler version and
-// the compile arguments.
+// sha256 of the IR text (which carries each function's target-cpu,
+// tune-cpu and target-features attributes), the target's full description
+// (Target.cacheKey: triple, CPU, tune CPU, features, widths, block), the
+// compiler version and the compile arguments.
 func (tc *Toolchain) CacheKey(ll string, t Target) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "kiln-obj-v1\x00%s\x00%+v\x00%s\x00", tc.Version, t, strings.Join(compileArgs(t, "in.ll", "out.o"), " "))
+	fmt.Fprintf(h, "kiln-obj-v2\x00%s\x00%s\x00%s\x00", tc.Version, t.cacheKey(), strings.Join(compileArgs(t, "in.ll", "out.o"), " "))
 	h.Write([]byte(ll))
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -140,11 +140,13 @@ func TestModuleText(t *testing.T) {
 	err := Check(a, `
 CHECK: target triple = "x86_64-unknown-linux-gnu"
 CHECK-LABEL: define void @conv_avx512(float* noalias %arena, float* noalias readonly %weights, i64 %tile_begin, i64 %tile_end)
-CHECK-SAME: "target-cpu"="x86-64-v4" "target-features"="+avx512f,+avx512vl,+avx2,+fma,+f16c"
+CHECK-SAME: "target-cpu"="x86-64" "target-features"="`+AVX512.FeatureString()+`"
+CHECK-SAME: "tune-cpu"="x86-64-v4"
 CHECK: call <16 x float> @llvm.fma.v16f32
 CHECK: br i1 {{%[0-9]+}}, label {{%[0-9]+}}, label {{%[0-9]+}}, !llvm.loop !{{[0-9]+}}
 CHECK-LABEL: define void @conv_avx2(
-CHECK-SAME: "target-cpu"="x86-64-v3" "target-features"="+avx2,+fma,+f16c"
+CHECK-SAME: "target-cpu"="x86-64" "target-features"="`+AVX2.FeatureString()+`"
+CHECK-SAME: "tune-cpu"="x86-64-v3"
 CHECK: call <8 x float> @llvm.fma.v8f32
 CHECK-NOT: <16 x float>
 CHECK-LABEL: define void @softmax_avx512(

@@ -11,7 +11,7 @@ import (
 //
 // Rule: concat(p1, ..., pk; axis=1) where every pi is a fused_conv, maxpool or
 // avgpool with no other user (and not an output or mark), and every channel
-// offset is a multiple of the target's vector width (so that blocked layouts
+// offset is a multiple of the target's channel block (so that blocked layouts
 // keep slices vector-aligned), becomes
 //
 //	d0 = empty : type of the concat
@@ -30,7 +30,7 @@ var concatInPlace = &Pass{
 	Run: func(s *State) error {
 		g := s.Graph
 		users := g.Users()
-		lanes := s.Target.Lanes
+		block := s.Target.Block // channel offsets must be whole blocks
 		// leaves flattens nested single-use concats; ok is false if an operand
 		// cannot write in place.
 		var leaves func(c int) ([]int, bool)
@@ -78,7 +78,7 @@ var concatInPlace = &Pass{
 			off := 0
 			for k, p := range ls {
 				offs[k] = off
-				if off%lanes != 0 {
+				if off%block != 0 {
 					ok = false
 				}
 				off += g.Nodes[p].Type.Shape[1]

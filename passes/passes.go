@@ -12,29 +12,58 @@ import (
 	"time"
 
 	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/target"
 )
 
-// Target describes what the layout pass and the planner need of the machine.
+// Target is what the passes need of a build target of the target table
+// (package target): its name, for messages, and the channel block B of the
+// NCHW{B}c activations its kernels expect. The layout pass blocks by Block and
+// concat-in-place aligns channel offsets to it, so a plan made for a target
+// is the plan its build uses.
 type Target struct {
-	// Name is avx512, avx2 or neon.
+	// Name is the build target's name (x86-64, avx512, avx2, arm64-neon).
 	Name string
-	// Lanes is the float32 vector width: the c of NCHWc (16, 8, 4).
-	Lanes int
+	// Block is the channel block (16 on x86-64, 4 on NEON).
+	Block int
 }
 
-// Targets lists the supported targets.
-var Targets = []Target{{"avx512", 16}, {"avx2", 8}, {"neon", 4}}
-
-// LookupTarget finds a target by name.
-func LookupTarget(name string) (Target, error) {
-	var names []string
-	for _, t := range Targets {
-		if t.Name == name {
-			return t, nil
-		}
-		names = append(names, t.Name)
+// TargetFor returns the passes' view of build target b; a target that
+// cannot be built yet (a GPU) is refused with the table's reason.
+func TargetFor(b target.Build) (Target, error) {
+	if why := b.NotImplemented(); why != "" {
+		return Target{}, fmt.Errorf("%s", why)
 	}
-	return Target{}, fmt.Errorf("unknown target %q (available: %s)", name, strings.Join(names, ", "))
+	return Target{Name: b.Name, Block: b.Block()}, nil
+}
+
+// Targets lists the buildable build targets of the target table, in table
+// order (x86-64 first).
+var Targets = func() []Target {
+	var out []Target
+	for _, b := range target.Builds() {
+		if t, err := TargetFor(b); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out
+}()
+
+// LookupTarget finds a build target of the table by name; an ISA name of
+// the table (neon) names the build target made of that ISA alone.
+func LookupTarget(name string) (Target, error) {
+	b, err := target.LookupBuild(name)
+	if err != nil {
+		for _, c := range target.Builds() {
+			if len(c.ISAs) == 1 && c.ISAs[0] == name {
+				b, err = c, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		return Target{}, err
+	}
+	return TargetFor(b)
 }
 
 // State is what passes transform: the graph, plus results of analyses.
@@ -53,7 +82,12 @@ type Pass struct {
 	Doc string
 	// After lists passes that, when enabled, must run before this one.
 	After []string
-	Run   func(s *State) error
+	// Requires lists the graph properties (Prop* constants) this pass needs
+	// of its input; Provides those it establishes (contracts.go). Run checks
+	// them before running anything, so a disabled pass that a later pass or
+	// the consumer needs fails at once, naming both.
+	Requires, Provides []string
+	Run                func(s *State) error
 }
 
 // Pipeline is the inference pipeline, in order.
@@ -97,6 +131,10 @@ type Options struct {
 	StopAfter string
 	// Out receives printed graphs and timings.
 	Out io.Writer
+	// Consumer, when set, is who will use the result (Codegen,
+	// PlanReport); Run refuses, before running any pass, a configuration
+	// that does not provide what it requires.
+	Consumer *Consumer
 }
 
 // CheckNames reports names that are not passes of the pipeline.
@@ -133,7 +171,10 @@ func runPasses(g *ir.Graph, pipeline []*Pass, opts Options) (*State, error) {
 			return nil, err
 		}
 	}
-	if opts.Target.Lanes == 0 {
+	if err := checkRequirements(pipeline, opts); err != nil {
+		return nil, err
+	}
+	if opts.Target.Block == 0 {
 		opts.Target = Targets[0]
 	}
 	s := &State{Graph: Clone(g), Target: opts.Target}

@@ -7,91 +7,76 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/cpu"
+	"github.com/kiln-dev/kiln/target"
 )
 
-// cpuFeatures is what ISA selection needs to know about the CPU. Tests inject
+// cpuFeatures is what ISA selection needs to know about the CPU: its
+// architecture and the target-table features it has (by name). Tests inject
 // fake ones through Options.cpu.
 type cpuFeatures struct {
-	arch                         string // GOARCH
-	avx512f, avx512vl, avx2, fma bool   // amd64
-	asimd                        bool   // arm64 Advanced SIMD (NEON)
+	arch string          // GOARCH
+	has  map[string]bool // feature name (target table) -> present
 }
 
-// hostCPU reports the features of the CPU this process runs on. x/sys/cpu
-// only reports AVX and AVX-512 when the OS also saves their register state.
+// hostCPU reports the features of the CPU this process runs on, evaluating
+// the target table's predicate (an x/sys/cpu check) of every feature.
 func hostCPU() cpuFeatures {
-	return cpuFeatures{
-		arch:     goruntime.GOARCH,
-		avx512f:  cpu.X86.HasAVX512F,
-		avx512vl: cpu.X86.HasAVX512VL,
-		avx2:     cpu.X86.HasAVX2,
-		fma:      cpu.X86.HasFMA,
-		// Advanced SIMD is mandatory in ARMv8-A; trust the architecture
-		// when the OS does not report it.
-		asimd: cpu.ARM64.HasASIMD || goruntime.GOARCH == "arm64",
+	return cpuFeatures{arch: goruntime.GOARCH, has: target.HostFeatures()}
+}
+
+// checkFeatures checks the features a manifest declares for isa (of arch):
+// present, every name known to the target table and of that architecture.
+func checkFeatures(isa, arch string, names []string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("ISA %s: no CPU features declared (features[%q] is empty)", isa, isa)
 	}
-}
-
-type feature struct {
-	name, display string
-	has           func(c cpuFeatures) bool
-}
-
-var (
-	featAVX512F  = feature{"avx512f", "AVX-512F", func(c cpuFeatures) bool { return c.avx512f }}
-	featAVX512VL = feature{"avx512vl", "AVX-512VL", func(c cpuFeatures) bool { return c.avx512vl }}
-	featAVX2     = feature{"avx2", "AVX2", func(c cpuFeatures) bool { return c.avx2 }}
-	featFMA      = feature{"fma", "FMA", func(c cpuFeatures) bool { return c.fma }}
-	featASIMD    = feature{"neon", "NEON (Advanced SIMD)", func(c cpuFeatures) bool { return c.asimd }}
-)
-
-// isaNeeds lists the CPU features each ISA requires, in the order they are
-// reported missing.
-var isaNeeds = map[string][]feature{
-	ISAAVX512: {featAVX512F, featAVX512VL, featAVX2, featFMA},
-	ISAAVX2:   {featAVX2, featFMA},
-	ISANEON:   {featASIMD},
-}
-
-// has lists the relevant features the CPU has, e.g. "avx2, fma".
-func (c cpuFeatures) has() string {
-	var fs []feature
-	switch c.arch {
-	case "amd64":
-		fs = []feature{featAVX512F, featAVX512VL, featAVX2, featFMA}
-	case "arm64":
-		fs = []feature{featASIMD}
-	}
-	var names []string
-	for _, f := range fs {
-		if f.has(c) {
-			names = append(names, f.name)
+	for _, n := range names {
+		f, ok := target.LookupFeature(n)
+		if !ok {
+			return fmt.Errorf("ISA %s: unknown CPU feature %q (this runtime cannot check it)", isa, n)
+		}
+		if f.Arch != arch {
+			return fmt.Errorf("ISA %s: CPU feature %s is for %s, not %s", isa, n, f.Arch, arch)
 		}
 	}
-	if len(names) == 0 {
-		return "none"
-	}
-	return strings.Join(names, ", ")
+	return nil
 }
 
-// lacks returns why the CPU cannot run isa, or "" if it can.
-func (c cpuFeatures) lacks(isa string) string {
+// tableFeatures is what the target table says isa's kernels use.
+func tableFeatures(isa string) []string {
+	t, err := target.Lookup(isa)
+	if err != nil {
+		return nil
+	}
+	return t.Features
+}
+
+// lacks returns why the CPU cannot run isa compiled with features, or "" if
+// it can. Missing features are named as the target table and codegen name
+// them ("avx512vl"), with the vendor's name in parentheses.
+func (c cpuFeatures) lacks(isa string, features []string) string {
 	if arch := isaArch[isa]; arch != c.arch {
 		return fmt.Sprintf("%s is an %s ISA, this machine is %s", isa, arch, c.arch)
 	}
-	for _, f := range isaNeeds[isa] {
-		if !f.has(c) {
-			return fmt.Sprintf("this CPU lacks %s (has: %s)", f.display, c.has())
-		}
+	missing := target.Missing(features, c.has)
+	if len(missing) == 0 {
+		return ""
 	}
-	return ""
+	var names []string
+	for _, n := range missing {
+		if f, ok := target.LookupFeature(n); ok && f.Display != "" && !strings.EqualFold(f.Display, n) {
+			n += " (" + f.Display + ")"
+		}
+		names = append(names, n)
+	}
+	return fmt.Sprintf("this CPU lacks %s", strings.Join(names, ", "))
 }
 
 // selectISA picks the ISA to run m with. want is Options.ISA; when it is
 // empty the KILN_ISA environment variable is used, and when that is empty
 // too (or either says "auto") the best ISA that both the CPU and the
-// artifact support is chosen.
+// artifact support is chosen. An ISA is supported when the CPU has every
+// feature the manifest declares for it.
 func selectISA(m *Manifest, want string, c cpuFeatures) (string, error) {
 	source := "--isa " + want
 	if want == "" {
@@ -107,12 +92,15 @@ func selectISA(m *Manifest, want string, c cpuFeatures) (string, error) {
 		if _, ok := isaArch[want]; !ok {
 			return "", fmt.Errorf("%s: unknown ISA (known: %s)", source, strings.Join(knownISAs, ", "))
 		}
-		if why := c.lacks(want); why != "" {
-			return "", fmt.Errorf("%s: %s", source, why)
-		}
 		if !slices.Contains(m.ISAs, want) {
+			if why := c.lacks(want, tableFeatures(want)); why != "" {
+				return "", fmt.Errorf("%s: %s", source, why)
+			}
 			return "", fmt.Errorf("%s: artifact %q was not compiled for %s (it has: %s)",
 				source, m.Network, want, strings.Join(m.ISAs, ", "))
+		}
+		if why := c.lacks(want, m.Features[want]); why != "" {
+			return "", fmt.Errorf("%s: %s", source, why)
 		}
 		return want, nil
 	}
@@ -121,7 +109,7 @@ func selectISA(m *Manifest, want string, c cpuFeatures) (string, error) {
 		if !slices.Contains(m.ISAs, isa) {
 			continue
 		}
-		why := c.lacks(isa)
+		why := c.lacks(isa, m.Features[isa])
 		if why == "" {
 			return isa, nil
 		}

@@ -8,7 +8,7 @@ func HostISAs() []string {
 	c := hostCPU()
 	var out []string
 	for _, isa := range knownISAs {
-		if c.lacks(isa) == "" {
+		if c.lacks(isa, tableFeatures(isa)) == "" {
 			out = append(out, isa)
 		}
 	}

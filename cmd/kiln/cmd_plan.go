@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/passes"
 )
 
 func init() {
@@ -23,6 +24,11 @@ func init() {
 				}
 				file, err := oneFile(args)
 				if err != nil {
+					return err
+				}
+				// The plan is the one kiln build --target uses: same
+				// pipeline, same build target (hence channel block).
+				if err := pf.checkFor(passes.PlanReport); err != nil {
 					return err
 				}
 				g, err := nf.load(file)
@@ -43,6 +49,9 @@ func init() {
 				fmt.Fprintf(e.stdout, "arena        %s\n", mib(p.Arena))
 				fmt.Fprintf(e.stdout, "lower bound  %s  (arena / bound = %.4f)\n", mib(p.LowerBound), float64(p.Arena)/float64(max(p.LowerBound, 1)))
 				fmt.Fprintf(e.stdout, "naive        %s  (one buffer per tensor; arena / naive = %.4f)\n", mib(p.Naive), float64(p.Arena)/float64(max(p.Naive, 1)))
+				for _, x := range planIO(st) {
+					fmt.Fprintf(e.stdout, "%-12s %s %s at byte offset %d\n", x.what, x.name, st.Graph.Nodes[x.node].Type, x.offset)
+				}
 				if *verbose {
 					fmt.Fprintln(e.stdout)
 					tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
@@ -66,6 +75,32 @@ func init() {
 				return nil
 			}
 		}})
+}
+
+// planIO is where the network's inputs and outputs lie in the arena.
+type planIOEntry struct {
+	what, name string
+	node       int
+	offset     int64 // bytes from the arena base
+}
+
+func planIO(st *passes.State) []planIOEntry {
+	g, p := st.Graph, st.Plan
+	var out []planIOEntry
+	add := func(what string, i int) {
+		if b := p.BufferOf[i]; b >= 0 {
+			out = append(out, planIOEntry{what, g.Nodes[i].Name, i, p.Buffers[b].Offset})
+		}
+	}
+	for i, n := range g.Nodes {
+		if n.Op == ir.OpInput {
+			add("input", i)
+		}
+	}
+	for _, o := range g.Outputs {
+		add("output", o)
+	}
+	return out
 }
 
 func countValues(bufferOf []int) int {

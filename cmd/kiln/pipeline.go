@@ -8,6 +8,7 @@ import (
 
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/passes"
+	"github.com/kiln-dev/kiln/target"
 )
 
 // listFlag is a repeatable string flag (--print-after=A --print-after=B or A,B).
@@ -35,6 +36,10 @@ type pipeFlags struct {
 	verifyEach    bool
 	stopAfter     string
 	target        string
+	// consumer, when set, is who uses the pipeline's result; run refuses a
+	// --disable/--stop-after that leaves out a pass it needs, before
+	// running anything.
+	consumer *passes.Consumer
 }
 
 func (p *pipeFlags) register(fs *flag.FlagSet, defaultOptimize bool) {
@@ -43,7 +48,7 @@ func (p *pipeFlags) register(fs *flag.FlagSet, defaultOptimize bool) {
 	}
 	p.optimize = defaultOptimize
 	p.registerPassFlags(fs)
-	fs.StringVar(&p.target, "target", "avx512", "target `ISA` for the layout pass: avx512, avx2 or neon")
+	fs.StringVar(&p.target, "target", hostTarget(), "build `target` whose channel block the layout pass uses: "+buildTargetNames()+" (kiln targets)")
 }
 
 // registerPassFlags declares the pass-manager flags without --target (kiln
@@ -69,39 +74,74 @@ func listPasses(w io.Writer) {
 			after = " (after " + strings.Join(p.After, ", ") + ")"
 		}
 		fmt.Fprintf(w, "%d. %-20s %s%s\n", i+1, p.Name, p.Doc, after)
+		if len(p.Requires) > 0 {
+			fmt.Fprintf(w, "   %-20s requires %s\n", "", strings.Join(p.Requires, ", "))
+		}
+		if len(p.Provides) > 0 {
+			fmt.Fprintf(w, "   %-20s provides %s\n", "", strings.Join(p.Provides, ", "))
+		}
 	}
+	fmt.Fprintf(w, "%s requires %s\n", passes.Codegen.Name, strings.Join(passes.Codegen.Requires, ", "))
 }
 
-// runPipeline runs the pass pipeline if any pass flag asks for it; printed
-// graphs and timings go to w.
-func (p *pipeFlags) run(g *ir.Graph, w io.Writer) (*passes.State, error) {
+// options checks the pass-manager flags (names, target, requirements of
+// p.consumer) and returns the pipeline options; nothing runs.
+func (p *pipeFlags) options(w io.Writer) (passes.Options, error) {
 	if p.target == "" {
-		p.target = "avx512"
+		p.target = hostTarget()
 	}
-	t, err := passes.LookupTarget(p.target)
+	b, err := target.LookupBuild(p.target)
 	if err != nil {
-		return nil, usagef("--target: %v", err)
+		return passes.Options{}, usagef("--target: %v", err)
+	}
+	t, err := passes.TargetFor(b)
+	if err != nil {
+		return passes.Options{}, fmt.Errorf("--target %s: %v", p.target, err)
 	}
 	for _, names := range [][]string{p.printAfter, p.disable} {
 		if err := passes.CheckNames(names...); err != nil {
-			return nil, usagef("%v", err)
+			return passes.Options{}, usagef("%v", err)
 		}
 	}
 	if p.stopAfter != "" {
 		if err := passes.CheckNames(p.stopAfter); err != nil {
-			return nil, usagef("%v", err)
+			return passes.Options{}, usagef("%v", err)
 		}
 	}
-	if !p.active() {
-		return &passes.State{Graph: g, Target: t}, nil
-	}
 	opts := passes.Options{Target: t, Disabled: map[string]bool{}, PrintAfter: map[string]bool{},
-		PrintAfterAll: p.printAfterAll, TimePasses: p.timePasses, VerifyEach: p.verifyEach, StopAfter: p.stopAfter, Out: w}
+		PrintAfterAll: p.printAfterAll, TimePasses: p.timePasses, VerifyEach: p.verifyEach, StopAfter: p.stopAfter, Out: w,
+		Consumer: p.consumer}
 	for _, d := range p.disable {
 		opts.Disabled[d] = true
 	}
 	for _, d := range p.printAfter {
 		opts.PrintAfter[d] = true
+	}
+	if err := passes.CheckRequirements(opts); err != nil {
+		return passes.Options{}, err
+	}
+	return opts, nil
+}
+
+// checkFor sets the pipeline's consumer to c and checks the flags against
+// what c requires, so that a command fails before loading or running
+// anything when, say, --disable layout leaves code generation without the
+// blocked layout.
+func (p *pipeFlags) checkFor(c *passes.Consumer) error {
+	p.consumer = c
+	_, err := p.options(nil)
+	return err
+}
+
+// run runs the pass pipeline if any pass flag asks for it; printed graphs
+// and timings go to w.
+func (p *pipeFlags) run(g *ir.Graph, w io.Writer) (*passes.State, error) {
+	opts, err := p.options(w)
+	if err != nil {
+		return nil, err
+	}
+	if !p.active() {
+		return &passes.State{Graph: g, Target: opts.Target}, nil
 	}
 	return passes.Run(g, opts)
 }
