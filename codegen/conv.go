@@ -2,6 +2,7 @@ package codegen
 
 import (
 	"fmt"
+	kir "github.com/kiln-dev/kiln/ir"
 
 	"github.com/llir/llvm/ir/enum"
 	"github.com/llir/llvm/ir/value"
@@ -296,13 +297,18 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 	for i := range acc {
 		acc[i] = c.vzero()
 	}
-	// Element strides of the input: between channels of a block and between
-	// pixels of a row.
-	icStride, pixStride := 1, b
+	// Element strides of the input (channel blocks of b, channels of a
+	// block, rows, pixels) and of the packed weight, from the layouts' own
+	// arithmetic (ir.Layout). The schedule's rows (p.rh x p.rw: 1 x H*W when
+	// flat) address the same elements as H x W.
+	inL := kir.NCHWc(b)
 	if s.InPlain {
-		icStride, pixStride = p.rh*p.rw, 1
+		inL = kir.Plain
 	}
-	wGroup := p.icb * s.KH * s.KW * b * b // between output-channel blocks
+	ist := inL.ActivationStrides([]int{s.N, s.C, p.rh, p.rw}, b)
+	wst := kir.OIhwIiOo(b).WeightStrides([]int{s.O, s.C, s.KH, s.KW})
+	icStride, pixStride := ist.Channel, ist.Pixel
+	wGroup := wst.OBlock // between output-channel blocks
 	acc = c.loopN(p.icb, acc, func(icb value.Value, acc []value.Value) []value.Value {
 		icn := value.Value(ci(b))
 		if rem := s.C % b; rem != 0 {
@@ -315,18 +321,12 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 		return c.loop(c.khLo, c.khHi, acc, func(kh value.Value, acc []value.Value) []value.Value {
 			ih := c.add(c.sub(c.mul(c.oh, ci(s.SH)), ci(s.PH)), kh)
 			// Input offset of (n, icb, ih, iw = pos*SW - PW, ic = 0).
-			var row value.Value
 			iw0 := c.sub(c.mul(pos, ci(s.SW)), ci(s.PW))
-			if s.InPlain {
-				ch := c.add(c.mul(c.n, ci(s.C)), c.mul(icb, ci(b)))
-				row = c.add(c.mul(c.add(c.mul(ch, ci(p.rh)), ih), ci(p.rw)), iw0)
-			} else {
-				blk := c.add(c.mul(c.n, ci(p.icb)), icb)
-				row = c.mul(c.add(c.mul(c.add(c.mul(blk, ci(p.rh)), ih), ci(p.rw)), iw0), ci(b))
-			}
+			row := c.add(c.add(c.mul(c.n, ci(ist.N)), c.mul(icb, ci(ist.Block))),
+				c.add(c.mul(ih, ci(ist.Row)), c.mul(iw0, ci(ist.Pixel))))
 			inRow := c.gep(c.arena, c.add(row, ci(s.InOff)))
 			// Weight offset of (ocb0, icb, kh, kw = 0, ic = 0, 0).
-			wo := c.mul(c.add(c.mul(c.add(c.mul(c.ocb0, ci(p.icb)), icb), ci(s.KH)), kh), ci(s.KW*b*b))
+			wo := c.add(c.add(c.mul(c.ocb0, ci(wst.OBlock)), c.mul(icb, ci(wst.IBlock))), c.mul(kh, ci(wst.Row)))
 			wRow := c.gep(c.weights, c.add(wo, ci(s.WeightOff)))
 			// One ic loop per kernel column: a real kw loop for interior
 			// strips, unrolled with the out-of-bounds taps removed for border
@@ -337,7 +337,7 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 				// be unrolled completely; keep them loops (see loopNoUnroll).
 				return c.loopNoUnroll(ci(0), icn, acc, func(ic value.Value, acc []value.Value) []value.Value {
 					ip := c.gep(inRow, c.add(c.mul(ic, ci(icStride)), c.mul(kw, ci(pixStride))))
-					wp := c.gep(wRow, c.add(c.mul(ic, ci(b)), c.mul(kw, ci(b*b))))
+					wp := c.gep(wRow, c.add(c.mul(ic, ci(wst.I)), c.mul(kw, ci(wst.Col))))
 					out := append([]value.Value(nil), acc...)
 					wv := make([]value.Value, ocv)
 					for v := range wv {
@@ -384,7 +384,9 @@ func (c *convGen) epilogue(pos value.Value, w int, acc []value.Value) {
 	p, s, b := c.p, c.p.s, c.p.b
 	V := c.t.VectorLanes
 	ocv := c.tp.ocv
-	outCB := ceilDiv(s.OutC, b)
+	// Output (OutC channels) and residual (O channels) strides, NCHW{b}c.
+	ost := kir.NCHWc(b).ActivationStrides([]int{s.N, s.OutC, p.ohs, p.ows}, b)
+	rst := kir.NCHWc(b).ActivationStrides([]int{s.N, s.O, p.ohs, p.ows}, b)
 	for v := 0; v < ocv; v++ {
 		g, j := v/c.vpb, v%c.vpb
 		blk := c.add(c.ocb0, ci(g))
@@ -393,13 +395,14 @@ func (c *convGen) epilogue(pos value.Value, w int, acc []value.Value) {
 			bias = c.vload(c.weights, c.add(c.mul(blk, ci(b)), ci(s.BiasOff+j*V)))
 		}
 		// Offsets of pixel pos of this row in the output and residual.
-		pix := c.add(c.mul(c.oh, ci(p.ows)), pos)
-		ob := c.add(c.mul(c.n, ci(outCB)), c.add(blk, ci(s.OutCOffset/b)))
-		outBase := c.gep(c.arena, c.add(c.mul(c.add(c.mul(ob, ci(p.ohs*p.ows)), pix), ci(b)), ci(s.OutOff+j*V)))
+		pixOff := func(st kir.ChannelBlockStrides, blk value.Value) value.Value {
+			return c.add(c.add(c.mul(c.n, ci(st.N)), c.mul(blk, ci(st.Block))),
+				c.add(c.mul(c.oh, ci(st.Row)), c.mul(pos, ci(st.Pixel))))
+		}
+		outBase := c.gep(c.arena, c.add(pixOff(ost, c.add(blk, ci(s.OutCOffset/b))), ci(s.OutOff+j*V)))
 		var resBase value.Value
 		if s.HasResidual {
-			rb := c.add(c.mul(c.n, ci(p.ocb)), blk)
-			resBase = c.gep(c.arena, c.add(c.mul(c.add(c.mul(rb, ci(p.ohs*p.ows)), pix), ci(b)), ci(s.ResidualOff+j*V)))
+			resBase = c.gep(c.arena, c.add(pixOff(rst, blk), ci(s.ResidualOff+j*V)))
 		}
 		for r := 0; r < w; r++ {
 			x := acc[r*ocv+v]

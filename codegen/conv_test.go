@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/codegen/internal/ktest"
+	kir "github.com/kiln-dev/kiln/ir"
 )
 
 // convCase is a convolution test: the spec's sizes and flags; offsets are
@@ -19,7 +20,7 @@ type convCase struct {
 
 func cv(n, c, h, w, o, kh, kw, sh, sw, ph, pw int) ConvSpec {
 	return ConvSpec{N: n, C: c, H: h, W: w, O: o, KH: kh, KW: kw, SH: sh, SW: sw, PH: ph, PW: pw,
-		OH: convOut(h, kh, sh, ph), OW: convOut(w, kw, sw, pw), OutC: o}
+		OH: kir.ConvOut(h, kh, sh, ph), OW: kir.ConvOut(w, kw, sw, pw), OutC: o}
 }
 
 func with(s ConvSpec, f func(*ConvSpec)) ConvSpec { f(&s); return s }

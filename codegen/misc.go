@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 
+	kir "github.com/kiln-dev/kiln/ir"
+
 	"github.com/llir/llvm/ir/enum"
 	"github.com/llir/llvm/ir/value"
 )
@@ -18,6 +20,8 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 		return "", 0, err
 	}
 	cb := ceilDiv(s.C, b)
+	shape := []int{s.N, s.C, s.H, s.W}
+	pst, bst := kir.Plain.ActivationStrides(shape, b), kir.NCHWc(b).ActivationStrides(shape, b)
 	k := Kernel{Name: name, Kind: "reorder", Tiles: s.N * cb * s.H}
 	return m.define(k, func(g *builder) error {
 		V := g.t.VectorLanes
@@ -27,8 +31,10 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 			blk := g.urem(t, cb)
 			n := g.udiv(t, cb)
 			// Plain offset of (n, blk*B, h, 0); blocked offset of (n, blk, h, 0, 0).
-			plain := g.mul(g.add(g.mul(g.add(g.mul(n, ci(s.C)), g.mul(blk, ci(b))), ci(s.H)), h), ci(s.W))
-			blocked := g.mul(g.add(g.mul(g.add(g.mul(n, ci(cb)), blk), ci(s.H)), h), ci(s.W*b))
+			at := func(st kir.ChannelBlockStrides) value.Value {
+				return g.add(g.add(g.mul(n, ci(st.N)), g.mul(blk, ci(st.Block))), g.mul(h, ci(st.Row)))
+			}
+			plain, blocked := at(pst), at(bst)
 			var pBase, bBase value.Value
 			if s.ToBlocked {
 				pBase = g.gep(g.arena, g.add(plain, ci(s.InOff)))
@@ -39,13 +45,13 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 			}
 			row := func(lanes int) {
 				g.loopN(s.W, nil, func(w value.Value, _ []value.Value) []value.Value {
-					bp := g.gep(bBase, g.mul(w, ci(b)))
-					pp := g.gep(pBase, w)
+					bp := g.gep(bBase, g.mul(w, ci(bst.Pixel)))
+					pp := g.gep(pBase, g.mul(w, ci(pst.Pixel)))
 					for j := 0; j < b/V; j++ {
 						if s.ToBlocked {
 							v := g.vzero()
 							for l := 0; l < V && j*V+l < lanes; l++ {
-								x := g.load(pp, ci((j*V+l)*s.H*s.W))
+								x := g.load(pp, ci((j*V+l)*pst.Channel))
 								v = g.b.NewInsertElement(v, x, ci(l))
 							}
 							g.vstore(v, bp, ci(j*V))
@@ -55,7 +61,7 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 							}
 							v := g.vload(bp, ci(j*V))
 							for l := 0; l < V && j*V+l < lanes; l++ {
-								g.store(g.b.NewExtractElement(v, ci(l)), pp, ci((j*V+l)*s.H*s.W))
+								g.store(g.b.NewExtractElement(v, ci(l)), pp, ci((j*V+l)*pst.Channel))
 							}
 						}
 					}

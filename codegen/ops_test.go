@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/codegen/internal/ktest"
+	kir "github.com/kiln-dev/kiln/ir"
 )
 
 // Tests of the non-conv kernels: each case builds its kernel, the test packs
@@ -17,7 +18,7 @@ import (
 
 func pool(max, incl bool, n, c, h, w, kh, kw, sh, sw, ph, pw, outC, outOff int) PoolSpec {
 	return PoolSpec{Max: max, CountIncludePad: incl, N: n, C: c, H: h, W: w, KH: kh, KW: kw, SH: sh, SW: sw, PH: ph, PW: pw,
-		OH: convOut(h, kh, sh, ph), OW: convOut(w, kw, sw, pw), OutC: outC, OutCOffset: outOff}
+		OH: kir.ConvOut(h, kh, sh, ph), OW: kir.ConvOut(w, kw, sw, pw), OutC: outC, OutCOffset: outOff}
 }
 
 var poolCases = []PoolSpec{

@@ -3,6 +3,8 @@ package codegen
 import (
 	"math"
 
+	kir "github.com/kiln-dev/kiln/ir"
+
 	"github.com/llir/llvm/ir/value"
 )
 
@@ -24,7 +26,9 @@ func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
 	return m.define(k, func(g *builder) error {
 		V := g.t.VectorLanes
 		vpb := b / V
-		outCB := ceilDiv(s.OutC, b)
+		// Input (C channels) and output (OutC channels) strides, NCHW{b}c.
+		ist := kir.NCHWc(b).ActivationStrides([]int{s.N, s.C, s.H, s.W}, b)
+		ost := kir.NCHWc(b).ActivationStrides([]int{s.N, s.OutC, s.OH, s.OW}, b)
 		g.tiles(func(t value.Value) {
 			oh := g.urem(t, s.OH)
 			t = g.udiv(t, s.OH)
@@ -34,9 +38,9 @@ func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
 			khLo := g.smax(g.sub(ci(0), ih0), ci(0))
 			khHi := g.smin(g.sub(ci(s.H), ih0), ci(s.KH))
 			// Input offset of (n, blk, ih = 0, iw = 0).
-			inBase := g.gep(g.arena, g.add(g.mul(g.add(g.mul(n, ci(cb)), blk), ci(s.H*s.W*b)), ci(s.InOff)))
-			ob := g.add(g.mul(n, ci(outCB)), g.add(blk, ci(s.OutCOffset/b)))
-			outRow := g.gep(g.arena, g.add(g.mul(g.add(g.mul(ob, ci(s.OH)), oh), ci(s.OW*b)), ci(s.OutOff)))
+			inBase := g.gep(g.arena, g.add(g.add(g.mul(n, ci(ist.N)), g.mul(blk, ci(ist.Block))), ci(s.InOff)))
+			ob := g.add(blk, ci(s.OutCOffset/b))
+			outRow := g.gep(g.arena, g.add(g.add(g.add(g.mul(n, ci(ost.N)), g.mul(ob, ci(ost.Block))), g.mul(oh, ci(ost.Row))), ci(s.OutOff)))
 			g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
 				iw0 := g.sub(g.mul(ow, ci(s.SW)), ci(s.PW))
 				kwLo := g.smax(g.sub(ci(0), iw0), ci(0))
@@ -50,9 +54,9 @@ func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
 					acc[j] = init
 				}
 				acc = g.loop(khLo, khHi, acc, func(kh value.Value, acc []value.Value) []value.Value {
-					row := g.gep(inBase, g.mul(g.add(g.mul(g.add(ih0, kh), ci(s.W)), iw0), ci(b)))
+					row := g.gep(inBase, g.add(g.mul(g.add(ih0, kh), ci(ist.Row)), g.mul(iw0, ci(ist.Pixel))))
 					return g.loop(kwLo, kwHi, acc, func(kw value.Value, acc []value.Value) []value.Value {
-						px := g.gep(row, g.mul(kw, ci(b)))
+						px := g.gep(row, g.mul(kw, ci(ist.Pixel)))
 						out := make([]value.Value, vpb)
 						for j := range out {
 							x := g.vload(px, ci(j*V))
@@ -78,7 +82,7 @@ func (m *Module) Pool(name string, s PoolSpec) (string, int, error) {
 						acc[j] = g.fmul(acc[j], scale)
 					}
 				}
-				px := g.gep(outRow, g.mul(ow, ci(b)))
+				px := g.gep(outRow, g.mul(ow, ci(ost.Pixel)))
 				for j := range acc {
 					g.vstore(acc[j], px, ci(j*V))
 				}
@@ -102,8 +106,12 @@ func (m *Module) GlobalAvgPool(name string, s GlobalAvgPoolSpec) (string, int, e
 		V := g.t.VectorLanes
 		vpb := b / V
 		hw := s.H * s.W
+		// A tile t = n*cb + blk is one channel block: its input starts at
+		// t*Block (Block*cb = N stride); the output is NCHW{b}c of [N,C,1,1].
+		ist := kir.NCHWc(b).ActivationStrides([]int{s.N, s.C, s.H, s.W}, b)
+		ost := kir.NCHWc(b).ActivationStrides([]int{s.N, s.C, 1, 1}, b)
 		g.tiles(func(t value.Value) {
-			in := g.gep(g.arena, g.add(g.mul(t, ci(hw*b)), ci(s.InOff)))
+			in := g.gep(g.arena, g.add(g.mul(t, ci(ist.Block)), ci(s.InOff)))
 			// Two interleaved accumulator sets hide the add latency.
 			const u = 2
 			acc := make([]value.Value, u*vpb)
@@ -111,7 +119,7 @@ func (m *Module) GlobalAvgPool(name string, s GlobalAvgPoolSpec) (string, int, e
 				acc[i] = g.vzero()
 			}
 			acc = g.loopN(hw/u, acc, func(i value.Value, acc []value.Value) []value.Value {
-				px := g.gep(in, g.mul(i, ci(u*b)))
+				px := g.gep(in, g.mul(i, ci(u*ist.Pixel)))
 				out := make([]value.Value, len(acc))
 				for k := range acc {
 					out[k] = g.fadd(acc[k], g.vload(px, ci(k*V)))
@@ -122,10 +130,10 @@ func (m *Module) GlobalAvgPool(name string, s GlobalAvgPoolSpec) (string, int, e
 			for j := range sum {
 				sum[j] = g.fadd(acc[j], acc[vpb+j])
 				if hw%u != 0 {
-					sum[j] = g.fadd(sum[j], g.vload(in, ci((hw-1)*b+j*V)))
+					sum[j] = g.fadd(sum[j], g.vload(in, ci((hw-1)*ist.Pixel+j*V)))
 				}
 			}
-			out := g.gep(g.arena, g.add(g.mul(t, ci(b)), ci(s.OutOff)))
+			out := g.gep(g.arena, g.add(g.mul(t, ci(ost.Block)), ci(s.OutOff)))
 			for j := range sum {
 				g.vstore(g.fmul(sum[j], g.vconst(1/float64(hw))), out, ci(j*V))
 			}

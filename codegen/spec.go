@@ -1,6 +1,10 @@
 package codegen
 
-import "fmt"
+import (
+	"fmt"
+
+	kir "github.com/kiln-dev/kiln/ir"
+)
 
 // ConvSpec is a 2-D convolution (cross-correlation, groups=1) with its fused
 // epilogue, on blocked activations. All sizes and offsets are in elements.
@@ -99,16 +103,6 @@ type CopySpec struct {
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
-// convOut is floor((in + 2*pad - k)/stride) + 1, or 0 when the window does
-// not fit (PyTorch, ceil_mode=False).
-func convOut(in, k, stride, pad int) int {
-	span := in + 2*pad - k
-	if span < 0 {
-		return 0
-	}
-	return span/stride + 1
-}
-
 // nonNeg returns an error naming the first negative value.
 func nonNeg(what string, kv ...any) error {
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -170,7 +164,7 @@ func (s ConvSpec) Validate(b int) error {
 		"ResidualOff", s.ResidualOff, "OutOff", s.OutOff, "OutCOffset", s.OutCOffset); err != nil {
 		return err
 	}
-	if oh, ow := convOut(s.H, s.KH, s.SH, s.PH), convOut(s.W, s.KW, s.SW, s.PW); oh != s.OH || ow != s.OW {
+	if oh, ow := kir.ConvOut(s.H, s.KH, s.SH, s.PH), kir.ConvOut(s.W, s.KW, s.SW, s.PW); oh != s.OH || ow != s.OW {
 		return fmt.Errorf("conv: output %dx%d, but input %dx%d, kernel %dx%d, stride %dx%d, pad %dx%d give %dx%d",
 			s.OH, s.OW, s.H, s.W, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, oh, ow)
 	}
@@ -231,7 +225,7 @@ func (s PoolSpec) Validate(b int) error {
 	if 2*s.PH > s.KH || 2*s.PW > s.KW {
 		return fmt.Errorf("%s: pad %dx%d must be at most half the kernel %dx%d", w, s.PH, s.PW, s.KH, s.KW)
 	}
-	if oh, ow := convOut(s.H, s.KH, s.SH, s.PH), convOut(s.W, s.KW, s.SW, s.PW); oh != s.OH || ow != s.OW {
+	if oh, ow := kir.ConvOut(s.H, s.KH, s.SH, s.PH), kir.ConvOut(s.W, s.KW, s.SW, s.PW); oh != s.OH || ow != s.OW {
 		return fmt.Errorf("%s: output %dx%d, but the window gives %dx%d", w, s.OH, s.OW, oh, ow)
 	}
 	if s.OutCOffset%b != 0 {

@@ -19,8 +19,12 @@ type Node struct {
 	Args []int
 	// Attrs holds every attribute of the op, defaults filled in.
 	Attrs Attrs
-	// Type is the result type, set by shape inference.
+	// Type is the result type, set by shape inference; the zero Type for a
+	// node with several results.
 	Type Type
+	// Results holds the type of every result of a multi-result op (see
+	// multi.go), nil for single-result ops.
+	Results []Type
 	// Pos is the source position that produced the node.
 	Pos Pos
 }
@@ -39,6 +43,9 @@ type Graph struct {
 	Nodes   []*Node
 	Outputs []int
 	Marks   []Mark
+	// Updates makes params mutable state: after a run each Param holds the
+	// value of its Value node (multi.go).
+	Updates []Update
 }
 
 // Add appends n to the graph after checking its op, operands and attributes
@@ -79,33 +86,62 @@ func (g *Graph) check(idx int, n *Node, infer bool) error {
 		if a < 0 || a >= idx {
 			return Errorf(n.Pos, "%s: operand %d refers to %%%d, which is not an earlier node", n.Op, i, a)
 		}
+		if g.Nodes[a].IsMulti() && n.Op != OpResult {
+			return Errorf(n.Pos, "%s: operand %d (%%%d, %s) has %d results; select one with result", n.Op, i, a, g.Nodes[a].Op, len(g.Nodes[a].Results))
+		}
 		args[i] = g.Nodes[a].Type
 	}
 	if err := def.checkAttrs(n, infer); err != nil {
 		return err
 	}
-	t, err := def.Infer(n, args)
+	if def.InferResults != nil {
+		return g.checkResults(idx, def, n, args, infer)
+	}
+	if n.IsMulti() {
+		return Errorf(n.Pos, "%%%d %s: a single-result op has %d recorded results", idx, n.Op, len(n.Results))
+	}
+	var t Type
+	var err error
+	if n.Op == OpResult {
+		t, err = g.resultType(n)
+	} else {
+		t, err = def.Infer(n, args)
+	}
 	if err != nil {
 		return Errorf(n.Pos, "%s: %v", n.Op, err)
 	}
-	if t.DType == 0 {
-		t.DType = F32
+	// The result dtype is inferred from the operands (the op's Infer) or
+	// declared (input, param, empty); it is never defaulted.
+	if t.DType.Size() == 0 {
+		return Errorf(n.Pos, "%%%d %s: result has no valid dtype (%s); inputs and params must declare one", idx, n.Op, t.DType)
 	}
 	for _, d := range t.Shape {
 		if d <= 0 {
 			return Errorf(n.Pos, "%s: result shape %s has a non-positive dimension", n.Op, ShapeString(t.Shape))
 		}
 	}
-	if n.Type.Layout != "" || !infer {
+	// The layout of reorder and pack_weight is their attribute's; other ops
+	// take the layout recorded on the node (set by the layout pass), or when
+	// building with a plain node layout the one Infer derived.
+	// A result node has its producer's result layout (resultType).
+	if !SetsLayout(n.Op) && n.Op != OpResult && (!n.Type.Layout.IsPlain() || !infer) {
 		t.Layout = n.Type.Layout
 	}
 	if _, err := PhysicalNumel(t); err != nil {
 		return Errorf(n.Pos, "%s: %v", n.Op, err)
 	}
+	if !infer && !t.Equal(n.Type) {
+		return Errorf(n.Pos, "%s: recorded type %s differs from inferred %s", n.Op, n.Type, t)
+	}
+	// A result node's operand is a tuple, which has no dtype or layout of
+	// its own; its type is the selected result's (resultType).
+	if n.Op != OpResult {
+		if err := g.checkOperands(idx, def, n, t); err != nil {
+			return err
+		}
+	}
 	if infer {
 		n.Type = t
-	} else if !ShapeEqual(t.Shape, n.Type.Shape) || t.DType != n.Type.DType {
-		return Errorf(n.Pos, "%s: recorded type %s differs from inferred %s", n.Op, n.Type, t)
 	}
 	return nil
 }
@@ -139,13 +175,18 @@ func (g *Graph) Verify() error {
 	for _, o := range g.Outputs {
 		if o < 0 || o >= len(g.Nodes) {
 			errs.Add(fmt.Errorf("output %%%d out of range", o))
+		} else if n := g.Nodes[o]; n.IsMulti() {
+			errs.Add(Errorf(n.Pos, "output %%%d (%s) has %d results; return result nodes", o, n.Op, len(n.Results)))
 		}
 	}
 	for _, m := range g.Marks {
 		if m.Node < 0 || m.Node >= len(g.Nodes) {
 			errs.Add(fmt.Errorf("mark %q refers to %%%d, out of range", m.Name, m.Node))
+		} else if g.Nodes[m.Node].IsMulti() {
+			errs.Add(fmt.Errorf("mark %q refers to %%%d, which has several results", m.Name, m.Node))
 		}
 	}
+	g.verifyUpdates(&errs)
 	return errs.Err()
 }
 

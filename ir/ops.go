@@ -96,8 +96,18 @@ type OpDef struct {
 	Attrs    []AttrDef
 	// Infer computes the result type from the operand types and attributes.
 	Infer func(n *Node, args []Type) (Type, error)
+	// InferResults, set instead of Infer for ops with several results,
+	// computes the type of every result (at least two; see multi.go).
+	InferResults func(n *Node, args []Type) ([]Type, error)
 	// MACs counts multiply-accumulates (conv and dense only), nil for zero.
 	MACs func(n *Node, args []Type) int64
+	// Layouts checks the operand layouts (operands are the operand nodes)
+	// against the result layout out; nil means every operand has the
+	// result's layout. See rules.go.
+	Layouts func(n *Node, operands []*Node, out Layout) error
+	// DTypes lists the result dtypes the op accepts (operands always share
+	// the result's dtype); nil accepts every dtype.
+	DTypes []DType
 	// Doc is a one-line description.
 	Doc string
 }
@@ -286,7 +296,7 @@ func poolInfer(n *Node, args []Type) (Type, error) {
 	if ho <= 0 || wo <= 0 {
 		return Type{}, fmt.Errorf("window %s with pad %v does not fit input %s", ShapeString(k), p, ShapeString(x.Shape))
 	}
-	return Type{DType: x.DType, Shape: []int{x.Shape[0], x.Shape[1], ho, wo}}, nil
+	return Type{DType: x.DType, Shape: []int{x.Shape[0], x.Shape[1], ho, wo}, Layout: x.Layout}, nil
 }
 
 func init() {
@@ -297,6 +307,7 @@ func init() {
 		Infer: declared})
 	register(&OpDef{
 		Name: OpConv2D, Operands: []string{"x", "weight", "bias"}, MinArgs: 2, MaxArgs: 3,
+		Layouts: convLayouts, DTypes: floatDTypes,
 		Doc: "2-D convolution (cross-correlation), NCHW input, OIHW weight, symmetric zero padding",
 		Attrs: []AttrDef{
 			{Name: "stride", Kind: AttrInts, Len: 2, Default: []int{1, 1}, Check: positive},
@@ -327,7 +338,7 @@ func init() {
 			if ho <= 0 || wo <= 0 {
 				return Type{}, fmt.Errorf("kernel %s with pad %v does not fit input %s", ShapeString(w.Shape[2:]), p, ShapeString(x.Shape))
 			}
-			return Type{DType: x.DType, Shape: []int{x.Shape[0], o, ho, wo}}, nil
+			return Type{DType: x.DType, Shape: []int{x.Shape[0], o, ho, wo}, Layout: x.Layout}, nil
 		},
 		MACs: func(n *Node, a []Type) int64 {
 			w := a[1].Shape
@@ -336,6 +347,7 @@ func init() {
 	})
 	register(&OpDef{
 		Name: OpBatchNorm, Operands: []string{"x", "weight", "bias", "running_mean", "running_var"}, MinArgs: 5, MaxArgs: 5,
+		Layouts: firstSameRestPlain, DTypes: floatDTypes,
 		Doc: "inference batch normalization over channel axis 1: (x-mean)/sqrt(var+eps)*weight+bias",
 		Attrs: []AttrDef{{Name: "eps", Kind: AttrFloat, Default: 1e-5, Check: func(v any) error {
 			if v.(float64) <= 0 {
@@ -357,7 +369,7 @@ func init() {
 		},
 	})
 	unary := func(name, doc string, attrs ...AttrDef) {
-		register(&OpDef{Name: name, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: doc, Attrs: attrs,
+		register(&OpDef{Name: name, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: doc, Attrs: attrs, DTypes: floatDTypes,
 			Infer: func(n *Node, a []Type) (Type, error) { return same(a[0]), nil }})
 	}
 	unary(OpReLU, "max(x, 0)")
@@ -370,6 +382,7 @@ func init() {
 			return nil
 		}})
 	register(&OpDef{Name: OpAdd, Operands: []string{"x", "y"}, MinArgs: 2, MaxArgs: 2, Doc: "elementwise x + y (equal shapes)",
+		DTypes: floatDTypes,
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if !ShapeEqual(a[0].Shape, a[1].Shape) {
 				return Type{}, fmt.Errorf("shapes differ: %s and %s", ShapeString(a[0].Shape), ShapeString(a[1].Shape))
@@ -401,17 +414,20 @@ func init() {
 	register(&OpDef{Name: OpMaxPool, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: "max pooling (padding never wins)",
 		Attrs: windowAttrs, Infer: poolInfer})
 	register(&OpDef{Name: OpAvgPool, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1,
-		Doc:   "average pooling; count_include_pad false divides by the number of real pixels",
-		Attrs: append(append([]AttrDef(nil), windowAttrs...), AttrDef{Name: "count_include_pad", Kind: AttrBool, Default: true}),
-		Infer: poolInfer})
+		Doc:    "average pooling; count_include_pad false divides by the number of real pixels",
+		DTypes: floatDTypes,
+		Attrs:  append(append([]AttrDef(nil), windowAttrs...), AttrDef{Name: "count_include_pad", Kind: AttrBool, Default: true}),
+		Infer:  poolInfer})
 	register(&OpDef{Name: OpGlobalAvgPool, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: "mean over H and W: NCHW -> NC11",
+		DTypes: floatDTypes,
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if err := rankIs(a[0], 4, "input"); err != nil {
 				return Type{}, err
 			}
-			return Type{DType: a[0].DType, Shape: []int{a[0].Shape[0], a[0].Shape[1], 1, 1}}, nil
+			return Type{DType: a[0].DType, Shape: []int{a[0].Shape[0], a[0].Shape[1], 1, 1}, Layout: a[0].Layout}, nil
 		}})
 	register(&OpDef{Name: OpFlatten, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: "N x ... -> N x prod(...)",
+		Layouts: allPlain,
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if a[0].Rank() < 2 {
 				return Type{}, fmt.Errorf("input must have rank >= 2, got %s", a[0])
@@ -419,7 +435,8 @@ func init() {
 			return Type{DType: a[0].DType, Shape: []int{a[0].Shape[0], a[0].Numel() / a[0].Shape[0]}}, nil
 		}})
 	register(&OpDef{Name: OpDense, Operands: []string{"x", "weight", "bias"}, MinArgs: 2, MaxArgs: 3,
-		Doc: "fully connected: x[N,I] * weight[O,I]^T + bias[O]",
+		Doc:     "fully connected: x[N,I] * weight[O,I]^T + bias[O]",
+		Layouts: allPlain, DTypes: floatDTypes,
 		Infer: func(n *Node, a []Type) (Type, error) {
 			x, w := a[0], a[1]
 			if err := rankIs(x, 2, "input"); err != nil {
@@ -439,6 +456,7 @@ func init() {
 		MACs: func(n *Node, a []Type) int64 { return int64(n.Type.Numel()) * int64(a[1].Shape[1]) },
 	})
 	register(&OpDef{Name: OpSoftmax, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1, Doc: "softmax along axis",
+		Layouts: allPlain, DTypes: floatDTypes,
 		Attrs: []AttrDef{{Name: "axis", Kind: AttrInt, Default: 1, Check: nonNegative}},
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if ax := n.Attrs.Int("axis"); ax >= a[0].Rank() {

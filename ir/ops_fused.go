@@ -81,6 +81,7 @@ func init() {
 	convDef := table[OpConv2D]
 	register(&OpDef{
 		Name: OpFusedConv, Operands: []string{"x", "weight", "bias?", "residual?", "into?"}, MinArgs: 2, MaxArgs: 5,
+		Layouts: convLayouts, DTypes: floatDTypes,
 		Doc: "relu?(conv(x, weight) + bias? + residual?), written into channels [offset, offset+O) of into? when present",
 		Attrs: append(append([]AttrDef(nil), convDef.Attrs...),
 			AttrDef{Name: "bias", Kind: AttrBool, Default: false},
@@ -150,7 +151,8 @@ func init() {
 	}
 	epsAttr := table[OpBatchNorm].Attrs[0]
 	register(&OpDef{Name: OpFoldBNWeight, Operands: []string{"weight", "bn_weight", "running_var"}, MinArgs: 3, MaxArgs: 3,
-		Doc:   "build time: weight[o,...] * bn_weight[o] / sqrt(running_var[o] + eps)",
+		Doc:     "build time: weight[o,...] * bn_weight[o] / sqrt(running_var[o] + eps)",
+		Layouts: allPlain, DTypes: floatDTypes,
 		Attrs: []AttrDef{epsAttr},
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if err := perChannel(a[0], a[1:]...); err != nil {
@@ -159,7 +161,8 @@ func init() {
 			return same(a[0]), nil
 		}})
 	register(&OpDef{Name: OpFoldBNBias, Operands: []string{"bn_weight", "bn_bias", "running_mean", "running_var", "bias?"}, MinArgs: 4, MaxArgs: 5,
-		Doc:   "build time: (bias - running_mean) * bn_weight / sqrt(running_var + eps) + bn_bias, bias 0 when absent",
+		Doc:     "build time: (bias - running_mean) * bn_weight / sqrt(running_var + eps) + bn_bias, bias 0 when absent",
+		Layouts: allPlain, DTypes: floatDTypes,
 		Attrs: []AttrDef{epsAttr},
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if err := perChannel(Type{Shape: []int{a[0].Shape[0]}}, a...); err != nil {
@@ -168,28 +171,45 @@ func init() {
 			return same(a[0]), nil
 		}})
 	register(&OpDef{Name: OpFoldScale, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1,
-		Doc:   "build time: x * c (a residual scale folded into a conv's weight and bias)",
-		Attrs: []AttrDef{{Name: "c", Kind: AttrFloat}},
-		Infer: func(n *Node, a []Type) (Type, error) { return same(a[0]), nil }})
+		Doc:    "build time: x * c (a residual scale folded into a conv's weight and bias)",
+		DTypes: floatDTypes,
+		Attrs:  []AttrDef{{Name: "c", Kind: AttrFloat}},
+		Infer:  func(n *Node, a []Type) (Type, error) { return same(a[0]), nil }})
 	register(&OpDef{Name: OpPackWeight, Operands: []string{"weight"}, MinArgs: 1, MaxArgs: 1,
-		Doc:   "build time: repack a weight into a blocked layout (e.g. OIhw16i16o); the logical shape is unchanged",
-		Attrs: []AttrDef{{Name: "layout", Kind: AttrString}},
-		Infer: func(n *Node, a []Type) (Type, error) {
-			t := same(a[0])
-			t.Layout = n.Attrs.String("layout")
-			return t, nil
-		}})
+		Doc:     "build time: repack a weight into a blocked layout (e.g. OIhw16i16o); the logical shape is unchanged",
+		Attrs:   []AttrDef{{Name: "layout", Kind: AttrString, Check: layoutAttr}},
+		Layouts: packWeightLayouts,
+		Infer:   layoutFromAttr})
 	register(&OpDef{Name: OpEmpty, Doc: "an uninitialized tensor of the declared type, the destination of a chain of in-place writes",
 		Infer: declared})
 	register(&OpDef{Name: OpReorder, Operands: []string{"x"}, MinArgs: 1, MaxArgs: 1,
-		Doc:   "convert an activation between physical layouts (e.g. NCHW <-> NCHW16c); the logical shape is unchanged",
-		Attrs: []AttrDef{{Name: "layout", Kind: AttrString, Default: ""}},
-		Infer: func(n *Node, a []Type) (Type, error) {
-			t := same(a[0])
-			t.Layout = n.Attrs.String("layout")
-			return t, nil
-		}})
+		Doc:     "convert an activation between physical layouts (e.g. NCHW <-> NCHW16c); the logical shape is unchanged",
+		Attrs:   []AttrDef{{Name: "layout", Kind: AttrString, Default: "", Check: layoutAttr}},
+		Layouts: reorderLayouts,
+		Infer:   layoutFromAttr})
 }
+
+// layoutAttr checks that a layout attribute parses.
+func layoutAttr(v any) error {
+	_, err := ParseLayout(v.(string))
+	return err
+}
+
+// layoutFromAttr is the type rule of reorder and pack_weight: the operand's
+// type in the layout named by the layout attribute.
+func layoutFromAttr(n *Node, a []Type) (Type, error) {
+	l, err := ParseLayout(n.Attrs.String("layout"))
+	if err != nil {
+		return Type{}, err
+	}
+	t := same(a[0])
+	t.Layout = l
+	return t, nil
+}
+
+// SetsLayout reports whether op's result layout is given by its layout
+// attribute (reorder, pack_weight) rather than chosen by the layout pass.
+func SetsLayout(op string) bool { return op == OpReorder || op == OpPackWeight }
 
 // perChannel checks that every vector in vs has one element per row of t.
 func perChannel(t Type, vs ...Type) error {

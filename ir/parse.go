@@ -121,15 +121,23 @@ func (p *parser) graph() *Graph {
 		}
 		p.expect('=', "'='")
 		n := p.node()
-		declared := n.Type
+		declared, declaredResults := n.Type, n.Results
 		if !HasDeclaredType(n.Op) {
-			n.Type = Type{Layout: declared.Layout}
+			n.Type, n.Results = Type{Layout: declared.Layout}, nil
 		}
 		if _, err := g.Add(n); err != nil {
 			p.fail(pos, "%v", err)
 		}
 		if !n.Type.Equal(declared) {
 			p.fail(pos, "node %%%d: printed type %s differs from inferred %s", id, declared, n.Type)
+		}
+		if len(declaredResults) != len(n.Results) {
+			p.fail(pos, "node %%%d: printed %d result types, %s has %d results", id, len(declaredResults), n.Op, max(1, len(n.Results)))
+		}
+		for k := range declaredResults {
+			if !declaredResults[k].Equal(n.Results[k]) {
+				p.fail(pos, "node %%%d: printed result %d type %s differs from inferred %s", id, k, declaredResults[k], n.Results[k])
+			}
 		}
 	}
 	p.keyword("return")
@@ -154,6 +162,15 @@ func (p *parser) graph() *Graph {
 			p.fail(pos, "mark of undefined %%%d", id)
 		}
 		g.Marks = append(g.Marks, Mark{name, id})
+	}
+	for p.tok == scanner.Ident && p.text == "update" {
+		p.next()
+		pos := p.pos
+		u := Update{Param: p.ref(), Value: p.ref()}
+		if u.Param < 0 || u.Param >= len(g.Nodes) || u.Value < 0 || u.Value >= len(g.Nodes) {
+			p.fail(pos, "update of undefined node")
+		}
+		g.Updates = append(g.Updates, u)
 	}
 	p.expect('}', "'}'")
 	if p.tok != scanner.EOF {
@@ -208,7 +225,23 @@ func (p *parser) node() *Node {
 		p.next()
 	}
 	p.expect(':', "':'")
-	n.Type = p.typ()
+	if p.tok == '(' {
+		// Several results: (type, type, ...).
+		p.next()
+		for {
+			n.Results = append(n.Results, p.typ())
+			if p.tok != ',' {
+				break
+			}
+			p.next()
+		}
+		p.expect(')', "')'")
+		if len(n.Results) < 2 {
+			p.fail(opPos, "a result tuple needs at least two types")
+		}
+	} else {
+		n.Type = p.typ()
+	}
 	if p.tok == scanner.Ident && p.text == "loc" {
 		p.next()
 		p.expect('(', "'('")
@@ -290,7 +323,12 @@ func (p *parser) typ() Type {
 	p.next()
 	if p.tok == '@' {
 		p.next()
-		t.Layout = p.expect(scanner.Ident, "layout name")
+		lpos := p.pos
+		l, err := ParseLayout(p.expect(scanner.Ident, "layout name"))
+		if err != nil {
+			p.fail(lpos, "%v", err)
+		}
+		t.Layout = l
 	}
 	return t
 }

@@ -44,14 +44,29 @@ func ParseDType(s string) (DType, error) {
 	return 0, fmt.Errorf("unknown dtype %q (want f32, bf16, f16 or i8)", s)
 }
 
+// Size is the size of one element in bytes (f32 4, bf16 2, f16 2, i8 1), 0
+// for an unknown dtype.
+func (d DType) Size() int {
+	switch d {
+	case F32:
+		return 4
+	case BF16, F16:
+		return 2
+	case I8:
+		return 1
+	}
+	return 0
+}
+
 // Type is a tensor type: element type, static shape and physical layout.
-// Layout "" is the logical row-major layout (NCHW for 4-D activations, OIHW for
-// conv weights). Physical layouts such as "NCHW16c" are introduced by the layout
-// pass; Shape always stays the logical shape so that shape rules are layout-free.
+// The zero Layout is the logical row-major layout (NCHW for 4-D activations,
+// OIHW for conv weights). Physical layouts such as NCHW16c are introduced by
+// the layout pass; Shape always stays the logical shape so that shape rules
+// are layout-free.
 type Type struct {
 	DType  DType
 	Shape  []int
-	Layout string
+	Layout Layout
 }
 
 // Numel is the number of elements of the type's logical shape.
@@ -83,9 +98,9 @@ func (t Type) String() string {
 		b.WriteString(strconv.Itoa(d))
 	}
 	b.WriteByte(']')
-	if t.Layout != "" {
+	if !t.Layout.IsPlain() {
 		b.WriteByte('@')
-		b.WriteString(t.Layout)
+		b.WriteString(t.Layout.String())
 	}
 	return b.String()
 }

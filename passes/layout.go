@@ -1,8 +1,6 @@
 package passes
 
 import (
-	"fmt"
-
 	"github.com/kiln-dev/kiln/ir"
 )
 
@@ -10,13 +8,13 @@ import (
 // stores channel block cb, row h, column w, then the c channels cb*c..cb*c+c-1
 // contiguously, so one vector load reads c channels of one pixel (oneDNN's
 // nChw16c).
-func ActivationLayout(c int) string { return fmt.Sprintf("NCHW%dc", c) }
+func ActivationLayout(c int) ir.Layout { return ir.NCHWc(c) }
 
 // WeightLayout is the blocked conv weight layout for c lanes: OIhw16i16o
 // stores output block ob, input block ib, kh, kw, then 16 input channels × 16
 // output channels, so the inner loop loads one vector of c output channels per
 // input channel.
-func WeightLayout(c int) string { return fmt.Sprintf("OIhw%di%do", c, c) }
+func WeightLayout(c int) ir.Layout { return ir.OIhwIiOo(c) }
 
 // layoutPass moves activations to the blocked NCHWc layout of the target and
 // repacks conv weights once at build time.
@@ -27,8 +25,9 @@ func WeightLayout(c int) string { return fmt.Sprintf("OIhw%di%do", c, c) }
 // padding), and is reordered to NCHW{c}c for any other reader;
 // every fused_conv weight that is a build-time value is wrapped in
 // pack_weight(layout=OIhw{c}i{c}o); ops that need a logical tensor (flatten,
-// dense, softmax and anything not 4-D) get a reorder back to the plain layout
-// in front of their blocked operands; a concat whose channel offsets are not
+// dense, softmax, multi-result ops and anything not 4-D) get a reorder back to
+// the plain layout in front of their blocked operands, and blocked readers of a
+// plain 4-D result node reorder it; a concat whose channel offsets are not
 // multiples of c runs on plain NCHW between reorders. Channel counts that are not a multiple of
 // c are padded with zeros in the physical buffer; shapes stay logical.
 var layoutPass = &Pass{
@@ -36,7 +35,7 @@ var layoutPass = &Pass{
 	Doc:   "NCHW -> blocked NCHWc activations, weights repacked at build time",
 	After: []string{"fuse-epilogue", "concat-in-place"},
 	Run: func(s *State) error {
-		c := s.Target.Lanes
+		c := s.Target.Block
 		act, wl := ActivationLayout(c), WeightLayout(c)
 		g := s.Graph
 		build := BuildTime(g)
@@ -64,7 +63,7 @@ var layoutPass = &Pass{
 				return b
 			}
 			n := r.g.Nodes[a]
-			b := r.emit(&ir.Node{Op: ir.OpReorder, Name: n.Name, Args: []int{a}, Attrs: ir.Attrs{"layout": act}, Pos: n.Pos})
+			b := r.emit(&ir.Node{Op: ir.OpReorder, Name: n.Name, Args: []int{a}, Attrs: ir.Attrs{"layout": act.String()}, Pos: n.Pos})
 			toBlocked[a], blocked[b] = b, true
 			return b
 		}
@@ -74,6 +73,18 @@ var layoutPass = &Pass{
 				plainInput[r.copyNode(i)] = true
 			case build[i] || n.Op == ir.OpInput:
 				r.copyNode(i)
+			case n.IsMulti() || n.Op == ir.OpResult:
+				// Multi-result ops run on plain operands and their results
+				// keep the producer's plain layout; blocked readers of a 4-D
+				// result reorder it, as for a network input.
+				nn := cloneNode(n)
+				for k, a := range n.Args {
+					nn.Args[k] = toPlain(r.arg(a))
+				}
+				r.m[i] = r.emit(nn)
+				if n.Op == ir.OpResult && n.Type.Rank() == 4 {
+					plainInput[r.m[i]] = true
+				}
 			case n.Op == ir.OpConcat && n.Type.Rank() == 4 && !alignedConcat(g, n, c):
 				// A concat whose channel offsets are not multiples of c
 				// cannot write whole vector blocks: it runs on plain NCHW,
@@ -84,7 +95,7 @@ var layoutPass = &Pass{
 				}
 				r.m[i] = r.emit(nn)
 				plainInput[r.m[i]] = true
-			case n.Type.Rank() == 4 && n.Type.Layout == "":
+			case n.Type.Rank() == 4 && n.Type.Layout.IsPlain():
 				nn := cloneNode(n)
 				for k, a := range n.Args {
 					nn.Args[k] = r.arg(a)
@@ -95,8 +106,10 @@ var layoutPass = &Pass{
 						nn.Args[k] = blockedArg(nn.Args[k])
 					}
 				}
-				if n.Op == ir.OpFusedConv && build[n.Args[1]] && n.Attrs.Int("groups") == 1 {
-					nn.Args[1] = r.emit(&ir.Node{Op: ir.OpPackWeight, Name: g.Nodes[n.Args[1]].Name, Args: []int{nn.Args[1]}, Attrs: ir.Attrs{"layout": wl}, Pos: n.Pos})
+				// Conv weights are packed with the activations' block (the op
+				// table's rule; grouped convolutions keep OIHW weights).
+				if (n.Op == ir.OpFusedConv || n.Op == ir.OpConv2D) && build[n.Args[1]] && n.Attrs.Int("groups") == 1 {
+					nn.Args[1] = r.emit(&ir.Node{Op: ir.OpPackWeight, Name: g.Nodes[n.Args[1]].Name, Args: []int{nn.Args[1]}, Attrs: ir.Attrs{"layout": wl.String()}, Pos: n.Pos})
 				}
 				nn.Type.Layout = act
 				r.m[i] = r.emit(nn)
@@ -145,7 +158,9 @@ func BuildTime(g *ir.Graph) []bool {
 	for i, n := range g.Nodes {
 		switch n.Op {
 		case ir.OpParam:
-			b[i] = true
+			// Mutable state (a param the graph updates) changes between
+			// runs, so nothing computed from it is a build-time constant.
+			b[i] = !g.Mutable(i)
 		case ir.OpInput, ir.OpEmpty:
 		default:
 			b[i] = len(n.Args) > 0

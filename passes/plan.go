@@ -43,12 +43,15 @@ type Plan struct {
 	Strategy string
 }
 
+// valueBytes is the arena size of a value of type t: its physical element
+// count (padding lanes included) times its dtype's element size, rounded up
+// to Alignment bytes. A verified graph's layouts always apply; otherwise the
+// logical count is used.
 func valueBytes(t ir.Type) int64 {
-	n, err := ir.PhysicalNumel(t)
+	b, err := ir.PhysicalBytes(t)
 	if err != nil {
-		n = t.Numel()
+		b = int64(t.Numel()) * int64(max(t.DType.Size(), 1))
 	}
-	b := int64(n) * 4
 	return (b + Alignment - 1) / Alignment * Alignment
 }
 
@@ -61,7 +64,9 @@ func valueBytes(t ir.Type) int64 {
 //     and both have the same physical size (each output element reads only the
 //     residual element it overwrites).
 //
-// It returns the class representative of every node (-1 for build-time values).
+// It returns the class representative of every node (-1 for build-time values
+// and for multi-result nodes, whose results live in their result nodes'
+// buffers).
 func aliasClasses(g *ir.Graph, build []bool) []int {
 	users := g.Users()
 	rep := make([]int, len(g.Nodes))
@@ -94,12 +99,18 @@ func aliasClasses(g *ir.Graph, build []bool) []int {
 		if build[i] {
 			continue
 		}
+		if n.IsMulti() {
+			// A tuple has no storage of its own: its kernel writes each
+			// result into the result node's buffer (see MakePlan).
+			rep[i] = -1
+			continue
+		}
 		if k := ir.IntoOperand(n); k >= 0 {
 			rep[i] = find(n.Args[k])
 			continue
 		}
 		switch {
-		case n.Op == ir.OpDropout || (n.Op == ir.OpFlatten && g.Nodes[n.Args[0]].Type.Layout == ""):
+		case n.Op == ir.OpDropout || (n.Op == ir.OpFlatten && g.Nodes[n.Args[0]].Type.Layout.IsPlain()):
 			rep[i] = find(n.Args[0])
 		case n.Op == ir.OpFusedConv && n.Attrs.Bool("residual"):
 			_, r, _ := ir.FusedConvOperands(n)
@@ -156,6 +167,10 @@ func MakePlan(g *ir.Graph) *Plan {
 		buf.Values = append(buf.Values, i)
 		buf.Size = max(buf.Size, size)
 		buf.Start = min(buf.Start, i)
+		if g.Nodes[i].Op == ir.OpResult {
+			// Written by the multi-result producer, so live from there.
+			buf.Start = min(buf.Start, g.Nodes[i].Args[0])
+		}
 		buf.End = max(buf.End, i)
 		for _, u := range users[i] {
 			buf.End = max(buf.End, u)
@@ -236,8 +251,9 @@ func place(bufs []Buffer, less func(a, b Buffer) bool) ([]int64, int64) {
 }
 
 // Check verifies the plan: every run-time value has a buffer at least as large
-// as its physical size, buffers lie inside the arena, and no two buffers whose
-// lifetimes overlap share a byte.
+// as its physical size (multi-result nodes have none; each result node's
+// buffer is live from its producer on), buffers lie inside the arena, and no
+// two buffers whose lifetimes overlap share a byte.
 func (p *Plan) Check(g *ir.Graph) error {
 	build := BuildTime(g)
 	for i, n := range g.Nodes {
@@ -248,8 +264,17 @@ func (p *Plan) Check(g *ir.Graph) error {
 			}
 			continue
 		}
+		if n.IsMulti() {
+			if b >= 0 {
+				return fmt.Errorf("multi-result node %%%d has a buffer of its own", i)
+			}
+			continue
+		}
 		if b < 0 {
 			return fmt.Errorf("run-time value %%%d has no buffer", i)
+		}
+		if n.Op == ir.OpResult && p.Buffers[b].Start > n.Args[0] {
+			return fmt.Errorf("result %%%d is written by %%%d but its buffer is live only from step %d", i, n.Args[0], p.Buffers[b].Start)
 		}
 		if valueBytes(n.Type) > p.Buffers[b].Size {
 			return fmt.Errorf("value %%%d (%d bytes) does not fit buffer %d (%d bytes)", i, valueBytes(n.Type), b, p.Buffers[b].Size)

@@ -69,32 +69,176 @@ func (b *blob) bytes() []byte {
 // Lower lowers the final pipeline state s (it must have a plan) for targets,
 // which must share a triple and a channel block equal to the graph's NCHWc
 // block. params are the network's weights, keyed by parameter name.
+//
+// The per-node work (legality, kernel specs) is lowerNodes, shared with
+// Check: Lower is Check plus the weights blob and the manifest.
 func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.Target) (*Program, error) {
-	if s.Plan == nil {
-		return nil, fmt.Errorf("lower: the graph has no memory plan (run the pipeline through plan-buffers)")
-	}
-	if len(targets) == 0 {
-		return nil, fmt.Errorf("lower: no targets")
+	// Legality first, so that an illegal graph is reported as Check reports
+	// it, before the weights are evaluated.
+	if err := Check(s, targets); err != nil {
+		return nil, err
 	}
 	g, plan := s.Graph, s.Plan
-	B := targets[0].Block
 	build := passes.BuildTime(g)
 	values, err := evalBuildTime(g, build, params)
 	if err != nil {
 		return nil, err
 	}
-	off := func(i int) int { return int(plan.Buffers[plan.BufferOf[i]].Offset / 4) }
 	var wb blob
+	// weight places build-time value v (its data transformed by f, if any)
+	// in the blob and returns its offset in floats.
+	weight := func(n *ir.Node, v int, what string, f func([]float32) []float32) (int, error) {
+		t, ok := values[v]
+		if !ok {
+			return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+		}
+		d := t.Data
+		if f != nil {
+			d = f(d)
+		}
+		return wb.add(d), nil
+	}
+	specs, err := lowerNodes(g, plan, build, targets[0].Block, weight)
+	if err != nil {
+		return nil, err
+	}
+	p := &Program{Targets: targets, specs: specs, graph: g}
+	p.Weights = wb.bytes()
+	in := g.Inputs()
+	inID := indexOf(g, in[0])
+	out := g.Outputs[0]
+	var isas []string
+	for _, t := range targets {
+		isas = append(isas, t.Name)
+	}
+	info := func(id int) rt.TensorInfo {
+		n := g.Nodes[id]
+		return rt.TensorInfo{Name: n.Name, Shape: append([]int(nil), n.Type.Shape...),
+			DType: n.Type.DType.String(), Offset: offsetOf(plan, id, n.Type.DType)}
+	}
+	p.Manifest = rt.Manifest{
+		Version: rt.ManifestVersion, Network: g.Name, Batch: in[0].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
+		Features:   codegen.ISAFeatures(targets),
+		ArenaBytes: plan.Arena, WeightsBytes: int64(len(p.Weights)),
+		Input: info(inID), Output: info(out),
+	}
+	for _, o := range g.Outputs[1:] {
+		p.Manifest.Taps = append(p.Manifest.Taps, info(o))
+	}
+	return p, nil
+}
+
+// NameTaps names the taps of the manifest: the graph's outputs after the
+// first, in order (the caller that added marks as extra outputs knows their
+// names; the pipeline keeps the order of outputs).
+func (p *Program) NameTaps(names []string) error {
+	if len(names) != len(p.Manifest.Taps) {
+		return fmt.Errorf("lower: %d tap names for %d extra outputs", len(names), len(p.Manifest.Taps))
+	}
+	for i, n := range names {
+		p.Manifest.Taps[i].Name = n
+	}
+	return p.Manifest.Validate()
+}
+
+// Check runs the legality checks of Lower on the final pipeline state s for
+// targets, without weights and without LLVM: the state has a plan, every
+// run-time node has a kernel for its op, layout, dtype and grouping, every
+// kernel spec validates against the targets' block, and the network has one
+// plain input and output. It is the same code as Lower's (lowerNodes), with
+// placeholder weight offsets, so a state that checks also lowers, or Check
+// says why not. Errors carry the node's source position.
+func Check(s *passes.State, targets []codegen.Target) error {
+	if err := checkState(s, targets); err != nil {
+		return err
+	}
+	build := passes.BuildTime(s.Graph)
+	weight := func(n *ir.Node, v int, what string, _ func([]float32) []float32) (int, error) {
+		if !build[v] {
+			return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+		}
+		return 0, nil
+	}
+	specs, err := lowerNodes(s.Graph, s.Plan, build, targets[0].Block, weight)
+	if err != nil {
+		return err
+	}
+	for _, k := range specs {
+		if err := k.validate(targets[0].Block); err != nil {
+			n := s.Graph.Nodes[k.node]
+			return ir.Errorf(n.Pos, "codegen %s: %v", n.Name, err)
+		}
+	}
+	return nil
+}
+
+// checkState checks what Lower needs before looking at nodes: a plan,
+// targets that agree on the channel block, a verified graph with one input
+// and one output in the plain layout.
+func checkState(s *passes.State, targets []codegen.Target) error {
+	if s == nil || s.Graph == nil {
+		return fmt.Errorf("lower: no graph")
+	}
+	if s.Plan == nil {
+		return fmt.Errorf("lower: the graph has no memory plan (run the pipeline through plan-buffers)")
+	}
+	if len(targets) == 0 {
+		return fmt.Errorf("lower: no targets")
+	}
+	for _, t := range targets[1:] {
+		if t.Block != targets[0].Block || t.Triple != targets[0].Triple {
+			return fmt.Errorf("lower: targets %s and %s differ in triple or channel block", targets[0].Name, t.Name)
+		}
+	}
+	g := s.Graph
+	if err := g.Verify(); err != nil {
+		return err
+	}
+	in := g.Inputs()
+	if len(in) != 1 || len(g.Outputs) < 1 {
+		return fmt.Errorf("codegen: networks with one input and at least one output only (have %d, %d)", len(in), len(g.Outputs))
+	}
+	for _, id := range append([]int{indexOf(g, in[0])}, g.Outputs...) {
+		if n := g.Nodes[id]; !n.Type.Layout.IsPlain() {
+			return ir.Errorf(n.Pos, "codegen: network input and output must be in the plain layout; %s %q is %s", n.Op, n.Name, n.Type)
+		}
+	}
+	return nil
+}
+
+// offsetOf is node id's arena offset in elements of dt.
+func offsetOf(plan *passes.Plan, id int, dt ir.DType) int64 {
+	return plan.Buffers[plan.BufferOf[id]].Offset / int64(dt.Size())
+}
+
+// weightFunc places the build-time value v, operand of n named what,
+// transformed by f (nil: as is), and returns its offset in the weights blob
+// in floats.
+type weightFunc func(n *ir.Node, v int, what string, f func([]float32) []float32) (int, error)
+
+// lowerNodes is the per-node lowering shared by Lower and Check: for every
+// run-time node in schedule order it checks that a kernel exists for the
+// node's op, dtype, layout (the block B) and attributes, and builds its
+// kernel specs with arena offsets from the plan and weight offsets from
+// weight.
+func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weightFunc) ([]kernelSpec, error) {
+	off := func(i int) int { return int(offsetOf(plan, i, g.Nodes[i].Type.DType)) }
 	var specs []kernelSpec
 	for i, n := range g.Nodes {
 		if build[i] {
 			continue
 		}
-		if err := checkLayout(n, B); err != nil {
+		if err := checkNode(n, B); err != nil {
 			return nil, err
+		}
+		if plan.BufferOf[i] < 0 {
+			return nil, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
 		}
 		name := fmt.Sprintf("k%d", i)
 		switch n.Op {
+		case ir.OpParam:
+			// Only mutable params (Graph.Updates) are run-time values.
+			return nil, ir.Errorf(n.Pos, "codegen: param %s is mutable state (the graph updates it); compiled artifacts with state come with the training runtime (issue 9)", n.Name)
 		case ir.OpInput, ir.OpEmpty:
 			// The runtime writes the input; empty is storage only.
 		case ir.OpFusedConv:
@@ -102,9 +246,12 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 			if n.Attrs.Int("groups") != 1 {
 				return nil, ir.Errorf(n.Pos, "codegen: grouped convolution (groups=%d) is not supported yet", n.Attrs.Int("groups"))
 			}
-			wt, ok := values[n.Args[1]]
-			if !ok || w.Type.Layout == "" {
-				return nil, ir.Errorf(n.Pos, "codegen: conv weight %s must be a packed build-time value", w.Name)
+			if w.Type.Layout != ir.OIhwIiOo(B) {
+				return nil, ir.Errorf(n.Pos, "codegen: conv weight %s must be packed %s, is %s", w.Name, ir.OIhwIiOo(B), w.Type)
+			}
+			wOff, err := weight(n, n.Args[1], "weight", nil)
+			if err != nil {
+				return nil, err
 			}
 			bi, ri, _ := ir.FusedConvOperands(n)
 			st, pd := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
@@ -113,17 +260,17 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 				N: x.Type.Shape[0], C: x.Type.Shape[1], H: x.Type.Shape[2], W: x.Type.Shape[3],
 				O: ws[0], KH: ws[2], KW: ws[3], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1],
 				OH: ir.ConvOut(x.Type.Shape[2], ws[2], st[0], pd[0]), OW: ir.ConvOut(x.Type.Shape[3], ws[3], st[1], pd[1]),
-				InOff: off(n.Args[0]), InPlain: x.Type.Layout == "",
-				WeightOff: wb.add(wt.Data),
+				InOff: off(n.Args[0]), InPlain: x.Type.Layout.IsPlain(),
+				WeightOff: wOff,
 				Relu:      n.Attrs.Bool("relu"),
 				OutOff:    off(i), OutC: n.Type.Shape[1], OutCOffset: n.Attrs.Int("offset"),
 			}
 			if bi >= 0 {
-				bt, ok := values[n.Args[bi]]
-				if !ok {
-					return nil, ir.Errorf(n.Pos, "codegen: conv bias must be a build-time value")
+				bOff, err := weight(n, n.Args[bi], "bias", func(v []float32) []float32 { return padTo(v, ceilTo(ws[0], B)) })
+				if err != nil {
+					return nil, err
 				}
-				spec.HasBias, spec.BiasOff = true, wb.add(padTo(bt.Data, ceilTo(ws[0], B)))
+				spec.HasBias, spec.BiasOff = true, bOff
 			}
 			if ri >= 0 {
 				spec.HasResidual, spec.ResidualOff = true, off(n.Args[ri])
@@ -148,18 +295,24 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 			if x.Rank() != 4 {
 				return nil, ir.Errorf(n.Pos, "codegen: reorder of a rank-%d value", x.Rank())
 			}
+			if x.Layout.IsPlain() == n.Type.Layout.IsPlain() {
+				return nil, ir.Errorf(n.Pos, "codegen: reorder from %s to %s: only plain <-> NCHW%dc is supported", x, n.Type, B)
+			}
 			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.ReorderSpec{
 				N: x.Shape[0], C: x.Shape[1], H: x.Shape[2], W: x.Shape[3],
-				InOff: off(n.Args[0]), OutOff: off(i), ToBlocked: n.Type.Layout != ""}})
+				InOff: off(n.Args[0]), OutOff: off(i), ToBlocked: !n.Type.Layout.IsPlain()}})
 		case ir.OpFlatten, ir.OpDropout:
 			if plan.BufferOf[i] != plan.BufferOf[n.Args[0]] {
+				if !g.Nodes[n.Args[0]].Type.Layout.IsPlain() {
+					return nil, ir.Errorf(n.Pos, "codegen: %s copies a blocked value; only plain copies are supported", n.Op)
+				}
 				specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.CopySpec{
 					Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)}})
 			}
 		case ir.OpConcat:
 			// Only unaligned concats survive the pipeline, on plain NCHW
 			// (the layout pass): one contiguous copy per operand and image.
-			if n.Type.Layout != "" || n.Type.Rank() != 4 || n.Attrs.Int("axis") != 1 {
+			if !n.Type.Layout.IsPlain() || n.Type.Rank() != 4 || n.Attrs.Int("axis") != 1 {
 				return nil, ir.Errorf(n.Pos, "codegen: concat must be a plain NCHW channel concat here")
 			}
 			sh := n.Type.Shape
@@ -175,18 +328,17 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 			}
 		case ir.OpDense:
 			x, w := g.Nodes[n.Args[0]].Type.Shape, g.Nodes[n.Args[1]].Type.Shape
-			wt, ok := values[n.Args[1]]
-			if !ok {
-				return nil, ir.Errorf(n.Pos, "codegen: dense weight must be a build-time value")
+			wOff, err := weight(n, n.Args[1], "weight", func(v []float32) []float32 { return transpose(v, w[0], w[1]) })
+			if err != nil {
+				return nil, err
 			}
-			spec := codegen.DenseSpec{N: x[0], I: x[1], O: w[0], InOff: off(n.Args[0]), OutOff: off(i),
-				WeightOff: wb.add(transpose(wt.Data, w[0], w[1]))}
+			spec := codegen.DenseSpec{N: x[0], I: x[1], O: w[0], InOff: off(n.Args[0]), OutOff: off(i), WeightOff: wOff}
 			if len(n.Args) == 3 {
-				bt, ok := values[n.Args[2]]
-				if !ok {
-					return nil, ir.Errorf(n.Pos, "codegen: dense bias must be a build-time value")
+				bOff, err := weight(n, n.Args[2], "bias", nil)
+				if err != nil {
+					return nil, err
 				}
-				spec.HasBias, spec.BiasOff = true, wb.add(bt.Data)
+				spec.HasBias, spec.BiasOff = true, bOff
 			}
 			specs = append(specs, kernelSpec{name: name, node: i, spec: spec, macs: g.MACs(i)})
 		case ir.OpSoftmax:
@@ -199,28 +351,7 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 			return nil, ir.Errorf(n.Pos, "codegen: op %s has no kernel (run the full inference pipeline first)", n.Op)
 		}
 	}
-	p := &Program{Targets: targets, specs: specs, graph: g}
-	p.Weights = wb.bytes()
-	in := g.Inputs()
-	if len(in) != 1 || len(g.Outputs) != 1 {
-		return nil, fmt.Errorf("codegen: networks with one input and one output only (have %d, %d)", len(in), len(g.Outputs))
-	}
-	inID := indexOf(g, in[0])
-	out := g.Outputs[0]
-	if g.Nodes[out].Type.Layout != "" {
-		return nil, fmt.Errorf("codegen: the output must be in the plain layout")
-	}
-	var isas []string
-	for _, t := range targets {
-		isas = append(isas, t.Name)
-	}
-	p.Manifest = rt.Manifest{
-		Version: rt.ManifestVersion, Network: g.Name, Batch: in[0].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
-		ArenaBytes: plan.Arena, WeightsBytes: int64(len(p.Weights)),
-		Input:  rt.TensorInfo{Name: in[0].Name, Shape: append([]int(nil), in[0].Type.Shape...), Offset: int64(off(inID))},
-		Output: rt.TensorInfo{Name: g.Nodes[out].Name, Shape: append([]int(nil), g.Nodes[out].Type.Shape...), Offset: int64(off(out))},
-	}
-	return p, nil
+	return specs, nil
 }
 
 // generate emits the kernels into LLVM modules (kernelsPerModule each) and
@@ -252,6 +383,28 @@ type kernelSpec struct {
 	node int
 	spec any
 	macs int64
+}
+
+// validate checks the spec against the channel block b, as the kernel
+// builders do before emitting code.
+func (k kernelSpec) validate(b int) error {
+	switch s := k.spec.(type) {
+	case codegen.ConvSpec:
+		return s.Validate(b)
+	case codegen.PoolSpec:
+		return s.Validate(b)
+	case codegen.GlobalAvgPoolSpec:
+		return s.Validate(b)
+	case codegen.ReorderSpec:
+		return s.Validate(b)
+	case codegen.DenseSpec:
+		return s.Validate()
+	case codegen.SoftmaxSpec:
+		return s.Validate()
+	case codegen.CopySpec:
+		return s.Validate()
+	}
+	return fmt.Errorf("unknown spec %T", k.spec)
 }
 
 func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
@@ -286,11 +439,14 @@ func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
 	return
 }
 
-func checkLayout(n *ir.Node, b int) error {
-	if n.Type.Layout == "" {
-		return nil
+// checkNode checks that run-time node n has a dtype and a layout the
+// kernels implement: f32 (other dtypes plan, print and parse, but their
+// kernels come later) and plain or NCHW{b}c.
+func checkNode(n *ir.Node, b int) error {
+	if n.Type.DType != ir.F32 {
+		return ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
 	}
-	if c, ok := ir.ActivationBlock(n.Type.Layout); ok && c == b {
+	if l := n.Type.Layout; l.IsPlain() || l == ir.NCHWc(b) {
 		return nil
 	}
 	return ir.Errorf(n.Pos, "codegen: %s has layout %s, but the target's kernels use NCHW%dc (run the pipeline for this target)", n.Op, n.Type.Layout, b)

@@ -234,7 +234,7 @@ func encodeGraph(g *ir.Graph, params map[string]*tensor.Tensor) ([]byte, error) 
 	}
 	var initBytes int
 	for i, n := range g.Nodes {
-		if n.Type.Layout != "" {
+		if !n.Type.Layout.IsPlain() {
 			return nil, x.errorf(i, "value has the physical layout %s; export the graph before Kiln's passes", n.Type.Layout)
 		}
 		if n.Type.DType != ir.F32 {

@@ -58,7 +58,7 @@
 //
 // # Layouts
 //
-// A value whose node has a physical layout (Type.Layout non-empty: NCHW{c}c
+// A value whose node has a physical layout (Type.Layout not plain: NCHW{c}c
 // or OIhw{c}i{c}o, see ir/layout.go) is held as its physical data: the
 // tensor's Shape is the physical shape, for example [N, ceil(C/c), H, W, c]
 // for NCHW{c}c and [ceil(O/c), ceil(I/c), kh, kw, c, c] for OIhw{c}i{c}o, and
@@ -101,6 +101,9 @@ type Result struct {
 	Outputs []*tensor.Tensor
 	// Values maps each node index of Options.Keep to its value, as stored.
 	Values map[int]*tensor.Tensor
+	// Updates maps the name of every param the graph updates (Graph.Updates)
+	// to its new value; the params passed to Run are not modified.
+	Updates map[string]*tensor.Tensor
 }
 
 // Run evaluates g with the given parameters (keyed by param node Name, the
@@ -141,6 +144,9 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 	keep := make([]bool, len(g.Nodes))
 	for _, o := range g.Outputs {
 		keep[o] = true
+	}
+	for _, u := range g.Updates {
+		keep[u.Value] = true
 	}
 	for _, k := range opt.Keep {
 		if k < 0 || k >= len(g.Nodes) {
@@ -189,12 +195,35 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 	}
 
 	e := &evaluator{threads: threads}
+	// multi holds the results of multi-result nodes until their last result
+	// node has run; vals of such a node stays nil.
+	multi := map[int][]*tensor.Tensor{}
 	for i, n := range g.Nodes {
 		if !needed[i] {
 			vals[i] = nil
 			continue
 		}
-		if n.Op != ir.OpInput && n.Op != ir.OpParam {
+		switch {
+		case n.IsMulti():
+			args := make([]*tensor.Tensor, len(n.Args))
+			for j, a := range n.Args {
+				args[j] = vals[a]
+			}
+			outs, err := multiEvaluators[n.Op](e, n, args)
+			if err != nil {
+				return nil, ir.Errorf(n.Pos, "%%%d %s: %v", i, n.Op, err)
+			}
+			for k, out := range outs {
+				if err := checkPhysical(out, n.Results[k]); err != nil {
+					return nil, ir.Errorf(n.Pos, "%%%d %s: result %d: interpreter produced %v", i, n.Op, k, err)
+				}
+			}
+			multi[i] = outs
+		case n.Op == ir.OpResult:
+			out := multi[n.Args[0]][n.Attrs.Int("index")]
+			vals[i] = out
+			refs[storage(out)]++
+		case n.Op != ir.OpInput && n.Op != ir.OpParam:
 			args := make([]*tensor.Tensor, len(n.Args))
 			types := make([]ir.Type, len(n.Args))
 			e.reuse = make([]bool, len(n.Args))
@@ -221,6 +250,9 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 		// Free operands whose last user this was.
 		for _, a := range n.Args {
 			remaining[a]--
+			if remaining[a] == 0 {
+				delete(multi, a)
+			}
 			if remaining[a] == 0 && !keep[a] {
 				if s := storage(vals[a]); refs[s] <= 1 {
 					delete(refs, s)
@@ -241,6 +273,12 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 	}
 	for _, k := range opt.Keep {
 		res.Values[k] = vals[k]
+	}
+	if len(g.Updates) > 0 {
+		res.Updates = map[string]*tensor.Tensor{}
+		for _, u := range g.Updates {
+			res.Updates[g.Nodes[u.Param].Name] = vals[u.Value]
+		}
 	}
 	return res, nil
 }
@@ -268,16 +306,16 @@ func storage(t *tensor.Tensor) *float32 {
 // obviously correct, which is what the oracle needs.
 func (e *evaluator) evalNode(n *ir.Node, args []*tensor.Tensor, types []ir.Type) (*tensor.Tensor, error) {
 	f := evaluators[n.Op]
-	blocked := n.Type.Layout != ""
+	blocked := !n.Type.Layout.IsPlain()
 	for _, t := range types {
-		blocked = blocked || t.Layout != ""
+		blocked = blocked || !t.Layout.IsPlain()
 	}
 	if !blocked {
 		return f(e, n, args)
 	}
 	logical := make([]*tensor.Tensor, len(args))
 	for j, a := range args {
-		if types[j].Layout == "" {
+		if types[j].Layout.IsPlain() {
 			logical[j] = a
 			continue
 		}
@@ -298,7 +336,8 @@ func (e *evaluator) evalNode(n *ir.Node, args []*tensor.Tensor, types []ir.Type)
 // Supports reports whether the interpreter can evaluate op.
 func Supports(op string) bool {
 	_, ok := evaluators[op]
-	return ok || op == ir.OpInput || op == ir.OpParam
+	_, okMulti := multiEvaluators[op]
+	return ok || okMulti || op == ir.OpInput || op == ir.OpParam || op == ir.OpResult
 }
 
 // checkSupported rejects nil nodes, ops without an evaluator, physical
@@ -313,6 +352,12 @@ func checkSupported(g *ir.Graph) error {
 			errs.Add(ir.Errorf(n.Pos, "%%%d: op %s not supported by the interpreter", i, n.Op))
 		case n.Type.DType != ir.F32 && n.Type.DType != 0:
 			errs.Add(ir.Errorf(n.Pos, "%%%d %s: dtype %s not supported by the interpreter (f32 only)", i, n.Op, n.Type.DType))
+		case n.IsMulti():
+			for k, t := range n.Results {
+				if t.DType != ir.F32 || !t.Layout.IsPlain() {
+					errs.Add(ir.Errorf(n.Pos, "%%%d %s: result %d is %s; multi-result ops run on plain f32 only", i, n.Op, k, t))
+				}
+			}
 		default:
 			if err := checkLayout(n); err != nil {
 				errs.Add(ir.Errorf(n.Pos, "%%%d %s: %v", i, n.Op, err))
@@ -322,28 +367,12 @@ func checkSupported(g *ir.Graph) error {
 	return errs.Err()
 }
 
-// checkLayout checks that n's layout applies to its type and, for reorder and
-// pack_weight, that the layout attribute names a layout of the right kind and
-// agrees with the result type.
+// checkLayout checks that n's layout applies to its type. (That the layout
+// attribute of reorder and pack_weight names a layout of the right kind and
+// is the result's is an operand rule of the op table, checked by Verify.)
 func checkLayout(n *ir.Node) error {
-	if _, err := ir.PhysicalNumel(n.Type); err != nil {
-		return err
-	}
-	switch n.Op {
-	case ir.OpReorder, ir.OpPackWeight:
-		l := n.Attrs.String("layout")
-		if n.Op == ir.OpReorder {
-			if _, ok := ir.ActivationBlock(l); !ok && l != "" {
-				return fmt.Errorf("layout %q is not an activation layout (\"\" or NCHW{c}c)", l)
-			}
-		} else if _, ok := ir.WeightBlock(l); !ok {
-			return fmt.Errorf("layout %q is not a weight layout (OIhw{c}i{c}o)", l)
-		}
-		if l != n.Type.Layout {
-			return fmt.Errorf("layout attribute %q differs from the result layout %q", l, n.Type.Layout)
-		}
-	}
-	return nil
+	_, err := ir.PhysicalNumel(n.Type)
+	return err
 }
 
 // feed places the inputs and params in vals after checking that each one is
@@ -365,7 +394,7 @@ func feed(g *ir.Graph, params, inputs map[string]*tensor.Tensor, vals []*tensor.
 		want, _ := PhysicalShape(n.Type)
 		numel, _ := ir.PhysicalNumel(n.Type)
 		var phys string
-		if n.Type.Layout != "" {
+		if !n.Type.Layout.IsPlain() {
 			phys = fmt.Sprintf(" (physical layout of %s)", n.Type)
 		}
 		t := src[n.Name]

@@ -7,43 +7,29 @@ import (
 	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
-// Physical values. A value whose node has a non-empty Type.Layout is held in
-// memory as its physical layout (see ir/layout.go): the tensor.Tensor's Data
-// has ir.PhysicalNumel elements and its Shape is the physical shape
+// Physical values. A value whose node has a non-plain Type.Layout is held in
+// memory as its physical layout: the tensor.Tensor's Data has
+// ir.PhysicalNumel elements and its Shape is the physical shape
+// (ir.Layout.PhysicalShape)
 //
 //	NCHW{c}c      logical [N, C, H, W]   physical [N, ceil(C/c), H, W, c]
 //	OIhw{c}i{c}o  logical [O, I, kh, kw] physical [ceil(O/c), ceil(I/c), kh, kw, c (in), c (out)]
 //
-// so that the row-major index of the physical shape is the memory offset:
-//
-//	NCHW{c}c:      phys[n][C/c][h][w][C%c]             = x[n][C][h][w]
-//	OIhw{c}i{c}o:  phys[O/c][I/c][y][x][I%c][O%c]      = w[O][I][y][x]
-//
-// Lanes for channels past C (or O, I) in the last block are padding and
-// always zero in values the interpreter produces. Inputs and params with a
-// layout are fed physical too, and graph outputs and Options.Keep values are
-// returned as stored; ToLogical and ToPhysical convert for callers.
+// so that the row-major index of the physical shape is the memory offset
+// ir.Layout.Offset computes. Lanes for channels past C (or O, I) in the last
+// block are padding and always zero in values the interpreter produces.
+// Inputs and params with a layout are fed physical too, and graph outputs and
+// Options.Keep values are returned as stored; ToLogical and ToPhysical
+// convert for callers.
 
-// PhysicalShape returns the shape of the tensor that holds a value of type t:
-// t.Shape for the plain layout, the blocked shape above otherwise. Layouts
-// that do not apply to t are reported as ir.PhysicalNumel reports them.
+// PhysicalShape returns the shape of the tensor that holds a value of type t
+// (t.Layout.PhysicalShape). Layouts that do not apply to t are reported as
+// ir.PhysicalNumel reports them.
 func PhysicalShape(t ir.Type) ([]int, error) {
 	if _, err := ir.PhysicalNumel(t); err != nil {
 		return nil, err
 	}
-	s := t.Shape
-	if t.Layout == "" {
-		return append([]int(nil), s...), nil
-	}
-	if c, ok := ir.ActivationBlock(t.Layout); ok {
-		return []int{s[0], ceilDiv(s[1], c), s[2], s[3], c}, nil
-	}
-	if c, ok := ir.WeightBlock(t.Layout); ok {
-		return []int{ceilDiv(s[0], c), ceilDiv(s[1], c), s[2], s[3], c, c}, nil
-	}
-	// Unreachable while PhysicalShape and ir.PhysicalNumel know the same
-	// layouts.
-	return nil, fmt.Errorf("layout %q of %s is not known to the interpreter", t.Layout, t)
+	return t.Layout.PhysicalShape(t.Shape)
 }
 
 // checkPhysical reports whether x is a physical value of type typ: its shape
@@ -65,34 +51,44 @@ func checkPhysical(x *tensor.Tensor, typ ir.Type) error {
 }
 
 // blockedIndex calls f(logical, physical) for every element of a value of
-// type t (t.Layout non-empty and valid), with the logical row-major index and
-// the index of the same element in the physical layout.
+// type t (t.Layout valid for t), with the logical row-major index and the
+// index of the same element in the physical layout. The physical index is
+// the layout's own arithmetic (ir.Layout.ActivationStrides / WeightStrides,
+// the strides ir.Layout.Offset uses), taken once per channel.
 func blockedIndex(t ir.Type, f func(l, p int)) {
-	s := t.Shape
-	if c, ok := ir.ActivationBlock(t.Layout); ok {
-		n, ch, hw := s[0], s[1], s[2]*s[3]
-		cb := ceilDiv(ch, c)
-		for b := 0; b < n; b++ {
-			for k := 0; k < ch; k++ {
-				l := (b*ch + k) * hw
-				p := ((b*cb+k/c)*hw)*c + k%c
-				for i := 0; i < hw; i++ {
-					f(l+i, p+i*c)
+	s, l := t.Shape, t.Layout
+	switch {
+	case l.IsActivation():
+		st, b := l.ActivationStrides(s, l.Block), l.Block
+		w := s[3]
+		for n := 0; n < s[0]; n++ {
+			for c := 0; c < s[1]; c++ {
+				for h := 0; h < s[2]; h++ {
+					lo := ((n*s[1]+c)*s[2] + h) * w
+					po := n*st.N + (c/b)*st.Block + (c%b)*st.Channel + h*st.Row
+					for x := 0; x < w; x++ {
+						f(lo+x, po+x*st.Pixel)
+					}
 				}
 			}
 		}
-		return
-	}
-	c, _ := ir.WeightBlock(t.Layout)
-	o, in, khw := s[0], s[1], s[2]*s[3]
-	ib := ceilDiv(in, c)
-	for oc := 0; oc < o; oc++ {
-		for ic := 0; ic < in; ic++ {
-			l := (oc*in + ic) * khw
-			p := (((oc/c)*ib+ic/c)*khw*c+ic%c)*c + oc%c
-			for i := 0; i < khw; i++ {
-				f(l+i, p+i*c*c)
+	case l.IsWeight():
+		st, b := l.WeightStrides(s), l.Block
+		kw := s[3]
+		for o := 0; o < s[0]; o++ {
+			for i := 0; i < s[1]; i++ {
+				for y := 0; y < s[2]; y++ {
+					lo := ((o*s[1]+i)*s[2] + y) * kw
+					po := (o/b)*st.OBlock + (o%b)*st.O + (i/b)*st.IBlock + (i%b)*st.I + y*st.Row
+					for x := 0; x < kw; x++ {
+						f(lo+x, po+x*st.Col)
+					}
+				}
 			}
+		}
+	default:
+		for i := 0; i < t.Numel(); i++ {
+			f(i, i)
 		}
 	}
 }
@@ -106,7 +102,7 @@ func ToLogical(x *tensor.Tensor, typ ir.Type) (*tensor.Tensor, error) {
 	if err := checkPhysical(x, typ); err != nil {
 		return nil, err
 	}
-	if typ.Layout == "" {
+	if typ.Layout.IsPlain() {
 		return x, nil
 	}
 	out := tensor.New(typ.Shape...)
@@ -125,7 +121,7 @@ func ToPhysical(x *tensor.Tensor, typ ir.Type) (*tensor.Tensor, error) {
 	if x == nil || !ir.ShapeEqual(x.Shape, typ.Shape) || len(x.Data) != typ.Numel() {
 		return nil, fmt.Errorf("ToPhysical: tensor is not a logical %s", typ)
 	}
-	if typ.Layout == "" {
+	if typ.Layout.IsPlain() {
 		return x, nil
 	}
 	out := tensor.New(want...)

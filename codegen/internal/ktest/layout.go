@@ -7,6 +7,8 @@
 // that execute kernels skip.
 package ktest
 
+import "github.com/kiln-dev/kiln/ir"
+
 // Aligned returns a zeroed slice of n floats whose first element is 64-byte
 // aligned, as the runtime's arenas are.
 func Aligned(n int) []float32 {
@@ -18,20 +20,19 @@ func Aligned(n int) []float32 {
 	return s[off : off+n : off+n]
 }
 
-func ceil(a, b int) int { return (a + b - 1) / b }
-
 // PackBlocked converts plain x[N][C][H][W] into NCHW{b}c
-// [N][ceil(C/b)][H][W][b], writing it into dst (padding lanes zero).
+// [N][ceil(C/b)][H][W][b] (ir.Layout's arithmetic), writing it into dst
+// (padding lanes zero).
 func PackBlocked(dst, x []float32, n, c, h, w, b int) {
-	cb := ceil(c, b)
-	for i := range dst[:n*cb*b*h*w] {
-		dst[i] = 0
-	}
+	shape := []int{n, c, h, w}
+	l := ir.NCHWc(b)
+	size, _ := l.PhysicalNumel(shape)
+	clear(dst[:size])
 	for in := 0; in < n; in++ {
 		for ic := 0; ic < c; ic++ {
 			for y := 0; y < h; y++ {
 				for xx := 0; xx < w; xx++ {
-					dst[(((in*cb+ic/b)*h+y)*w+xx)*b+ic%b] = x[((in*c+ic)*h+y)*w+xx]
+					dst[l.Offset(shape, in, ic, y, xx)] = x[ir.Plain.Offset(shape, in, ic, y, xx)]
 				}
 			}
 		}
@@ -41,22 +42,21 @@ func PackBlocked(dst, x []float32, n, c, h, w, b int) {
 // BlockedAt returns element (n, c, y, x) of an NCHW{b}c tensor with cTotal
 // channels.
 func BlockedAt(src []float32, cTotal, h, w, b, n, c, y, x int) float32 {
-	cb := ceil(cTotal, b)
-	return src[(((n*cb+c/b)*h+y)*w+x)*b+c%b]
+	return src[ir.NCHWc(b).Offset([]int{n + 1, cTotal, h, w}, n, c, y, x)]
 }
 
 // PackWeights converts plain OIHW weights w[O][I][KH][KW] into
 // OIhw{b}i{b}o [ceil(O/b)][ceil(I/b)][KH][KW][b in][b out] in dst.
 func PackWeights(dst, w []float32, o, i, kh, kw, b int) {
-	ob, ib := ceil(o, b), ceil(i, b)
-	for k := range dst[:ob*ib*kh*kw*b*b] {
-		dst[k] = 0
-	}
+	shape := []int{o, i, kh, kw}
+	l := ir.OIhwIiOo(b)
+	size, _ := l.PhysicalNumel(shape)
+	clear(dst[:size])
 	for oc := 0; oc < o; oc++ {
 		for ic := 0; ic < i; ic++ {
 			for y := 0; y < kh; y++ {
 				for x := 0; x < kw; x++ {
-					dst[((((oc/b)*ib+ic/b)*kh+y)*kw+x)*b*b+(ic%b)*b+oc%b] = w[((oc*i+ic)*kh+y)*kw+x]
+					dst[l.Offset(shape, oc, ic, y, x)] = w[ir.Plain.Offset(shape, oc, ic, y, x)]
 				}
 			}
 		}
