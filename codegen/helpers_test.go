@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/codegen/internal/ktest"
+	"github.com/kiln-dev/kiln/internal/testenv"
 )
 
 // Test infrastructure: build kernels into modules, compile them with
@@ -23,13 +24,25 @@ var (
 	tcErr  error
 )
 
-// toolchain returns the LLVM toolchain or skips the test.
+// toolchain returns the LLVM toolchain, or stops the test through
+// testenv.Check (a skip, a failure under KILN_REQUIRE_TOOLS=1).
 func toolchain(t testing.TB) *Toolchain {
+	t.Helper()
 	tcOnce.Do(func() { tc, tcErr = FindLLVM() })
-	if tcErr != nil {
-		t.Skipf("skipping: %v", tcErr)
-	}
+	testenv.Check(t, tcErr)
 	return tc
+}
+
+// needAVX2 stops the test through testenv.Missing when the CPU cannot run
+// AVX2 code (or this test binary was built without cgo, which ktest needs to
+// ask the CPU). A CPU feature cannot be installed, but CI's machine has
+// AVX-512, so under KILN_REQUIRE_TOOLS=1 this is a failure like a missing
+// tool.
+func needAVX2(t testing.TB) {
+	t.Helper()
+	if !ktest.HasAVX2() {
+		testenv.Missing(t, "CPU lacks AVX2, or the tests were built without cgo (CI's machine has AVX-512 and cgo)")
+	}
 }
 
 // x86Targets returns the x86 targets this CPU can execute.
@@ -42,7 +55,7 @@ func x86Targets(t testing.TB) []Target {
 		ts = append(ts, AVX2)
 	}
 	if len(ts) == 0 {
-		t.Skip("skipping: CPU has neither AVX-512 nor AVX2")
+		testenv.Missing(t, "CPU has neither AVX-512 nor AVX2, or the tests were built without cgo (CI's machine has AVX-512 and cgo)")
 	}
 	return ts
 }
@@ -51,8 +64,11 @@ func x86Targets(t testing.TB) []Target {
 // NEON uses (its planning parameters: 32 registers, no embedded broadcast)
 // on x86, so that they are executed and checked here; NEON itself is
 // compile-only until tests run under qemu.
-var x86Block4 = Target{Name: "x86b4", Triple: AVX2.Triple, CPU: AVX2.CPU, Features: AVX2.Features,
-	VectorLanes: 4, Registers: 32, Block: 4}
+var x86Block4 = func() Target {
+	t := AVX2
+	t.Name, t.VectorLanes, t.Registers, t.Block = "x86b4", 4, 32, 4
+	return t
+}()
 
 // targetSet is a group of targets sharing a block size, compiled into one
 // module; run lists those this CPU executes.
@@ -66,9 +82,7 @@ type targetSet struct {
 // set, or skips the test when the CPU has no AVX2.
 func targetSets(t testing.TB) []targetSet {
 	run := x86Targets(t)
-	if !ktest.HasAVX2() {
-		t.Skip("skipping: CPU lacks AVX2")
-	}
+	needAVX2(t)
 	return []targetSet{
 		{b: 16, targets: []Target{AVX512, AVX2}, run: run},
 		{b: 4, targets: []Target{x86Block4}, run: []Target{x86Block4}},
@@ -85,9 +99,7 @@ func buildLib(t testing.TB, gens ...func(m *Module) error) *ktest.Lib {
 func buildLibFor(t testing.TB, targets []Target, gens ...func(m *Module) error) *ktest.Lib {
 	t.Helper()
 	tc := toolchain(t)
-	if !ktest.HasAVX2() {
-		t.Skip("skipping: CPU lacks AVX2")
-	}
+	needAVX2(t)
 	var jobs []CompileJob
 	for i, gen := range gens {
 		m := NewModule(targets...)

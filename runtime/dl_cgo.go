@@ -11,6 +11,7 @@ package rt
 
 typedef void (*kiln_run_fn)(float *, const float *, int32_t, int32_t, void *, int64_t *);
 typedef int32_t (*kiln_abi_fn)(void);
+typedef int64_t (*kiln_size_fn)(void);
 
 // kiln_dlopen opens path and, on failure, returns dlerror's message (to be
 // freed) in *err, read on the same thread as the failing call.
@@ -29,6 +30,10 @@ static uintptr_t kiln_dlsym(void *h, const char *name) {
 
 static int32_t kiln_call_abi(uintptr_t f) {
 	return ((kiln_abi_fn)f)();
+}
+
+static int64_t kiln_call_size(uintptr_t f) {
+	return ((kiln_size_fn)f)();
 }
 
 // Everything is passed as integers: the arena, barrier and timings are
@@ -146,6 +151,12 @@ func (l *library) close() error {
 // callABIVersion calls int32_t kiln_abi_version(void) at f.
 func callABIVersion(f uintptr) int32 {
 	return int32(C.kiln_call_abi(C.uintptr_t(f)))
+}
+
+// callSize calls int64_t f(void) at f (kiln_arena_bytes,
+// kiln_weights_bytes).
+func callSize(f uintptr) int64 {
+	return int64(C.kiln_call_size(C.uintptr_t(f)))
 }
 
 // callRun calls kiln_run_<isa> at f. This is the one cgo call each worker

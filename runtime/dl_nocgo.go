@@ -22,4 +22,5 @@ func openLibraryBytes(so []byte) (*library, error)                              
 func (l *library) sym(name string) uintptr                                             { return 0 }
 func (l *library) close() error                                                        { return nil }
 func callABIVersion(f uintptr) int32                                                   { return 0 }
+func callSize(f uintptr) int64                                                         { return 0 }
 func callRun(f, arena, weights uintptr, tid, nthreads int32, barrier, timings uintptr) {}

@@ -13,7 +13,17 @@
 //
 //	void kiln_run_<isa>(float *arena, const float *weights, int32_t tid,
 //	                    int32_t nthreads, void *barrier, int64_t *timings);
-//	int32_t kiln_abi_version(void); // returns 1
+//
+// and
+//
+//	int32_t kiln_abi_version(void);   // ABIVersion (2), not the manifest version
+//	int64_t kiln_arena_bytes(void);   // the arena the kernels were compiled for
+//	int64_t kiln_weights_bytes(void); // the weights blob they were compiled for
+//
+// Open refuses a shared object whose ABI version differs from ABIVersion, or
+// whose sizes differ from the manifest's arena_bytes and weights_bytes: the
+// kernels address both with compile-time offsets, so a smaller arena would be
+// written past its end.
 //
 // Every participating thread calls kiln_run_<isa> once per inference with the
 // same arena, weights and barrier and its own tid in [0, nthreads). The call

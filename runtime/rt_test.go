@@ -95,11 +95,23 @@ static void run(float *arena, const float *w, int32_t tid, int32_t n, void *barr
 		timings[1] += now_ns() - t1 + 1;
 }
 
+/* KILN_ABI is rt.ABIVersion, passed by buildLib; ABI overrides it. The
+   sizes are those of testManifest unless overridden. */
 #ifndef ABI
-#define ABI 1
+#define ABI KILN_ABI
+#endif
+#ifndef ARENA_BYTES
+#define ARENA_BYTES (4 * (3 * N + 1))
+#endif
+#ifndef WEIGHTS_BYTES
+#define WEIGHTS_BYTES (4 * N)
 #endif
 #ifndef NO_ABI
 int32_t kiln_abi_version(void) { return ABI; }
+#endif
+#ifndef NO_SIZES
+int64_t kiln_arena_bytes(void) { return ARENA_BYTES; }
+int64_t kiln_weights_bytes(void) { return WEIGHTS_BYTES; }
 #endif
 #ifndef NO_AVX512
 void kiln_run_avx512(float *a, const float *w, int32_t tid, int32_t n, void *b, int64_t *t) {
@@ -153,7 +165,7 @@ func buildLib(t testing.TB, flags ...string) string {
 		t.Fatal(err)
 	}
 	so := filepath.Join(libDir, fmt.Sprintf("kernels%d.so", libSeq))
-	args := append([]string{"-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", so, src}, flags...)
+	args := append([]string{"-shared", "-fPIC", "-O2", "-Wall", "-Werror", fmt.Sprintf("-DKILN_ABI=%d", ABIVersion), "-o", so, src}, flags...)
 	if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
 		t.Fatalf("gcc %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -171,11 +183,12 @@ func testManifest(isas ...string) Manifest {
 		}
 	}
 	return Manifest{
-		Version:      1,
+		Version:      ManifestVersion,
 		Network:      "tiny",
 		Batch:        1,
 		Arch:         arch,
 		ISAs:         isas,
+		Features:     tableISAFeatures(isas),
 		ArenaBytes:   4 * (3*testN + 1),
 		WeightsBytes: 4 * testN,
 		Input:        TensorInfo{Name: "x", Shape: []int{1, testN}, Offset: 0},
@@ -354,11 +367,11 @@ func TestProfile(t *testing.T) {
 }
 
 func TestISASelection(t *testing.T) {
-	full := cpuFeatures{arch: "amd64", avx512f: true, avx512vl: true, avx2: true, fma: true}
-	avx2 := cpuFeatures{arch: "amd64", avx2: true, fma: true}
-	noVL := cpuFeatures{arch: "amd64", avx512f: true, avx2: true, fma: true}
-	none := cpuFeatures{arch: "amd64"}
-	arm := cpuFeatures{arch: "arm64", asimd: true}
+	full := fakeCPU("amd64", tableFeatures(ISAAVX512)...)
+	avx2 := fakeCPU("amd64", tableFeatures(ISAAVX2)...)
+	noVL := fakeCPU("amd64", without(tableFeatures(ISAAVX512), "avx512vl")...)
+	none := fakeCPU("amd64")
+	arm := fakeCPU("arm64", "neon", "fp-armv8")
 	both := []string{ISAAVX512, ISAAVX2}
 	cases := []struct {
 		name string
@@ -374,18 +387,18 @@ func TestISASelection(t *testing.T) {
 		{"auto no VL", noVL, both, "", "", "", "avx2"},
 		{"auto artifact avx2 only", full, []string{ISAAVX2}, "", "", "", "avx2"},
 		{"auto artifact avx512 only", avx2, []string{ISAAVX512}, "", "", "",
-			`!no ISA of artifact "tiny" runs on this CPU (avx512: this CPU lacks AVX-512F (has: avx2, fma))`},
-		{"auto nothing", none, both, "", "", "", "!avx2: this CPU lacks AVX2 (has: none)"},
+			`!no ISA of artifact "tiny" runs on this CPU (avx512: this CPU lacks avx512f (AVX-512F), avx512vl (AVX-512VL), avx512bw (AVX-512BW), avx512dq (AVX-512DQ), avx512cd (AVX-512CD), evex512 (512-bit AVX-512 vectors))`},
+		{"auto nothing", none, both, "", "", "", "!avx2: this CPU lacks avx2, avx, fma, f16c"},
 		{"explicit auto", avx2, both, "", "auto", "", "avx2"},
 		{"forced avx2", full, both, "", "avx2", "", "avx2"},
-		{"forced avx512 refused", avx2, both, "", "avx512", "", "!--isa avx512: this CPU lacks AVX-512F (has: avx2, fma)"},
-		{"forced avx512 no VL", noVL, both, "", "avx512", "", "!--isa avx512: this CPU lacks AVX-512VL (has: avx512f, avx2, fma)"},
+		{"forced avx512 refused", avx2, both, "", "avx512", "", "!--isa avx512: this CPU lacks avx512f (AVX-512F), avx512vl"},
+		{"forced avx512 no VL", noVL, both, "", "avx512", "", "!--isa avx512: this CPU lacks avx512vl (AVX-512VL)"},
 		{"forced, artifact lacks", full, []string{ISAAVX2}, "", "avx512", "",
 			`!--isa avx512: artifact "tiny" was not compiled for avx512 (it has: avx2)`},
 		{"forced unknown", full, both, "", "sse4", "", "!--isa sse4: unknown ISA (known: avx512, avx2, neon)"},
 		{"forced other arch", full, both, "", "neon", "", "!--isa neon: neon is an arm64 ISA, this machine is amd64"},
 		{"env", full, both, "", "", "avx2", "avx2"},
-		{"env refused", avx2, both, "", "", "avx512", "!KILN_ISA=avx512: this CPU lacks AVX-512F (has: avx2, fma)"},
+		{"env refused", avx2, both, "", "", "avx512", "!KILN_ISA=avx512: this CPU lacks avx512f (AVX-512F)"},
 		{"option beats env", full, both, "", "avx512", "avx2", "avx512"},
 		{"env auto", avx2, both, "", "", "auto", "avx2"},
 		{"arch mismatch", full, []string{ISANEON}, "arm64", "", "", `!artifact "tiny" was compiled for arm64; this machine is amd64`},
@@ -424,8 +437,8 @@ func TestOpenISA(t *testing.T) {
 		wantErr(t, err, "--isa avx2: avx2 is an amd64 ISA, this machine is arm64")
 		return
 	}
-	full := &cpuFeatures{arch: "amd64", avx512f: true, avx512vl: true, avx2: true, fma: true}
-	avx2 := &cpuFeatures{arch: "amd64", avx2: true, fma: true}
+	fullCPU, avx2CPU := fakeCPU("amd64", tableFeatures(ISAAVX512)...), fakeCPU("amd64", tableFeatures(ISAAVX2)...)
+	full, avx2 := &fullCPU, &avx2CPU
 	art := Artifact{Manifest: testManifest(), SharedObjectPath: so, Weights: testWeights()}
 
 	// Each ISA runs its own entry point (the kernels write their ISA id).
@@ -448,7 +461,7 @@ func TestOpenISA(t *testing.T) {
 
 	// Refusals.
 	_, err := Open(art, Options{ISA: "avx512", cpu: avx2})
-	wantErr(t, err, "--isa avx512: this CPU lacks AVX-512F (has: avx2, fma)")
+	wantErr(t, err, "--isa avx512: this CPU lacks avx512f (AVX-512F)")
 	only2 := art
 	only2.Manifest = testManifest(ISAAVX2)
 	_, err = Open(only2, Options{ISA: "avx512", cpu: full})
@@ -471,7 +484,8 @@ func TestOpenErrors(t *testing.T) {
 	good := func() Artifact {
 		return Artifact{Manifest: testManifest(), SharedObjectPath: so, Weights: testWeights()}
 	}
-	full := &cpuFeatures{arch: goruntime.GOARCH, avx512f: true, avx512vl: true, avx2: true, fma: true, asimd: true}
+	allCPU := fakeCPU(goruntime.GOARCH, allFeatures()...)
+	full := &allCPU
 	cases := []struct {
 		name string
 		edit func(a *Artifact)
@@ -479,14 +493,35 @@ func TestOpenErrors(t *testing.T) {
 	}{
 		{"missing avx512 symbol", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DNO_AVX512") },
 			"lacks symbol kiln_run_avx512 (the manifest lists ISA avx512)"},
-		{"abi version", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DABI=2") },
-			"has ABI version 2; this runtime supports 1"},
+		{"abi version", func(a *Artifact) { a.SharedObjectPath = buildLib(t, fmt.Sprintf("-DABI=%d", ABIVersion+1)) },
+			fmt.Sprintf("has kernel ABI version %d (kiln_abi_version); this runtime implements kernel ABI version %d", ABIVersion+1, ABIVersion)},
+		{"abi version is not the manifest version", func(a *Artifact) {
+			// Version 1 artifacts returned the manifest version, which
+			// this runtime still reads; their ABI is refused all the same.
+			a.SharedObjectPath = buildLib(t, "-DABI=1", "-DNO_SIZES")
+		}, fmt.Sprintf("has kernel ABI version 1 (kiln_abi_version); this runtime implements kernel ABI version %d", ABIVersion)},
 		{"no abi symbol", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DNO_ABI") },
 			"does not export kiln_abi_version: not a kiln artifact"},
+		{"no size symbols", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DNO_SIZES") },
+			fmt.Sprintf("does not export kiln_arena_bytes (required by kernel ABI version %d)", ABIVersion)},
+		// A manifest whose arena is smaller than the kernels were compiled
+		// for (they would write past its end) yet still holds the input
+		// and output, so that Validate passes: here the kernels were
+		// compiled for a larger arena than testManifest's.
+		{"arena_bytes lowered", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DARENA_BYTES=16384") },
+			"manifest arena_bytes is 12004 but shared object "},
+		{"arena_bytes raised", func(a *Artifact) { a.Manifest.ArenaBytes += 4096 },
+			"was compiled for 12004 (kiln_arena_bytes)"},
+		{"weights_bytes and weights changed together", func(a *Artifact) {
+			a.Manifest.WeightsBytes -= 400
+			a.Weights = a.Weights[:len(a.Weights)-400]
+		}, "manifest weights_bytes is 3600 but shared object "},
+		{"compiled for other weights", func(a *Artifact) { a.SharedObjectPath = buildLib(t, "-DWEIGHTS_BYTES=8000") },
+			"manifest weights_bytes is 4000 but shared object"},
 		{"weights short", func(a *Artifact) { a.Weights = a.Weights[:100] },
 			`open artifact "tiny": weights are 100 bytes, the manifest says 4000`},
-		{"manifest version", func(a *Artifact) { a.Manifest.Version = 2 },
-			"manifest: version 2 unsupported (this runtime reads version 1)"},
+		{"manifest version", func(a *Artifact) { a.Manifest.Version = ManifestVersion + 1 },
+			fmt.Sprintf("manifest: version %d unsupported (this runtime reads version %d)", ManifestVersion+1, ManifestVersion)},
 		{"output outside arena", func(a *Artifact) { a.Manifest.ArenaBytes = 4 * 3 * testN },
 			`manifest: output "y" (1x1001 at float offset 2000) does not fit in the 12000-byte arena`},
 		{"no shared object", func(a *Artifact) { a.SharedObjectPath = "" },

@@ -24,7 +24,9 @@
 //     hit both; both also agree on the bench input (checked).
 //
 // It prints a table of median latencies and the ratio ORT/Kiln (above 1:
-// Kiln is faster) and exits with status 1 if any check failed.
+// Kiln is faster) and exits with status 1 if any check failed. Medians and
+// p10/p90 come from rt.SummarizeLatency (linear interpolation between the
+// closest ranks), the definition kiln bench and the standalone --bench use.
 package main
 
 import (
@@ -38,7 +40,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -127,8 +128,8 @@ func main() {
 		for _, r := range rows {
 			k, o := r.kiln, r.ort
 			fmt.Printf("| %s | %d | %d | %s (%s-%s) | %s (%s-%s) | %.2f | %.0f | %.0f | %s (%.1e) |\n",
-				r.net, r.batch, r.threads, ms(k.med), ms(k.p10), ms(k.p90), ms(o.med), ms(o.p10), ms(o.p90), o.med/k.med,
-				2*float64(r.macs)/k.med/1e6, 2*float64(r.macs)/o.med/1e6, okString(r.agree), r.diff)
+				r.net, r.batch, r.threads, ms(k.Median), ms(k.P10), ms(k.P90), ms(o.Median), ms(o.P10), ms(o.P90), o.Median/k.Median,
+				2*float64(r.macs)/k.Median/1e6, 2*float64(r.macs)/o.Median/1e6, okString(r.agree), r.diff)
 			failed = failed || !r.agree
 		}
 	}
@@ -269,22 +270,12 @@ func (c *config) checkNet(net string) ([]checkResult, error) {
 	return out, nil
 }
 
-// stats summarizes latencies in milliseconds.
-type stats struct{ med, p10, p90 float64 }
-
-func summarize(ms []float64) stats {
-	s := append([]float64(nil), ms...)
-	sort.Float64s(s)
-	q := func(f float64) float64 { return s[int(math.Round(f*float64(len(s)-1)))] }
-	return stats{med: q(0.5), p10: q(0.1), p90: q(0.9)}
-}
-
 // benchRow is one timed configuration.
 type benchRow struct {
 	net            string
 	batch, threads int
 	macs           int64
-	kiln, ort      stats
+	kiln, ort      rt.Latency
 	agree          bool
 	diff           float64 // max|kiln-ort| / max|kiln| on the bench input
 }
@@ -389,12 +380,12 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 			return row, fmt.Errorf("ort_bench.js returned %d timings, want %d", len(resp.Times), c.iters+1)
 		}
 		ot = append(ot, resp.Times[1:]...)
-		k, o := summarize(kt[len(kt)-c.iters:]), summarize(resp.Times[1:])
-		fmt.Printf("  %s batch %d threads %d round %d: Kiln %s ms, ORT %s ms\n", net, batch, threads, r+1, ms(k.med), ms(o.med))
+		k, o := rt.SummarizeLatency(kt[len(kt)-c.iters:]), rt.SummarizeLatency(resp.Times[1:])
+		fmt.Printf("  %s batch %d threads %d round %d: Kiln %s ms, ORT %s ms\n", net, batch, threads, r+1, ms(k.Median), ms(o.Median))
 	}
-	row.kiln, row.ort = summarize(kt), summarize(ot)
+	row.kiln, row.ort = rt.SummarizeLatency(kt), rt.SummarizeLatency(ot)
 	fmt.Printf("  => Kiln (%s) median %s ms, ORT median %s ms, ORT/Kiln %.2f; outputs agree: %s (%.1e)\n",
-		m.ISA(), ms(row.kiln.med), ms(row.ort.med), row.ort.med/row.kiln.med, okString(row.agree), row.diff)
+		m.ISA(), ms(row.kiln.Median), ms(row.ort.Median), row.ort.Median/row.kiln.Median, okString(row.agree), row.diff)
 	return row, nil
 }
 

@@ -71,7 +71,7 @@ func writeTimmCheckpoint(t *testing.T, path string, ts map[string]*tensor.Tensor
 // against the PyTorch fixture.
 func TestTimmCheckpointRuns(t *testing.T) {
 	if testing.Short() {
-		t.Skip("writes a 171 MB checkpoint")
+		t.Skip("writes a 171 MB checkpoint; skipped with -short")
 	}
 	g, err := dsl.LoadFile("inception_v4.kiln", dsl.Options{Batch: 1, FS: archs.FS})
 	if err != nil {

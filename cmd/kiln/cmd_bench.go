@@ -402,39 +402,21 @@ func kernelShape(g *ir.Graph, ki rt.KernelInfo) string {
 }
 
 func layoutName(t ir.Type) string {
-	if t.Layout == "" {
+	if t.Layout.IsPlain() {
 		return "NCHW"
 	}
-	return t.Layout
+	return t.Layout.String()
 }
 
 func durMS(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 
-// benchStats returns order statistics of v (not modified); percentiles
-// interpolate linearly between the closest ranks.
+// benchStats returns the order statistics of v (not modified) as
+// rt.SummarizeLatency computes them (percentiles interpolate linearly between
+// the closest ranks, the one definition Kiln uses), in this command's JSON
+// form.
 func benchStats(v []float64) latencyStats {
-	if len(v) == 0 {
-		return latencyStats{}
-	}
-	s := slices.Clone(v)
-	sort.Float64s(s)
-	var sum float64
-	for _, x := range s {
-		sum += x
-	}
-	return latencyStats{Median: percentileOf(s, 50), P10: percentileOf(s, 10), P90: percentileOf(s, 90),
-		Min: s[0], Max: s[len(s)-1], Mean: sum / float64(len(s))}
-}
-
-// percentile returns the p-th percentile of sorted s.
-func percentileOf(s []float64, p float64) float64 {
-	pos := p / 100 * float64(len(s)-1)
-	i := int(pos)
-	if i+1 >= len(s) {
-		return s[len(s)-1]
-	}
-	f := pos - float64(i)
-	return s[i]*(1-f) + s[i+1]*f
+	l := rt.SummarizeLatency(v)
+	return latencyStats{Median: l.Median, P10: l.P10, P90: l.P90, Min: l.Min, Max: l.Max, Mean: l.Mean}
 }
 
 func roundTo(x float64, digits int) float64 {
@@ -620,13 +602,16 @@ func (p *peakResult) round() {
 }
 
 // peakDriverIR is the driver of the peak artifact in LLVM IR: the runtime's
-// ABI (kiln_abi_version, and kiln_run_<isa> called once per thread), where
+// kernel ABI (kiln_abi_version returning rt.ABIVersion, kiln_arena_bytes,
+// kiln_weights_bytes, and kiln_run_<isa> called once per thread), where
 // thread tid runs tile tid of the peak kernel. No barrier is needed: the
-// runtime waits for every thread to return.
-func peakDriverIR(targets []codegen.Target, kernel string) string {
+// runtime waits for every thread to return. The artifact has no weights.
+func peakDriverIR(targets []codegen.Target, kernel string, arenaBytes int64) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "; kiln bench: driver of the FMA-peak artifact\ntarget triple = %q\n\n", targets[0].Triple)
-	fmt.Fprintf(&b, "define i32 @kiln_abi_version() nounwind {\n  ret i32 %d\n}\n", rt.ManifestVersion)
+	fmt.Fprintf(&b, "define i32 @kiln_abi_version() nounwind {\n  ret i32 %d\n}\n", rt.ABIVersion)
+	fmt.Fprintf(&b, "define i64 @kiln_arena_bytes() nounwind {\n  ret i64 %d\n}\n", arenaBytes)
+	b.WriteString("define i64 @kiln_weights_bytes() nounwind {\n  ret i64 0\n}\n")
 	for _, t := range targets {
 		fmt.Fprintf(&b, `
 declare void @%[1]s(ptr, ptr, i64, i64)
@@ -641,6 +626,9 @@ define void @kiln_run_%[2]s(ptr %%arena, ptr %%weights, i32 %%tid, i32 %%nthread
 	}
 	return b.String()
 }
+
+// peakArenaBytes is the arena of the FMA-peak artifact.
+var peakArenaBytes = 4 * peakSpec.ArenaFloats()
 
 // buildPeak compiles the FMA-peak kernel and its driver for bt's targets
 // through the object cache, and links (or reuses from the cache) the shared
@@ -657,7 +645,7 @@ func buildPeak(bt buildTarget) (*peakArtifact, error) {
 	}
 	jobs := []codegen.CompileJob{
 		{Name: "fma_peak", IR: m.String(), Target: targets[0]},
-		{Name: "fma_peak_driver", IR: peakDriverIR(targets, "fma_peak"), Target: targets[0]},
+		{Name: "fma_peak_driver", IR: peakDriverIR(targets, "fma_peak", peakArenaBytes), Target: targets[0]},
 	}
 	objs, err := tc.CompileAll(context.Background(), jobs, nil)
 	if err != nil {
@@ -699,7 +687,8 @@ func buildPeak(bt buildTarget) (*peakArtifact, error) {
 		arch = "arm64"
 	}
 	man := rt.Manifest{Version: rt.ManifestVersion, Network: "fma_peak", Batch: 1, Arch: arch, ISAs: isas,
-		ArenaBytes: 4 * peakSpec.ArenaFloats(),
+		Features:   codegen.ISAFeatures(targets),
+		ArenaBytes: peakArenaBytes,
 		// The operands a and b (set to 1), and tile 0's first accumulators.
 		Input:   rt.TensorInfo{Name: "operands", Shape: []int{1, 32}, Offset: 0},
 		Output:  rt.TensorInfo{Name: "accumulators", Shape: []int{1, 16}, Offset: 32},

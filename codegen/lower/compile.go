@@ -60,7 +60,7 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	if err != nil {
 		return err
 	}
-	drv, err := compileC(tc, driverSource(p.Targets, infos), t)
+	drv, err := compileC(tc, driverSource(p.Targets, infos, p.Manifest.ArenaBytes, p.Manifest.WeightsBytes), t)
 	if err != nil {
 		return err
 	}
@@ -110,6 +110,8 @@ func (p *Program) cacheKey(tc *codegen.Toolchain) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "kiln-lib-v1\x00%s\x00%s\x00", exeHash.sum, tc.Version)
+	// The driver embeds the sizes the runtime checks at load.
+	fmt.Fprintf(h, "arena %d weights %d\x00", p.Manifest.ArenaBytes, p.Manifest.WeightsBytes)
 	for _, t := range p.Targets {
 		fmt.Fprintf(h, "%+v\x00", t)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/internal/testenv"
 	rt "github.com/kiln-dev/kiln/runtime"
 )
 
@@ -18,7 +19,8 @@ import (
 // threads that have not reached a kernel yet). Every kernel call checks its
 // tile range, that no tile runs twice, and that the previous kernel has
 // finished (the barrier); after every inference every tile must have run
-// exactly once.
+// exactly once. The barrier's generation counter starts at argv[3], so that
+// a start just below 2^32 makes it wrap around during the run.
 const driverHarness = `
 #include <pthread.h>
 #include <stdio.h>
@@ -62,8 +64,9 @@ static void* thread_main(void* arg) {
 int main(int argc, char** argv) {
 	nthreads_ = atoi(argv[1]);
 	int runs = atoi(argv[2]);
-	if (posix_memalign(&barrier_, 64, 256)) return 2;
-	for (int i = 0; i < 256; i++) ((char*)barrier_)[i] = 0;
+	if (posix_memalign(&barrier_, 64, KILN_BARRIER_BYTES)) return 2;
+	for (int i = 0; i < KILN_BARRIER_BYTES; i++) ((char*)barrier_)[i] = 0;
+	((kiln_barrier*)barrier_)->gen = (unsigned)strtoul(argv[3], 0, 0);
 	pthread_t th[64];
 	for (run_ = 0; run_ < runs && !errors_; run_++) {
 		for (int t = 1; t < nthreads_; t++) pthread_create(&th[t], 0, thread_main, (void*)(intptr_t)t);
@@ -79,12 +82,11 @@ int main(int argc, char** argv) {
 
 // TestDriverSchedule runs the generated driver (static shares, work
 // stealing, barrier) with fake kernels and checks that every tile of every
-// kernel runs exactly once per inference, after the previous kernel.
+// kernel runs exactly once per inference, after the previous kernel, also
+// when the barrier's generation counter wraps around 2^32 during the run.
 func TestDriverSchedule(t *testing.T) {
 	tc, err := codegen.FindLLVM()
-	if err != nil {
-		t.Skip(err)
-	}
+	testenv.Check(t, err)
 	tiles := []int64{1, 2, 3, 7, 16, 17, 24, 36, 100, 147, 1, 1088, 2500, 5, 64, 2, 1, 300}
 	var kernels []rt.KernelInfo
 	var defs strings.Builder
@@ -93,7 +95,7 @@ func TestDriverSchedule(t *testing.T) {
 		kernels = append(kernels, rt.KernelInfo{Name: name, Tiles: n})
 		fmt.Fprintf(&defs, "void %s(float* a, const float* w, int64_t lo, int64_t hi) { tile_run(%d, lo, hi); }\n", codegen.AVX512.Symbol(name), i)
 	}
-	src := driverSource([]codegen.Target{codegen.AVX512}, kernels)
+	src := driverSource([]codegen.Target{codegen.AVX512}, kernels, 4096, 0)
 	// The harness goes after the driver (it uses kiln_tiles); the fake
 	// kernels are declared extern by the driver and defined at the end.
 	src = strings.Replace(src, "#include <stdint.h>", "#include <stdint.h>\nstatic void tile_run(int k, int64_t lo, int64_t hi);", 1)
@@ -112,9 +114,60 @@ func TestDriverSchedule(t *testing.T) {
 		runs = 20
 	}
 	for _, n := range []int{1, 2, 3, 5, 16, 17} {
-		out, err := exec.Command(exe, fmt.Sprint(n), fmt.Sprint(runs)).CombinedOutput()
-		if err != nil {
-			t.Errorf("%d threads: %v\n%s", n, err, out)
+		// 18 kernels: 20 runs pass 360 barriers, so a counter starting
+		// 256 below 2^32 wraps around.
+		for _, c := range []struct{ runs, gen string }{{fmt.Sprint(runs), "0"}, {"20", "0xffffff00"}} {
+			out, err := exec.Command(exe, fmt.Sprint(n), c.runs, c.gen).CombinedOutput()
+			if err != nil {
+				t.Errorf("%d threads, barrier generation from %s: %v\n%s", n, c.gen, err, out)
+			}
 		}
+	}
+}
+
+// TestDriverExports compiles tiny, then checks what the shared object says
+// about itself through the runtime: a manifest whose arena_bytes or
+// weights_bytes differ from the sizes the kernels were compiled for is
+// refused, naming the field, while the manifest Lower wrote is accepted.
+func TestDriverExports(t *testing.T) {
+	isas := rt.HostISAs()
+	if len(isas) == 0 || (isas[0] != "avx512" && isas[0] != "avx2") {
+		testenv.Missing(t, "this CPU runs neither AVX-512 nor AVX2 (CI's machine has AVX-512)")
+	}
+	m, _, _, _ := compileNet(t, "tiny", 1, nil, isas[0])
+	good := artifacts[m]
+	if got, want := good.Manifest.WeightsBytes, int64(len(good.Weights)); got != want {
+		t.Fatalf("manifest weights_bytes %d, weights blob %d bytes", got, want)
+	}
+	cases := []struct {
+		name string
+		edit func(a *rt.Artifact)
+		want string
+	}{
+		{"arena_bytes lowered", func(a *rt.Artifact) { a.Manifest.ArenaBytes -= 64 },
+			fmt.Sprintf("manifest arena_bytes is %d but ", good.Manifest.ArenaBytes-64)},
+		{"arena_bytes raised", func(a *rt.Artifact) { a.Manifest.ArenaBytes += 64 },
+			fmt.Sprintf("was compiled for %d (kiln_arena_bytes)", good.Manifest.ArenaBytes)},
+		{"weights_bytes and weights shortened", func(a *rt.Artifact) {
+			a.Manifest.WeightsBytes -= 64
+			a.Weights = a.Weights[:len(a.Weights)-64]
+		}, fmt.Sprintf("was compiled for %d (kiln_weights_bytes)", good.Manifest.WeightsBytes)},
+		{"weights shortened", func(a *rt.Artifact) { a.Weights = a.Weights[:len(a.Weights)-64] },
+			fmt.Sprintf("weights are %d bytes, the manifest says %d", good.Manifest.WeightsBytes-64, good.Manifest.WeightsBytes)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := good
+			a.Manifest.Kernels = append([]rt.KernelInfo(nil), good.Manifest.Kernels...)
+			c.edit(&a)
+			m2, err := rt.Open(a, rt.Options{Threads: 1})
+			if err == nil {
+				m2.Close()
+				t.Fatalf("opened; want an error containing %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v, want one containing %q", err, c.want)
+			}
+		})
 	}
 }

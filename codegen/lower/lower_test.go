@@ -8,6 +8,7 @@ import (
 	"github.com/kiln-dev/kiln/archs"
 	"github.com/kiln-dev/kiln/codegen"
 	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/kiln-dev/kiln/ir/interp"
 	"github.com/kiln-dev/kiln/ir/tensor"
 	"github.com/kiln-dev/kiln/passes"
@@ -45,9 +46,7 @@ func compileNet(t *testing.T, net string, batch int, input []int, isa string) (*
 		t.Fatal(err)
 	}
 	tc, err := codegen.FindLLVM()
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.Check(t, err)
 	so := filepath.Join(t.TempDir(), "net.so")
 	if err := p.Compile(context.Background(), tc, so, nil); err != nil {
 		t.Fatal(err)
@@ -97,7 +96,7 @@ func TestTinyCompiled(t *testing.T) {
 // interpreter within 1e-4 x max|reference|.
 func TestNetworksCompiled(t *testing.T) {
 	if testing.Short() {
-		t.Skip("compiles three full networks")
+		t.Skip("compiles three full networks; skipped with -short")
 	}
 	for _, net := range []string{"inception_v4", "inception_resnet_v2", "inception_resnet_v1"} {
 		for _, batch := range []int{1, 4} {

@@ -1,0 +1,30 @@
+package rt
+
+// ABIVersion is the version of the kernel ABI: the entry points a shared
+// object exports and their C signatures (kiln_abi_version, kiln_arena_bytes,
+// kiln_weights_bytes, kiln_run_<isa>), the calling convention of
+// kiln_run_<isa> (one call per thread per inference, tid 0 on the caller's
+// thread, the timings array) and the size and use of the barrier block
+// (BarrierBytes). It is independent of the manifest format (ManifestVersion):
+// a manifest field may be added without touching the ABI and vice versa.
+//
+// The code generator's C driver returns this constant from
+// kiln_abi_version(); Open refuses a shared object that returns anything
+// else, naming both versions. Bump it with any change to the above.
+//
+// Version history: 1 had kiln_abi_version and kiln_run_<isa> only (and was
+// compared with the manifest version); 2 adds kiln_arena_bytes and
+// kiln_weights_bytes.
+const ABIVersion = 2
+
+// BarrierBytes is the size of the barrier block the runtime allocates (64-byte
+// aligned, zeroed once per session) and passes to kiln_run_<isa>. Part of
+// the kernel ABI (ABIVersion).
+const BarrierBytes = 256
+
+// ABI symbol names.
+const (
+	symABIVersion   = "kiln_abi_version"   // int32_t (void): ABIVersion
+	symArenaBytes   = "kiln_arena_bytes"   // int64_t (void): the arena size the kernels were compiled for
+	symWeightsBytes = "kiln_weights_bytes" // int64_t (void): the weights blob size the kernels were compiled for
+)
