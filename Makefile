@@ -7,18 +7,26 @@ FUZZTIME ?= 10s
 
 all: build
 
+# bin/kiln, the compiler, and bin/kiln-runner, the runtime-only program that
+# `kiln build` appends compiled networks to (it must sit next to bin/kiln, or
+# be named by KILN_RUNNER). The runner is built with cgo (the runtime dlopens
+# the kernels) and without symbol tables (-s -w: smaller built models; stack
+# traces still work).
+RUNNER_LDFLAGS ?= -s -w
+
 build:
 	$(GO) build -o bin/kiln ./cmd/kiln
+	CGO_ENABLED=1 $(GO) build -ldflags='$(RUNNER_LDFLAGS)' -o bin/kiln-runner ./cmd/kiln-runner
 
-# The arm64 runtime that `kiln build --target arm64-neon` appends networks to:
-# it must sit next to bin/kiln. Cross-compiled with cgo (the runtime dlopens
-# the kernels) with Debian's aarch64 toolchain (make install-deps); see
-# docs/ARM64.md. Not part of `build`, which needs no cross toolchain.
+# The arm64 runner that `kiln build --target arm64-neon` appends networks to:
+# it must sit next to bin/kiln. Cross-compiled with cgo with Debian's aarch64
+# toolchain (make install-deps); see docs/ARM64.md. Not part of `build`,
+# which needs no cross toolchain.
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 
 kiln-arm64:
 	@command -v $(AARCH64_CC) >/dev/null 2>&1 || { echo "$(AARCH64_CC) not found: run make install-deps (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"; exit 1; }
-	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(AARCH64_CC) $(GO) build -o bin/kiln-linux-arm64 ./cmd/kiln
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC=$(AARCH64_CC) $(GO) build -ldflags='$(RUNNER_LDFLAGS)' -o bin/kiln-runner-linux-arm64 ./cmd/kiln-runner
 
 # Main job: Inception-v4 end to end on the built-in sample (procedural weights).
 demo: build
@@ -38,8 +46,13 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# go test -json through internal/cmd/testsummary: it echoes package results
+# and the output of failed tests, prints per-package counts and a final
+# "N passed, M failed, K skipped" line, and under KILN_REQUIRE_TOOLS=1 (CI)
+# fails on any skip not for -short. Events are kept in bin/unit-tests.json.
 unit:
-	$(GO) test -count=1 -timeout 40m ./...
+	@mkdir -p bin
+	$(GO) run ./internal/cmd/testsummary -json bin/unit-tests.json -- $(GO) test -json -count=1 -timeout 40m ./...
 
 # Concurrent inference from many goroutines, under the race detector.
 race:

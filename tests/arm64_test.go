@@ -11,17 +11,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
-// The arm64 target end to end on an x86-64 host (docs/ARM64.md): kiln is
-// cross-compiled for arm64 with cgo and Debian's aarch64 toolchain, the host
-// kiln builds NEON standalone binaries onto it (kiln build --target
-// arm64-neon), and qemu-aarch64-static runs them; their outputs must match
-// the interpreter's on the same input at the fixtures' tolerance.
+// The arm64 target end to end on an x86-64 host (docs/ARM64.md): the runner
+// (cmd/kiln-runner) is cross-compiled for arm64 with cgo and Debian's aarch64
+// toolchain, the host kiln builds NEON standalone binaries onto it (kiln
+// build --target arm64-neon), and qemu-aarch64-static runs them; their
+// outputs must match the interpreter's on the same input at the fixtures'
+// tolerance.
 //
-// The tools come from `make install-deps`; a missing one is a failure, not a
-// skip, so that CI cannot pass without running this. -short skips it.
+// The tools come from `make install-deps`; a missing one skips through
+// internal/testenv, which fails instead under KILN_REQUIRE_TOOLS=1 (CI), so
+// that CI cannot pass without running this. -short skips it.
 
 const (
 	aarch64CC      = "aarch64-linux-gnu-gcc"
@@ -43,23 +46,23 @@ func TestARM64NEONUnderQEMU(t *testing.T) {
 	}
 	for _, tool := range []string{aarch64CC, qemuAarch64} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: %s", tool, arm64Hint)
+			testenv.Missing(t, "%s not found: %s", tool, arm64Hint)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(aarch64Sysroot, "lib", "ld-linux-aarch64.so.1")); err != nil {
-		t.Fatalf("no aarch64 libc in %s: %s", aarch64Sysroot, arm64Hint)
+		testenv.Missing(t, "no aarch64 libc in %s: %s", aarch64Sysroot, arm64Hint)
 	}
 
-	// kiln and kiln-linux-arm64 side by side, as `make build kiln-arm64`
-	// leaves them in bin/: kiln build --target arm64-neon looks for the
-	// arm64 runner next to its own executable.
+	// kiln and kiln-runner-linux-arm64 side by side, as `make build
+	// kiln-arm64` leaves them in bin/: kiln build --target arm64-neon looks
+	// for the arm64 runner next to its own executable.
 	dir := t.TempDir()
 	kiln := filepath.Join(dir, "kiln")
 	start := time.Now()
-	goBuild(t, goTool, filepath.Join(dir, "kiln-linux-arm64"),
+	goBuild(t, goTool, filepath.Join(dir, "kiln-runner-linux-arm64"), "github.com/kiln-dev/kiln/cmd/kiln-runner",
 		"CGO_ENABLED=1", "GOOS=linux", "GOARCH=arm64", "CC="+aarch64CC)
-	t.Logf("cross-built kiln-linux-arm64 in %.1f s", time.Since(start).Seconds())
-	goBuild(t, goTool, kiln)
+	t.Logf("cross-built kiln-runner-linux-arm64 in %.1f s", time.Since(start).Seconds())
+	goBuild(t, goTool, kiln, "github.com/kiln-dev/kiln/cmd/kiln")
 
 	cases := []struct {
 		net   string
@@ -135,13 +138,14 @@ func TestARM64NEONUnderQEMU(t *testing.T) {
 	}
 }
 
-// goBuild builds ./cmd/kiln into out with the extra environment.
-func goBuild(t *testing.T, goTool, out string, env ...string) {
+// goBuild builds the package pkg into out with goTool and the extra
+// environment.
+func goBuild(t *testing.T, goTool, out, pkg string, env ...string) {
 	t.Helper()
-	cmd := exec.Command(goTool, "build", "-o", out, "github.com/kiln-dev/kiln/cmd/kiln")
+	cmd := exec.Command(goTool, "build", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s go build -o %s: %v\n%s%s", strings.Join(env, " "), out, err, b, installHint(env))
+		t.Fatalf("%s go build -o %s %s: %v\n%s%s", strings.Join(env, " "), out, pkg, err, b, installHint(env))
 	}
 }
 

@@ -8,21 +8,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
-// buildKiln builds the kiln command into dir.
+// buildKiln builds the kiln command and its runner (kiln-runner, which kiln
+// build appends networks to) side by side into dir, as `make build` does in
+// bin/, and returns kiln's path.
 func buildKiln(t *testing.T, dir string) string {
 	t.Helper()
+	goBuild(t, "go", filepath.Join(dir, "kiln-runner"), "github.com/kiln-dev/kiln/cmd/kiln-runner")
 	exe := filepath.Join(dir, "kiln")
-	cmd := exec.Command("go", "build", "-o", exe, "github.com/kiln-dev/kiln/cmd/kiln")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	goBuild(t, "go", exe, "github.com/kiln-dev/kiln/cmd/kiln")
 	return exe
 }
 
@@ -158,5 +160,109 @@ func TestStandaloneBinary(t *testing.T) {
 	out, err = exec.Command(kiln, "build", "tiny", "--target", "riscv64", "-o", filepath.Join(bin, "x")).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), `unsupported --target "riscv64"`) {
 		t.Errorf("unsupported target: %v\n%s", err, out)
+	}
+}
+
+// TestBuildRunner checks how kiln build finds the runner it appends the
+// network to: missing, the wrong program, or one that already carries a
+// network fails at once with a message saying what to run and writes no
+// output; KILN_RUNNER names another runner; the plain runner refuses to run.
+func TestBuildRunner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds kiln")
+	}
+	bin, other, work := t.TempDir(), t.TempDir(), t.TempDir()
+	kiln := buildKiln(t, bin)
+	runner := filepath.Join(bin, "kiln-runner")
+	// A runner elsewhere, for KILN_RUNNER, and a copy of kiln without one.
+	moved := filepath.Join(other, "my-runner")
+	copyFile(t, runner, moved)
+	lone := filepath.Join(other, "kiln")
+	copyFile(t, kiln, lone)
+	built := filepath.Join(bin, "tiny")
+	if out, err := exec.Command(kiln, "build", "tiny", "-o", built).CombinedOutput(); err != nil {
+		t.Fatalf("kiln build: %v\n%s", err, out)
+	}
+	// The host's target and a foreign one, whose runner is not there.
+	host, foreign, hostArch, foreignArch := "x86-64", "arm64-neon", "amd64", "arm64"
+	if runtime.GOARCH == "arm64" {
+		host, foreign, hostArch, foreignArch = foreign, host, foreignArch, hostArch
+	}
+	cases := []struct {
+		name, kiln, runnerEnv, target string
+		code                          int
+		want                          string
+	}{
+		{"no runner next to kiln", lone, "", host, 1, "kiln-runner is missing (build it with `make build`, or set KILN_RUNNER)"},
+		{"no foreign runner next to kiln", lone, "", foreign, 1, "kiln-runner-linux-" + foreignArch + " is missing (build it with `"},
+		{"KILN_RUNNER", lone, moved, host, 0, "built "},
+		{"KILN_RUNNER missing", kiln, filepath.Join(other, "none"), host, 1, "none"},
+		{"KILN_RUNNER is kiln", kiln, kiln, host, 1, "was built from github.com/kiln-dev/kiln/cmd/kiln, not github.com/kiln-dev/kiln/cmd/kiln-runner"},
+		{"KILN_RUNNER is a built network", kiln, built, host, 1, "already carries a compiled network (tiny)"},
+		{"KILN_RUNNER is not Go", kiln, "/bin/sh", host, 1, "not a Go executable"},
+		{"KILN_RUNNER for another arch", kiln, runner, foreign, 1, "is built for " + hostArch + ", --target " + foreign + " needs " + foreignArch},
+	}
+	for _, tc := range cases {
+		out := filepath.Join(work, "out")
+		cmd := exec.Command(tc.kiln, "build", "tiny", "--target", tc.target, "-o", out)
+		cmd.Env = append(os.Environ(), "KILN_RUNNER="+tc.runnerEnv)
+		t0 := time.Now()
+		b, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.code || !strings.Contains(string(b), tc.want) {
+			t.Errorf("%s: exit %d (want %d), output:\n%s\nwant it to contain %q", tc.name, code, tc.code, b, tc.want)
+		}
+		_, statErr := os.Stat(out)
+		switch {
+		case tc.code != 0 && statErr == nil:
+			t.Errorf("%s: kiln build failed but wrote %s", tc.name, out)
+		case tc.code != 0 && time.Since(t0) > 5*time.Second:
+			t.Errorf("%s: kiln build took %v to fail; the runner must be checked before compiling", tc.name, time.Since(t0))
+		case tc.code == 0:
+			if statErr != nil {
+				t.Errorf("%s: no output: %v", tc.name, statErr)
+			} else if r := runIn(t, work, out, "--bench", "--iters", "2"); r.code != 0 || !strings.Contains(r.stdout, "median") {
+				t.Errorf("%s: the built binary: exit %d\n%s%s", tc.name, r.code, r.stdout, r.stderr)
+			}
+		}
+		os.Remove(out)
+	}
+	// The runner on its own carries no network; kiln ignores payloads.
+	if r := runIn(t, work, runner, "--bench"); r.code != 1 || !strings.Contains(r.stderr, "carries no compiled network") {
+		t.Errorf("plain runner: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	if r := runIn(t, work, kiln, "--bench"); r.code != 2 || !strings.Contains(r.stderr, `unknown command "--bench"`) {
+		t.Errorf("kiln --bench: exit %d (want 2, the CLI's usage error), stderr:\n%s", r.code, r.stderr)
+	}
+	// The built executable is the runner plus the payload: it starts with
+	// the runner's bytes, not kiln's.
+	rb, err := os.ReadFile(runner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := os.ReadFile(built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(bb, rb) {
+		t.Errorf("%s does not start with the runner %s", built, runner)
+	}
+	st, _ := os.Stat(kiln)
+	t.Logf("kiln %.1f MiB, kiln-runner %.1f MiB, built tiny %.1f MiB", float64(st.Size())/(1<<20), float64(len(rb))/(1<<20), float64(len(bb))/(1<<20))
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
 	}
 }

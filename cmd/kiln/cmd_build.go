@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"debug/buildinfo"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/kiln-dev/kiln/ir"
 
@@ -72,30 +74,79 @@ func isaList(isas []string) string {
 	return s
 }
 
-// runnerFor returns the executable that becomes the standalone binary: this
-// kiln itself for the host architecture (every kiln binary is also a
-// runner), or kiln-linux-arm64 next to it for arm64 (make kiln-arm64).
+// runnerEnv names the runner executable explicitly, overriding the search
+// next to kiln.
+const runnerEnv = "KILN_RUNNER"
+
+// runnerPkg is the import path every runner is built from.
+const runnerPkg = "github.com/kiln-dev/kiln/cmd/kiln-runner"
+
+// runnerFor returns the runner executable (cmd/kiln-runner) that kiln build
+// copies and appends the compiled network to for bt. It is $KILN_RUNNER when
+// set; otherwise it is looked for next to the kiln executable: kiln-runner
+// for the host's architecture (make build puts it in bin/ with kiln) and
+// kiln-runner-linux-ARCH for another one (make kiln-arm64). The file's Go
+// build information must say it is that package, built with cgo for bt's
+// architecture, and it must not already carry a network; any failure is an
+// error saying what to run, before anything is compiled or written.
 func runnerFor(bt buildTarget) (string, error) {
-	self, err := os.Executable()
+	arch := archOfTarget(bt)
+	makeHint := "make build"
+	switch {
+	case arch == hostArch():
+	case arch == "arm64":
+		makeHint = "make kiln-arm64"
+	default:
+		makeHint = "CGO_ENABLED=1 GOARCH=" + arch + " go build -o kiln-runner-linux-" + arch + " ./cmd/kiln-runner"
+	}
+	p := os.Getenv(runnerEnv)
+	if p == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("locating the runner next to kiln: %w (set %s to the runner's path)", err, runnerEnv)
+		}
+		name := "kiln-runner"
+		if arch != hostArch() {
+			name = "kiln-runner-linux-" + arch
+		}
+		p = filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("--target %s needs the %s runner next to kiln: %s is missing (build it with `%s`, or set %s)", bt.name, arch, p, makeHint, runnerEnv)
+		}
+	}
+	bi, err := buildinfo.ReadFile(p)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("runner %s: not a Go executable built from %s: %v (build it with `%s`)", p, runnerPkg, err, makeHint)
 	}
-	if archOfTarget(bt) == hostArch() {
-		return self, nil
+	if bi.Path != runnerPkg {
+		return "", fmt.Errorf("runner %s was built from %s, not %s (build it with `%s`)", p, bi.Path, runnerPkg, makeHint)
 	}
-	p := filepath.Join(filepath.Dir(self), "kiln-linux-"+archOfTarget(bt))
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("--target %s needs the %s runtime next to kiln: %s is missing (build it with `make kiln-arm64`)", bt.name, archOfTarget(bt), p)
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if got := settings["GOARCH"]; got != arch {
+		return "", fmt.Errorf("runner %s is built for %s, --target %s needs %s (build it with `%s`)", p, got, bt.name, arch, makeHint)
+	}
+	if settings["CGO_ENABLED"] != "1" {
+		return "", fmt.Errorf("runner %s was built without cgo and cannot load kernels (build it with `%s`)", p, makeHint)
+	}
+	a, found, err := rt.FindPayload(p)
+	if err != nil {
+		return "", fmt.Errorf("runner %s: %w", p, err)
+	}
+	if found {
+		a.Close()
+		return "", fmt.Errorf("runner %s already carries a compiled network (%s): use the plain runner (`%s`)", p, a.Manifest.Network, makeHint)
 	}
 	return p, nil
 }
 
-func archOfTarget(bt buildTarget) string {
-	if bt.name == "arm64-neon" {
-		return "arm64"
-	}
-	return "amd64"
-}
+func hostArch() string { return runtime.GOARCH }
+
+// archOfTarget is the GOARCH a build target's code runs on, from the target
+// table (the runner must be built for it).
+func archOfTarget(bt buildTarget) string { return bt.build.Arch() }
 
 // preprocessFor is timm's evaluation preprocessing for the built-in
 // networks: 299 crop, mean/std 0.5, bicubic, crop_pct 0.875 (0.8975 for

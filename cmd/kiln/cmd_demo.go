@@ -61,6 +61,11 @@ func demo(e *env, file, outDir string, threads, iters int) error {
 	if err != nil {
 		return err
 	}
+	// The runner the binary is built on (bin/kiln-runner, make build): fail
+	// now rather than after a minute of compiling.
+	if _, err := runnerFor(bt); err != nil {
+		return err
+	}
 	// 1. Compile into a standalone executable (kiln build).
 	t0 := time.Now()
 	var pf pipeFlags

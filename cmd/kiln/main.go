@@ -43,11 +43,8 @@ var commands []*command
 func register(c *command) { commands = append(commands, c) }
 
 func main() {
-	// A kiln binary with a compiled network appended (kiln build) runs that
-	// network instead of the compiler.
-	if code := standalone(os.Args[1:], os.Stdout, os.Stderr); code >= 0 {
-		os.Exit(code)
-	}
+	// Built networks run on kiln-runner (cmd/kiln-runner), not on kiln: kiln
+	// never looks for an appended payload.
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

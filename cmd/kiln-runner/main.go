@@ -1,3 +1,20 @@
+// Command kiln-runner is the runtime half of a standalone executable: `kiln
+// build` appends a compiled network (shared object, weights, manifest; see
+// rt.AppendPayload) to a copy of this program, and the result runs that
+// network:
+//
+//	./inception_v4 --input x.npy --output y.npy
+//	./inception_v4 --image photo.jpg --top 5
+//	./inception_v4 --bench [--iters N] [--threads T] [--isa avx2]
+//
+// It links the runtime (package rt), ir/tensor, runtime/imageprep, the
+// standard library and golang.org/x/sys only: none of the compiler (dsl,
+// passes, codegen, llir, participle, protobuf), so a built model carries no
+// compiler. TestRunnerDeps enforces this with `go list -deps`.
+//
+// Run without a payload (the plain runner as `make build` leaves it in
+// bin/kiln-runner) it says so and exits with status 1. Exit codes: 0
+// success, 1 failure, 2 usage error.
 package main
 
 import (
@@ -7,7 +24,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"runtime"
 	"sort"
 	"time"
 
@@ -16,22 +32,26 @@ import (
 	"github.com/kiln-dev/kiln/runtime/imageprep"
 )
 
-func hostArch() string { return runtime.GOARCH }
-
-// standalone runs a built executable: the kiln binary with a compiled network
-// appended (kiln build). It returns the exit status, or -1 when the running
-// executable carries no network (it is plain kiln).
-func standalone(args []string, stdout, stderr io.Writer) int {
-	a, found, err := rt.FindPayload("")
-	if !found && err == nil {
-		return -1
-	}
-	name := "kiln-model"
+func main() {
+	name := "kiln-runner"
 	if len(os.Args) > 0 {
 		name = os.Args[0]
 	}
+	os.Exit(run(name, "", os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run runs the network appended to the executable at exe ("" is the running
+// executable) with the command-line args and returns the exit status. name
+// is the program name used in messages and usage.
+func run(name, exe string, args []string, stdout, stderr io.Writer) int {
+	a, found, err := rt.FindPayload(exe)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	if !found {
+		fmt.Fprintf(stderr, "%s: this executable carries no compiled network: it is the kiln runner, "+
+			"to which `kiln build NETWORK -o OUT` appends one (run OUT instead)\n", name)
 		return 1
 	}
 	defer a.Close()
@@ -132,37 +152,48 @@ func standalone(args []string, stdout, stderr io.Writer) int {
 		}
 		printTop(stdout, out[:numel(man.Output.Shape)/man.Batch], *top, man.Labels)
 	case *bench:
-		in := make([]float32, numel(man.Input.Shape))
-		for i := range in {
-			in[i] = float32(math.Sin(float64(i)))
+		if err := benchmark(stdout, m, man, *iters); err != nil {
+			return fail(err)
 		}
-		for i := 0; i < 3; i++ {
-			if err := m.Run(in, out); err != nil {
-				return fail(err)
-			}
-		}
-		ts := make([]float64, *iters)
-		for i := range ts {
-			t0 := time.Now()
-			if err := m.Run(in, out); err != nil {
-				return fail(err)
-			}
-			ts[i] = time.Since(t0).Seconds()
-		}
-		sort.Float64s(ts)
-		var macs int64
-		for _, k := range man.Kernels {
-			macs += k.MACs
-		}
-		med := ts[len(ts)/2]
-		fmt.Fprintf(stdout, "%s batch %d, %s, %d threads: median %.2f ms (p10 %.2f, p90 %.2f) over %d runs, %.1f GFLOP/s\n",
-			man.Network, man.Batch, m.ISA(), m.Threads(), med*1e3, ts[len(ts)/10]*1e3, ts[len(ts)*9/10]*1e3, len(ts), 2*float64(macs)/med/1e9)
 	}
 	return 0
 }
 
+// benchmark runs 3 warm-up inferences on a fixed input (sin(i)), then iters
+// timed ones, and prints their order statistics by rt.SummarizeLatency (the
+// percentile definition kiln bench and bench/peers use) and the throughput
+// at the median.
+func benchmark(w io.Writer, m *rt.Model, man *rt.Manifest, iters int) error {
+	in := make([]float32, numel(man.Input.Shape))
+	for i := range in {
+		in[i] = float32(math.Sin(float64(i)))
+	}
+	out := make([]float32, numel(man.Output.Shape))
+	for i := 0; i < 3; i++ {
+		if err := m.Run(in, out); err != nil {
+			return err
+		}
+	}
+	ms := make([]float64, iters)
+	for i := range ms {
+		t0 := time.Now()
+		if err := m.Run(in, out); err != nil {
+			return err
+		}
+		ms[i] = float64(time.Since(t0).Nanoseconds()) / 1e6
+	}
+	lat := rt.SummarizeLatency(ms)
+	var macs int64
+	for _, k := range man.Kernels {
+		macs += k.MACs
+	}
+	fmt.Fprintf(w, "%s batch %d, %s, %d threads: median %.2f ms (p10 %.2f, p90 %.2f) over %d runs, %.1f GFLOP/s\n",
+		man.Network, man.Batch, m.ISA(), m.Threads(), lat.Median, lat.P10, lat.P90, lat.N, 2*float64(macs)/(lat.Median/1e3)/1e9)
+	return nil
+}
+
 // printTop prints the k largest softmax probabilities of logits (or of
-// probabilities, if the network ends in softmax).
+// probabilities, if the network ends in softmax), best first.
 func printTop(w io.Writer, logits []float32, k int, labels []string) {
 	mx := math.Inf(-1)
 	for _, v := range logits {
@@ -186,6 +217,18 @@ func printTop(w io.Writer, logits []float32, k int, labels []string) {
 		}
 		fmt.Fprintf(w, "%5d  %.4f%s\n", i, p[i]/sum, label)
 	}
+}
+
+// isaList joins ISA names with "+" (avx512+avx2).
+func isaList(isas []string) string {
+	s := ""
+	for i, x := range isas {
+		if i > 0 {
+			s += "+"
+		}
+		s += x
+	}
+	return s
 }
 
 func numel(s []int) int {
