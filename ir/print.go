@@ -12,9 +12,11 @@ import (
 //	%5 = conv2d "features.0.conv" (%0, %1) {stride=[2,2]} : f32[1,32,149,149] loc("v4.kiln":3:12)
 //
 // The quoted name, operand list, attributes (only those that differ from the
-// op's default, in op-table order) and location are omitted when empty. Then
-// "return %a, ..." and one "mark NAME %id" line per mark. Parse reads it back
-// into an equal graph.
+// op's default, in op-table order) and location are omitted when empty. A node
+// with several results prints their types as a tuple, "(f32[1,8,4,4], f32[8],
+// f32[8])". Then "return %a, ...", one "mark NAME %id" line per mark and one
+// "update %param %value" line per update. Parse reads it back into an equal
+// graph.
 func Print(w io.Writer, g *Graph) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "graph %s {\n", quoteIdent(g.Name))
@@ -33,6 +35,9 @@ func Print(w io.Writer, g *Graph) error {
 	b.WriteByte('\n')
 	for _, m := range g.Marks {
 		fmt.Fprintf(&b, "  mark %s %%%d\n", strconv.Quote(m.Name), m.Node)
+	}
+	for _, u := range g.Updates {
+		fmt.Fprintf(&b, "  update %%%d %%%d\n", u.Param, u.Value)
 	}
 	b.WriteString("}\n")
 	_, err := io.WriteString(w, b.String())
@@ -75,7 +80,11 @@ func writeNode(b *strings.Builder, i int, n *Node) {
 		b.WriteByte('}')
 	}
 	b.WriteString(" : ")
-	b.WriteString(n.Type.String())
+	if n.IsMulti() {
+		b.WriteString(tupleString(n.Results))
+	} else {
+		b.WriteString(n.Type.String())
+	}
 	if n.Pos.File != "" || n.Pos.Line > 0 {
 		fmt.Fprintf(b, " loc(%s:%d:%d)", strconv.Quote(n.Pos.File), n.Pos.Line, n.Pos.Col)
 	}

@@ -13,7 +13,8 @@ import "github.com/kiln-dev/kiln/ir"
 // computed at build time by fold_bn_weight and fold_bn_bias over the params.
 // Precondition: inference (running statistics fixed); training keeps
 // BatchNorm, so the training pipeline does not run this pass. A BatchNorm whose
-// input is not a single-use conv stays.
+// input is not a single-use conv, or whose statistics or affine parameters are
+// mutable state (Graph.Updates), stays.
 var foldBN = &Pass{
 	Name: "fold-bn",
 	Doc:  "fold inference BatchNorm into the preceding conv's weight and bias",
@@ -24,7 +25,7 @@ var foldBN = &Pass{
 		fold := map[int]bool{} // conv nodes folded into their BatchNorm
 		for i, n := range g.Nodes {
 			if n.Op == ir.OpBatchNorm {
-				if c := n.Args[0]; g.Nodes[c].Op == ir.OpConv2D && len(users[c]) == 1 && !isMarkedOrOutput(g, c) {
+				if c := n.Args[0]; g.Nodes[c].Op == ir.OpConv2D && len(users[c]) == 1 && !isMarkedOrOutput(g, c) && !anyMutable(g, n.Args[1:]) {
 					fold[c] = true
 				}
 			}
@@ -67,6 +68,16 @@ func isMarkedOrOutput(g *ir.Graph, i int) bool {
 	}
 	for _, m := range g.Marks {
 		if m.Node == i {
+			return true
+		}
+	}
+	return false
+}
+
+// anyMutable reports whether any of nodes is a param the graph updates.
+func anyMutable(g *ir.Graph, nodes []int) bool {
+	for _, a := range nodes {
+		if g.Mutable(a) {
 			return true
 		}
 	}

@@ -4,7 +4,8 @@ import "github.com/kiln-dev/kiln/ir"
 
 // Clone deep-copies a graph.
 func Clone(g *ir.Graph) *ir.Graph {
-	out := &ir.Graph{Name: g.Name, Outputs: append([]int(nil), g.Outputs...), Marks: append([]ir.Mark(nil), g.Marks...)}
+	out := &ir.Graph{Name: g.Name, Outputs: append([]int(nil), g.Outputs...), Marks: append([]ir.Mark(nil), g.Marks...),
+		Updates: append([]ir.Update(nil), g.Updates...)}
 	for _, n := range g.Nodes {
 		out.Nodes = append(out.Nodes, cloneNode(n))
 	}
@@ -24,6 +25,13 @@ func cloneNode(n *ir.Node) *ir.Node {
 		}
 	}
 	c.Type.Shape = append([]int(nil), n.Type.Shape...)
+	if n.Results != nil {
+		c.Results = make([]ir.Type, len(n.Results))
+		for k, t := range n.Results {
+			c.Results[k] = t
+			c.Results[k].Shape = append([]int(nil), t.Shape...)
+		}
+	}
 	return &c
 }
 
@@ -81,6 +89,9 @@ func (r *rewriter) finish() *ir.Graph {
 		if r.m[mk.Node] >= 0 {
 			r.g.Marks = append(r.g.Marks, ir.Mark{Name: mk.Name, Node: r.m[mk.Node]})
 		}
+	}
+	for _, u := range r.old.Updates {
+		r.g.Updates = append(r.g.Updates, ir.Update{Param: r.arg(u.Param), Value: r.arg(u.Value)})
 	}
 	return r.g
 }
