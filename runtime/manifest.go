@@ -10,29 +10,28 @@ import (
 	"strings"
 
 	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/target"
 )
 
-// ManifestVersion is the manifest and shared-object ABI version this runtime
-// reads: Manifest.Version and kiln_abi_version() must both equal it.
-const ManifestVersion = 1
-
-// BarrierBytes is the size of the barrier block the runtime allocates (64-byte
-// aligned, zeroed once per session) and passes to kiln_run_<isa>.
-const BarrierBytes = 256
+// ManifestVersion is the manifest format version this runtime reads:
+// Manifest.Version must equal it. The shared object's kernel ABI has its own
+// version, ABIVersion (abi.go). Version 2 added Features.
+const ManifestVersion = 2
 
 // ISA names as they appear in Manifest.ISAs, in the symbol suffix of
 // kiln_run_<isa>, in Options.ISA and in KILN_ISA.
+// They are the CPU target names of the target table (package target).
 const (
-	ISAAVX512 = "avx512" // amd64: AVX-512F + AVX-512VL
-	ISAAVX2   = "avx2"   // amd64: AVX2 + FMA
-	ISANEON   = "neon"   // arm64: Advanced SIMD
+	ISAAVX512 = target.NameAVX512 // amd64: AVX-512 (F, VL, BW, DQ, CD) + AVX2 + FMA
+	ISAAVX2   = target.NameAVX2   // amd64: AVX2 + FMA
+	ISANEON   = target.NameNEON   // arm64: Advanced SIMD
 )
 
 // Manifest describes a compiled artifact. The code generator writes it as
 // JSON next to (or, in a standalone executable, after) the shared object and
 // the weights; the runtime checks it with Validate before using it.
 type Manifest struct {
-	// Version is the artifact format version; must be ManifestVersion (1).
+	// Version is the artifact format version; must be ManifestVersion.
 	Version int `json:"version"`
 	// Network names the compiled network, e.g. "inception_v4".
 	Network string `json:"network"`
@@ -44,6 +43,11 @@ type Manifest struct {
 	// ISAs lists the instruction sets the shared object has an entry point
 	// for (kiln_run_<isa>), e.g. ["avx512", "avx2"] or ["neon"].
 	ISAs []string `json:"isas"`
+	// Features maps each ISA of ISAs to the CPU features its kernels were
+	// compiled with, as the target table names them (LLVM feature names,
+	// e.g. "avx512f"); the runtime refuses to run an ISA whose features
+	// this CPU lacks, and refuses feature names it does not know.
+	Features map[string][]string `json:"features"`
 	// ArenaBytes is the size of one activation arena in bytes.
 	ArenaBytes int64 `json:"arena_bytes"`
 	// WeightsBytes is the exact size of the weights blob in bytes.
@@ -52,6 +56,11 @@ type Manifest struct {
 	Input TensorInfo `json:"input"`
 	// Output is where the network output lives in the arena (row-major).
 	Output TensorInfo `json:"output"`
+	// Taps are named intermediate values compiled as extra outputs (kiln
+	// build/run --tap NAME: a module output, e.g. "features.5"), stored plain
+	// row-major in the arena and kept live to the end of a run, so
+	// Model.RunTaps can copy them out. Name is the mark's name.
+	Taps []TensorInfo `json:"taps,omitempty"`
 	// Kernels lists the kernels in execution order; the timings array of
 	// kiln_run_<isa> is indexed like it.
 	Kernels []KernelInfo `json:"kernels"`
@@ -69,10 +78,24 @@ type TensorInfo struct {
 	Name string `json:"name"`
 	// Shape is the logical shape, NCHW or NC, with Shape[0] == Batch.
 	Shape []int `json:"shape"`
-	// Offset is where the tensor starts, in float32 elements from the arena
-	// base. The tensor is stored plain row-major from there.
+	// DType is the element type: "f32", "bf16", "f16" or "i8"; "" (manifests
+	// written before the field existed) means f32.
+	DType string `json:"dtype,omitempty"`
+	// Offset is where the tensor starts, in elements of DType from the arena
+	// base (ElemSize()*Offset bytes, which must be a multiple of the element
+	// size by construction). The tensor is stored plain row-major from there.
 	Offset int64 `json:"offset"`
 }
+
+// dtypeSizes are the element sizes of the dtypes a TensorInfo may declare
+// (the IR's dtype names; package rt does not import ir).
+var dtypeSizes = map[string]int64{"": 4, "f32": 4, "bf16": 2, "f16": 2, "i8": 1}
+
+// ElemSize is the size of one element of t in bytes, 0 for an unknown dtype.
+func (t TensorInfo) ElemSize() int64 { return dtypeSizes[t.DType] }
+
+// ByteOffset is the tensor's offset from the arena base in bytes.
+func (t TensorInfo) ByteOffset() int64 { return t.Offset * t.ElemSize() }
 
 // KernelInfo describes one kernel of the shared object.
 type KernelInfo struct {
@@ -124,11 +147,21 @@ func ParseManifest(b []byte) (*Manifest, error) {
 	return &m, nil
 }
 
-// isaArch maps each known ISA to its architecture.
-var isaArch = map[string]string{ISAAVX512: "amd64", ISAAVX2: "amd64", ISANEON: "arm64"}
+// isaArch maps each known ISA (a CPU target of the target table) to its
+// architecture.
+var isaArch = func() map[string]string {
+	m := map[string]string{}
+	for _, t := range target.Targets() {
+		if t.Kind == target.CPU {
+			m[t.Name] = t.Arch
+		}
+	}
+	return m
+}()
 
-// knownISAs lists the ISAs in preference order, best first per architecture.
-var knownISAs = []string{ISAAVX512, ISAAVX2, ISANEON}
+// knownISAs lists the ISAs in preference order, best first per architecture
+// (the target table's order).
+var knownISAs = target.CPUNames()
 
 // Validate checks the manifest for internal consistency: version, arch and
 // ISAs, sizes, the input and output lying inside the arena, labels matching
@@ -162,6 +195,14 @@ func (m *Manifest) Validate() error {
 			return bad("ISA %s listed twice", isa)
 		}
 		seen[isa] = true
+		if err := checkFeatures(isa, arch, m.Features[isa]); err != nil {
+			return bad("%v", err)
+		}
+	}
+	for isa := range m.Features {
+		if !seen[isa] {
+			return bad("features listed for ISA %s, which is not in isas", isa)
+		}
 	}
 	if m.ArenaBytes <= 0 {
 		return bad("arena_bytes %d: want > 0", m.ArenaBytes)
@@ -174,6 +215,17 @@ func (m *Manifest) Validate() error {
 		ti   *TensorInfo
 	}{{"input", &m.Input}, {"output", &m.Output}} {
 		if _, err := m.tensorSpan(t.what, t.ti); err != nil {
+			return err
+		}
+	}
+	tapNames := map[string]bool{}
+	for i := range m.Taps {
+		t := &m.Taps[i]
+		if t.Name == "" || tapNames[t.Name] {
+			return bad("tap %d: name %q is empty or repeated", i, t.Name)
+		}
+		tapNames[t.Name] = true
+		if _, err := m.tensorSpan("tap", t); err != nil {
 			return err
 		}
 	}
@@ -226,9 +278,17 @@ func (m *Manifest) tensorSpan(what string, ti *TensorInfo) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("manifest: %s %q: %w", what, ti.Name, err)
 	}
-	if ti.Offset < 0 || ti.Offset > m.ArenaBytes/4 || int64(n) > m.ArenaBytes/4-ti.Offset {
-		return 0, fmt.Errorf("manifest: %s %q (%s at float offset %d) does not fit in the %d-byte arena",
-			what, ti.Name, tensor.ShapeString(ti.Shape), ti.Offset, m.ArenaBytes)
+	size := ti.ElemSize()
+	if size == 0 {
+		return 0, fmt.Errorf("manifest: %s %q: unknown dtype %q (want f32, bf16, f16 or i8)", what, ti.Name, ti.DType)
+	}
+	if elems := m.ArenaBytes / size; ti.Offset < 0 || ti.Offset > elems || int64(n) > elems-ti.Offset {
+		unit := ti.DType // offsets count elements of the dtype: "float offset" for f32
+		if size == 4 {
+			unit = "float"
+		}
+		return 0, fmt.Errorf("manifest: %s %q (%s at %s offset %d) does not fit in the %d-byte arena",
+			what, ti.Name, tensor.ShapeString(ti.Shape), unit, ti.Offset, m.ArenaBytes)
 	}
 	return n, nil
 }
@@ -236,8 +296,21 @@ func (m *Manifest) tensorSpan(what string, ti *TensorInfo) (int, error) {
 // clone returns a deep copy of m.
 func (m Manifest) clone() Manifest {
 	m.ISAs = slices.Clone(m.ISAs)
+	if m.Features != nil {
+		fs := make(map[string][]string, len(m.Features))
+		for k, v := range m.Features {
+			fs[k] = slices.Clone(v)
+		}
+		m.Features = fs
+	}
 	m.Input.Shape = slices.Clone(m.Input.Shape)
 	m.Output.Shape = slices.Clone(m.Output.Shape)
+	if m.Taps != nil {
+		m.Taps = slices.Clone(m.Taps)
+		for i := range m.Taps {
+			m.Taps[i].Shape = slices.Clone(m.Taps[i].Shape)
+		}
+	}
 	m.Kernels = slices.Clone(m.Kernels)
 	m.Labels = slices.Clone(m.Labels)
 	if m.Preprocess != nil {

@@ -94,6 +94,7 @@ type Model struct {
 	inOff, inLen int
 	outOff       int
 	outLen       int
+	taps         []span // Manifest.Taps in the arena, in floats
 
 	maxSessions int
 	mu          sync.Mutex // guards the fields below
@@ -107,9 +108,10 @@ type Model struct {
 
 // Open loads an artifact: it validates the manifest and weights, selects an
 // ISA for this CPU, loads the shared object (from SharedObjectPath with
-// dlopen, or from SharedObject through memfd_create), checks
-// kiln_abi_version, resolves kiln_run_<isa> for every ISA of the manifest
-// and starts one session. At most one Options may be given.
+// dlopen, or from SharedObject through memfd_create), checks its kernel ABI
+// version and the arena and weights sizes it was compiled for (see bind),
+// resolves kiln_run_<isa> for every ISA of the manifest and starts one
+// session. At most one Options may be given.
 func Open(a Artifact, opts ...Options) (*Model, error) {
 	if len(opts) > 1 {
 		return nil, errors.New("open artifact: at most one Options")
@@ -179,6 +181,16 @@ func Open(a Artifact, opts ...Options) (*Model, error) {
 	m.arenaBytes = man.ArenaBytes
 	m.inOff, m.inLen = int(man.Input.Offset), mustNumel(man.Input.Shape)
 	m.outOff, m.outLen = int(man.Output.Offset), mustNumel(man.Output.Shape)
+	for _, t := range append([]TensorInfo{man.Input, man.Output}, man.Taps...) {
+		// The arena is float32: kernels of other dtypes come with the
+		// bf16/int8 work.
+		if t.DType != "" && t.DType != "f32" {
+			return nil, fmt.Errorf("open artifact %q: tensor %q is %s; this runtime runs f32 networks only", man.Network, t.Name, t.DType)
+		}
+	}
+	for _, t := range man.Taps {
+		m.taps = append(m.taps, span{int(t.Offset), mustNumel(t.Shape)})
+	}
 	m.cond.L = &m.mu
 	m.idle = make([]*session, 0, m.maxSessions)
 	// Start one session now, so that allocation failures show up here and
@@ -201,14 +213,39 @@ func mustNumel(shape []int) int {
 	return n
 }
 
-// bind checks the ABI version and resolves the entry points.
+// bind checks the kernel ABI and the sizes the shared object was compiled
+// for, then resolves the entry points. The ABI version must equal ABIVersion
+// (not the manifest's version: the two evolve separately). The kernels
+// address the arena and the weights with compile-time offsets, so an arena
+// smaller than the one they were compiled for would be written past its
+// end, and weights of another size are another network's: kiln_arena_bytes
+// and kiln_weights_bytes must equal the manifest's arena_bytes and
+// weights_bytes (Open has already checked that weights_bytes is the length
+// of the weights given).
 func (m *Model) bind() error {
-	abi := m.lib.sym("kiln_abi_version")
+	abi := m.lib.sym(symABIVersion)
 	if abi == 0 {
-		return fmt.Errorf("%s does not export kiln_abi_version: not a kiln artifact", m.lib.name)
+		return fmt.Errorf("%s does not export %s: not a kiln artifact", m.lib.name, symABIVersion)
 	}
-	if v := callABIVersion(abi); v != ManifestVersion {
-		return fmt.Errorf("%s has ABI version %d; this runtime supports %d", m.lib.name, v, ManifestVersion)
+	if v := callABIVersion(abi); v != ABIVersion {
+		return fmt.Errorf("%s has kernel ABI version %d (%s); this runtime implements kernel ABI version %d: rebuild the artifact with a matching kiln",
+			m.lib.name, v, symABIVersion, ABIVersion)
+	}
+	for _, c := range []struct {
+		sym, field string
+		want       int64
+	}{
+		{symArenaBytes, "arena_bytes", m.man.ArenaBytes},
+		{symWeightsBytes, "weights_bytes", m.man.WeightsBytes},
+	} {
+		f := m.lib.sym(c.sym)
+		if f == 0 {
+			return fmt.Errorf("%s does not export %s (required by kernel ABI version %d)", m.lib.name, c.sym, ABIVersion)
+		}
+		if got := callSize(f); got != c.want {
+			return fmt.Errorf("manifest %s is %d but %s was compiled for %d (%s): the manifest does not belong to this shared object",
+				c.field, c.want, m.lib.name, got, c.sym)
+		}
 	}
 	for _, isa := range m.man.ISAs {
 		name := "kiln_run_" + isa
@@ -297,6 +334,36 @@ func (m *Model) Run(in, out []float32) error {
 	m.release(s)
 	return nil
 }
+
+// RunTaps is Run that also copies the value of every tap (Manifest.Taps)
+// into taps, which must have one slice per tap of exactly its size.
+func (m *Model) RunTaps(in, out []float32, taps [][]float32) error {
+	if err := m.checkLens("RunTaps", in, out); err != nil {
+		return err
+	}
+	if len(taps) != len(m.taps) {
+		return fmt.Errorf("RunTaps %q: %d tap buffers for %d taps", m.man.Network, len(taps), len(m.taps))
+	}
+	for i, t := range m.taps {
+		if len(taps[i]) != t.n {
+			return fmt.Errorf("RunTaps %q: tap %q has room for %d values, it holds %s = %d",
+				m.man.Network, m.man.Taps[i].Name, len(taps[i]), tensor.ShapeString(m.man.Taps[i].Shape), t.n)
+		}
+	}
+	s, err := m.acquire()
+	if err != nil {
+		return err
+	}
+	s.run(in, out, false)
+	for i, t := range m.taps {
+		copy(taps[i], s.arena[t.off:t.off+t.n])
+	}
+	m.release(s)
+	return nil
+}
+
+// span is a run of n floats at offset off of the arena.
+type span struct{ off, n int }
 
 // Profile is Run that also measures each kernel. It returns the time spent
 // in each kernel of Manifest.Kernels, as measured by thread 0 (including its

@@ -8,10 +8,11 @@ import (
 )
 
 func init() {
-	register(&command{name: "check", args: "FILE", summary: "parse, elaborate and verify a network; print a one-line summary",
+	register(&command{name: "check", args: "FILE", summary: "parse, elaborate, verify and check that a network builds for --target; print a one-line summary",
 		setup: func(fs *flag.FlagSet, e *env) func([]string) error {
 			var nf netFlags
 			nf.register(fs)
+			targetName := fs.String("target", hostTarget(), "build `TARGET` whose legality to check (kiln targets lists them)")
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -23,6 +24,15 @@ func init() {
 				}
 				if err := g.Verify(); err != nil {
 					return err
+				}
+				// The same legality check kiln build runs before LLVM: a
+				// network that checks also builds, or check says why not.
+				bt, err := lookupBuildTarget(*targetName)
+				if err != nil {
+					return err
+				}
+				if err := checkBuildable(g, bt); err != nil {
+					return fmt.Errorf("%s does not build for %s: %w", g.Name, bt.name, err)
 				}
 				params, learnable := countParams(g)
 				var ins []string

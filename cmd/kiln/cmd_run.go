@@ -33,9 +33,6 @@ func init() {
 				if *backend != "interp" && *backend != "cpu" {
 					return usagef("unknown --backend %q (available: interp, cpu)", *backend)
 				}
-				if *backend == "cpu" && *tap != "" {
-					return usagef("--tap needs --backend interp")
-				}
 				if *threads < 0 {
 					return usagef("--threads must not be negative")
 				}
@@ -55,12 +52,12 @@ func init() {
 				if *tap != "" {
 					id, ok := g.Mark(*tap)
 					if !ok {
-						return fmt.Errorf("--tap: %s has no module %q", g.Name, *tap)
+						return fmt.Errorf("--tap: %s has no module %q (modules: %s)", g.Name, *tap, markNames(g))
 					}
 					keep = []int{id}
 				}
 				if *backend == "cpu" {
-					return runCompiled(e, g, params, x, *output, *isa, *threads)
+					return runCompiled(e, g, params, x, *output, *isa, *threads, *tap)
 				}
 				start := time.Now()
 				res, err := interp.Run(g, params, map[string]*tensor.Tensor{g.Inputs()[0].Name: x}, interp.Options{Threads: *threads, Keep: keep})
@@ -109,14 +106,19 @@ func loadForInput(file, inputPath string, x *tensor.Tensor) (*ir.Graph, error) {
 	return g, nil
 }
 
-// runCompiled compiles g for this machine, runs it on x and writes the output.
-func runCompiled(e *env, g *ir.Graph, params map[string]*tensor.Tensor, x *tensor.Tensor, output, isa string, threads int) error {
+// runCompiled compiles g for this machine, runs it on x and writes the
+// output, or the value of the marked module tap when tap is not "".
+func runCompiled(e *env, g *ir.Graph, params map[string]*tensor.Tensor, x *tensor.Tensor, output, isa string, threads int, tap string) error {
 	bt, err := lookupBuildTarget(hostTarget())
 	if err != nil {
 		return err
 	}
 	var pf pipeFlags
-	c, err := compileNet(g, params, bt, &pf, e.stderr)
+	var taps []string
+	if tap != "" {
+		taps = []string{tap}
+	}
+	c, err := compileNetTaps(g, params, bt, &pf, e.stderr, taps)
 	if err != nil {
 		return err
 	}
@@ -126,11 +128,20 @@ func runCompiled(e *env, g *ir.Graph, params map[string]*tensor.Tensor, x *tenso
 	}
 	defer m.Close()
 	y := tensor.New(c.prog.Manifest.Output.Shape...)
+	tv := make([][]float32, len(taps))
+	var tapT *tensor.Tensor
+	if tap != "" {
+		tapT = tensor.New(c.prog.Manifest.Taps[0].Shape...)
+		tv[0] = tapT.Data
+	}
 	start := time.Now()
-	if err := m.Run(x.Data, y.Data); err != nil {
+	if err := m.RunTaps(x.Data, y.Data, tv); err != nil {
 		return err
 	}
 	elapsed := time.Since(start)
+	if tapT != nil {
+		y = tapT
+	}
 	if err := tensor.WriteNPYFile(output, y); err != nil {
 		return err
 	}
