@@ -57,14 +57,15 @@ func runIn(t *testing.T, dir, exe string, args ...string) result {
 
 // TestStandaloneBinary builds tiny into a standalone executable and runs it
 // from another directory with no Go or LLVM on PATH: --input/--output (checked
-// against kiln run --backend interp), --image, --bench, and bad input.
+// against kiln run --backend interp), --tap of modules compiled in with kiln
+// build --tap, --image, --bench, and bad input.
 func TestStandaloneBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds kiln and a network")
 	}
 	bin, work := t.TempDir(), t.TempDir()
 	kiln := buildKiln(t, bin)
-	out, err := exec.Command(kiln, "build", "tiny", "--batch", "2", "-o", filepath.Join(bin, "tiny")).CombinedOutput()
+	out, err := exec.Command(kiln, "build", "tiny", "--batch", "2", "--tap", "stem", "--tap", "mixed", "-o", filepath.Join(bin, "tiny")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("kiln build: %v\n%s", err, out)
 	}
@@ -93,8 +94,29 @@ func TestStandaloneBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel := compare(t, "standalone tiny", got, want, 1e-4)
+	rel := compare(t, "standalone tiny", got, want, 1e-5)
 	t.Logf("standalone vs interpreter: %.2e; peak RSS %d KiB", rel, r.maxRSSKiB)
+
+	// Module outputs compiled in with --tap, against the interpreter's.
+	for _, tap := range []string{"stem", "mixed"} {
+		ref := filepath.Join(work, "ref-"+tap+".npy")
+		if out, err := exec.Command(kiln, "run", "tiny", "--input", in, "--output", ref, "--tap", tap).CombinedOutput(); err != nil {
+			t.Fatalf("kiln run --tap %s: %v\n%s", tap, err, out)
+		}
+		r := runIn(t, work, filepath.Join(bin, "tiny"), "--input", "x.npy", "--output", tap+".npy", "--tap", tap)
+		if r.code != 0 {
+			t.Fatalf("standalone --tap %s: exit %d\n%s%s", tap, r.code, r.stdout, r.stderr)
+		}
+		got, err := tensor.ReadNPYFile(filepath.Join(work, tap+".npy"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := tensor.ReadNPYFile(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		compare(t, "standalone tiny --tap "+tap, got, want, 1e-5)
+	}
 
 	// An image through the Inception preprocessing.
 	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
@@ -146,6 +168,8 @@ func TestStandaloneBinary(t *testing.T) {
 		{"undecodable image", []string{"--image", "broken.jpg"}, 1, "cannot decode image"},
 		{"isa the artifact lacks", []string{"--bench", "--isa", "neon"}, 1, "neon"},
 		{"no mode", nil, 2, "give exactly one of"},
+		{"tap not compiled in", []string{"--input", "x.npy", "--output", "o.npy", "--tap", "blocks.0"}, 2, "--tap blocks.0: not compiled in (taps: stem, mixed)"},
+		{"tap without input", []string{"--bench", "--tap", "stem"}, 2, "--tap needs --input"},
 	}
 	for _, tc := range cases {
 		r := runIn(t, work, filepath.Join(bin, "tiny"), tc.args...)

@@ -25,6 +25,7 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/kiln-dev/kiln/ir/tensor"
@@ -66,6 +67,7 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	iters := fs.Int("iters", 20, "with --bench: timed `N` inferences after warm-up")
 	threads := fs.Int("threads", 0, "worker `threads` per inference (0: all cores)")
 	isa := fs.String("isa", "", "force the instruction set `ISA` ("+isaList(man.ISAs)+"); default $KILN_ISA or the best available")
+	tap := fs.String("tap", "", "with --input: write the value of the compiled-in module `NAME` (kiln build --tap) instead of the network output")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench]\n\n", name)
 		fmt.Fprintf(fs.Output(), "%s compiled by kiln: input %s, output %s, batch %d, ISAs %s.\n\nFlags:\n",
@@ -97,6 +99,25 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	if *input != "" && *output == "" {
 		return usage("--input needs --output")
 	}
+	tapIdx := -1
+	if *tap != "" {
+		var names []string
+		for i, t := range man.Taps {
+			if t.Name == *tap {
+				tapIdx = i
+			}
+			names = append(names, t.Name)
+		}
+		if *input == "" {
+			return usage("--tap needs --input")
+		}
+		if tapIdx < 0 {
+			if len(names) == 0 {
+				return usage(fmt.Sprintf("--tap %s: this binary has no taps (build it with kiln build --tap %s)", *tap, *tap))
+			}
+			return usage(fmt.Sprintf("--tap %s: not compiled in (taps: %s)", *tap, strings.Join(names, ", ")))
+		}
+	}
 	if *threads < 0 || *iters <= 0 || *top <= 0 {
 		return usage("--threads must be >= 0, --iters and --top positive")
 	}
@@ -126,13 +147,21 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 		if !equalShape(x.Shape, man.Input.Shape) {
 			return fail(fmt.Errorf("input %s: shape %s, this binary was built for %s", *input, tensor.ShapeString(x.Shape), tensor.ShapeString(man.Input.Shape)))
 		}
-		if err := m.Run(x.Data, out); err != nil {
+		taps := make([][]float32, len(man.Taps))
+		for i, t := range man.Taps {
+			taps[i] = make([]float32, numel(t.Shape))
+		}
+		if err := m.RunTaps(x.Data, out, taps); err != nil {
 			return fail(err)
 		}
-		if err := tensor.WriteNPYFile(*output, &tensor.Tensor{Shape: man.Output.Shape, Data: out}); err != nil {
+		y := &tensor.Tensor{Shape: man.Output.Shape, Data: out}
+		if tapIdx >= 0 {
+			y = &tensor.Tensor{Shape: man.Taps[tapIdx].Shape, Data: taps[tapIdx]}
+		}
+		if err := tensor.WriteNPYFile(*output, y); err != nil {
 			return fail(err)
 		}
-		fmt.Fprintf(stdout, "wrote %s: %s\n", *output, tensor.ShapeString(man.Output.Shape))
+		fmt.Fprintf(stdout, "wrote %s: %s\n", *output, tensor.ShapeString(y.Shape))
 	case *image != "":
 		pp := man.Preprocess
 		if pp == nil {

@@ -26,6 +26,8 @@ func init() {
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
 			target := fs.String("target", hostTarget(), "code generation `target`: x86-64 (AVX-512 and AVX2 in one binary), avx512, avx2 or arm64-neon")
 			out := fs.String("o", "", "output executable `OUT`")
+			var taps listFlag
+			fs.Var(&taps, "tap", "also compile the output of marked module `NAME` (e.g. features.5) into the binary, for its --tap (repeatable)")
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -49,7 +51,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				c, err := compileNet(g, params, bt, &pf, e.stderr)
+				c, err := compileNetTaps(g, params, bt, &pf, e.stderr, taps)
 				if err != nil {
 					return err
 				}

@@ -134,8 +134,7 @@ func TestDriverExports(t *testing.T) {
 	if len(isas) == 0 || (isas[0] != "avx512" && isas[0] != "avx2") {
 		testenv.Missing(t, "this CPU runs neither AVX-512 nor AVX2 (CI's machine has AVX-512)")
 	}
-	m, _, _, _ := compileNet(t, "tiny", 1, nil, isas[0])
-	good := artifacts[m]
+	good := artifacts[compileNet(t, "tiny", 1, nil, isas[0], false).m]
 	if got, want := good.Manifest.WeightsBytes, int64(len(good.Weights)); got != want {
 		t.Fatalf("manifest weights_bytes %d, weights blob %d bytes", got, want)
 	}
