@@ -250,11 +250,17 @@ func place(bufs []Buffer, less func(a, b Buffer) bool) ([]int64, int64) {
 	return offs, arena
 }
 
-// Check verifies the plan: every run-time value has a buffer at least as large
+// Check verifies the graph (ir.Verify) and the plan: every run-time value has a buffer at least as large
 // as its physical size (multi-result nodes have none; each result node's
 // buffer is live from its producer on), buffers lie inside the arena, and no
 // two buffers whose lifetimes overlap share a byte.
 func (p *Plan) Check(g *ir.Graph) error {
+	// A plan is only as good as the graph it places: one that reads a value
+	// in another layout or dtype than it is stored in is wrong whatever the
+	// offsets (ir/rules.go).
+	if err := g.Verify(); err != nil {
+		return fmt.Errorf("plan of an invalid graph: %w", err)
+	}
 	build := BuildTime(g)
 	for i, n := range g.Nodes {
 		b := p.BufferOf[i]

@@ -133,3 +133,26 @@ func TestVerifierRules(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanCheckRejectsLayoutMismatch is issue 8's example end to end: a
+// fused_conv with NCHW16c input and output reading a plain residual, which
+// Plan.Check used to accept; now it refuses the plan of such a graph,
+// naming the operand.
+func TestPlanCheckRejectsLayoutMismatch(t *testing.T) {
+	s := runPrefix(t, load(t, "tiny", 1, nil), Targets[0], "plan-buffers")
+	if err := s.Plan.Check(s.Graph); err != nil {
+		t.Fatalf("valid plan refused: %v", err)
+	}
+	for _, n := range s.Graph.Nodes {
+		if n.Op == ir.OpFusedConv && n.Attrs.Bool("residual") {
+			_, r, _ := ir.FusedConvOperands(n)
+			s.Graph.Nodes[n.Args[r]].Type.Layout = ir.Plain
+			err := s.Plan.Check(s.Graph)
+			if err == nil || !strings.Contains(err.Error(), "plan of an invalid graph") || !strings.Contains(err.Error(), "residual (operand") {
+				t.Fatalf("Plan.Check = %v, want the residual's layout named", err)
+			}
+			return
+		}
+	}
+	t.Fatal("tiny has no fused_conv with a residual")
+}

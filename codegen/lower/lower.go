@@ -6,6 +6,7 @@
 package lower
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sort"
 	"strings"
@@ -22,7 +23,8 @@ import (
 // offset resolved, the weights blob and the manifest (whose kernel list
 // Compile fills in).
 type Program struct {
-	// Weights is the weights blob (little-endian float32).
+	// Weights is the weights blob: each build-time value little-endian in
+	// its dtype, 64-byte aligned.
 	Weights []byte
 	// Manifest describes the artifact to the runtime; Manifest.Kernels is
 	// set by Compile.
@@ -37,31 +39,54 @@ type Program struct {
 // kernelsPerModule bounds the size of one LLVM module.
 const kernelsPerModule = 24
 
-// blob lays out the weights blob, each tensor 64-byte aligned; the bytes are
-// assembled once at the end (a 160 MB blob must not be regrown piecewise).
+// blob lays out the weights blob, each tensor 64-byte aligned and stored in
+// its dtype; the bytes are assembled once at the end (a 160 MB blob must not
+// be regrown piecewise).
 type blob struct {
 	chunks []chunk
-	n      int
+	n      int // bytes
 }
 
 type chunk struct {
-	off int
+	off int // bytes
+	dt  ir.DType
 	v   []float32
 }
 
-func (b *blob) add(v []float32) int {
-	b.n = ceilTo(b.n, 16)
+// add places v, to be stored as dtype dt, and returns its offset in
+// elements of dt (the unit kernel specs use). Values are computed in
+// float32 at build time and rounded to dt here (round to nearest even);
+// i8 weights need a quantization scheme and are refused.
+func (b *blob) add(v []float32, dt ir.DType) (int, error) {
+	switch dt {
+	case ir.F32, ir.BF16, ir.F16:
+	default:
+		return 0, fmt.Errorf("weights of dtype %s cannot be stored (no quantization scheme yet)", dt)
+	}
+	b.n = ceilTo(b.n, 64)
 	off := b.n
-	b.chunks = append(b.chunks, chunk{off, v})
-	b.n += len(v)
-	return off
+	b.chunks = append(b.chunks, chunk{off, dt, v})
+	b.n += len(v) * dt.Size()
+	return off / dt.Size(), nil
 }
 
-// bytes returns the blob as little-endian float32.
+// bytes returns the blob, each chunk little-endian in its dtype.
 func (b *blob) bytes() []byte {
-	out := make([]byte, 4*b.n)
+	out := make([]byte, b.n)
 	for _, c := range b.chunks {
-		putFloats(out[4*c.off:], c.v)
+		dst := out[c.off:]
+		switch c.dt {
+		case ir.F32:
+			putFloats(dst, c.v)
+		case ir.BF16:
+			for i, f := range c.v {
+				binary.LittleEndian.PutUint16(dst[2*i:], tensor.F32ToBF16(f))
+			}
+		case ir.F16:
+			for i, f := range c.v {
+				binary.LittleEndian.PutUint16(dst[2*i:], tensor.F32ToF16(f))
+			}
+		}
 	}
 	return out
 }
@@ -86,7 +111,7 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 	}
 	var wb blob
 	// weight places build-time value v (its data transformed by f, if any)
-	// in the blob and returns its offset in floats.
+	// in the blob in v's dtype and returns its offset in elements.
 	weight := func(n *ir.Node, v int, what string, f func([]float32) []float32) (int, error) {
 		t, ok := values[v]
 		if !ok {
@@ -96,7 +121,11 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 		if f != nil {
 			d = f(d)
 		}
-		return wb.add(d), nil
+		off, err := wb.add(d, g.Nodes[v].Type.DType)
+		if err != nil {
+			return 0, ir.Errorf(n.Pos, "codegen: %s %s: %v", n.Op, what, err)
+		}
+		return off, nil
 	}
 	specs, err := lowerNodes(g, plan, build, targets[0].Block, weight)
 	if err != nil {
