@@ -29,7 +29,7 @@ func load(t *testing.T, name string, opts dsl.Options) *ir.Graph {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{"inception_resnet_v1", "inception_resnet_v2", "inception_v4", "tiny"}
+	want := []string{"inception_resnet_v1", "inception_resnet_v2", "inception_v4", "mini_inception", "mini_inception_resnet", "tiny"}
 	if diff := cmp.Diff(want, archs.Names()); diff != "" {
 		t.Errorf("Names (-want +got):\n%s", diff)
 	}
@@ -47,6 +47,10 @@ func TestCounts(t *testing.T) {
 		{name: "inception_resnet_v2", params: 55_843_464, macs: 13_155_794_016, out: []int{1, 1000}},
 		{name: "inception_resnet_v1", params: 22_756_328, macs: 6_206_361_696, out: []int{1, 1000}},
 		{name: "tiny", params: 10_354, macs: 810_256, out: []int{1, 10}},
+		// The training fixtures' networks at their own 1x28x28 input
+		// (shared/fixtures/training/README.md section 1).
+		{name: "mini_inception", params: 357_002, macs: 27_347_680, out: []int{1, 10}},
+		{name: "mini_inception_resnet", params: 316_634, macs: 29_285_728, out: []int{1, 10}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,6 +124,48 @@ func TestStateDict(t *testing.T) {
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("state_dict (-timm +kiln):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestTrainingStateDict checks the two mini networks against the PyTorch
+// state_dict listings of the training fixtures
+// (shared/fixtures/training/{inc,res}.state_dict.tsv: name, shape as
+// "[32, 1, 3, 3]", param or buffer): keys, shapes and order equal, and the
+// buffer attribute set exactly on the rows of kind "buffer".
+func TestTrainingStateDict(t *testing.T) {
+	for name, fixture := range map[string]string{"mini_inception": "inc", "mini_inception_resnet": "res"} {
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(fixtures.Path(t, "fixtures", "training", fixture+".state_dict.tsv"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for i, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+				f := strings.Split(line, "\t")
+				if len(f) != 3 {
+					t.Fatalf("%s.state_dict.tsv:%d: %d fields, want 3", fixture, i+1, len(f))
+				}
+				if i > 0 {
+					want = append(want, f[0]+" "+strings.ReplaceAll(f[1], " ", "")+" "+f[2])
+				}
+			}
+			g := load(t, name, dsl.Options{})
+			var got []string
+			for _, n := range g.Params() {
+				dims := make([]string, len(n.Type.Shape))
+				for i, d := range n.Type.Shape {
+					dims[i] = strconv.Itoa(d)
+				}
+				kind := "param"
+				if n.Attrs.Bool("buffer") {
+					kind = "buffer"
+				}
+				got = append(got, n.Name+" ["+strings.Join(dims, ",")+"] "+kind)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("state_dict (-pytorch +kiln):\n%s", diff)
 			}
 		})
 	}

@@ -3,8 +3,9 @@
 // Usage: kiln <command> [flags] FILE
 //
 // FILE is a path to a .kiln file or the name of a built-in network
-// (inception_v4, inception_resnet_v1, inception_resnet_v2, tiny). Exit codes:
-// 0 success, 1 failure, 2 usage error.
+// (inception_v4, inception_resnet_v1, inception_resnet_v2, mini_inception,
+// mini_inception_resnet, tiny). Exit codes: 0 success, 1 failure, 2 usage
+// error.
 package main
 
 import (

@@ -201,6 +201,9 @@ func TestNetworksCompiled(t *testing.T) {
 					}
 					m = m2
 				}
+				if m.ISA() != isa {
+					t.Fatalf("%s: model runs %s, want %s", net, m.ISA(), isa)
+				}
 				got, taps := c.run(t, m)
 				rel := relErr(t, got, c.want)
 				worst, worstName := 0.0, ""

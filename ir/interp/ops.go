@@ -52,6 +52,13 @@ func init() {
 		ir.OpReorder:       evalView,
 		ir.OpEmpty:         evalEmpty,
 	}
+	// The training ops (train.go).
+	for op, f := range trainEvaluators {
+		evaluators[op] = f
+	}
+	for op, f := range trainMultiEvaluators {
+		multiEvaluators[op] = f
+	}
 }
 
 // newOut allocates the (zeroed) result tensor of n.
