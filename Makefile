@@ -3,7 +3,7 @@
 GO      ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build kiln-arm64 demo peers test vet fmt-check unit race fuzz install-deps clean
+.PHONY: all build kiln-arm64 demo peers peers-smoke test vet fmt-check unit race fuzz install-deps clean
 
 all: build
 
@@ -37,7 +37,12 @@ demo: build
 peers:
 	bash bench/peers/run.sh
 
-test: fmt-check vet unit race fuzz
+# The same harness on the tiny network (seconds): run by make test so the
+# peers path (export, ORT, build, alternating timing) cannot rot.
+peers-smoke:
+	bash bench/peers/run.sh -nets tiny -batches 1 -threads 1
+
+test: fmt-check vet unit race fuzz peers-smoke
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

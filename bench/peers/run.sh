@@ -20,6 +20,6 @@ if [ ! -f bench/peers/node_modules/onnxruntime-node/package.json ]; then
   (cd bench/peers && npm ci --ignore-scripts --no-audit --no-fund)
 fi
 mkdir -p bin
-go build -o bin/kiln ./cmd/kiln
+make -s build # bin/kiln and bin/kiln-runner, which kiln build appends networks to
 go build -o bin/peers ./bench/peers
 exec bin/peers -kiln bin/kiln -peers bench/peers -work bench/peers/work "$@"
