@@ -58,47 +58,9 @@ func parseNPY(b []byte, name string) (*Tensor, error) {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("read npy %s: "+format, append([]any{name}, args...)...)
 	}
-	if len(b) < len(npyMagic) || string(b[:len(npyMagic)]) != npyMagic {
-		if len(b) < len(npyMagic) && string(b) == npyMagic[:len(b)] {
-			return nil, fail("truncated header: file has only %d bytes", len(b))
-		}
-		return nil, fail(`bad magic: not a .npy file (want "\x93NUMPY", got %q)`, b[:min(len(b), len(npyMagic))])
-	}
-	if len(b) < 8 {
-		return nil, fail("truncated header: file has only %d bytes", len(b))
-	}
-	major, minor := b[6], b[7]
-	var hlen, off int
-	switch {
-	case major == 1 && minor == 0:
-		if len(b) < 10 {
-			return nil, fail("truncated header: file has only %d bytes", len(b))
-		}
-		hlen, off = int(binary.LittleEndian.Uint16(b[8:10])), 10
-	case major == 2 && minor == 0:
-		if len(b) < 12 {
-			return nil, fail("truncated header: file has only %d bytes", len(b))
-		}
-		h := binary.LittleEndian.Uint32(b[8:12])
-		if uint64(h) > uint64(len(b)-12) {
-			return nil, fail("truncated header: header length %d but only %d bytes follow", h, len(b)-12)
-		}
-		hlen, off = int(h), 12
-	default:
-		return nil, fail("unsupported format version %d.%d; want 1.0 or 2.0", major, minor)
-	}
-	if hlen > len(b)-off {
-		return nil, fail("truncated header: header length %d but only %d bytes follow", hlen, len(b)-off)
-	}
-	hdr := b[off : off+hlen]
-	data := b[off+hlen:]
-
-	h, err := parseNPYHeader(hdr)
+	h, data, err := npyFrame(b, name)
 	if err != nil {
-		return nil, fail("malformed header: %v", err)
-	}
-	if h.fortran {
-		return nil, fail("fortran_order True not supported; want C order (fortran_order False)")
+		return nil, err
 	}
 	var itemsize int
 	switch h.descr {
@@ -109,29 +71,9 @@ func parseNPY(b []byte, name string) (*Tensor, error) {
 	default:
 		return nil, fail("dtype %s not supported; want '<f4'", h.descrRepr)
 	}
-	numel := 1
-	for _, d := range h.shape {
-		if d == 0 {
-			numel = 0
-		}
-	}
-	if numel != 0 {
-		for _, d := range h.shape {
-			if numel > math.MaxInt/d {
-				return nil, fail("shape %s overflows", shapeRepr(h.shape))
-			}
-			numel *= d
-		}
-	}
-	if numel > math.MaxInt/itemsize {
-		return nil, fail("shape %s overflows", shapeRepr(h.shape))
-	}
-	want := numel * itemsize
-	if len(data) < want {
-		return nil, fail("truncated data: shape %s of %s needs %d bytes, got %d", shapeRepr(h.shape), h.descr, want, len(data))
-	}
-	if len(data) > want {
-		return nil, fail("trailing garbage: %d bytes after the %d data bytes of shape %s", len(data)-want, want, shapeRepr(h.shape))
+	numel, err := npyNumel(h, data, itemsize, name)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]float32, numel)
 	if itemsize == 4 {
@@ -144,6 +86,91 @@ func parseNPY(b []byte, name string) (*Tensor, error) {
 		}
 	}
 	return &Tensor{Shape: h.shape, Data: out}, nil
+}
+
+// npyFrame checks the framing of a .npy file (magic, version, header length)
+// and parses its header; it returns the header and the data bytes after it.
+// Errors name the file; the dtype is the caller's to check.
+func npyFrame(b []byte, name string) (*npyHeader, []byte, error) {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("read npy %s: "+format, append([]any{name}, args...)...)
+	}
+	if len(b) < len(npyMagic) || string(b[:len(npyMagic)]) != npyMagic {
+		if len(b) < len(npyMagic) && string(b) == npyMagic[:len(b)] {
+			return nil, nil, fail("truncated header: file has only %d bytes", len(b))
+		}
+		return nil, nil, fail(`bad magic: not a .npy file (want "\x93NUMPY", got %q)`, b[:min(len(b), len(npyMagic))])
+	}
+	if len(b) < 8 {
+		return nil, nil, fail("truncated header: file has only %d bytes", len(b))
+	}
+	major, minor := b[6], b[7]
+	var hlen, off int
+	switch {
+	case major == 1 && minor == 0:
+		if len(b) < 10 {
+			return nil, nil, fail("truncated header: file has only %d bytes", len(b))
+		}
+		hlen, off = int(binary.LittleEndian.Uint16(b[8:10])), 10
+	case major == 2 && minor == 0:
+		if len(b) < 12 {
+			return nil, nil, fail("truncated header: file has only %d bytes", len(b))
+		}
+		h := binary.LittleEndian.Uint32(b[8:12])
+		if uint64(h) > uint64(len(b)-12) {
+			return nil, nil, fail("truncated header: header length %d but only %d bytes follow", h, len(b)-12)
+		}
+		hlen, off = int(h), 12
+	default:
+		return nil, nil, fail("unsupported format version %d.%d; want 1.0 or 2.0", major, minor)
+	}
+	if hlen > len(b)-off {
+		return nil, nil, fail("truncated header: header length %d but only %d bytes follow", hlen, len(b)-off)
+	}
+	hdr := b[off : off+hlen]
+	data := b[off+hlen:]
+
+	h, err := parseNPYHeader(hdr)
+	if err != nil {
+		return nil, nil, fail("malformed header: %v", err)
+	}
+	if h.fortran {
+		return nil, nil, fail("fortran_order True not supported; want C order (fortran_order False)")
+	}
+	return h, data, nil
+}
+
+// npyNumel checks that data holds exactly the array of header h with
+// elements of itemsize bytes and returns its element count.
+func npyNumel(h *npyHeader, data []byte, itemsize int, name string) (int, error) {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("read npy %s: "+format, append([]any{name}, args...)...)
+	}
+	numel := 1
+	for _, d := range h.shape {
+		if d == 0 {
+			numel = 0
+		}
+	}
+	if numel != 0 {
+		for _, d := range h.shape {
+			if numel > math.MaxInt/d {
+				return 0, fail("shape %s overflows", shapeRepr(h.shape))
+			}
+			numel *= d
+		}
+	}
+	if numel > math.MaxInt/itemsize {
+		return 0, fail("shape %s overflows", shapeRepr(h.shape))
+	}
+	want := numel * itemsize
+	if len(data) < want {
+		return 0, fail("truncated data: shape %s of %s needs %d bytes, got %d", shapeRepr(h.shape), h.descr, want, len(data))
+	}
+	if len(data) > want {
+		return 0, fail("trailing garbage: %d bytes after the %d data bytes of shape %s", len(data)-want, want, shapeRepr(h.shape))
+	}
+	return numel, nil
 }
 
 type npyHeader struct {
