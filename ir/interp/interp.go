@@ -33,6 +33,8 @@
 //     sums combined pairwise, then divides by H*W.
 //   - softmax subtracts the maximum and computes exp and the normalising sum in
 //     float64, rounding each result to float32 once.
+//   - the training ops (gradients, loss, optimizer updates; train.go)
+//     accumulate every reduction in float64 and round each result once.
 //
 // Results are bitwise identical for every Options.Threads: no summation order
 // depends on how work is split. (Building with GOAMD64=v3 lets the Go compiler
@@ -54,7 +56,9 @@
 //   - empty: a zero tensor of the declared type;
 //   - the build-time transforms fold_bn_weight, fold_bn_bias, fold_scale and
 //     pack_weight, evaluated like any other node, once per Run;
-//   - reorder, which converts between the plain layout and NCHW{c}c.
+//   - reorder, which converts between the plain layout and NCHW{c}c;
+//   - the training ops of ir/ops_train.go (train.go): backward ops,
+//     dropout_train, softmax_xent and its gradient, optimizer updates.
 //
 // # Layouts
 //
