@@ -1,0 +1,247 @@
+// Package train turns inference graphs into training graphs (issue 9).
+//
+// Forward, the first stage, rewrites a network as elaborated (inference
+// BatchNorm with running statistics) into its training-mode forward pass:
+// batch statistics, and running statistics updated as mutable state through
+// ir.Graph.Updates, exactly as PyTorch's nn.BatchNorm2d does in train(),
+// and dropout with p > 0 as training-mode (inverted) dropout.
+// The loss, the backward pass and the optimizer attach to the graph Forward
+// returns (see Forward).
+package train
+
+import (
+	"fmt"
+
+	"github.com/kiln-dev/kiln/ir"
+)
+
+// DefaultMomentum is PyTorch's BatchNorm momentum (nn.BatchNorm2d's
+// momentum=0.1): running = (1−0.1)·running + 0.1·batch statistic.
+const DefaultMomentum = 0.1
+
+// Options controls Forward.
+type Options struct {
+	// Momentum is the BatchNorm running-statistics momentum m in
+	// running' = (1−m)·running + m·batch, in (0, 1]; 0 means
+	// DefaultMomentum. (Momentum 0, frozen statistics, is not training-mode
+	// BatchNorm's update: keep the inference graph's batchnorm for that.)
+	Momentum float64
+	// Seed is the dropout seed: the k-th dropout with p > 0 (k = 0, 1, …
+	// in graph order) becomes dropout_train with seed Seed+k, so that layers
+	// draw different masks. The mask is a function of the seed, so a training
+	// loop that rebuilds the graph per step should vary Seed per step.
+	Seed int
+}
+
+// Forward returns the training-mode forward graph of g, a graph as
+// elaborated (before fold-bn and the other passes); g is not modified.
+//
+// Every batchnorm (x, weight, bias, running_mean, running_var) {eps} becomes
+//
+//	%t    = batchnorm_train (x, weight, bias) {eps}
+//	%y    = result (%t) {index=0}   normalised with the batch mean and the
+//	%mean = result (%t) {index=1}   biased batch variance
+//	%var  = result (%t) {index=2}
+//
+// and %y replaces the batchnorm's value everywhere (operands, outputs,
+// marks). The running statistics become mutable state (ir.Graph.Updates),
+// updated as PyTorch does in training mode (torch.nn.functional.batch_norm,
+// training=True; Ioffe and Szegedy 2015, Algorithm 2 for the unbiased
+// population variance):
+//
+//	running_mean' = (1−m)·running_mean + m·mean
+//	running_var'  = (1−m)·running_var  + m·var·n/(n−1)
+//
+// where var is the biased batch variance and n = N·H·W is the number of
+// values per channel (Bessel's correction gives the unbiased variance). The
+// updates are built from existing ops: mul by a constant, then add. The
+// running statistics are not operands of batchnorm_train, so the forward
+// output does not depend on them; only the updates read them.
+//
+// Every other node is copied with its name, position and attributes; params
+// and inputs keep their order (checkpoint order), marks and outputs follow
+// their values. A dropout with p = 0 (the training fixtures' head) is the
+// identity in both modes and is copied as is; one with p > 0 becomes
+//
+//	%d = dropout_train (x) {p, seed}   results y = x·mask/(1−p) and the mask
+//	%y = result (%d) {index=0}
+//
+// (PyTorch's nn.Dropout in train(), inverted dropout), with seed
+// Options.Seed+k for the k-th such dropout.
+//
+// Where the rest of training attaches: the loss (cross-entropy on the
+// returned logits, issue 9) is appended after the output; the backward pass
+// differentiates the loss through the forward nodes, including
+// batchnorm_train's y, mean and variance results, to every non-buffer param;
+// the running-statistics updates are state, not differentiated (PyTorch's
+// buffers have no gradient); the optimizer adds its own Updates (parameters
+// and optimizer state) next to the ones made here.
+//
+// Errors, at the offending node's position: an op that already folded
+// BatchNorm (fold_bn_weight, fold_bn_bias: Forward needs the graph as
+// elaborated), a batchnorm whose running statistics are not params or are
+// shared with another batchnorm or already updated, a BatchNorm with one value
+// per channel (n = 1: no unbiased variance; PyTorch refuses it too), a
+// momentum outside (0, 1].
+func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
+	if g == nil {
+		return nil, fmt.Errorf("train: nil graph")
+	}
+	m := opt.Momentum
+	if m == 0 {
+		m = DefaultMomentum
+	}
+	if !(m > 0 && m <= 1) {
+		return nil, fmt.Errorf("train: BatchNorm momentum %v outside (0, 1]", opt.Momentum)
+	}
+	if err := g.Verify(); err != nil {
+		return nil, fmt.Errorf("train: input graph: %w", err)
+	}
+	out := &ir.Graph{Name: g.Name}
+	// mapped[i] is node i's value in out.
+	mapped := make([]int, len(g.Nodes))
+	updated := map[int]bool{} // params of g that out updates
+	for _, u := range g.Updates {
+		updated[u.Param] = true
+	}
+	var updates []ir.Update // in new indices
+	dropouts := 0           // dropouts with p > 0 so far
+	add := func(n *ir.Node) (int, error) {
+		id, err := out.Add(n)
+		if err != nil {
+			return -1, fmt.Errorf("train: %w", err)
+		}
+		return id, nil
+	}
+	for i, old := range g.Nodes {
+		switch old.Op {
+		case ir.OpFoldBNWeight, ir.OpFoldBNBias:
+			return nil, ir.Errorf(old.Pos, "train: %%%d %s: BatchNorm is already folded; build the training graph from the graph as elaborated", i, old.Op)
+		case ir.OpDropout:
+			if p := old.Attrs.Float("p"); p != 0 {
+				d, err := add(&ir.Node{Op: ir.OpDropoutTrain, Name: old.Name, Args: []int{mapped[old.Args[0]]},
+					Attrs: ir.Attrs{"p": p, "seed": opt.Seed + dropouts}, Pos: old.Pos})
+				if err != nil {
+					return nil, err
+				}
+				dropouts++
+				if mapped[i], err = add(&ir.Node{Op: ir.OpResult, Name: old.Name, Args: []int{d}, Attrs: ir.Attrs{"index": 0}, Pos: old.Pos}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		case ir.OpBatchNorm:
+			y, ups, err := batchNorm(g, i, mapped, out, add, updated, m)
+			if err != nil {
+				return nil, err
+			}
+			mapped[i] = y
+			updates = append(updates, ups...)
+			continue
+		}
+		n := cloneNode(old)
+		for k, a := range n.Args {
+			n.Args[k] = mapped[a]
+		}
+		if !ir.HasDeclaredType(n.Op) {
+			n.Type, n.Results = ir.Type{Layout: n.Type.Layout}, nil
+		}
+		id, err := add(n)
+		if err != nil {
+			return nil, err
+		}
+		mapped[i] = id
+	}
+	for _, o := range g.Outputs {
+		out.Outputs = append(out.Outputs, mapped[o])
+	}
+	for _, mk := range g.Marks {
+		out.Marks = append(out.Marks, ir.Mark{Name: mk.Name, Node: mapped[mk.Node]})
+	}
+	for _, u := range g.Updates {
+		out.Updates = append(out.Updates, ir.Update{Param: mapped[u.Param], Value: mapped[u.Value]})
+	}
+	out.Updates = append(out.Updates, updates...)
+	if err := out.Verify(); err != nil {
+		return nil, fmt.Errorf("train: internal error: the training graph does not verify: %w", err)
+	}
+	return out, nil
+}
+
+// batchNorm emits the training form of batchnorm node i of g into out (see
+// Forward) and returns the new index of its output y and the two updates of
+// its running statistics.
+func batchNorm(g *ir.Graph, i int, mapped []int, out *ir.Graph, add func(*ir.Node) (int, error), updated map[int]bool, m float64) (int, []ir.Update, error) {
+	bn := g.Nodes[i]
+	x := g.Nodes[bn.Args[0]].Type
+	for _, s := range bn.Args[3:] {
+		p := g.Nodes[s]
+		switch {
+		case p.Op != ir.OpParam:
+			return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: running statistic %%%d is a %s, not a param", i, s, p.Op)
+		case updated[s]:
+			return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: running statistic %q is already updated (shared with another batchnorm, or a training graph already)", i, p.Name)
+		}
+		updated[s] = true
+	}
+	c := x.Shape[1]
+	n := x.Numel() / c // N·H·W values per channel
+	if n < 2 {
+		return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: %d value per channel (input %s): training needs more than one for the batch variance", i, n, x)
+	}
+	node := func(op string, args []int, attrs ir.Attrs) (int, error) {
+		return add(&ir.Node{Op: op, Name: bn.Name, Args: args, Attrs: attrs, Pos: bn.Pos})
+	}
+	t, err := node(ir.OpBatchNormTrain, []int{mapped[bn.Args[0]], mapped[bn.Args[1]], mapped[bn.Args[2]]},
+		ir.Attrs{"eps": bn.Attrs.Float("eps")})
+	if err != nil {
+		return -1, nil, err
+	}
+	var res [3]int
+	for k := range res {
+		if res[k], err = node(ir.OpResult, []int{t}, ir.Attrs{"index": k}); err != nil {
+			return -1, nil, err
+		}
+	}
+	// ema returns (1−m)·running + c·batch.
+	ema := func(running, batch int, c float64) (int, error) {
+		a, err := node(ir.OpMul, []int{running}, ir.Attrs{"c": 1 - m})
+		if err != nil {
+			return -1, err
+		}
+		b, err := node(ir.OpMul, []int{batch}, ir.Attrs{"c": c})
+		if err != nil {
+			return -1, err
+		}
+		return node(ir.OpAdd, []int{a, b}, nil)
+	}
+	rm, rv := mapped[bn.Args[3]], mapped[bn.Args[4]]
+	newMean, err := ema(rm, res[1], m)
+	if err != nil {
+		return -1, nil, err
+	}
+	newVar, err := ema(rv, res[2], m*float64(n)/float64(n-1))
+	if err != nil {
+		return -1, nil, err
+	}
+	return res[0], []ir.Update{{Param: rm, Value: newMean}, {Param: rv, Value: newVar}}, nil
+}
+
+// cloneNode deep-copies n (operands, attributes, types) so that the new graph
+// shares no mutable state with the old one.
+func cloneNode(n *ir.Node) *ir.Node {
+	c := *n
+	c.Args = append([]int(nil), n.Args...)
+	if n.Attrs != nil {
+		c.Attrs = ir.Attrs{}
+		for k, v := range n.Attrs {
+			if l, ok := v.([]int); ok {
+				v = append([]int(nil), l...)
+			}
+			c.Attrs[k] = v
+		}
+	}
+	c.Type.Shape = append([]int(nil), n.Type.Shape...)
+	c.Results = nil
+	return &c
+}
