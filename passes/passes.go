@@ -151,6 +151,18 @@ func CheckNames(names ...string) error {
 	return nil
 }
 
+// TrainingPipeline is the pipeline of a training-step graph (train.Step):
+// no inference rewrites (BatchNorm is in training mode, and fusing would
+// hide values the backward pass reads), blocked layouts not yet (the
+// backward ops run on plain layouts), then DCE, the memory-aware schedule and
+// the arena plan.
+func TrainingPipeline() []*Pass { return []*Pass{dcePass, schedulePass, planBuffers} }
+
+// RunTraining runs TrainingPipeline over g (which it does not modify).
+func RunTraining(g *ir.Graph, opts Options) (*State, error) {
+	return runPasses(g, TrainingPipeline(), opts)
+}
+
 // Run runs the pipeline over g (which it does not modify) and returns the
 // final state.
 func Run(g *ir.Graph, opts Options) (*State, error) { return runPasses(g, Pipeline(), opts) }

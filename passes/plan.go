@@ -48,6 +48,11 @@ type Plan struct {
 // to Alignment bytes. A verified graph's layouts always apply; otherwise the
 // logical count is used.
 func valueBytes(t ir.Type) int64 {
+	return ValueBytes(t)
+}
+
+// ValueBytes is valueBytes, for reports outside the package.
+func ValueBytes(t ir.Type) int64 {
 	b, err := ir.PhysicalBytes(t)
 	if err != nil {
 		b = int64(t.Numel()) * int64(max(t.DType.Size(), 1))
@@ -149,6 +154,11 @@ func MakePlan(g *ir.Graph) *Plan {
 	for _, o := range g.Outputs {
 		outputs[o] = true
 	}
+	// A param's new value (Graph.Updates) is read after the run, like an
+	// output, so it stays live to the end.
+	for _, u := range g.Updates {
+		outputs[u.Value] = true
+	}
 	for i := range g.Nodes {
 		p.BufferOf[i] = -1
 		if rep[i] < 0 {
@@ -167,6 +177,11 @@ func MakePlan(g *ir.Graph) *Plan {
 		buf.Values = append(buf.Values, i)
 		buf.Size = max(buf.Size, size)
 		buf.Start = min(buf.Start, i)
+		if op := g.Nodes[i].Op; op == ir.OpInput || op == ir.OpParam {
+			// Written by the runtime before the run (inputs, and params
+			// that are mutable state): live from the first step.
+			buf.Start = 0
+		}
 		if g.Nodes[i].Op == ir.OpResult {
 			// Written by the multi-result producer, so live from there.
 			buf.Start = min(buf.Start, g.Nodes[i].Args[0])

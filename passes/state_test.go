@@ -120,3 +120,32 @@ func TestMultiResultPlan(t *testing.T) {
 		}
 	}
 }
+
+// TestTrainingPlanLiveness checks the liveness rules a training step needs:
+// an update's new value stays live to the end (it is read after the run,
+// like an output), and inputs and params, written before the run, are live
+// from the first step, so no kernel can overwrite them early.
+func TestTrainingPlanLiveness(t *testing.T) {
+	g, _ := stateGraph(t)
+	s, err := RunTraining(g, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, p := s.Graph, s.Plan
+	if err := p.Check(out); err != nil {
+		t.Fatal(err)
+	}
+	last := len(out.Nodes) - 1
+	for _, u := range out.Updates {
+		if b := p.Buffers[p.BufferOf[u.Value]]; b.End != last {
+			t.Errorf("update value %%%d live to %d, want the end (%d)", u.Value, b.End, last)
+		}
+	}
+	for i, n := range out.Nodes {
+		if (n.Op == ir.OpInput || n.Op == ir.OpParam) && p.BufferOf[i] >= 0 {
+			if b := p.Buffers[p.BufferOf[i]]; b.Start != 0 {
+				t.Errorf("%s %s live from step %d, want 0", n.Op, n.Name, b.Start)
+			}
+		}
+	}
+}

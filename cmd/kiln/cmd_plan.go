@@ -3,10 +3,12 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"text/tabwriter"
 
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/passes"
+	"github.com/kiln-dev/kiln/train"
 )
 
 func init() {
@@ -17,6 +19,7 @@ func init() {
 			var pf pipeFlags
 			pf.register(fs, true)
 			verbose := fs.Bool("verbose", false, "print every buffer's live interval, offset and values")
+			trainPlan := fs.Bool("train", false, "plan one training step (forward, backward, optimizer; train.Step) instead of inference")
 			return func(args []string) error {
 				if pf.listPasses {
 					listPasses(e.stdout)
@@ -25,6 +28,13 @@ func init() {
 				file, err := oneFile(args)
 				if err != nil {
 					return err
+				}
+				if *trainPlan {
+					g, err := nf.load(file)
+					if err != nil {
+						return err
+					}
+					return printTrainingPlan(e.stdout, g, nf.batch)
 				}
 				// The plan is the one kiln build --target uses: same
 				// pipeline, same build target (hence channel block).
@@ -111,4 +121,60 @@ func countValues(bufferOf []int) int {
 		}
 	}
 	return n
+}
+
+// printTrainingPlan plans one training step of g (train.Step with the
+// paper's RMSProp, through passes.TrainingPipeline) and prints the arena
+// against its live-bytes lower bound, and what the bytes are: the state a
+// step reads and writes (parameters, BatchNorm statistics, optimizer state),
+// forward activations kept for the backward pass (values computed before
+// the loss gradient and read after it, in the planned order), and the
+// parameter gradients.
+func printTrainingPlan(w io.Writer, g *ir.Graph, batch int) error {
+	sg, err := train.Step(g, train.StepOptions{Smoothing: 0.1})
+	if err != nil {
+		return err
+	}
+	st, err := passes.RunTraining(sg.Graph, passes.Options{})
+	if err != nil {
+		return err
+	}
+	tg, p := st.Graph, st.Plan
+	firstBack := len(tg.Nodes) // the loss gradient: the backward pass starts here
+	for i, n := range tg.Nodes {
+		if n.Op == ir.OpSoftmaxXentGrad {
+			firstBack = i
+			break
+		}
+	}
+	users := tg.Users()
+	var state, kept, grads int64
+	for i, n := range tg.Nodes {
+		b := passes.ValueBytes(n.Type)
+		switch {
+		case n.Op == ir.OpParam:
+			state += b
+			if !n.Attrs.Bool("buffer") {
+				grads += b // its gradient has its type
+			}
+		case i < firstBack && n.Op != ir.OpInput && !n.IsMulti():
+			for _, u := range users[i] {
+				if u > firstBack {
+					kept += b
+					break
+				}
+			}
+		}
+	}
+	mib := func(b int64) string { return fmt.Sprintf("%s bytes (%.2f MiB)", commas(b), float64(b)/(1<<20)) }
+	fmt.Fprintf(w, "network      %s, batch %d, input %s: one training step (forward, backward, RMSProp)\n", g.Name, batch, g.Inputs()[0].Type)
+	fmt.Fprintf(w, "nodes        %d (inference graph %d)\n", len(tg.Nodes), len(g.Nodes))
+	fmt.Fprintf(w, "buffers      %d for %d values (%s)\n", len(p.Buffers), countValues(p.BufferOf), p.Strategy)
+	fmt.Fprintf(w, "arena        %s\n", mib(p.Arena))
+	fmt.Fprintf(w, "lower bound  %s  (arena / bound = %.4f)\n", mib(p.LowerBound), float64(p.Arena)/float64(max(p.LowerBound, 1)))
+	fmt.Fprintf(w, "naive        %s  (one buffer per tensor; arena / naive = %.4f)\n", mib(p.Naive), float64(p.Arena)/float64(max(p.Naive, 1)))
+	fmt.Fprintf(w, "state        %s  (parameters, BatchNorm statistics, optimizer state; in the arena)\n", mib(state))
+	fmt.Fprintf(w, "kept         %s  (forward activations read by the backward pass)\n", mib(kept))
+	fmt.Fprintf(w, "gradients    %s  (one per learnable parameter)\n", mib(grads))
+	return nil
 }

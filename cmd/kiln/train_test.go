@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -117,5 +119,38 @@ func readJSON(t *testing.T, path string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestPlanTrain checks kiln plan --train on the residual mini network: the
+// report's arena is at least its lower bound and well under the naive sum,
+// and the gradient bytes are the learnable parameters' (316,634 floats, each
+// tensor 64-byte aligned).
+func TestPlanTrain(t *testing.T) {
+	code, out, errs := kiln(t, "plan", "mini_inception_resnet", "--train", "--batch", "8")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, errs)
+	}
+	field := func(name string) int64 {
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, name) {
+				var v string
+				fmt.Sscan(strings.TrimSpace(strings.TrimPrefix(l, name)), &v)
+				n, err := strconv.ParseInt(strings.ReplaceAll(v, ",", ""), 10, 64)
+				if err != nil {
+					t.Fatalf("%s: %v in %q", name, err, l)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no %q line in:\n%s", name, out)
+		return 0
+	}
+	arena, bound, naive, grads, kept := field("arena"), field("lower bound"), field("naive"), field("gradients"), field("kept")
+	if arena < bound || arena >= naive/2 || kept <= 0 {
+		t.Errorf("arena %d, lower bound %d, naive %d, kept %d:\n%s", arena, bound, naive, kept, out)
+	}
+	if grads < 316634*4 || grads > 316634*4+64*int64(200) {
+		t.Errorf("gradients %d bytes, want 316,634 floats plus alignment", grads)
 	}
 }
