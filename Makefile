@@ -42,7 +42,8 @@ peers:
 peers-smoke:
 	bash bench/peers/run.sh -nets tiny -batches 1 -threads 1
 
-test: fmt-check vet unit race fuzz peers-smoke
+# unit runs last so that CI's log ends with its "N passed, M failed, K skipped".
+test: fmt-check vet race fuzz peers-smoke unit
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
