@@ -3,7 +3,7 @@
 GO      ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build kiln-arm64 demo peers peers-smoke test vet fmt-check unit race fuzz install-deps clean
+.PHONY: all build kiln-arm64 demo peers peers-smoke train-smoke test vet fmt-check unit race fuzz install-deps clean
 
 all: build
 
@@ -42,8 +42,17 @@ peers:
 peers-smoke:
 	bash bench/peers/run.sh -nets tiny -batches 1 -threads 1
 
+# kiln train end to end on real Fashion-MNIST (make install-deps installs
+# it): one tiny epoch of the residual mini network in the interpreter, then a
+# second from its checkpoint with --resume (seconds).
+train-smoke: build
+	rm -rf bin/train-smoke
+	./bin/kiln train mini_inception_resnet --data fashion-mnist --batch 8 --limit-train 32 --limit-test 16 --epochs 1 --out bin/train-smoke
+	./bin/kiln train mini_inception_resnet --resume bin/train-smoke --epochs 2
+	cat bin/train-smoke/metrics.csv
+
 # unit runs last so that CI's log ends with its "N passed, M failed, K skipped".
-test: fmt-check vet race fuzz peers-smoke unit
+test: fmt-check vet race fuzz peers-smoke train-smoke unit
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

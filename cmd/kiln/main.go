@@ -101,6 +101,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := runFn(pos); err != nil {
+		var ec exitCode
+		if errors.As(err, &ec) {
+			return int(ec)
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(stderr, "kiln %s: %s\n", cmd.name, ue.msg)
