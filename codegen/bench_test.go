@@ -110,3 +110,54 @@ func BenchmarkConv(b *testing.B) {
 		}
 	}
 }
+
+// benchPools are the max pooling layers of Inception-v4 (stem and the two
+// reductions) and its 3x3 average pooling (count_include_pad=False).
+var benchPools = []struct {
+	name string
+	s    PoolSpec
+}{
+	{"max3x3s2_64_147", pool(true, false, 1, 64, 147, 147, 3, 3, 2, 2, 0, 0, 64, 0)},
+	{"max3x3s2_384_35", pool(true, false, 1, 384, 35, 35, 3, 3, 2, 2, 0, 0, 384, 0)},
+	{"max3x3s2_1024_17", pool(true, false, 1, 1024, 17, 17, 3, 3, 2, 2, 0, 0, 1024, 0)},
+	{"avg3x3s1_384_35", pool(false, false, 1, 384, 35, 35, 3, 3, 1, 1, 1, 1, 384, 0)},
+}
+
+// BenchmarkPool reports the single-threaded time and input bandwidth of the
+// pooling kernels on Inception-v4's pooling layers, for each x86 target the
+// CPU has (the NaN-propagating max costs one more compare and blend per
+// element; this shows whether that is measurable).
+func BenchmarkPool(b *testing.B) {
+	const blk = 16
+	layout := func(s PoolSpec) PoolSpec {
+		s.InOff = 0
+		s.OutOff = s.N * ceilDiv(s.C, blk) * blk * s.H * s.W
+		return s
+	}
+	lib := buildLib(b, func(m *Module) error {
+		for i, c := range benchPools {
+			if _, _, err := m.Pool(fmt.Sprintf("pool%d", i), layout(c.s)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := ktest.Aligned(4 << 20)
+	r := rand.New(rand.NewSource(1))
+	for i := range arena {
+		arena[i] = float32(r.NormFloat64())
+	}
+	for _, tgt := range x86Targets(b) {
+		for i, c := range benchPools {
+			s := layout(c.s)
+			k := kernel(b, lib, fmt.Sprintf("pool%d", i), tgt)
+			tiles := s.N * ceilDiv(s.C, blk) * s.OH
+			b.Run(c.name+"/"+tgt.Name, func(b *testing.B) {
+				b.SetBytes(int64(4 * s.N * s.C * s.H * s.W))
+				for i := 0; i < b.N; i++ {
+					k.Run(arena, nil, 0, tiles)
+				}
+			})
+		}
+	}
+}

@@ -209,9 +209,33 @@ func (g *builder) fmax(x, y value.Value) value.Value {
 	return g.b.NewSelect(g.b.NewFCmp(enum.FPredOLT, x, y), y, x)
 }
 
-// fmaxNum is max ignoring order of NaNs, for max pooling and reductions.
-func (g *builder) fmaxNum(x, y value.Value) value.Value {
-	return g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, y, x), y, x)
+// fmaxNaN is the NaN-propagating maximum of an accumulator acc and a new
+// value x, for max pooling and max reductions: x if x > acc or x is NaN,
+// else acc. A NaN accumulator stays NaN (x > NaN is false), so the result is
+// NaN when any operand seen was NaN, as in the interpreter (evalMaxPool) and
+// PyTorch's max_pool2d kernel (`if ((val > maxval) || std::isnan(val))`,
+// aten/src/ATen/native/cpu/MaxPoolKernel.cpp).
+//
+// A single compare and select cannot do this: select(x > acc, x, acc) (LLVM
+// lowers it to x86 maxps/vmaxps, which returns the second operand when either
+// is NaN) drops a NaN x, and llvm.maxnum drops NaN by definition. The cost is
+// one more compare and an or of the masks per element, on the accumulator's
+// dependency chain; hot loops use fmaxKeep and isNaN instead (see Pool).
+func (g *builder) fmaxNaN(acc, x value.Value) value.Value {
+	c := g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, x, acc), g.isNaN(x))
+	return g.b.NewSelect(c, x, acc)
+}
+
+// fmaxKeep returns x > acc ? x : acc: a NaN accumulator stays NaN, a NaN x
+// is dropped (LLVM lowers it to one maxps/vmaxps with acc second). Callers
+// that must propagate a NaN x or-accumulate isNaN(x) beside it.
+func (g *builder) fmaxKeep(acc, x value.Value) value.Value {
+	return g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, x, acc), x, acc)
+}
+
+// isNaN returns the lanes of x that are NaN (fcmp uno x, x).
+func (g *builder) isNaN(x value.Value) value.Value {
+	return g.b.NewFCmp(enum.FPredUNO, x, x)
 }
 
 func (g *builder) relu(x value.Value) value.Value {

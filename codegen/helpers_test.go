@@ -159,6 +159,21 @@ func runChecked(t *testing.T, k ktest.Kernel, arena, weights []float32, tiles in
 	return a
 }
 
+// withSpecials returns a copy of x with about one value in 16 replaced by
+// NaN, +Inf or -Inf (in turn), for the NaN-propagation tests.
+func withSpecials(r *rand.Rand, x []float32) []float32 {
+	y := append([]float32(nil), x...)
+	specials := []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))}
+	k := 0
+	for i := range y {
+		if r.Intn(16) == 0 {
+			y[i] = specials[k%len(specials)]
+			k++
+		}
+	}
+	return y
+}
+
 // sentinel marks arena elements no kernel may write.
 const sentinel = float32(-12345.5)
 
@@ -176,17 +191,32 @@ func fill(s []float32, v float32) {
 	}
 }
 
-// compare checks got against ref with tolerance 1e-5 relative to max|ref|.
+// compare checks got against ref with tolerance 1e-5 relative to the
+// largest finite |ref|. Non-finite references must be matched exactly: NaN
+// by any NaN, ±Inf by the same infinity; a non-finite value where ref is
+// finite is an error.
 func compare(t *testing.T, what string, got []float32, ref []float64) {
 	t.Helper()
 	m := 0.0
 	for _, v := range ref {
-		m = max(m, math.Abs(v))
+		if !math.IsInf(v, 0) && !math.IsNaN(v) {
+			m = max(m, math.Abs(v))
+		}
 	}
 	tol := 1e-5 * max(m, 1e-30)
 	bad := 0
 	for i := range ref {
-		if d := math.Abs(float64(got[i]) - ref[i]); !(d <= tol) {
+		g := float64(got[i])
+		ok := false
+		switch {
+		case math.IsNaN(ref[i]):
+			ok = math.IsNaN(g)
+		case math.IsInf(ref[i], 0):
+			ok = g == ref[i]
+		default:
+			ok = math.Abs(g-ref[i]) <= tol
+		}
+		if !ok {
 			if bad < 5 {
 				t.Errorf("%s: element %d: got %v, want %v (tolerance %.3g)", what, i, got[i], ref[i], tol)
 			}

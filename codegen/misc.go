@@ -250,12 +250,12 @@ func (m *Module) Softmax(name string, s SoftmaxSpec) (string, int, error) {
 			mx := value.Value(cf(math.Inf(-1)))
 			if nv > 0 {
 				vm := g.loopN(nv, []value.Value{g.vconst(math.Inf(-1))}, func(i value.Value, c []value.Value) []value.Value {
-					return []value.Value{g.fmaxNum(c[0], g.vload(in, g.mul(i, ci(V))))}
+					return []value.Value{g.fmaxNaN(c[0], g.vload(in, g.mul(i, ci(V))))}
 				})[0]
-				mx = g.hreduce(vm, g.fmaxNum)
+				mx = g.hreduce(vm, g.fmaxNaN)
 			}
 			for e := nv * V; e < s.K; e++ {
-				mx = g.fmaxNum(mx, g.load(in, ci(e)))
+				mx = g.fmaxNaN(mx, g.load(in, ci(e)))
 			}
 			// Pass 2: out = exp(x - max), sum.
 			sum := value.Value(cf(0))

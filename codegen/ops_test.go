@@ -52,7 +52,11 @@ func refPool(s PoolSpec, x []float32) []float64 {
 							}
 							v := float64(x[((n*s.C+c)*s.H+ih)*s.W+iw])
 							if s.Max {
-								acc = math.Max(acc, v)
+								// Not math.Max: it returns +Inf for (+Inf, NaN),
+								// where PyTorch and the interpreter give NaN.
+								if v > acc || math.IsNaN(v) {
+									acc = v
+								}
 							} else {
 								acc += v
 							}
@@ -123,29 +127,43 @@ func testPool(t *testing.T, set targetSet) {
 	r := rand.New(rand.NewSource(2))
 	for i, s := range poolCases {
 		s, n := layout(s)
-		x := randn(r, s.N*s.C*s.H*s.W)
-		ref := refPool(s, x)
-		arena := make([]float32, n)
-		fill(arena, sentinel)
-		ktest.PackBlocked(arena[s.InOff:], x, s.N, s.C, s.H, s.W, b)
-		tiles := s.N * ceilDiv(s.C, b) * s.OH
-		cb, ocb := ceilDiv(s.C, b), ceilDiv(s.OutC, b)
-		written := func(i int) bool {
-			j := i - s.OutOff
-			if j < 0 || j >= s.N*ocb*b*s.OH*s.OW {
-				return false
-			}
-			blk := j / (b * s.OH * s.OW) % ocb
-			return blk >= s.OutCOffset/b && blk < s.OutCOffset/b+cb
+		for _, special := range []bool{false, true} {
+			testPoolCase(t, lib, set, r, fmt.Sprintf("pool%d", i), s, n, special)
 		}
-		for _, tgt := range set.run {
-			name := fmt.Sprintf("max=%v incl=%v %dx%d k%dx%d s%d p%dx%d C%d/%s", s.Max, s.CountIncludePad, s.H, s.W, s.KH, s.KW, s.SH, s.PH, s.PW, s.C, tgt.Name)
-			t.Run(name, func(t *testing.T) {
-				got := runChecked(t, kernel(t, lib, fmt.Sprintf("pool%d", i), tgt), arena, nil, tiles)
-				checkUnchanged(t, "pool", got, arena, written)
-				checkBlockedOut(t, "pool", got[s.OutOff:], ref, s.N, s.C, s.OH, s.OW, s.OutC, s.OutCOffset, b)
-			})
+	}
+}
+
+// testPoolCase runs pooling kernel kname of case s (arena size n) on
+// random inputs, with NaN and ±Inf among them when special is set: a max over a window holding
+// a NaN must be NaN, as in the interpreter and PyTorch, and an average over +Inf and -Inf is
+// NaN.
+func testPoolCase(t *testing.T, lib *ktest.Lib, set targetSet, r *rand.Rand, kname string, s PoolSpec, n int, special bool) {
+	b := set.b
+	x := randn(r, s.N*s.C*s.H*s.W)
+	if special {
+		x = withSpecials(r, x)
+	}
+	ref := refPool(s, x)
+	arena := make([]float32, n)
+	fill(arena, sentinel)
+	ktest.PackBlocked(arena[s.InOff:], x, s.N, s.C, s.H, s.W, b)
+	tiles := s.N * ceilDiv(s.C, b) * s.OH
+	cb, ocb := ceilDiv(s.C, b), ceilDiv(s.OutC, b)
+	written := func(i int) bool {
+		j := i - s.OutOff
+		if j < 0 || j >= s.N*ocb*b*s.OH*s.OW {
+			return false
 		}
+		blk := j / (b * s.OH * s.OW) % ocb
+		return blk >= s.OutCOffset/b && blk < s.OutCOffset/b+cb
+	}
+	for _, tgt := range set.run {
+		name := fmt.Sprintf("max=%v incl=%v %dx%d k%dx%d s%d p%dx%d C%d special=%v/%s", s.Max, s.CountIncludePad, s.H, s.W, s.KH, s.KW, s.SH, s.PH, s.PW, s.C, special, tgt.Name)
+		t.Run(name, func(t *testing.T) {
+			got := runChecked(t, kernel(t, lib, kname, tgt), arena, nil, tiles)
+			checkUnchanged(t, "pool", got, arena, written)
+			checkBlockedOut(t, "pool", got[s.OutOff:], ref, s.N, s.C, s.OH, s.OW, s.OutC, s.OutCOffset, b)
+		})
 	}
 }
 

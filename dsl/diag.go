@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/alecthomas/participle/v2/lexer"
 
@@ -138,7 +140,29 @@ func (l *diagList) err() error {
 	return out
 }
 
+// maxShownLine is the longest source line a diagnostic shows.
+const maxShownLine = 1000
+
+// sourceLine returns line (1-based) of src for display under a diagnostic,
+// or "" when there is none or it does not look like source text: longer than
+// maxShownLine bytes, not UTF-8, or holding control characters other than
+// tab. Only sources parsed as .kiln files are registered (parseFile), and
+// imports of anything else are refused (loader.load); this is the second
+// guard, so that a diagnostic never dumps binary or foreign data.
 func sourceLine(src []byte, line int) string {
+	l := rawSourceLine(src, line)
+	if len(l) > maxShownLine || !utf8.ValidString(l) {
+		return ""
+	}
+	for _, r := range l {
+		if r != '\t' && (unicode.IsControl(r) || r == utf8.RuneError) {
+			return ""
+		}
+	}
+	return l
+}
+
+func rawSourceLine(src []byte, line int) string {
 	if line <= 0 || src == nil {
 		return ""
 	}

@@ -3,12 +3,14 @@ package dsl
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/alecthomas/participle/v2/lexer"
 
@@ -29,6 +31,11 @@ type Options struct {
 	// Lib is the library searched for an import that is not found relative to
 	// the importing file; nil means the built-in networks (archs.FS).
 	Lib fs.FS
+	// ImportPath lists directories on disk searched for an import after the
+	// importing file's directory (kiln's --import-path). Imports resolve
+	// only inside the top-level file's directory tree, these directories'
+	// trees, opts.FS and Lib (see loader.load).
+	ImportPath []string
 	// Limits bound elaboration; zero fields take the defaults.
 	Limits Limits
 }
@@ -40,6 +47,11 @@ type Limits struct {
 	MaxSize   int // largest channel count, window size or input dimension (default 1<<24)
 	MaxNodes  int // largest graph (default 1<<20 nodes)
 	MaxSteps  int // most expression evaluations (default 1<<26)
+	// MaxFileBytes bounds each imported (and the top-level) source file
+	// (default 4 MiB); MaxTotalBytes bounds all imported sources together
+	// (default 16 MiB).
+	MaxFileBytes  int64
+	MaxTotalBytes int64
 }
 
 func (l Limits) withDefaults() Limits {
@@ -55,6 +67,12 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxSteps <= 0 {
 		l.MaxSteps = 1 << 26
 	}
+	if l.MaxFileBytes <= 0 {
+		l.MaxFileBytes = 4 << 20
+	}
+	if l.MaxTotalBytes <= 0 {
+		l.MaxTotalBytes = 16 << 20
+	}
 	return l
 }
 
@@ -62,7 +80,7 @@ func (l Limits) withDefaults() Limits {
 // disk), with its imports, and elaborates it into a graph. All syntax and
 // elaboration errors are returned together as Diagnostics.
 func LoadFile(path string, opts Options) (*ir.Graph, error) {
-	src, err := readFile(opts.FS, path)
+	src, err := readFile(opts.FS, path, opts.Limits.withDefaults().MaxFileBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +108,14 @@ func elaborate(f *File, opts Options, dl *diagList) (*ir.Graph, error) {
 	if opts.Lib == nil {
 		opts.Lib = archs.FS
 	}
-	ld := &loader{opts: opts, dl: dl, units: map[string]*unit{}, loading: map[string]bool{}}
+	ld := &loader{opts: opts, dl: dl, units: map[string]*unit{}, loading: map[string]bool{},
+		limits: opts.Limits.withDefaults()}
+	if opts.FS == nil {
+		ld.addRoot(filepath.Dir(f.Name))
+	}
+	for _, d := range opts.ImportPath {
+		ld.addRoot(d)
+	}
 	root := &unit{file: f, fsys: opts.FS, key: unitKey(opts.FS, f.Name)}
 	ld.units[root.key] = root
 	ld.loading[root.key] = true
@@ -142,6 +167,37 @@ type loader struct {
 	units   map[string]*unit
 	loading map[string]bool
 	order   []*unit // dependencies before dependents
+	limits  Limits
+	// roots are the directories (absolute, symlinks resolved) that disk
+	// imports must resolve inside: the top-level file's directory and
+	// opts.ImportPath.
+	roots []string
+	read  int64 // bytes of imported sources read so far
+}
+
+// addRoot adds dir (made absolute, symlinks resolved) to the import roots;
+// a directory that does not exist is added as written (nothing resolves
+// inside it, so its imports are simply not found there).
+func (ld *loader) addRoot(dir string) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	ld.roots = append(ld.roots, abs)
+}
+
+// within reports whether the absolute, clean path p is inside one of the
+// roots (or is one).
+func (ld *loader) within(p string) bool {
+	for _, r := range ld.roots {
+		if rel, err := filepath.Rel(r, p); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel) {
+			return true
+		}
+	}
+	return false
 }
 
 func unitKey(fsys fs.FS, name string) string {
@@ -149,16 +205,103 @@ func unitKey(fsys fs.FS, name string) string {
 		if abs, err := filepath.Abs(name); err == nil {
 			name = abs
 		}
+		if real, err := filepath.EvalSymlinks(name); err == nil {
+			name = real
+		}
 		return "disk:" + name
 	}
 	return fmt.Sprintf("fs%p:%s", fsys, name)
 }
 
-func readFile(fsys fs.FS, name string) ([]byte, error) {
+// errTooLarge is returned by readFile for a file over its size limit.
+var errTooLarge = errors.New("file too large")
+
+// readFile reads name (from fsys, or from disk when fsys is nil), refusing
+// more than limit bytes.
+func readFile(fsys fs.FS, name string, limit int64) ([]byte, error) {
+	var r io.Reader
 	if fsys == nil {
-		return os.ReadFile(name)
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	} else {
+		f, err := fsys.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
 	}
-	return fs.ReadFile(fsys, name)
+	return readLimited(r, name, limit)
+}
+
+func readLimited(r io.Reader, name string, limit int64) ([]byte, error) {
+	src, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(src)) > limit {
+		return nil, fmt.Errorf("%s: %w (over %d bytes)", name, errTooLarge, limit)
+	}
+	return src, nil
+}
+
+// readImport reads an imported source safely: only a regular file (checked
+// with Stat before opening, so a FIFO or device is never opened for reading,
+// and again on the open file, which is opened with O_NONBLOCK so that a file
+// swapped for a FIFO in between cannot block), at most limit bytes. On disk,
+// name is the symlink-resolved path already checked against the roots.
+func readImport(fsys fs.FS, name string, limit int64) ([]byte, error) {
+	var fi fs.FileInfo
+	var err error
+	if fsys == nil {
+		fi, err = os.Stat(name)
+	} else {
+		fi, err = fs.Stat(fsys, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", name, fileKind(fi.Mode()))
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s: %w (%d bytes, limit %d)", name, errTooLarge, fi.Size(), limit)
+	}
+	if fsys != nil {
+		return readFile(fsys, name, limit)
+	}
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", name, fileKind(fi.Mode()))
+	}
+	return readLimited(f, name, limit)
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "mode " + m.String()
 }
 
 // resolveImports loads u's imports (recursively, each file once) and builds
@@ -218,33 +361,87 @@ func (ld *loader) resolveImports(u *unit) {
 	ld.order = append(ld.order, u)
 }
 
-// load finds, reads and parses the file imported by imp from u. It looks
-// beside the importing file first, then in the library (adding ".kiln" to
-// a bare name).
+// load finds, reads and parses the file imported by imp from u.
+//
+// Resolution, in order: beside the importing file (on disk or in its
+// fs.FS), then in each opts.ImportPath directory (disk), then in the
+// library opts.Lib; a name without an extension gets ".kiln". The sandbox:
+//   - the path must be relative and name a ".kiln" file;
+//   - on disk the candidate, lexically and again after resolving symlinks
+//     (filepath.EvalSymlinks), must lie inside a root: the top-level file's
+//     directory or an ImportPath directory (so "../" out of the tree, a
+//     symlink pointing out of it and /proc are refused); in an fs.FS,
+//     fs.ValidPath already forbids "..";
+//   - only regular files are read (no FIFO, device, directory), each at most
+//     Limits.MaxFileBytes and all together Limits.MaxTotalBytes.
+//
+// A refused import is an error at the import's position; the refused file
+// is never parsed, so its contents never appear in a diagnostic.
 func (ld *loader) load(from *unit, imp *Import) *unit {
+	fail := func(format string, args ...any) *unit {
+		ld.dl.errorf(imp.Pos, "cannot import %q: %s", imp.Path, fmt.Sprintf(format, args...))
+		return nil
+	}
+	p := imp.Path
+	if p == "" {
+		return fail("empty path")
+	}
+	if path.IsAbs(p) || filepath.IsAbs(p) || filepath.VolumeName(p) != "" {
+		return fail("import paths must be relative (to the importing file, an --import-path directory or the built-in library)")
+	}
+	switch path.Ext(p) {
+	case ".kiln":
+	case "":
+		p += ".kiln"
+	default:
+		return fail("only .kiln files can be imported")
+	}
 	type cand struct {
 		fsys fs.FS
 		name string
 	}
 	var cands []cand
 	if from.fsys == nil {
-		cands = append(cands, cand{nil, filepath.Join(filepath.Dir(from.file.Name), filepath.FromSlash(imp.Path))})
+		cands = append(cands, cand{nil, filepath.Join(filepath.Dir(from.file.Name), filepath.FromSlash(p))})
 	} else {
-		cands = append(cands, cand{from.fsys, path.Join(path.Dir(from.file.Name), imp.Path)})
+		cands = append(cands, cand{from.fsys, path.Join(path.Dir(from.file.Name), p)})
 	}
-	if ld.opts.Lib != nil && !strings.HasPrefix(imp.Path, "/") {
-		lib := path.Clean(imp.Path)
-		cands = append(cands, cand{ld.opts.Lib, lib})
-		if path.Ext(lib) == "" {
-			cands = append(cands, cand{ld.opts.Lib, lib + ".kiln"})
-		}
+	for _, d := range ld.opts.ImportPath {
+		cands = append(cands, cand{nil, filepath.Join(d, filepath.FromSlash(p))})
 	}
-	var firstErr error
+	if ld.opts.Lib != nil {
+		cands = append(cands, cand{ld.opts.Lib, path.Clean(p)})
+	}
 	for _, c := range cands {
-		if c.fsys != nil && !fs.ValidPath(c.name) {
-			continue
+		name := c.name
+		if c.fsys != nil {
+			if !fs.ValidPath(name) {
+				continue
+			}
+		} else {
+			abs, err := filepath.Abs(name)
+			if err != nil {
+				return fail("%v", err)
+			}
+			if !ld.within(abs) {
+				return fail("%s is outside the importing file's directory tree and the --import-path directories", name)
+			}
+			real, err := filepath.EvalSymlinks(abs)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fail("%v", err)
+			}
+			if !ld.within(real) {
+				return fail("%s resolves to %s, outside the importing file's directory tree and the --import-path directories", name, real)
+			}
+			if filepath.Ext(real) != ".kiln" {
+				return fail("%s resolves to %s, not a .kiln file", name, real)
+			}
+			name = real
 		}
-		key := unitKey(c.fsys, c.name)
+		key := unitKey(c.fsys, name)
 		if ld.loading[key] {
 			ld.dl.errorf(imp.Pos, "import cycle: %s imports %s, which is being loaded", from.file.Name, c.name)
 			return nil
@@ -252,16 +449,18 @@ func (ld *loader) load(from *unit, imp *Import) *unit {
 		if u := ld.units[key]; u != nil {
 			return u
 		}
-		src, err := readFile(c.fsys, c.name)
-		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			break
+		limit := min(ld.limits.MaxFileBytes, ld.limits.MaxTotalBytes-ld.read)
+		src, err := readImport(c.fsys, name, limit)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
 		}
+		if err != nil {
+			if errors.Is(err, errTooLarge) && limit < ld.limits.MaxFileBytes {
+				return fail("the imported sources exceed %d bytes in all", ld.limits.MaxTotalBytes)
+			}
+			return fail("%v", err)
+		}
+		ld.read += int64(len(src))
 		f := parseFile(c.name, src, ld.dl)
 		u := &unit{file: f, fsys: c.fsys, key: key}
 		ld.units[key] = u
@@ -270,10 +469,5 @@ func (ld *loader) load(from *unit, imp *Import) *unit {
 		delete(ld.loading, key)
 		return u
 	}
-	msg := "file not found"
-	if firstErr != nil && !errors.Is(firstErr, fs.ErrNotExist) {
-		msg = firstErr.Error()
-	}
-	ld.dl.errorf(imp.Pos, "cannot import %q: %s", imp.Path, msg)
-	return nil
+	return fail("file not found")
 }

@@ -14,20 +14,35 @@ import (
 
 // netFlags are the flags shared by every command that elaborates a network.
 type netFlags struct {
-	batch int
-	input string
+	batch      int
+	input      string
+	importPath dirList
+}
+
+// dirList is a repeatable flag collecting directories.
+type dirList []string
+
+func (d *dirList) String() string { return strings.Join(*d, ",") }
+
+func (d *dirList) Set(s string) error {
+	if s == "" {
+		return fmt.Errorf("empty directory")
+	}
+	*d = append(*d, s)
+	return nil
 }
 
 func (f *netFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.batch, "batch", 1, "batch size `N` bound at build time")
 	fs.StringVar(&f.input, "input", "", "per-sample input shape `CxHxW` overriding the network's declared one (e.g. 3x139x139)")
+	fs.Var(&f.importPath, "import-path", "also resolve .kiln imports inside `DIR` (repeatable); by default only the source's directory tree and the built-in networks")
 }
 
 func (f *netFlags) options() (dsl.Options, error) {
 	if f.batch <= 0 {
 		return dsl.Options{}, usagef("--batch must be positive, got %d", f.batch)
 	}
-	opts := dsl.Options{Batch: f.batch}
+	opts := dsl.Options{Batch: f.batch, ImportPath: f.importPath}
 	if f.input != "" {
 		s, err := tensor.ParseShape(f.input)
 		if err != nil {

@@ -23,9 +23,10 @@ func loadWeights(g *ir.Graph, path string) (map[string]*tensor.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	variances := varianceParams(g)
 	specs := make([]tensor.Spec, len(params))
 	for i, p := range params {
-		specs[i] = tensor.Spec{Name: p.Name, Shape: p.Type.Shape}
+		specs[i] = tensor.Spec{Name: p.Name, Shape: p.Type.Shape, NonNegative: variances[p.Name]}
 	}
 	if err := tensor.CheckWeights(path, specs, f.Tensors); err != nil {
 		return nil, err
@@ -61,4 +62,27 @@ func generateWeights(params []*ir.Node) (map[string]*tensor.Tensor, error) {
 	close(work)
 	wg.Wait()
 	return out, firstErr
+}
+
+// varianceParams returns the names of the params of g that are used as a BatchNorm
+// running variance, which must not be negative (tensor.Spec.NonNegative).
+// A param is one when some node takes it as the operand the op table names
+// "running_var" (batchnorm's 5th operand, fold_bn_weight's 3rd,
+// fold_bn_bias's 4th), so the check follows the graph rather than the
+// checkpoint key: a variance is found whatever it is called, and a tensor
+// merely named "...running_var" that is no variance is not constrained.
+func varianceParams(g *ir.Graph) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range g.Nodes {
+		def := ir.Lookup(n.Op)
+		if def == nil {
+			continue
+		}
+		for i, a := range n.Args {
+			if i < len(def.Operands) && def.Operands[i] == "running_var" && g.Nodes[a].Op == ir.OpParam {
+				out[g.Nodes[a].Name] = true
+			}
+		}
+	}
+	return out
 }

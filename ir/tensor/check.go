@@ -14,6 +14,11 @@ type Spec struct {
 	Name string
 	// Shape is the expected shape.
 	Shape []int
+	// NonNegative requires every value to be >= 0, as a BatchNorm running
+	// variance must be: sqrt(var + eps) of a negative variance is NaN, which
+	// would silently turn every output NaN. Callers set it from the graph
+	// (cmd/kiln: a param used as a "running_var" operand).
+	NonNegative bool
 }
 
 // WeightsError reports every problem [CheckWeights] found in one weight set.
@@ -21,8 +26,8 @@ type WeightsError struct {
 	// File names the weight set (normally its path).
 	File string
 	// Problems holds one line per problem, grouped in the order missing,
-	// unexpected, mis-shaped, invalid data, non-finite, and sorted by
-	// tensor name within each group.
+	// unexpected, mis-shaped, invalid data, non-finite, negative, and
+	// sorted by tensor name within each group.
 	Problems []string
 }
 
@@ -50,20 +55,26 @@ func (e *WeightsError) Error() string {
 //   - mis-shaped: shapes differ (both printed like 32x3x3x3);
 //   - invalid: a nil tensor, or data whose length does not match its shape;
 //   - non-finite: the tensor holds NaN or ±Inf (the first bad flat index,
-//     with its multi-index, and its value).
+//     with its multi-index, and its value);
+//   - negative: a tensor whose Spec is NonNegative (a BatchNorm running
+//     variance) holds a value < 0 (the first such index and value).
 //
 // A name listed twice in want is also reported. The output is deterministic.
 // CheckWeights returns nil if there is nothing to report. file is used in the
 // message only.
 func CheckWeights(file string, want []Spec, got map[string]*Tensor) error {
-	var missing, unexpected, shapes, invalid, nonFinite, dups []string
+	var missing, unexpected, shapes, invalid, nonFinite, negative, dups []string
 	wanted := make(map[string]bool, len(want))
+	nonNeg := map[string]bool{}
 	for _, s := range want {
 		if wanted[s.Name] {
 			dups = append(dups, fmt.Sprintf("tensor %q listed more than once in the expected set", s.Name))
 			continue
 		}
 		wanted[s.Name] = true
+		if s.NonNegative {
+			nonNeg[s.Name] = true
+		}
 		t, ok := got[s.Name]
 		if !ok {
 			missing = append(missing, fmt.Sprintf("missing tensor %q (want %s)", s.Name, ShapeString(s.Shape)))
@@ -95,9 +106,18 @@ func CheckWeights(file string, want []Spec, got map[string]*Tensor) error {
 				break
 			}
 		}
+		if nonNeg[name] {
+			for i, v := range t.Data {
+				if v < 0 {
+					negative = append(negative, fmt.Sprintf("tensor %q (a BatchNorm running variance) has negative value %v at index %d%s",
+						name, v, i, multiIndex(t.Shape, len(t.Data), i)))
+					break
+				}
+			}
+		}
 	}
 	var problems []string
-	for _, g := range [][]string{missing, unexpected, shapes, invalid, nonFinite, dups} {
+	for _, g := range [][]string{missing, unexpected, shapes, invalid, nonFinite, negative, dups} {
 		sort.Strings(g) // each line starts with a fixed phrase and the quoted name
 		problems = append(problems, g...)
 	}

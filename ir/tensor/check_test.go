@@ -9,11 +9,13 @@ import (
 
 func TestCheckWeights(t *testing.T) {
 	want := []Spec{
-		{"conv.weight", []int{32, 3, 3, 3}},
-		{"bn.weight", []int{32}},
-		{"bn.bias", []int{32}},
-		{"fc.weight", []int{10, 32}},
-		{"fc.bias", []int{10}},
+		{Name: "conv.weight", Shape: []int{32, 3, 3, 3}},
+		{Name: "bn.weight", Shape: []int{32}},
+		{Name: "bn.bias", Shape: []int{32}},
+		{Name: "bn.running_var", Shape: []int{32}, NonNegative: true},
+		{Name: "fc.weight", Shape: []int{10, 32}},
+		{Name: "fc.bias", Shape: []int{10}},
+		{Name: "other.var", Shape: []int{2}}, // not NonNegative: may be negative
 	}
 	ok := func() map[string]*Tensor {
 		m := map[string]*Tensor{}
@@ -60,6 +62,22 @@ func TestCheckWeights(t *testing.T) {
 			`tensor "fc.bias" is nil`,
 			`tensor "bn.bias" has non-finite value +Inf at index 30`,
 		}},
+		// Issue 11: a negative running_var passed the check and gave
+		// all-NaN logits with exit 0.
+		{"negative variance", func(m map[string]*Tensor) {
+			m["bn.running_var"] = withNaN([]int{32}, 7, -0.5)
+			m["other.var"] = withNaN([]int{2}, 0, -3)
+		}, []string{
+			`tensor "bn.running_var" (a BatchNorm running variance) has negative value -0.5 at index 7 [7]`,
+		}},
+		{"NaN variance", func(m map[string]*Tensor) {
+			m["bn.running_var"] = withNaN([]int{32}, 3, float32(math.NaN()))
+		}, []string{
+			`tensor "bn.running_var" has non-finite value NaN at index 3 [3]`,
+		}},
+		{"zero variance is fine", func(m map[string]*Tensor) {
+			m["bn.running_var"] = New(32)
+		}, nil},
 		{"mis-shaped and NaN", func(m map[string]*Tensor) {
 			m["fc.weight"] = withNaN([]int{32, 10}, 0, float32(math.NaN()))
 		}, []string{
@@ -100,7 +118,7 @@ func TestCheckWeights(t *testing.T) {
 }
 
 func TestCheckWeightsDuplicateSpec(t *testing.T) {
-	err := CheckWeights("f", []Spec{{"a", []int{1}}, {"a", []int{1}}}, map[string]*Tensor{"a": New(1)})
+	err := CheckWeights("f", []Spec{{Name: "a", Shape: []int{1}}, {Name: "a", Shape: []int{1}}}, map[string]*Tensor{"a": New(1)})
 	wantErrContains(t, err, `weights f: 1 problem:`, `tensor "a" listed more than once`)
 	if err := CheckWeights("f", nil, nil); err != nil {
 		t.Errorf("empty sets: %v", err)

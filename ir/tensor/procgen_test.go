@@ -310,7 +310,7 @@ func TestShippedWeightsMatchGenerator(t *testing.T) {
 		loadJSON(t, filepath.Join(dir, "blocks", tag, "tensors.json"), &tj)
 		var want []Spec
 		for _, e := range tj.Tensors {
-			want = append(want, Spec{e.Name, e.Shape})
+			want = append(want, Spec{Name: e.Name, Shape: e.Shape})
 		}
 		if err := CheckWeights(p, want, f.Tensors); err != nil {
 			t.Error(err)
