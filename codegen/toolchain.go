@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,8 +26,11 @@ type Toolchain struct {
 	LLC     string // path of llc-19 ("" if absent; clang suffices)
 	Version string // first line of clang --version
 	// CacheDir holds compiled objects by content hash: $KILN_CACHE_DIR, else
-	// os.UserCacheDir()/kiln/obj.
+	// os.UserCacheDir()/kiln/obj. Entries are verified on reuse (cache.go).
 	CacheDir string
+	// Warn receives one line per damaged cache entry found (and rebuilt);
+	// nil means os.Stderr.
+	Warn io.Writer
 }
 
 // FindLLVM locates clang-19 (and llc-19) on PATH or in /usr/lib/llvm-19/bin,
@@ -115,40 +119,58 @@ func compileArgs(t Target, in, out string) []string {
 // compiler version and the compile arguments.
 func (tc *Toolchain) CacheKey(ll string, t Target) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "kiln-obj-v2\x00%s\x00%s\x00%s\x00", tc.Version, t.cacheKey(), strings.Join(compileArgs(t, "in.ll", "out.o"), " "))
+	fmt.Fprintf(h, "kiln-obj-v3\x00%s\x00%s\x00%s\x00", tc.Version, t.cacheKey(), strings.Join(compileArgs(t, "in.ll", "out.o"), " "))
 	h.Write([]byte(ll))
 	return hex.EncodeToString(h.Sum(nil))
 }
 
 // CompileObject compiles textual IR ll for target t into an object file and
 // returns its path in the cache. A cached object with the same key is
-// reused; a new one is written to a temporary file and renamed into place,
-// so concurrent compilers never see a partial object.
+// reused once verified (LookupCached: its SHA-256 and ELF header; a damaged
+// one is rebuilt with a warning); a new one is stored with StoreCached, by
+// rename, so concurrent compilers never see a partial object.
 func (tc *Toolchain) CompileObject(ll string, t Target) (string, error) {
+	obj, _, err := tc.compileObject(context.Background(), ll, t)
+	return obj, err
+}
+
+// compileObject is CompileObject that also reports a cache hit.
+// Cancelling ctx kills the compiler.
+func (tc *Toolchain) compileObject(ctx context.Context, ll string, t Target) (obj string, cached bool, err error) {
 	key := tc.CacheKey(ll, t)
-	obj := filepath.Join(tc.CacheDir, key[:2], key+".o")
-	if st, err := os.Stat(obj); err == nil && st.Size() > 0 {
-		return obj, nil
+	obj = filepath.Join(tc.CacheDir, key[:2], key+".o")
+	if _, ok := tc.LookupCached(obj, CheckELF); ok {
+		return obj, true, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
-		return "", err
+		return "", false, err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(obj), "tmp-")
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	defer os.RemoveAll(tmp)
 	in, out := filepath.Join(tmp, "in.ll"), filepath.Join(tmp, "out.o")
 	if err := os.WriteFile(in, []byte(ll), 0o644); err != nil {
-		return "", err
+		return "", false, err
 	}
-	if err := tc.run(tc.Clang, compileArgs(t, in, out)...); err != nil {
-		return "", err
+	if err := tc.runCtx(ctx, tc.Clang, compileArgs(t, in, out)...); err != nil {
+		if ctx.Err() != nil {
+			return "", false, ctx.Err()
+		}
+		return "", false, err
 	}
-	if err := os.Rename(out, obj); err != nil {
-		return "", err
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return "", false, err
 	}
-	return obj, nil
+	if err := CheckELF(b); err != nil {
+		return "", false, fmt.Errorf("%s produced %s: %v", filepath.Base(tc.Clang), out, err)
+	}
+	if err := tc.StoreCached(obj, b); err != nil {
+		return "", false, err
+	}
+	return obj, false, nil
 }
 
 // Assembly compiles ll for t to assembly text (AT&T syntax on x86), for
@@ -249,7 +271,12 @@ func hostArch() string {
 }
 
 func (tc *Toolchain) run(tool string, args ...string) error {
-	cmd := exec.Command(tool, args...)
+	return tc.runCtx(context.Background(), tool, args...)
+}
+
+// runCtx runs tool; cancelling ctx kills it.
+func (tc *Toolchain) runCtx(ctx context.Context, tool string, args ...string) error {
+	cmd := exec.CommandContext(ctx, tool, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -271,7 +298,8 @@ type CompileJob struct {
 }
 
 // CompileAll compiles jobs in parallel, at most GOMAXPROCS at a time, and
-// returns the object paths in job order. progress, if not nil, is called
+// returns the object paths in job order. Cancelling ctx kills the running
+// compilers and returns ctx's error. progress, if not nil, is called
 // after each job (serially) with the number of finished jobs, the total, the
 // job and whether its object came from the cache. The first error cancels
 // the jobs not yet started; all errors are joined.
@@ -300,9 +328,7 @@ func (tc *Toolchain) CompileAll(ctx context.Context, jobs []CompileJob, progress
 				errs[i] = err
 				return
 			}
-			key := tc.CacheKey(j.IR, j.Target)
-			_, statErr := os.Stat(filepath.Join(tc.CacheDir, key[:2], key+".o"))
-			obj, err := tc.CompileObject(j.IR, j.Target)
+			obj, cached, err := tc.compileObject(ctx, j.IR, j.Target)
 			if err != nil {
 				errs[i] = fmt.Errorf("compiling %s for %s: %w", j.Name, j.Target.Name, err)
 				cancel()
@@ -312,7 +338,7 @@ func (tc *Toolchain) CompileAll(ctx context.Context, jobs []CompileJob, progress
 			mu.Lock()
 			done++
 			if progress != nil {
-				progress(done, len(jobs), j, statErr == nil)
+				progress(done, len(jobs), j, cached)
 			}
 			mu.Unlock()
 		}()

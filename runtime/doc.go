@@ -95,7 +95,11 @@
 //
 // Standalone executables. AppendPayload appends the shared object, weights
 // and manifest to an executable, each section 4096-byte aligned, followed by
-// a fixed trailer. FindPayload reads that trailer from the running
+// a fixed trailer carrying the manifest's SHA-256 (the manifest carries the
+// shared object's and the weights'; Open checks them, the weights unless
+// Options.SkipWeightsCheck; see verify.go for the marker that tells a
+// stripped or truncated built executable from the plain runner).
+// FindPayload reads that trailer from the running
 // executable and maps the weights section read-only straight from the file:
 // no copy and no read into the heap, so the page cache backs the weights and
 // peak memory stays at about the weights actually touched plus the arenas,

@@ -15,8 +15,9 @@ import (
 
 // ManifestVersion is the manifest format version this runtime reads:
 // Manifest.Version must equal it. The shared object's kernel ABI has its own
-// version, ABIVersion (abi.go). Version 2 added Features.
-const ManifestVersion = 2
+// version, ABIVersion (abi.go). Version 2 added Features; version 3 added
+// Checksums.
+const ManifestVersion = 3
 
 // ISA names as they appear in Manifest.ISAs, in the symbol suffix of
 // kiln_run_<isa>, in Options.ISA and in KILN_ISA.
@@ -61,6 +62,11 @@ type Manifest struct {
 	// row-major in the arena and kept live to the end of a run, so
 	// Model.RunTaps can copy them out. Name is the mark's name.
 	Taps []TensorInfo `json:"taps,omitempty"`
+	// State lists the artifact's mutable parameters (the graph's updates):
+	// tensors that persist across runs of a Model, start from values in the
+	// weights blob and are rewritten by every run (training statistics,
+	// optimizer state, accumulators).
+	State []StateInfo `json:"state,omitempty"`
 	// Kernels lists the kernels in execution order; the timings array of
 	// kiln_run_<isa> is indexed like it.
 	Kernels []KernelInfo `json:"kernels"`
@@ -70,6 +76,23 @@ type Manifest struct {
 	// Labels, when present, names the output classes; its length equals the
 	// number of output values per batch item.
 	Labels []string `json:"labels,omitempty"`
+	// Checksums, when present, are the SHA-256 digests of the shared object
+	// and the weights blob; Open verifies them (see Artifact). AppendPayload
+	// always sets them, and a standalone executable's manifest is itself
+	// covered by a digest in the payload trailer. A manifest without them
+	// (an artifact compiled in this process and opened from memory) is
+	// trusted as is.
+	Checksums *Checksums `json:"checksums,omitempty"`
+}
+
+// Checksums are lowercase hexadecimal SHA-256 digests (FIPS 180-4) of the
+// parts of an artifact.
+type Checksums struct {
+	// SharedObject is the digest of the shared object's bytes.
+	SharedObject string `json:"shared_object"`
+	// Weights is the digest of the weights blob (Manifest.WeightsBytes
+	// bytes).
+	Weights string `json:"weights"`
 }
 
 // TensorInfo places a network input or output in the arena.
@@ -96,6 +119,23 @@ func (t TensorInfo) ElemSize() int64 { return dtypeSizes[t.DType] }
 
 // ByteOffset is the tensor's offset from the arena base in bytes.
 func (t TensorInfo) ByteOffset() int64 { return t.Offset * t.ElemSize() }
+
+// StateInfo places one mutable parameter. Before a run the runtime writes
+// the parameter's current value at Offset in the arena; after the run it
+// takes the new value from Update. All offsets count float32 elements
+// (state is f32: the arena is).
+type StateInfo struct {
+	// Name is the parameter's name (its checkpoint key).
+	Name string `json:"name"`
+	// Shape is its shape.
+	Shape []int `json:"shape"`
+	// Init is where its initial value starts in the weights blob.
+	Init int64 `json:"init"`
+	// Offset is where the kernels read it in the arena.
+	Offset int64 `json:"offset"`
+	// Update is where the run leaves its new value in the arena.
+	Update int64 `json:"update"`
+}
 
 // KernelInfo describes one kernel of the shared object.
 type KernelInfo struct {
@@ -218,6 +258,24 @@ func (m *Manifest) Validate() error {
 			return err
 		}
 	}
+	stateNames := map[string]bool{}
+	for i, st := range m.State {
+		if st.Name == "" || stateNames[st.Name] {
+			return bad("state %d: name %q is empty or repeated", i, st.Name)
+		}
+		stateNames[st.Name] = true
+		n, err := tensor.NumelOf(st.Shape)
+		if err != nil || n == 0 {
+			return bad("state %q: bad shape %s", st.Name, tensor.ShapeString(st.Shape))
+		}
+		end := int64(n) * 4
+		switch {
+		case st.Init < 0 || st.Init*4+end > m.WeightsBytes:
+			return bad("state %q: initial value [%d, +%d floats) outside the weights (%d bytes)", st.Name, st.Init, n, m.WeightsBytes)
+		case st.Offset < 0 || st.Offset*4+end > m.ArenaBytes, st.Update < 0 || st.Update*4+end > m.ArenaBytes:
+			return bad("state %q: offset %d or update %d (+%d floats) outside the arena (%d bytes)", st.Name, st.Offset, st.Update, n, m.ArenaBytes)
+		}
+	}
 	tapNames := map[string]bool{}
 	for i := range m.Taps {
 		t := &m.Taps[i]
@@ -247,6 +305,13 @@ func (m *Manifest) Validate() error {
 		for c, s := range p.Std {
 			if !(s > 0) {
 				return bad("preprocess std[%d] = %v: want > 0", c, s)
+			}
+		}
+	}
+	if c := m.Checksums; c != nil {
+		for _, d := range []struct{ what, hex string }{{"shared_object", c.SharedObject}, {"weights", c.Weights}} {
+			if !isSHA256Hex(d.hex) {
+				return bad("checksums.%s %q: want 64 lowercase hexadecimal digits (SHA-256)", d.what, d.hex)
 			}
 		}
 	}
@@ -305,6 +370,12 @@ func (m Manifest) clone() Manifest {
 	}
 	m.Input.Shape = slices.Clone(m.Input.Shape)
 	m.Output.Shape = slices.Clone(m.Output.Shape)
+	if m.State != nil {
+		m.State = slices.Clone(m.State)
+		for i := range m.State {
+			m.State[i].Shape = slices.Clone(m.State[i].Shape)
+		}
+	}
 	if m.Taps != nil {
 		m.Taps = slices.Clone(m.Taps)
 		for i := range m.Taps {
@@ -316,6 +387,10 @@ func (m Manifest) clone() Manifest {
 	if m.Preprocess != nil {
 		p := *m.Preprocess
 		m.Preprocess = &p
+	}
+	if m.Checksums != nil {
+		c := *m.Checksums
+		m.Checksums = &c
 	}
 	return m
 }

@@ -1,9 +1,13 @@
 package rt
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"math"
 	goruntime "runtime"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -66,6 +70,12 @@ type Options struct {
 	// inference and widens its latency tail. The copy costs one memcpy at
 	// load time and no extra resident memory once the mapping is released.
 	CopyWeights bool
+	// SkipWeightsCheck skips the SHA-256 check of the weights against
+	// Manifest.Checksums (the shared object is always checked). The check
+	// reads every weight byte once at load time: on Inception-v4's 163 MiB
+	// it is folded into the copy CopyWeights makes (see BENCHMARKS.md for
+	// the measured cost).
+	SkipWeightsCheck bool
 
 	cpu *cpuFeatures // test hook: pretend to run on this CPU
 }
@@ -96,6 +106,11 @@ type Model struct {
 	outLen       int
 	taps         []span // Manifest.Taps in the arena, in floats
 
+	// stateMu serializes runs of an artifact with state (Manifest.State):
+	// each run reads the current state and leaves the next one.
+	stateMu sync.Mutex
+	state   [][]float32 // current value of each Manifest.State entry
+
 	maxSessions int
 	mu          sync.Mutex // guards the fields below
 	cond        sync.Cond  // on mu: a session was released, or Close began
@@ -107,11 +122,15 @@ type Model struct {
 }
 
 // Open loads an artifact: it validates the manifest and weights, selects an
-// ISA for this CPU, loads the shared object (from SharedObjectPath with
+// ISA for this CPU, verifies the shared object's SHA-256 against
+// Manifest.Checksums (before loading it), loads the shared object (from SharedObjectPath with
 // dlopen, or from SharedObject through memfd_create), checks its kernel ABI
 // version and the arena and weights sizes it was compiled for (see bind),
-// resolves kiln_run_<isa> for every ISA of the manifest and starts one
-// session. At most one Options may be given.
+// resolves kiln_run_<isa> for every ISA of the manifest, verifies the
+// weights' SHA-256 (unless Options.SkipWeightsCheck; while copying them when
+// Options.CopyWeights) and starts one session. At most one Options may be
+// given. A manifest without Checksums is trusted: kiln run --backend cpu and
+// kiln bench open what they compiled in the same process, from memory.
 func Open(a Artifact, opts ...Options) (*Model, error) {
 	if len(opts) > 1 {
 		return nil, errors.New("open artifact: at most one Options")
@@ -157,6 +176,9 @@ func Open(a Artifact, opts ...Options) (*Model, error) {
 		m.maxSessions = max(1, goruntime.GOMAXPROCS(0)/m.threads)
 	}
 
+	if err := verifySharedObject(&a); err != nil {
+		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
+	}
 	if a.SharedObjectPath != "" {
 		m.lib, err = dlopen(a.SharedObjectPath, "shared object "+a.SharedObjectPath)
 	} else {
@@ -174,7 +196,7 @@ func Open(a Artifact, opts ...Options) (*Model, error) {
 	if err := m.bind(); err != nil {
 		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
 	}
-	if err := m.setWeights(a.Weights, o.CopyWeights, a.mapping != nil); err != nil {
+	if err := m.setWeights(a.Weights, o.CopyWeights, a.mapping != nil, weightsHasher(&a, o.SkipWeightsCheck)); err != nil {
 		return nil, fmt.Errorf("open artifact %q: %w", man.Network, err)
 	}
 
@@ -190,6 +212,13 @@ func Open(a Artifact, opts ...Options) (*Model, error) {
 	}
 	for _, t := range man.Taps {
 		m.taps = append(m.taps, span{int(t.Offset), mustNumel(t.Shape)})
+	}
+	for _, st := range man.State {
+		v := make([]float32, mustNumel(st.Shape))
+		for i := range v {
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(m.weights[4*(int(st.Init)+i):]))
+		}
+		m.state = append(m.state, v)
 	}
 	m.cond.L = &m.mu
 	m.idle = make([]*session, 0, m.maxSessions)
@@ -261,10 +290,14 @@ func (m *Model) bind() error {
 }
 
 // setWeights makes w available to the kernels: in place if it is 64-byte
-// aligned (pinned, in case it is Go memory), else as an aligned copy.
-func (m *Model) setWeights(w []byte, copyAlways, fileMapped bool) error {
+// aligned (pinned, in case it is Go memory), else as an aligned copy. With
+// h non-nil it checks the weights' digest: the copy is hashed chunk by
+// chunk right after each chunk is copied (while it is still in cache), so
+// what is verified is what the kernels will read and the check costs no
+// second pass over memory; weights used in place are hashed in place.
+func (m *Model) setWeights(w []byte, copyAlways, fileMapped bool, h hash.Hash) error {
 	if len(w) == 0 {
-		return nil
+		return checkWeightsDigest(&m.man, h)
 	}
 	if copyAlways || uintptr(unsafe.Pointer(&w[0]))%64 != 0 {
 		cp, err := mapAnon(len(w))
@@ -274,16 +307,28 @@ func (m *Model) setWeights(w []byte, copyAlways, fileMapped bool) error {
 		// Copy in chunks; a file mapping's pages are dropped from this
 		// process as soon as they are copied, so the peak resident size is
 		// one copy of the weights, not two.
-		const chunk = 4 << 20
+		const chunk = 1 << 20
 		for off := 0; off < len(w); off += chunk {
 			end := min(off+chunk, len(w))
 			copy(cp[off:end], w[off:end])
+			if h != nil {
+				h.Write(cp[off:end])
+			}
 			if fileMapped {
 				dropPages(w[off:end])
 			}
 		}
 		m.ownWeights, w = cp, cp
+		if err := checkWeightsDigest(&m.man, h); err != nil {
+			return err
+		}
 	} else {
+		if h != nil {
+			h.Write(w)
+			if err := checkWeightsDigest(&m.man, h); err != nil {
+				return err
+			}
+		}
 		// A no-op for non-Go memory such as an mmap.
 		m.pinner.Pin(&w[0])
 	}
@@ -330,7 +375,7 @@ func (m *Model) Run(in, out []float32) error {
 	if err != nil {
 		return err
 	}
-	s.run(in, out, false)
+	m.runState(s, in, out, false)
 	m.release(s)
 	return nil
 }
@@ -354,12 +399,61 @@ func (m *Model) RunTaps(in, out []float32, taps [][]float32) error {
 	if err != nil {
 		return err
 	}
-	s.run(in, out, false)
+	m.runState(s, in, out, false)
 	for i, t := range m.taps {
 		copy(taps[i], s.arena[t.off:t.off+t.n])
 	}
 	m.release(s)
 	return nil
+}
+
+// runState runs s with the model's state: under stateMu it writes every
+// state tensor into the arena, runs, and takes the new values from their
+// update offsets (Manifest.State). Without state it is s.run.
+func (m *Model) runState(s *session, in, out []float32, profile bool) {
+	if len(m.state) == 0 {
+		s.run(in, out, profile)
+		return
+	}
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
+	for i, st := range m.man.State {
+		copy(s.arena[st.Offset:], m.state[i])
+	}
+	s.run(in, out, profile)
+	for i, st := range m.man.State {
+		copy(m.state[i], s.arena[st.Update:st.Update+int64(len(m.state[i]))])
+	}
+}
+
+// State returns a copy of the current value of the mutable parameter name
+// (Manifest.State), or false when the artifact has no such state.
+func (m *Model) State(name string) ([]float32, bool) {
+	for i, st := range m.man.State {
+		if st.Name == name {
+			m.stateMu.Lock()
+			defer m.stateMu.Unlock()
+			return slices.Clone(m.state[i]), true
+		}
+	}
+	return nil, false
+}
+
+// SetState replaces the value of the mutable parameter name (for example
+// to restore a checkpoint); v must have exactly its size.
+func (m *Model) SetState(name string, v []float32) error {
+	for i, st := range m.man.State {
+		if st.Name == name {
+			if len(v) != len(m.state[i]) {
+				return fmt.Errorf("SetState %q: %d values, the state %s holds %d", name, len(v), tensor.ShapeString(st.Shape), len(m.state[i]))
+			}
+			m.stateMu.Lock()
+			defer m.stateMu.Unlock()
+			copy(m.state[i], v)
+			return nil
+		}
+	}
+	return fmt.Errorf("SetState: artifact %q has no state %q", m.man.Network, name)
 }
 
 // span is a run of n floats at offset off of the arena.
@@ -376,7 +470,7 @@ func (m *Model) Profile(in, out []float32) ([]time.Duration, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.run(in, out, true)
+	m.runState(s, in, out, true)
 	d := make([]time.Duration, len(s.timings))
 	for i, ns := range s.timings {
 		d[i] = time.Duration(ns)

@@ -2,7 +2,9 @@ package rt
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,16 +21,32 @@ import (
 //	[pad to 4096][manifest JSON][trailer]
 //
 // The trailer is the last payloadTrailerSize bytes of the file: the magic
-// "KILNPAY1" followed by six little-endian uint64: offset and size of the
-// shared object, of the weights and of the manifest, offsets counted from
-// the start of the file. ELF loaders ignore the appended bytes, so the
-// executable still runs; FindPayload locates the artifact from the end.
+// "KILNPAY2", six little-endian uint64 (offset and size of the shared
+// object, of the weights and of the manifest, offsets counted from the start
+// of the file), the SHA-256 of the manifest (32 bytes) and the first 8 bytes
+// of the SHA-256 of everything before them in the trailer, so a damaged
+// offset or magic is recognised as such. The manifest carries the SHA-256
+// of the shared object and of the weights (Manifest.Checksums). ELF loaders
+// ignore the appended bytes, so the executable still runs; FindPayload
+// locates the artifact from the end. AppendPayload also sets the marker in
+// the executable's own data (payloadMark, verify.go), which tells a built
+// executable whose payload was cut off or stripped from the plain runner.
+// Format 1 ("KILNPAY1") had no digests and no marker.
 const (
-	payloadMagic       = "KILNPAY1"
+	payloadMagic       = "KILNPAY2"
+	payloadMagicPrefix = "KILNPAY"
+	payloadTrailerSize = 8 + 6*8 + 32 + 8
+	trailerSumAt       = payloadTrailerSize - 8
 	payloadAlign       = 4096
-	payloadTrailerSize = 8 + 6*8
 	maxManifestBytes   = 64 << 20
 )
+
+// trailerSum is the self-check of a trailer: the first 8 bytes of the
+// SHA-256 of its first trailerSumAt bytes.
+func trailerSum(tr []byte) []byte {
+	h := sha256.Sum256(tr[:trailerSumAt])
+	return h[:8]
+}
 
 var elfMagic = []byte("\x7fELF")
 
@@ -52,7 +70,12 @@ func (c *countingWriter) pad() error {
 // AppendPayload writes exe followed by the artifact (shared object, weights,
 // manifest) and the trailer FindPayload reads, producing a standalone
 // executable. weights is streamed and must yield exactly
-// manifest.WeightsBytes bytes.
+// manifest.WeightsBytes bytes. The manifest written carries the SHA-256 of
+// the shared object and of the weights (Manifest.Checksums; a caller's
+// Checksums must match them) and the trailer the manifest's. If exe contains
+// the runtime's payload marker (every kiln runner does, once), the copy has
+// it set; an exe whose marker is already set carries a payload and is
+// refused.
 func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, manifest Manifest) error {
 	if err := manifest.Validate(); err != nil {
 		return fmt.Errorf("append payload: %w", err)
@@ -60,12 +83,23 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 	if !bytes.HasPrefix(so, elfMagic) {
 		return errors.New("append payload: the shared object is not an ELF file")
 	}
-	man, err := json.Marshal(&manifest)
+	exeBytes, err := io.ReadAll(exe)
 	if err != nil {
-		return fmt.Errorf("append payload: %w", err)
+		return fmt.Errorf("append payload: read executable: %w", err)
+	}
+	if bytes.Contains(exeBytes, markPattern('1')) {
+		return errors.New("append payload: the executable already carries a compiled network (its payload marker is set)")
+	}
+	switch n := bytes.Count(exeBytes, markPattern('0')); n {
+	case 0:
+	case 1:
+		exeBytes = bytes.Clone(exeBytes)
+		exeBytes[bytes.Index(exeBytes, markPattern('0'))+markState] = '1'
+	default:
+		return fmt.Errorf("append payload: the executable contains the payload marker %d times, want at most once", n)
 	}
 	cw := &countingWriter{w: w}
-	if _, err := io.Copy(cw, exe); err != nil {
+	if _, err := cw.Write(exeBytes); err != nil {
 		return fmt.Errorf("append payload: copy executable: %w", err)
 	}
 	var sec [3][2]int64 // offset, size of shared object, weights, manifest
@@ -81,7 +115,8 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 	}
 	sec[1][0] = cw.n
 	// Read one byte past the expected size to detect a longer stream.
-	n, err := io.Copy(cw, io.LimitReader(weights, manifest.WeightsBytes+1))
+	wh := sha256.New()
+	n, err := io.Copy(io.MultiWriter(cw, wh), io.LimitReader(weights, manifest.WeightsBytes+1))
 	if err != nil {
 		return fmt.Errorf("append payload: copy weights: %w", err)
 	}
@@ -92,6 +127,15 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 		return fmt.Errorf("append payload: weights are %d bytes, the manifest says %d", n, manifest.WeightsBytes)
 	}
 	sec[1][1] = n
+	sums := &Checksums{SharedObject: sha256Hex(so), Weights: hex.EncodeToString(wh.Sum(nil))}
+	if c := manifest.Checksums; c != nil && *c != *sums {
+		return fmt.Errorf("append payload: the manifest's checksums %+v do not match the shared object and weights given %+v", *c, *sums)
+	}
+	manifest.Checksums = sums
+	man, err := json.Marshal(&manifest)
+	if err != nil {
+		return fmt.Errorf("append payload: %w", err)
+	}
 	if err := cw.pad(); err != nil {
 		return fmt.Errorf("append payload: %w", err)
 	}
@@ -105,6 +149,9 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 		trailer = binary.LittleEndian.AppendUint64(trailer, uint64(s[0]))
 		trailer = binary.LittleEndian.AppendUint64(trailer, uint64(s[1]))
 	}
+	manSum := sha256.Sum256(man)
+	trailer = append(trailer, manSum[:]...)
+	trailer = append(trailer, trailerSum(trailer)...)
 	if _, err := cw.Write(trailer); err != nil {
 		return fmt.Errorf("append payload: %w", err)
 	}
@@ -114,6 +161,12 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 // FindPayload looks for an artifact appended by AppendPayload to the
 // executable at exePath ("" means the running executable, os.Executable).
 // It returns found == false, and no error, for an executable without one.
+// A payload that is present but damaged (a trailer cut short or damaged,
+// sections out of place, a manifest whose SHA-256 differs from the
+// trailer's, a format-1 payload) is an error with found == true naming the
+// part, and so is a built executable whose payload is gone altogether
+// (truncated, or run through strip, which drops appended data): its payload
+// marker is set although no trailer ends the file.
 //
 // The shared object and manifest are read into memory; the weights section
 // is mapped read-only straight from the file, so the weights cost no copy
@@ -121,8 +174,10 @@ func AppendPayload(w io.Writer, exe io.Reader, so []byte, weights io.Reader, man
 // returned Artifact owns that mapping: Close it after the Models opened
 // from it. The file must not be truncated or rewritten in place while
 // mapped (replacing it by rename, as tensor.WriteFileAtomic does, is fine).
+// The digests of the shared object and weights are checked by Open.
 func FindPayload(exePath string) (a *Artifact, found bool, err error) {
-	if exePath == "" {
+	self := exePath == ""
+	if self {
 		if exePath, err = os.Executable(); err != nil {
 			return nil, false, fmt.Errorf("find payload: %w", err)
 		}
@@ -149,16 +204,43 @@ func FindPayload(exePath string) (a *Artifact, found bool, err error) {
 		return nil, false, fmt.Errorf("find payload: read %s: %w", exePath, err)
 	}
 	if tailLen < payloadTrailerSize || string(tail[tailLen-payloadTrailerSize:][:8]) != payloadMagic {
-		if i := bytes.LastIndex(tail, []byte(payloadMagic)); i >= 0 {
+		if tailLen >= payloadTrailerSize {
+			// A trailer whose self-check passes once the magic is restored
+			// has a damaged magic.
+			tr := bytes.Clone(tail[tailLen-payloadTrailerSize:])
+			copy(tr, payloadMagic)
+			if bytes.Equal(trailerSum(tr), tr[trailerSumAt:]) {
+				return corrupt("the trailer's magic %q is damaged (want %q)", tail[tailLen-payloadTrailerSize:][:8], payloadMagic)
+			}
+		}
+		if i := bytes.LastIndex(tail, []byte(payloadMagicPrefix)); i >= 0 {
 			at := size - tailLen + int64(i)
+			if string(tail[i:min(int(tailLen), i+8)]) == "KILNPAY1" && at+56 == size {
+				return corrupt("payload format 1, written by an older kiln (no checksums): rebuild the executable with this kiln")
+			}
 			if end := at + payloadTrailerSize; end > size {
 				return corrupt("the trailer at offset %d is cut short by %d bytes (truncated file?)", at, end-size)
 			}
 			return corrupt("%d unexpected bytes follow the trailer at offset %d", size-at-payloadTrailerSize, at)
 		}
+		marked := selfCarriesMark()
+		if !self {
+			if marked, err = fileCarriesMark(f, size); err != nil {
+				return nil, false, fmt.Errorf("find payload: read %s: %w", exePath, err)
+			}
+		}
+		if marked {
+			return corrupt("this executable was built by kiln build, but the compiled network appended to it is missing "+
+				"(no payload trailer at the end of its %d bytes): the file was truncated, or run through strip, which removes appended data; "+
+				"rebuild it, and copy it without stripping", size)
+		}
 		return nil, false, nil
 	}
+	if trl := tail[tailLen-payloadTrailerSize:]; !bytes.Equal(trailerSum(trl), trl[trailerSumAt:]) {
+		return corrupt("the trailer is damaged (its self-check does not match)")
+	}
 	tr := tail[tailLen-payloadTrailerSize+8:]
+	manSum := tr[48:80]
 	trailerAt := size - payloadTrailerSize
 	var sec [3]struct{ off, size int64 }
 	names := [3]string{"shared object", "weights", "manifest"}
@@ -199,9 +281,15 @@ func FindPayload(exePath string) (a *Artifact, found bool, err error) {
 	if err != nil {
 		return nil, true, err
 	}
+	if got := sha256.Sum256(manBytes); !bytes.Equal(got[:], manSum) {
+		return corrupt("the manifest is damaged: its SHA-256 is %s, the trailer says %s", short(hex.EncodeToString(got[:])), short(hex.EncodeToString(manSum)))
+	}
 	man, err := ParseManifest(manBytes)
 	if err != nil {
 		return corrupt("%v", err)
+	}
+	if man.Checksums == nil {
+		return corrupt("the manifest carries no checksums")
 	}
 	if man.WeightsBytes != sec[1].size {
 		return corrupt("the weights section is %d bytes, the manifest says %d", sec[1].size, man.WeightsBytes)

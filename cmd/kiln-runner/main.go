@@ -67,6 +67,8 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	iters := fs.Int("iters", 20, "with --bench: timed `N` inferences after warm-up")
 	threads := fs.Int("threads", 0, "worker `threads` per inference (0: all cores)")
 	isa := fs.String("isa", "", "force the instruction set `ISA` ("+isaList(man.ISAs)+"); default $KILN_ISA or the best available")
+	noWeightsCheck := fs.Bool("no-weights-check", os.Getenv("KILN_WEIGHTS_CHECK") == "off",
+		"skip the SHA-256 check of the weights at start (default $KILN_WEIGHTS_CHECK=off); the kernels and manifest are always checked")
 	tap := fs.String("tap", "", "with --input: write the value of the compiled-in module `NAME` (kiln build --tap) instead of the network output")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench]\n\n", name)
@@ -129,7 +131,7 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	// into huge-page memory and the mapping released (faster kernels, same
 	// resident size). KILN_WEIGHTS=mmap keeps the zero-copy mapping.
 	copyWeights := os.Getenv("KILN_WEIGHTS") != "mmap"
-	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads, CopyWeights: copyWeights})
+	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads, CopyWeights: copyWeights, SkipWeightsCheck: *noWeightsCheck})
 	if err != nil {
 		return fail(err)
 	}

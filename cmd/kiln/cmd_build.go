@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"debug/buildinfo"
 	"flag"
 	"fmt"
@@ -11,8 +13,6 @@ import (
 	"runtime"
 
 	"github.com/kiln-dev/kiln/ir"
-
-	"github.com/kiln-dev/kiln/ir/tensor"
 	rt "github.com/kiln-dev/kiln/runtime"
 )
 
@@ -40,22 +40,32 @@ func init() {
 				if err != nil {
 					return err
 				}
-				if _, err := runnerFor(bt); err != nil {
-					return err
-				}
-				g, err := nf.load(file)
+				runner, err := runnerFor(bt)
 				if err != nil {
 					return err
 				}
-				params, err := loadWeights(g, *weights)
-				if err != nil {
+				if err := checkOutputPath(*out, runner, file, *weights); err != nil {
 					return err
 				}
-				c, err := compileNetTaps(g, params, bt, &pf, e.stderr, taps)
+				var c *compiled
+				err = interruptible(e.stderr, "build", func(ctx context.Context) error {
+					g, err := nf.load(file)
+					if err != nil {
+						return err
+					}
+					params, err := loadWeights(g, *weights)
+					if err != nil {
+						return err
+					}
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					if c, err = compileNetCtx(ctx, g, params, bt, &pf, e.stderr, taps); err != nil {
+						return err
+					}
+					return writeStandalone(ctx, c, g, bt, *out)
+				})
 				if err != nil {
-					return err
-				}
-				if err := writeStandalone(c, g, bt, *out); err != nil {
 					return err
 				}
 				st, _ := os.Stat(*out)
@@ -165,8 +175,9 @@ func preprocessFor(network string, inShape []int) *rt.Preprocess {
 }
 
 // writeStandalone writes the executable out: the runner for bt with the
-// compiled network appended (atomically; executable bits set).
-func writeStandalone(c *compiled, g *ir.Graph, bt buildTarget, out string) error {
+// compiled network appended (atomically, executable; removed on interrupt:
+// writeExecutableAtomic).
+func writeStandalone(ctx context.Context, c *compiled, g *ir.Graph, bt buildTarget, out string) error {
 	runner, err := runnerFor(bt)
 	if err != nil {
 		return err
@@ -177,11 +188,11 @@ func writeStandalone(c *compiled, g *ir.Graph, bt buildTarget, out string) error
 		return err
 	}
 	defer exe.Close()
-	err = tensor.WriteFileAtomic(out, func(w io.Writer) error {
-		return rt.AppendPayload(w, exe, c.so, bytes.NewReader(c.prog.Weights), c.prog.Manifest)
+	return writeExecutableAtomic(ctx, out, func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 1<<20)
+		if err := rt.AppendPayload(bw, exe, c.so, bytes.NewReader(c.prog.Weights), c.prog.Manifest); err != nil {
+			return err
+		}
+		return bw.Flush()
 	})
-	if err != nil {
-		return err
-	}
-	return os.Chmod(out, 0o755)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -77,7 +78,7 @@ func demo(e *env, file, outDir string, threads, iters int) error {
 	if err != nil {
 		return err
 	}
-	if err := writeStandalone(c, g, bt, bin); err != nil {
+	if err := writeStandalone(context.Background(), c, g, bt, bin); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "build       %s (%s, %s) in %.1f s\n", bin, bt.name, isaList(c.prog.Manifest.ISAs), time.Since(t0).Seconds())

@@ -148,6 +148,14 @@ func compileNet(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarget, p
 // compileNetTaps is compileNet that also compiles the marked values named by
 // taps as extra outputs of the artifact (Manifest.Taps, Model.RunTaps).
 func compileNetTaps(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarget, pf *pipeFlags, w io.Writer, taps []string) (*compiled, error) {
+	return compileNetCtx(context.Background(), g, params, bt, pf, w, taps)
+}
+
+// compileNetCtx is compileNetTaps stopped by cancelling ctx: the running
+// compilers are killed and ctx's error returned. Its temporary directory
+// (kiln-build-*) is removed on return and registered for removal on
+// interrupt (interrupt.go) while it exists.
+func compileNetCtx(ctx context.Context, g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarget, pf *pipeFlags, w io.Writer, taps []string) (*compiled, error) {
 	t0 := time.Now()
 	if len(taps) > 0 {
 		var err error
@@ -157,6 +165,9 @@ func compileNetTaps(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarge
 	}
 	st, err := planForCodegen(g, bt, pf, w)
 	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	prog, err := lower.Lower(st, params, bt.cg)
@@ -170,10 +181,15 @@ func compileNetTaps(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarge
 	if err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp("", "kiln-build-")
 	if err != nil {
 		return nil, err
 	}
+	addTemp(dir)
+	defer dropTemp(dir)
 	defer os.RemoveAll(dir)
 	so := filepath.Join(dir, g.Name+".so")
 	cachedN := 0
@@ -188,7 +204,7 @@ func compileNetTaps(g *ir.Graph, params map[string]*tensor.Tensor, bt buildTarge
 			}
 		}
 	}
-	if err := prog.Compile(context.Background(), tc, so, progress); err != nil {
+	if err := prog.Compile(ctx, tc, so, progress); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(so)

@@ -34,9 +34,12 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	}
 	dir := filepath.Join(tc.CacheDir, "lib", key[:2])
 	cachedSO, cachedInfo := filepath.Join(dir, key+".so"), filepath.Join(dir, key+".json")
-	if info, err := os.ReadFile(cachedInfo); err == nil {
-		var kernels []rt.KernelInfo
-		if json.Unmarshal(info, &kernels) == nil && copyFile(cachedSO, out) == nil {
+	// Both entries are verified (codegen.Toolchain.LookupCached): the
+	// library by digest and ELF header, the kernel list by digest and
+	// against the kernel specs it must describe.
+	var kernels []rt.KernelInfo
+	if _, ok := tc.LookupCached(cachedInfo, func(b []byte) error { return p.checkKernelList(b, &kernels) }); ok {
+		if so, ok := tc.LookupCached(cachedSO, codegen.CheckELF); ok && writeAtomic(out, so) == nil {
 			p.Manifest.Kernels = kernels
 			if progress != nil {
 				progress(1, 1, true)
@@ -60,8 +63,11 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	if err != nil {
 		return err
 	}
-	drv, err := compileC(tc, driverSource(p.Targets, infos, p.Manifest.ArenaBytes, p.Manifest.WeightsBytes), t)
+	drv, err := compileC(ctx, tc, driverSource(p.Targets, infos, p.Manifest.ArenaBytes, p.Manifest.WeightsBytes), t)
 	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if err := tc.SharedLibrary(append(objs, drv), t, out); err != nil {
@@ -69,12 +75,31 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	}
 	p.Manifest.Kernels = infos
 	// Fill the library cache (best effort; a failure only costs the next
-	// build time).
-	if info, err := json.Marshal(infos); err == nil && os.MkdirAll(dir, 0o755) == nil {
-		if copyFile(out, cachedSO) == nil {
-			writeAtomic(cachedInfo, info)
+	// build time). The library goes first: its index makes it visible.
+	if info, err := json.Marshal(infos); err == nil {
+		if so, err := os.ReadFile(out); err == nil && tc.StoreCached(cachedSO, so) == nil {
+			tc.StoreCached(cachedInfo, info)
 		}
 	}
+	return nil
+}
+
+// checkKernelList decodes a cached kernel list into kernels and checks that
+// it lists p's kernels: one per spec, by name, in order.
+func (p *Program) checkKernelList(b []byte, kernels *[]rt.KernelInfo) error {
+	var ks []rt.KernelInfo
+	if err := json.Unmarshal(b, &ks); err != nil {
+		return fmt.Errorf("kernel list: %v", err)
+	}
+	if len(ks) != len(p.specs) {
+		return fmt.Errorf("kernel list has %d kernels, the network has %d", len(ks), len(p.specs))
+	}
+	for i, k := range ks {
+		if k.Name != p.specs[i].name {
+			return fmt.Errorf("kernel list entry %d is %q, want %q", i, k.Name, p.specs[i].name)
+		}
+	}
+	*kernels = ks
 	return nil
 }
 
@@ -109,7 +134,7 @@ func (p *Program) cacheKey(tc *codegen.Toolchain) (string, error) {
 		return "", fmt.Errorf("hashing the kiln executable for the build cache: %w", exeHash.err)
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "kiln-lib-v1\x00%s\x00%s\x00", exeHash.sum, tc.Version)
+	fmt.Fprintf(h, "kiln-lib-v2\x00%s\x00%s\x00", exeHash.sum, tc.Version)
 	// The driver embeds the sizes the runtime checks at load.
 	fmt.Fprintf(h, "arena %d weights %d\x00", p.Manifest.ArenaBytes, p.Manifest.WeightsBytes)
 	for _, t := range p.Targets {
@@ -120,15 +145,6 @@ func (p *Program) cacheKey(tc *codegen.Toolchain) (string, error) {
 		fmt.Fprintf(h, "%s\x00", p.graph.Nodes[k.node].Name)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// copyFile copies src to dst atomically.
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return writeAtomic(dst, b)
 }
 
 func writeAtomic(path string, b []byte) error {
@@ -152,16 +168,17 @@ func writeAtomic(path string, b []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// compileC compiles C source for t through the object cache.
-func compileC(tc *codegen.Toolchain, src string, t codegen.Target) (string, error) {
+// compileC compiles C source for t through the object cache (verified on
+// reuse: codegen.Toolchain.LookupCached).
+func compileC(ctx context.Context, tc *codegen.Toolchain, src string, t codegen.Target) (string, error) {
 	cross, err := codegen.CrossCFlags(t) // sysroot and inline atomics when cross-compiling
 	if err != nil {
 		return "", err
 	}
-	h := sha256.Sum256([]byte(tc.Version + "\x00" + t.Triple + "\x00driver-O2" + strings.Join(cross, " ") + "\x00" + src))
+	h := sha256.Sum256([]byte(tc.Version + "\x00" + t.Triple + "\x00driver-O2-v2" + strings.Join(cross, " ") + "\x00" + src))
 	key := hex.EncodeToString(h[:])
 	obj := filepath.Join(tc.CacheDir, key[:2], key+".o")
-	if _, err := os.Stat(obj); err == nil {
+	if _, ok := tc.LookupCached(obj, codegen.CheckELF); ok {
 		return obj, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(obj), 0o755); err != nil {
@@ -177,11 +194,21 @@ func compileC(tc *codegen.Toolchain, src string, t codegen.Target) (string, erro
 		return "", err
 	}
 	tmp := filepath.Join(dir, "driver.o")
-	cmd := exec.Command(tc.Clang, append([]string{"-c", "-O2", "-fPIC", "--target=" + t.Triple}, append(cross, "-o", tmp, c)...)...)
+	cmd := exec.CommandContext(ctx, tc.Clang, append([]string{"-c", "-O2", "-fPIC", "--target=" + t.Triple}, append(cross, "-o", tmp, c)...)...)
 	if outp, err := cmd.CombinedOutput(); err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
 		return "", fmt.Errorf("compiling the kernel driver: %v\n%s", err, outp)
 	}
-	if err := os.Rename(tmp, obj); err != nil {
+	b, err := os.ReadFile(tmp)
+	if err != nil {
+		return "", err
+	}
+	if err := codegen.CheckELF(b); err != nil {
+		return "", fmt.Errorf("compiling the kernel driver: %s: %v", tmp, err)
+	}
+	if err := tc.StoreCached(obj, b); err != nil {
 		return "", err
 	}
 	return obj, nil
