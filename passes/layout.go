@@ -69,7 +69,9 @@ var layoutPass = &Pass{
 		}
 		for i, n := range g.Nodes {
 			switch {
-			case n.Op == ir.OpInput && n.Type.Rank() == 4:
+			case (n.Op == ir.OpInput || n.Op == ir.OpParam && !build[i]) && n.Type.Rank() == 4:
+				// Network inputs and mutable params (state, written by the
+				// runtime) are stored plain; blocked readers reorder them.
 				plainInput[r.copyNode(i)] = true
 			case build[i] || n.Op == ir.OpInput:
 				r.copyNode(i)
@@ -102,7 +104,7 @@ var layoutPass = &Pass{
 					// A conv reads a network input with few channels (the RGB
 					// image) in NCHW directly, as oneDNN's first-layer kernels
 					// do, instead of padding 3 channels to c.
-					if !(k == 0 && n.Op == ir.OpFusedConv && n.Type.Shape[1] > 0 && g.Nodes[a].Type.Shape[1]%c != 0) {
+					if !(k == 0 && n.Op == ir.OpFusedConv && g.Nodes[a].Op == ir.OpInput && g.Nodes[a].Type.Shape[1]%c != 0) {
 						nn.Args[k] = blockedArg(nn.Args[k])
 					}
 				}
@@ -122,12 +124,18 @@ var layoutPass = &Pass{
 				r.m[i] = r.emit(nn)
 			}
 		}
-		// Outputs leave in the plain layout.
+		// Outputs and the new values of mutable params leave in the
+		// plain layout.
 		out := r.finish()
+		r.g = out
 		for k, o := range out.Outputs {
 			if blocked[o] {
-				r.g = out
 				out.Outputs[k] = toPlain(o)
+			}
+		}
+		for k, u := range out.Updates {
+			if blocked[u.Value] {
+				out.Updates[k].Value = toPlain(u.Value)
 			}
 		}
 		s.Graph = out

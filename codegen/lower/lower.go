@@ -132,7 +132,6 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 		return nil, err
 	}
 	p := &Program{Targets: targets, specs: specs, graph: g}
-	p.Weights = wb.bytes()
 	in := g.Inputs()
 	inID := indexOf(g, in[0])
 	out := g.Outputs[0]
@@ -148,12 +147,33 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 	p.Manifest = rt.Manifest{
 		Version: rt.ManifestVersion, Network: g.Name, Batch: in[0].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
 		Features:   codegen.ISAFeatures(targets),
-		ArenaBytes: plan.Arena, WeightsBytes: int64(len(p.Weights)),
-		Input: info(inID), Output: info(out),
+		ArenaBytes: plan.Arena, // WeightsBytes: below, once the blob is complete
+		Input:      info(inID), Output: info(out),
 	}
 	for _, o := range g.Outputs[1:] {
 		p.Manifest.Taps = append(p.Manifest.Taps, info(o))
 	}
+	// Mutable params: the initial value goes into the weights blob; the
+	// runtime copies the current value in before a run and the update out
+	// after it.
+	for _, u := range g.Updates {
+		pn := g.Nodes[u.Param]
+		t, ok := params[pn.Name]
+		if !ok {
+			return nil, ir.Errorf(pn.Pos, "codegen: no initial value for mutable param %s", pn.Name)
+		}
+		if !ir.ShapeEqual(t.Shape, pn.Type.Shape) {
+			return nil, ir.Errorf(pn.Pos, "codegen: mutable param %s: value of shape %s, want %s", pn.Name, ir.ShapeString(t.Shape), ir.ShapeString(pn.Type.Shape))
+		}
+		init, err := wb.add(t.Data, ir.F32)
+		if err != nil {
+			return nil, err
+		}
+		p.Manifest.State = append(p.Manifest.State, rt.StateInfo{Name: pn.Name, Shape: append([]int(nil), pn.Type.Shape...),
+			Init: int64(init), Offset: offsetOf(plan, u.Param, ir.F32), Update: offsetOf(plan, u.Value, ir.F32)})
+	}
+	p.Weights = wb.bytes()
+	p.Manifest.WeightsBytes = int64(len(p.Weights))
 	return p, nil
 }
 
@@ -266,8 +286,12 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 		name := fmt.Sprintf("k%d", i)
 		switch n.Op {
 		case ir.OpParam:
-			// Only mutable params (Graph.Updates) are run-time values.
-			return nil, ir.Errorf(n.Pos, "codegen: param %s is mutable state (the graph updates it); compiled artifacts with state come with the training runtime (issue 9)", n.Name)
+			// Only mutable params (Graph.Updates) are run-time values: the
+			// runtime writes them into the arena before each run
+			// (Manifest.State), as it writes the input.
+			if n.Type.DType != ir.F32 || !n.Type.Layout.IsPlain() {
+				return nil, ir.Errorf(n.Pos, "codegen: mutable param %s must be plain f32, is %s", n.Name, n.Type)
+			}
 		case ir.OpInput, ir.OpEmpty:
 			// The runtime writes the input; empty is storage only.
 		case ir.OpFusedConv:
