@@ -79,6 +79,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./dsl/
 	$(GO) test -run='^$$' -fuzz='^FuzzReadNPY$$' -fuzztime=$(FUZZTIME) ./ir/tensor/
 	$(GO) test -run='^$$' -fuzz='^FuzzReadSafetensors$$' -fuzztime=$(FUZZTIME) ./ir/tensor/
+	$(GO) test -run='^$$' -fuzz='^FuzzReadONNX$$' -fuzztime=$(FUZZTIME) ./codegen/onnx/
 
 # System packages: LLVM 19 for code generation, qemu for arm64 tests.
 install-deps:

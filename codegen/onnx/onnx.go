@@ -1,6 +1,7 @@
 // Package onnx exports a Kiln network as a standard ONNX model, so that other
 // runtimes (ONNX Runtime, in bench/peers) can run exactly the network Kiln
-// compiles, with the same weights.
+// compiles, with the same weights; and imports ONNX models as .kiln networks
+// (ReadModel, Import; see import.go).
 //
 // # What is exported
 //
