@@ -62,7 +62,7 @@ type Dim struct {
 	Size int
 }
 
-// Stmt is a statement: *Assign, *Return or *ExprStmt.
+// Stmt is a statement: *Assign, *Return, *ExprStmt or *If.
 type Stmt interface{ stmtPos() lexer.Position }
 
 // Assign is `name = value`.
@@ -84,6 +84,20 @@ type ExprStmt struct {
 	X   Expr
 }
 
+// If is `if Cond { Then } else { Else }`; `else if` is an Else holding one
+// *If. Cond must be a compile-time bool; only the chosen branch is
+// elaborated. The branches share the enclosing body's variables and scope
+// path (an if creates no scope of its own).
+type If struct {
+	Pos  lexer.Position
+	Cond Expr
+	Then []Stmt
+	Else []Stmt
+	// ThenEnd and ElseEnd are the positions of the branches' closing braces.
+	ThenEnd, ElseEnd lexer.Position
+}
+
+func (s *If) stmtPos() lexer.Position       { return s.Pos }
 func (s *Assign) stmtPos() lexer.Position   { return s.Pos }
 func (s *Return) stmtPos() lexer.Position   { return s.Pos }
 func (s *ExprStmt) stmtPos() lexer.Position { return s.Pos }
@@ -133,14 +147,15 @@ type Tuple struct {
 	Elems []Expr
 }
 
-// Unary is `-x`.
+// Unary is `-x` or `not x`.
 type Unary struct {
 	Pos lexer.Position
 	Op  string
 	X   Expr
 }
 
-// Binary is `x op y` for op in + - * /.
+// Binary is `x op y` for op in + - * /, the comparisons == != < <= > >=,
+// and the boolean `and` and `or` (which evaluate y only when needed).
 type Binary struct {
 	Pos  lexer.Position
 	Op   string

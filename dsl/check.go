@@ -69,8 +69,19 @@ func checkBlock(dl *diagList, u *unit, b *Block) {
 	if b.Result != nil && !b.Network {
 		dl.errorf(b.Result.Pos, "only a network declares a result type")
 	}
+	if !checkStmts(dl, u, b.Body, defined) {
+		dl.errorf(b.End, "%s %s has no return statement", what, b.Name)
+	}
+}
+
+// checkStmts checks a statement list and reports whether it always returns
+// (it ends with a return, or with an if whose branches both always return).
+// Names assigned are added to defined; after an if, a name assigned in either
+// branch counts as defined (elaboration reports the use of one the taken
+// branch did not assign).
+func checkStmts(dl *diagList, u *unit, stmts []Stmt, defined map[string]bool) bool {
 	returned := false
-	for _, s := range b.Body {
+	for _, s := range stmts {
 		if returned {
 			dl.errorf(s.stmtPos(), "unreachable statement after return")
 			break
@@ -87,11 +98,29 @@ func checkBlock(dl *diagList, u *unit, b *Block) {
 			returned = true
 		case *ExprStmt:
 			checkExpr(dl, u, s.X, defined, scopeCtx{})
+		case *If:
+			checkExpr(dl, u, s.Cond, defined, scopeCtx{})
+			thenDef, elseDef := copySet(defined), copySet(defined)
+			r1 := checkStmts(dl, u, s.Then, thenDef)
+			r2 := checkStmts(dl, u, s.Else, elseDef)
+			for n := range thenDef {
+				defined[n] = true
+			}
+			for n := range elseDef {
+				defined[n] = true
+			}
+			returned = r1 && r2 && s.Else != nil
 		}
 	}
-	if !returned {
-		dl.errorf(b.End, "%s %s has no return statement", what, b.Name)
+	return returned
+}
+
+func copySet(m map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k, v := range m {
+		out[k] = v
 	}
+	return out
 }
 
 // checkExpr walks x; defined holds the variables assigned so far.
@@ -407,16 +436,24 @@ func checkRecursion(dl *diagList, units []*unit) {
 				walk(p.Default)
 			}
 		}
-		for _, s := range ref.b.Body {
-			switch s := s.(type) {
-			case *Assign:
-				walk(s.Value)
-			case *Return:
-				walk(s.Value)
-			case *ExprStmt:
-				walk(s.X)
+		var walkStmts func(stmts []Stmt)
+		walkStmts = func(stmts []Stmt) {
+			for _, s := range stmts {
+				switch s := s.(type) {
+				case *Assign:
+					walk(s.Value)
+				case *Return:
+					walk(s.Value)
+				case *ExprStmt:
+					walk(s.X)
+				case *If:
+					walk(s.Cond)
+					walkStmts(s.Then)
+					walkStmts(s.Else)
+				}
 			}
 		}
+		walkStmts(ref.b.Body)
 		return out
 	}
 	var stack []*Block

@@ -13,10 +13,23 @@ import (
 	"github.com/kiln-dev/kiln/ir"
 )
 
-// Diagnostic is one error at a source position.
+// Severity says whether a diagnostic stops the load.
+type Severity uint8
+
+const (
+	// SeverityError is a mistake: the load fails.
+	SeverityError Severity = iota
+	// SeverityWarning is legal but probably unintended code: the load
+	// succeeds and the warning goes to Options.Warn (or, when the load fails
+	// for another reason, into the returned Diagnostics).
+	SeverityWarning
+)
+
+// Diagnostic is one error or warning at a source position.
 type Diagnostic struct {
-	Pos ir.Pos
-	Msg string
+	Pos      ir.Pos
+	Severity Severity
+	Msg      string
 	// Line is the source line at Pos (without the newline), shown with a caret.
 	Line string
 	// Notes are extra lines printed after the caret, such as the block call
@@ -26,7 +39,7 @@ type Diagnostic struct {
 
 // String formats the diagnostic as
 //
-//	file:line:col: message
+//	file:line:col: message           (a warning: file:line:col: warning: message)
 //	<source line>
 //	      ^
 //	    note...
@@ -34,6 +47,9 @@ func (d *Diagnostic) String() string {
 	var b strings.Builder
 	b.WriteString(d.Pos.String())
 	b.WriteString(": ")
+	if d.Severity == SeverityWarning {
+		b.WriteString("warning: ")
+	}
 	b.WriteString(d.Msg)
 	if d.Pos.IsValid() && d.Line != "" {
 		b.WriteString("\n")
@@ -72,7 +88,9 @@ func caretPrefix(line string, col int) string {
 }
 
 // Diagnostics is the error type of parsing and elaboration: every problem
-// found, sorted by position (file name, line, column).
+// found, sorted by position (file name, line, column). It holds at least one
+// error; warnings found in the same load are included, since they often
+// explain an error (see Options.Warn).
 type Diagnostics []*Diagnostic
 
 // Error prints all diagnostics, one after the other.
@@ -118,24 +136,55 @@ func (l *diagList) errorf(p lexer.Position, format string, args ...any) *Diagnos
 }
 
 func (l *diagList) add(p ir.Pos, msg string, notes ...string) *Diagnostic {
+	return l.addSeverity(SeverityError, p, msg, notes...)
+}
+
+// warn records a warning at p.
+func (l *diagList) warn(p ir.Pos, msg string, notes ...string) *Diagnostic {
+	return l.addSeverity(SeverityWarning, p, msg, notes...)
+}
+
+func (l *diagList) addSeverity(sev Severity, p ir.Pos, msg string, notes ...string) *Diagnostic {
 	key := p.String() + "\x00" + msg
 	if l.seen[key] {
 		return nil
 	}
 	l.seen[key] = true
-	d := &Diagnostic{Pos: p, Msg: msg, Line: sourceLine(l.srcs[p.File], p.Line), Notes: notes}
+	d := &Diagnostic{Pos: p, Severity: sev, Msg: msg, Line: sourceLine(l.srcs[p.File], p.Line), Notes: notes}
 	l.list = append(l.list, d)
 	return d
 }
 
-func (l *diagList) len() int { return len(l.list) }
+// errors counts the diagnostics of error severity.
+func (l *diagList) errors() int {
+	n := 0
+	for _, d := range l.list {
+		if d.Severity == SeverityError {
+			n++
+		}
+	}
+	return n
+}
 
-// err returns the sorted diagnostics, or nil.
+// err returns the sorted diagnostics, warnings included, if there is at
+// least one error; otherwise nil.
 func (l *diagList) err() error {
-	if len(l.list) == 0 {
+	if l.errors() == 0 {
 		return nil
 	}
 	out := append(Diagnostics(nil), l.list...)
+	out.Sort()
+	return out
+}
+
+// warnings returns the warnings, sorted.
+func (l *diagList) warnings() Diagnostics {
+	var out Diagnostics
+	for _, d := range l.list {
+		if d.Severity == SeverityWarning {
+			out = append(out, d)
+		}
+	}
 	out.Sort()
 	return out
 }

@@ -35,16 +35,21 @@
 //     and then their op node with ir.Graph.Add, which infers shapes. Errors
 //     are reported at the call and produce a poison value that suppresses
 //     follow-on errors, so elaboration goes on and reports every independent
-//     problem.
+//     problem. Comparisons, not/and/or, `A if C else B` and if statements
+//     are folded here: conditions are values known at elaboration time, and
+//     only the chosen branch creates nodes and parameters.
 //
 // Naming: an assignment `name = expr` gives the outermost call of expr the
 // scope path <scope>.name; nested and unassigned calls keep the current
-// scope; `seq` items and `repeat` iterations are numbered children. A
+// scope (a parameter-creating call nested in an assigned expression is
+// legal but warned about, since its parameters are not named under the
+// assigned name); `seq` items and `repeat` iterations are numbered children. A
 // primitive that creates parameters names them <scope>.weight etc. Every
 // node gets Name = its scope path (params: the full key) and Pos = the
 // source position of the call or operator that made it. Values assigned at
 // network level, and their numbered children, are recorded as graph marks.
 //
 // All errors are returned as Diagnostics, sorted by position, each printed as
-// file:line:col: message, the source line and a caret.
+// file:line:col: message, the source line and a caret. Warnings (Severity
+// SeverityWarning) go to Options.Warn when the load succeeds.
 package dsl

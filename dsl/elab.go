@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/alecthomas/participle/v2/lexer"
 
@@ -24,11 +25,19 @@ const maxCallDepth = 256
 // the shape. A failure is reported once, at the call, and yields poison,
 // which every later operation propagates silently.
 type elab struct {
-	g       *ir.Graph
-	dl      *diagList
-	opts    Options
-	lim     Limits
-	params  map[string]paramOrigin
+	g      *ir.Graph
+	dl     *diagList
+	opts   Options
+	lim    Limits
+	params map[string]paramOrigin
+	// created lists the parameter keys in creation order, duplicates
+	// included (for the nested-call warning); anon is set while a builtin runs that takes its enclosing
+	// body's scope path (nested in an argument, returned or unassigned);
+	// warned holds the positions already warned about.
+	created []string
+	anon    bool
+	fn      string // the builtin running
+	warned  map[ir.Pos]bool
 	stack   []frame
 	steps   int
 	aborted bool
@@ -46,16 +55,20 @@ type frame struct {
 
 // env is the evaluation environment of one block body (or seq item).
 type env struct {
-	u       *unit
-	vars    map[string]value
-	scope   string // scope path of the body: names of nested and unassigned calls
-	prev    *value // `_`, inside a seq item after the first
+	u     *unit
+	vars  map[string]value
+	scope string // scope path of the body: names of nested and unassigned calls
+	prev  *value // `_`, inside a seq item after the first
+	// skipped maps a name assigned only in an if branch that was not taken
+	// to that if's position, for the "undefined" message.
+	skipped map[string]lexer.Position
 	inSeq   bool
 	network bool // network level: assignments are marked
 }
 
 func newElab(opts Options, dl *diagList) *elab {
-	return &elab{g: &ir.Graph{}, dl: dl, opts: opts, lim: opts.Limits.withDefaults(), params: map[string]paramOrigin{}}
+	return &elab{g: &ir.Graph{}, dl: dl, opts: opts, lim: opts.Limits.withDefaults(), params: map[string]paramOrigin{},
+		warned: map[ir.Pos]bool{}}
 }
 
 // join appends a path segment to a scope path.
@@ -72,11 +85,24 @@ func (e *elab) report(pos lexer.Position, msg string) {
 	if e.aborted {
 		return
 	}
+	e.dl.add(irPos(pos), msg, e.callChain()...)
+}
+
+// reportNotes is report with notes placed before the call chain.
+func (e *elab) reportNotes(pos lexer.Position, msg string, notes ...string) {
+	if e.aborted {
+		return
+	}
+	e.dl.add(irPos(pos), msg, append(notes, e.callChain()...)...)
+}
+
+// callChain describes the innermost block calls (at most four).
+func (e *elab) callChain() []string {
 	var notes []string
 	for i := len(e.stack) - 1; i >= 0 && len(notes) < 4; i-- {
 		notes = append(notes, fmt.Sprintf("in block %s called at %s", e.stack[i].b.Name, irPos(e.stack[i].call)))
 	}
-	e.dl.add(irPos(pos), msg, notes...)
+	return notes
 }
 
 func (e *elab) abort(pos lexer.Position, format string, args ...any) {
@@ -125,12 +151,14 @@ func (e *elab) param(pos lexer.Position, key string, shape []int, buffer bool) i
 	if e.aborted {
 		return -1
 	}
+	e.created = append(e.created, key)
 	if prev, dup := e.params[key]; dup {
 		where := "at " + prev.pos.String()
 		if prev.pos == irPos(pos) {
 			where = "by the call at " + prev.origin.String()
 		}
-		e.report(pos, fmt.Sprintf("duplicate parameter %s (first created %s)", key, where))
+		msg, hint := duplicateMsg(key, where, e.fn, e.anon)
+		e.reportNotes(pos, msg, hint)
 		return -1
 	}
 	if len(e.g.Nodes) >= e.lim.MaxNodes {
@@ -154,6 +182,62 @@ func (e *elab) param(pos lexer.Position, key string, shape []int, buffer bool) i
 	}
 	e.params[key] = paramOrigin{pos: irPos(pos), origin: origin}
 	return id
+}
+
+// duplicateMsg explains a duplicate checkpoint key: the message, and a hint
+// naming the rule that produced it (docs/DSL.md §6) and the fix. anon: the
+// creating call took its enclosing body's scope path (rule 2).
+func duplicateMsg(key, where, fn string, anon bool) (msg, hint string) {
+	msg = fmt.Sprintf("duplicate parameter %s (first created %s)", key, where)
+	scope := "the network's top level"
+	if i := strings.LastIndexByte(key, '.'); i >= 0 {
+		scope = key[:i]
+	}
+	if anon {
+		return msg, fmt.Sprintf("hint: a call nested in an argument or operand, returned or not assigned is named by the scope it is written in (%s), "+
+			"so two such calls creating parameters there clash; assign each to a name of its own (%s = %s(...)) and pass the name", scope, fn, fn)
+	}
+	return msg, fmt.Sprintf("hint: two calls got the same scope path %s (a name assigned twice, or a block called twice without a name of its own); "+
+		"give each call a name of its own", scope)
+}
+
+// nested evaluates x, an operand or argument of an expression whose scope
+// path is outer, in the enclosing body's scope (naming rule 2). When outer
+// differs from that scope and x creates parameters, it warns: the parameters
+// are not named under outer, which is rarely what the author meant
+// (`a = batchnorm(conv2d(x, ...))` names the conv's weight "weight", not
+// "a.weight", and a second such line clashes).
+func (e *elab) nested(en *env, x Expr, outer string) value {
+	before := len(e.created)
+	v := e.eval(en, x, en.scope, false)
+	if outer == en.scope || len(e.created) == before || e.aborted {
+		return v
+	}
+	pos := irPos(x.Position())
+	if e.warned[pos] {
+		return v
+	}
+	e.warned[pos] = true
+	keys := e.created[before:]
+	list := keys[0]
+	if len(keys) > 1 {
+		list += ", " + keys[1]
+	}
+	if len(keys) > 2 {
+		list += ", ..."
+	}
+	what, fix := "this expression", "name = ..."
+	if c, ok := x.(*Call); ok {
+		what, fix = c.Func+"(...)", c.Func+" = "+c.Func+"(...)"
+	}
+	scope := "the network's top level"
+	if en.scope != "" {
+		scope = en.scope
+	}
+	e.dl.warn(pos, fmt.Sprintf("%s nested in an expression named %s creates %s, not names under %s", what, outer, list, outer),
+		append([]string{fmt.Sprintf("hint: a call nested in an argument or operand is named by the scope it is written in (%s); "+
+			"assign it to a name of its own first (%s) and pass the name", scope, fix)}, e.callChain()...)...)
+	return v
 }
 
 // network elaborates the network declaration nb of unit u.
@@ -180,7 +264,7 @@ func (e *elab) network(u *unit, nb *Block) *ir.Graph {
 		vars[p.Name] = e.input(p, batch, first)
 		first = false
 	}
-	out, retPos := e.body(en, nb.Body)
+	out, retPos, _ := e.body(en, nb.Body)
 	if out.isPoison() {
 		return e.g
 	}
@@ -266,9 +350,15 @@ func (e *elab) input(p *Param, batch int, first bool) value {
 }
 
 // body runs the statements of a block or network and returns the returned
-// value and the return statement's position.
-func (e *elab) body(en *env, stmts []Stmt) (value, lexer.Position) {
+// value, the return statement's position and whether a return was reached.
+// An if statement runs the chosen branch's statements in the same
+// environment (same variables, same scope path); a return inside it returns
+// from the whole body.
+func (e *elab) body(en *env, stmts []Stmt) (value, lexer.Position, bool) {
 	for _, s := range stmts {
+		if e.aborted {
+			return poison, lexer.Position{}, true
+		}
 		switch s := s.(type) {
 		case *Assign:
 			path := join(en.scope, s.Name)
@@ -278,12 +368,80 @@ func (e *elab) body(en *env, stmts []Stmt) (value, lexer.Position) {
 				e.g.SetMark(path, v.node)
 			}
 		case *Return:
-			return e.eval(en, s.Value, en.scope, false), s.Pos
+			return e.eval(en, s.Value, en.scope, false), s.Pos, true
 		case *ExprStmt:
 			e.eval(en, s.X, en.scope, false)
+		case *If:
+			c, ok := e.cond(s.Cond, e.eval(en, s.Cond, en.scope, false))
+			if !ok {
+				// Neither branch runs; the variables they would assign are
+				// poison so that later uses stay silent.
+				poisonAssigned(en, s.Then)
+				poisonAssigned(en, s.Else)
+				continue
+			}
+			branch, other := s.Else, s.Then
+			if c {
+				branch, other = s.Then, s.Else
+			}
+			noteSkipped(en, other, s.Pos)
+			if v, pos, done := e.body(en, branch); done {
+				return v, pos, true
+			}
 		}
 	}
-	return poison, lexer.Position{}
+	return poison, lexer.Position{}, false
+}
+
+// noteSkipped records the names assigned in stmts, the branch not taken of
+// the if at pos, that are not defined (yet).
+func noteSkipped(en *env, stmts []Stmt, pos lexer.Position) {
+	for _, s := range stmts {
+		switch s := s.(type) {
+		case *Assign:
+			if _, ok := en.vars[s.Name]; !ok {
+				if en.skipped == nil {
+					en.skipped = map[string]lexer.Position{}
+				}
+				en.skipped[s.Name] = pos
+			}
+		case *If:
+			noteSkipped(en, s.Then, pos)
+			noteSkipped(en, s.Else, pos)
+		}
+	}
+}
+
+// poisonAssigned binds every variable assigned in stmts (at any depth) to
+// poison.
+func poisonAssigned(en *env, stmts []Stmt) {
+	for _, s := range stmts {
+		switch s := s.(type) {
+		case *Assign:
+			en.vars[s.Name] = poison
+		case *If:
+			poisonAssigned(en, s.Then)
+			poisonAssigned(en, s.Else)
+		}
+	}
+}
+
+// cond checks that v, the value of condition x, is a bool known at
+// elaboration time. A tensor is a run-time value: the network's structure
+// cannot depend on it.
+func (e *elab) cond(x Expr, v value) (bool, bool) {
+	switch {
+	case v.isPoison():
+		return false, false
+	case v.k == kBool:
+		return v.b, true
+	case v.k == kTensor:
+		e.report(x.Position(), "condition must be a bool known when the network is built, got run-time "+v.format(e.typeString)+
+			" (conditions select the network's structure; they cannot depend on tensor values)")
+		return false, false
+	}
+	e.report(x.Position(), "condition must be a bool, got "+v.format(e.typeString))
+	return false, false
 }
 
 // eval evaluates x. scope is the scope path given to x's outermost call (or
@@ -322,7 +480,11 @@ func (e *elab) eval(en *env, x Expr, scope string, mark bool) value {
 			for n := range en.vars {
 				defined[n] = true
 			}
-			e.report(x.Pos, undefinedMsg(en.u, x.Name, defined))
+			msg := undefinedMsg(en.u, x.Name, defined)
+			if p, ok := en.skipped[x.Name]; ok {
+				msg = fmt.Sprintf("undefined: %s (it is assigned only in the branch not taken of the if at %s)", x.Name, irPos(p))
+			}
+			e.report(x.Pos, msg)
 			return poison
 		}
 		return v
@@ -333,26 +495,33 @@ func (e *elab) eval(en *env, x Expr, scope string, mark bool) value {
 		}
 		return *en.prev
 	case *Unary:
-		return e.negate(x.Pos, e.eval(en, x.X, en.scope, false), scope)
+		if x.Op == "not" {
+			v := e.eval(en, x.X, en.scope, false)
+			b, ok := e.boolOperand(x.Pos, "not", v)
+			if !ok {
+				return poison
+			}
+			return boolVal(!b)
+		}
+		return e.negate(x.Pos, e.nested(en, x.X, scope), scope)
 	case *Binary:
-		a := e.eval(en, x.X, en.scope, false)
-		b := e.eval(en, x.Y, en.scope, false)
+		if x.Op == "and" || x.Op == "or" {
+			return e.logical(en, x)
+		}
+		a := e.nested(en, x.X, scope)
+		b := e.nested(en, x.Y, scope)
 		return e.binary(x, a, b, scope)
 	case *Cond:
-		c := e.eval(en, x.Cond, en.scope, false)
-		if c.isPoison() {
+		c, ok := e.cond(x.Cond, e.eval(en, x.Cond, en.scope, false))
+		if !ok {
 			return poison
 		}
-		if c.k != kBool {
-			e.report(x.Cond.Position(), "condition must be a bool, got "+c.format(e.typeString))
-			return poison
-		}
-		if c.b {
+		if c {
 			return e.eval(en, x.Then, scope, mark)
 		}
 		return e.eval(en, x.Else, scope, mark)
 	case *Call:
-		return e.apply(en, x, e.evalArgs(en, x), scope)
+		return e.apply(en, x, e.evalArgs(en, x, scope), scope)
 	case *Seq:
 		return e.seq(en, x, scope, mark)
 	case *Repeat:
@@ -361,6 +530,114 @@ func (e *elab) eval(en *env, x Expr, scope string, mark bool) value {
 	}
 	e.report(x.Position(), fmt.Sprintf("internal error: unknown expression %T", x))
 	return poison
+}
+
+// logical evaluates `a and b` / `a or b` with Python's short-circuit rule:
+// b is evaluated only when a does not decide the result. Both operands must
+// be bools.
+func (e *elab) logical(en *env, x *Binary) value {
+	a, ok := e.boolOperand(x.Pos, x.Op, e.eval(en, x.X, en.scope, false))
+	if !ok {
+		return poison
+	}
+	if a == (x.Op == "or") {
+		return boolVal(a)
+	}
+	b, ok := e.boolOperand(x.Pos, x.Op, e.eval(en, x.Y, en.scope, false))
+	if !ok {
+		return poison
+	}
+	return boolVal(b)
+}
+
+// boolOperand checks an operand of not, and, or.
+func (e *elab) boolOperand(pos lexer.Position, op string, v value) (bool, bool) {
+	switch {
+	case v.isPoison():
+		return false, false
+	case v.k == kBool:
+		return v.b, true
+	case v.k == kTensor:
+		e.report(pos, fmt.Sprintf("operator %s needs bools known when the network is built, got run-time %s (conditions cannot depend on tensor values)",
+			op, v.format(e.typeString)))
+		return false, false
+	}
+	e.report(pos, fmt.Sprintf("operator %s needs bools, got %s", op, v.format(e.typeString)))
+	return false, false
+}
+
+// compare folds a comparison of two elaboration-time values. Numbers compare
+// by value (an int and a float compare as float64); bools, strings and
+// tuples (elementwise; a kernel literal 3x3 is the tuple (3, 3)) support
+// only == and !=. Tensors are run-time values and cannot be compared.
+func (e *elab) compare(x *Binary, a, b value) value {
+	if a.k == kTensor || b.k == kTensor {
+		e.report(x.Pos, fmt.Sprintf("comparison %s needs values known when the network is built (ints, floats, bools, tuples), got %s and %s (conditions cannot depend on tensor values)",
+			x.Op, a.format(e.typeString), b.format(e.typeString)))
+		return poison
+	}
+	if a.isNum() && b.isNum() {
+		var lt, eq bool
+		if a.k == kInt && b.k == kInt {
+			lt, eq = a.i < b.i, a.i == b.i
+		} else {
+			lt, eq = a.num() < b.num(), a.num() == b.num()
+		}
+		switch x.Op {
+		case "==":
+			return boolVal(eq)
+		case "!=":
+			return boolVal(!eq)
+		case "<":
+			return boolVal(lt)
+		case "<=":
+			return boolVal(lt || eq)
+		case ">":
+			return boolVal(!lt && !eq)
+		case ">=":
+			return boolVal(!lt)
+		}
+	}
+	if (x.Op == "==" || x.Op == "!=") && a.k == b.k {
+		eq := valuesEqual(a, b)
+		return boolVal(eq == (x.Op == "=="))
+	}
+	hint := ""
+	if a.k == kTuple && b.isNum() || a.isNum() && b.k == kTuple {
+		hint = " (an int n as a window argument means (n, n): compare with the tuple, e.g. stride != (1, 1))"
+	}
+	e.report(x.Pos, fmt.Sprintf("comparison %s is not defined for %s and %s%s", x.Op,
+		a.format(e.typeString), b.format(e.typeString), hint))
+	return poison
+}
+
+// valuesEqual reports whether two non-tensor values of the same kind are
+// equal; tuples compare elementwise (numbers by value).
+func valuesEqual(a, b value) bool {
+	switch {
+	case a.isNum() && b.isNum():
+		if a.k == kInt && b.k == kInt {
+			return a.i == b.i
+		}
+		return a.num() == b.num()
+	case a.k != b.k:
+		return false
+	case a.k == kBool:
+		return a.b == b.b
+	case a.k == kString:
+		return a.s == b.s
+	case a.k == kTuple:
+		if len(a.elems) != len(b.elems) {
+			return false
+		}
+		for i := range a.elems {
+			if !valuesEqual(a.elems[i], b.elems[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 func (e *elab) negate(pos lexer.Position, v value, scope string) value {
@@ -384,6 +661,10 @@ func (e *elab) negate(pos lexer.Position, v value, scope string) value {
 func (e *elab) binary(x *Binary, a, b value, scope string) value {
 	if a.isPoison() || b.isPoison() {
 		return poison
+	}
+	switch x.Op {
+	case "==", "!=", "<", "<=", ">", ">=":
+		return e.compare(x, a, b)
 	}
 	if a.isNum() && b.isNum() {
 		if x.Op == "/" && b.num() == 0 {
@@ -436,11 +717,12 @@ func (e *elab) binary(x *Binary, a, b value, scope string) value {
 	return poison
 }
 
-// evalArgs evaluates a call's arguments in the current scope.
-func (e *elab) evalArgs(en *env, c *Call) []argVal {
+// evalArgs evaluates a call's arguments in the current scope; outer is the
+// scope path of the call itself (see nested).
+func (e *elab) evalArgs(en *env, c *Call, outer string) []argVal {
 	out := make([]argVal, len(c.Args))
 	for i, a := range c.Args {
-		out[i] = argVal{pos: a.Value.Position(), v: e.eval(en, a.Value, en.scope, false)}
+		out[i] = argVal{pos: a.Value.Position(), v: e.nested(en, a.Value, outer)}
 	}
 	return out
 }
@@ -469,6 +751,9 @@ func (e *elab) apply(en *env, c *Call, args []argVal, scope string) value {
 		for _, ai := range rest {
 			bc.rest = append(bc.rest, &args[ai])
 		}
+		saved, savedFn := e.anon, e.fn
+		e.anon, e.fn = scope == en.scope, c.Func
+		defer func() { e.anon, e.fn = saved, savedFn }()
 		return b.fn(bc)
 	}
 	ref := en.u.blocks[c.Func]
@@ -504,7 +789,7 @@ func (e *elab) callBlock(ref *blockRef, c *Call, args []argVal, scope string) va
 			en.vars[p.Name] = e.eval(en, p.Default, scope, false)
 		}
 	}
-	v, _ := e.body(en, ref.b.Body)
+	v, _, _ := e.body(en, ref.b.Body)
 	return v
 }
 
@@ -519,7 +804,7 @@ func (e *elab) seq(en *env, s *Seq, scope string, mark bool) value {
 	var prev value
 	idx := 0
 	for k, it := range s.Items {
-		ie := &env{u: en.u, vars: en.vars, scope: en.scope, inSeq: true, network: en.network}
+		ie := &env{u: en.u, vars: en.vars, scope: en.scope, inSeq: true, network: en.network, skipped: en.skipped}
 		if k > 0 {
 			p := prev
 			ie.prev = &p
@@ -560,7 +845,7 @@ func (e *elab) repeat(en *env, r *Repeat, scope string, start int, mark bool) (v
 		e.report(r.Count.Position(), fmt.Sprintf("repeat count %d exceeds the limit %d", n, e.lim.MaxRepeat))
 		return poison, 0
 	}
-	args := e.evalArgs(en, r.Call)
+	args := e.evalArgs(en, r.Call, scope)
 	first := -1
 	for i, a := range r.Call.Args {
 		if a.Name == "" {

@@ -17,9 +17,9 @@ var lexDef = lexer.MustSimple([]lexer.SimpleRule{
 	{Name: "BadString", Pattern: `"(?:[^"\\\n]|\\.)*`},
 	{Name: "Kernel", Pattern: `[0-9]+x[0-9]+`},
 	{Name: "Number", Pattern: `(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?`},
-	{Name: "Keyword", Pattern: `(?:block|network|import|return|seq|if|else|true|false)\b`},
+	{Name: "Keyword", Pattern: `(?:block|network|import|return|seq|if|else|true|false|and|or|not)\b`},
 	{Name: "Ident", Pattern: `[A-Za-z_][A-Za-z0-9_]*`},
-	{Name: "Punct", Pattern: `->|[-+*/=(),;:\[\]{}]`},
+	{Name: "Punct", Pattern: `->|==|!=|<=|>=|[-+*/=<>(),;:\[\]{}]`},
 	{Name: "Invalid", Pattern: `.`},
 })
 
@@ -83,17 +83,68 @@ type gClose struct {
 
 type gStmt struct {
 	Pos    lexer.Position
-	Return *gExpr  `parser:"  'return' @@"`
+	If     *gIf    `parser:"  @@"`
+	Return *gExpr  `parser:"| 'return' @@"`
 	Name   *string `parser:"| (?= Ident '=') @Ident '='"`
 	Value  *gExpr  `parser:"  @@"`
 	Expr   *gExpr  `parser:"| @@"`
 }
 
+// gIf is the statement `if COND { ... } [ else { ... } | else if ... ]`.
+type gIf struct {
+	Pos    lexer.Position
+	Cond   *gExpr `parser:"'if' @@"`
+	Then   *gBody `parser:"@@"`
+	ElseIf *gIf   `parser:"( 'else' ( @@"`
+	Else   *gBody `parser:"         | @@ ) )?"`
+}
+
 type gExpr struct {
 	Pos  lexer.Position
-	Then *gSum  `parser:"@@"`
-	Cond *gSum  `parser:"( 'if' @@"`
+	Then *gOr   `parser:"@@"`
+	Cond *gOr   `parser:"( 'if' @@"`
 	Else *gExpr `parser:"  'else' @@ )?"`
+}
+
+type gOr struct {
+	Left *gAnd    `parser:"@@"`
+	Rest []*gOrOp `parser:"@@*"`
+}
+
+type gOrOp struct {
+	Pos   lexer.Position
+	Op    string `parser:"@'or'"`
+	Right *gAnd  `parser:"@@"`
+}
+
+type gAnd struct {
+	Left *gNot     `parser:"@@"`
+	Rest []*gAndOp `parser:"@@*"`
+}
+
+type gAndOp struct {
+	Pos   lexer.Position
+	Op    string `parser:"@'and'"`
+	Right *gNot  `parser:"@@"`
+}
+
+type gNot struct {
+	Pos lexer.Position
+	Not []string `parser:"@'not'*"`
+	X   *gCmp    `parser:"@@"`
+}
+
+// gCmp is at most one comparison: comparisons do not chain (a < b < c is a
+// syntax error rather than Python's a < b and b < c).
+type gCmp struct {
+	Left *gSum   `parser:"@@"`
+	Op   *gCmpOp `parser:"@@?"`
+}
+
+type gCmpOp struct {
+	Pos   lexer.Position
+	Op    string `parser:"@('==' | '!=' | '<=' | '>=' | '<' | '>')"`
+	Right *gSum  `parser:"@@"`
 }
 
 type gSum struct {

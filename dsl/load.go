@@ -38,6 +38,11 @@ type Options struct {
 	ImportPath []string
 	// Limits bound elaboration; zero fields take the defaults.
 	Limits Limits
+	// Warn, if set, receives each warning (Severity SeverityWarning) of a
+	// load that succeeds, in source order; kiln prints them to stderr. When
+	// the load fails, the warnings are part of the returned Diagnostics
+	// instead.
+	Warn func(*Diagnostic)
 }
 
 // Limits bound the work and size of an elaboration so that hostile or
@@ -138,6 +143,11 @@ func elaborate(f *File, opts Options, dl *diagList) (*ir.Graph, error) {
 	}
 	if err := g.Verify(); err != nil {
 		return nil, fmt.Errorf("internal error: elaborated graph does not verify: %w", err)
+	}
+	if opts.Warn != nil {
+		for _, d := range dl.warnings() {
+			opts.Warn(d)
+		}
 	}
 	return g, nil
 }

@@ -24,7 +24,7 @@ const maxNesting = 64
 // start top-level declarations, so a missing brace in one declaration cannot
 // swallow the next. Newlines are statement separators, except inside ( ) and
 // [ ] and after a token that cannot end a statement (an operator, `,`, `=`,
-// `:`, `->`, `if`, `else`). Each declaration is then parsed separately with
+// `:`, `->`, `if`, `else`, `and`, `or`, `not`). Each declaration is then parsed separately with
 // participle, so syntax errors in different declarations are all reported.
 func ParseFile(filename string, src []byte) (*File, error) {
 	dl := newDiagList()
@@ -108,9 +108,9 @@ type chunk struct {
 // continues reports whether a newline after token t is ignored.
 func continues(t lexer.Token) bool {
 	switch t.Value {
-	case "+", "-", "*", "/", "=", ",", ":", "->", "(", "[", "{", ";":
+	case "+", "-", "*", "/", "=", ",", ":", "->", "(", "[", "{", ";", "==", "!=", "<", "<=", ">", ">=":
 		return t.Type == tokType["Punct"]
-	case "if", "else":
+	case "if", "else", "and", "or", "not":
 		return t.Type == tokType["Keyword"]
 	}
 	return false
@@ -349,7 +349,8 @@ var grammarWords = map[string]string{
 	"GClose": `"}"`, "GBody": `"{"`, "GType": "type", "GParam": "parameter", "GArg": "argument",
 	"GName": "name", "GStmt": "statement", "GDim": "dimension", "GCount": "repeat count",
 	"GImport": "declaration", "GBlock": "declaration", "GExpr": "expression", "GSum": "expression",
-	"GProd": "expression", "GUnary": "expression", "GPrimary": "expression", "GSeq": "expression",
+	"GProd": "expression", "GUnary": "expression", "GOr": "expression", "GAnd": "expression",
+	"GNot": "expression", "GCmp": "expression", "GIf": "statement", "GPrimary": "expression", "GSeq": "expression",
 	"GRepeat": "expression", "GCall": "expression", "GParen": "expression",
 	"<ident>": "name", "<number>": "number", "<kernel>": "kernel size", "<string>": "string",
 	"<nl>": "newline", "NL": "newline", "Ident": "name", "Number": "number", "Kernel": "kernel size",
@@ -382,17 +383,38 @@ func (c *converter) block(g *gBlock) *Block {
 	if g.Result != nil {
 		b.Result = c.tensorType(g.Result)
 	}
-	for _, s := range g.Body.Stmts {
+	b.Body = c.stmts(g.Body.Stmts)
+	return b
+}
+
+func (c *converter) stmts(gs []*gStmt) []Stmt {
+	var out []Stmt
+	for _, s := range gs {
 		switch {
+		case s.If != nil:
+			out = append(out, c.ifStmt(s.If))
 		case s.Return != nil:
-			b.Body = append(b.Body, &Return{Pos: s.Pos, Value: c.expr(s.Return)})
+			out = append(out, &Return{Pos: s.Pos, Value: c.expr(s.Return)})
 		case s.Name != nil:
-			b.Body = append(b.Body, &Assign{Pos: s.Pos, Name: *s.Name, Value: c.expr(s.Value)})
+			out = append(out, &Assign{Pos: s.Pos, Name: *s.Name, Value: c.expr(s.Value)})
 		default:
-			b.Body = append(b.Body, &ExprStmt{Pos: s.Pos, X: c.expr(s.Expr)})
+			out = append(out, &ExprStmt{Pos: s.Pos, X: c.expr(s.Expr)})
 		}
 	}
-	return b
+	return out
+}
+
+func (c *converter) ifStmt(g *gIf) *If {
+	s := &If{Pos: g.Pos, Cond: c.expr(g.Cond), Then: c.stmts(g.Then.Stmts), ThenEnd: g.Then.Close.Pos}
+	switch {
+	case g.ElseIf != nil:
+		s.Else = []Stmt{c.ifStmt(g.ElseIf)}
+		s.ElseEnd = g.ElseIf.Pos
+	case g.Else != nil:
+		s.Else = c.stmts(g.Else.Stmts)
+		s.ElseEnd = g.Else.Close.Pos
+	}
+	return s
 }
 
 func (c *converter) tensorType(g *gType) *TensorType {
@@ -412,11 +434,43 @@ func (c *converter) tensorType(g *gType) *TensorType {
 }
 
 func (c *converter) expr(g *gExpr) Expr {
-	then := c.sum(g.Then)
+	then := c.or(g.Then)
 	if g.Cond == nil {
 		return then
 	}
-	return &Cond{Pos: g.Pos, Then: then, Cond: c.sum(g.Cond), Else: c.expr(g.Else)}
+	return &Cond{Pos: g.Pos, Then: then, Cond: c.or(g.Cond), Else: c.expr(g.Else)}
+}
+
+func (c *converter) or(g *gOr) Expr {
+	x := c.and(g.Left)
+	for _, op := range g.Rest {
+		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.and(op.Right)}
+	}
+	return x
+}
+
+func (c *converter) and(g *gAnd) Expr {
+	x := c.not(g.Left)
+	for _, op := range g.Rest {
+		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.not(op.Right)}
+	}
+	return x
+}
+
+func (c *converter) not(g *gNot) Expr {
+	x := c.cmp(g.X)
+	for range g.Not {
+		x = &Unary{Pos: g.Pos, Op: "not", X: x}
+	}
+	return x
+}
+
+func (c *converter) cmp(g *gCmp) Expr {
+	x := c.sum(g.Left)
+	if g.Op != nil {
+		x = &Binary{Pos: g.Op.Pos, Op: g.Op.Op, X: x, Y: c.sum(g.Op.Right)}
+	}
+	return x
 }
 
 func (c *converter) sum(g *gSum) Expr {

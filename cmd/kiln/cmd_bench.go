@@ -48,6 +48,7 @@ func init() {
 				"scope=kernel row per kernel by time; with --peak one row per ISA and thread count); json (one\n"+
 				"object, stable snake_case field names, times in ms, percentages in percent)")
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
+			stripPrefix := fs.String("strip-prefix", "", "remove `PREFIX` from every --weights name that starts with it (e.g. module. from a DataParallel state dict)")
 			minTime := fs.Duration("min-time", 2*time.Second, "after the warm-up, time inferences for at least this `duration` and at least 10 runs;\n"+
 				"the report gives median, p10 and p90 latency and GFLOP/s = 2 x MACs / median latency\n"+
 				"(MACs of the conv and dense kernels, as kiln stats counts them)")
@@ -94,7 +95,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				b := &benchRun{weights: *weights, isa: *isa, threads: *threads,
+				b := &benchRun{weights: *weights, stripPrefix: *stripPrefix, isa: *isa, threads: *threads,
 					layers: *layers, minTime: *minTime, warmup: *warmup}
 				g, err := nf.load(file)
 				if err != nil {
@@ -120,6 +121,7 @@ func init() {
 // benchRun is kiln bench FILE's settings.
 type benchRun struct {
 	weights, isa string
+	stripPrefix  string // --strip-prefix
 	threads      int
 	layers       bool
 	minTime      time.Duration
@@ -181,7 +183,7 @@ func (b *benchRun) run(e *env, g *ir.Graph) (*benchResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	params, err := loadWeights(g, b.weights)
+	params, err := loadWeightsStrip(g, b.weights, b.stripPrefix)
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ func init() {
 			var pf pipeFlags
 			pf.registerPassFlags(fs)
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
+			stripPrefix := fs.String("strip-prefix", "", "remove `PREFIX` from every --weights name that starts with it (e.g. module. from a DataParallel state dict)")
 			target := fs.String("target", hostTarget(), "code generation `target`: x86-64 (AVX-512 and AVX2 in one binary), avx512, avx2 or arm64-neon")
 			out := fs.String("o", "", "output executable `OUT`")
 			var taps listFlag
@@ -53,7 +54,7 @@ func init() {
 					if err != nil {
 						return err
 					}
-					params, err := loadWeights(g, *weights)
+					params, err := loadWeightsStrip(g, *weights, *stripPrefix)
 					if err != nil {
 						return err
 					}

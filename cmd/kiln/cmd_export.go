@@ -16,6 +16,7 @@ func init() {
 			nf.register(fs)
 			asONNX := fs.Bool("onnx", false, fmt.Sprintf("write an ONNX model (opset %d, IR version %d): the only export format, required", onnx.Opset, onnx.IRVersion))
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
+			stripPrefix := fs.String("strip-prefix", "", "remove `PREFIX` from every --weights name that starts with it (e.g. module. from a DataParallel state dict)")
 			out := fs.String("o", "", "output `file` (model.onnx), written atomically")
 			return func(args []string) error {
 				file, err := oneFile(args)
@@ -32,7 +33,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				params, err := loadWeights(g, *weights)
+				params, err := loadWeightsStrip(g, *weights, *stripPrefix)
 				if err != nil {
 					return err
 				}

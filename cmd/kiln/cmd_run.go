@@ -16,6 +16,7 @@ func init() {
 	register(&command{name: "run", args: "FILE", summary: "run a network on an .npy input and write the output .npy (atomically)",
 		setup: func(fs *flag.FlagSet, e *env) func([]string) error {
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
+			stripPrefix := fs.String("strip-prefix", "", "remove `PREFIX` from every --weights name that starts with it (e.g. module. from a DataParallel state dict)")
 			input := fs.String("input", "", "input tensor `X.npy` (float32, N x C x H x W); its shape sets the batch and image size")
 			output := fs.String("output", "", "where to write the output `Y.npy`")
 			backend := fs.String("backend", "interp", "execution `backend`: interp (reference interpreter) or cpu (compiled with LLVM for this machine)")
@@ -44,7 +45,7 @@ func init() {
 				if err != nil {
 					return err
 				}
-				params, err := loadWeights(g, *weights)
+				params, err := loadWeightsStrip(g, *weights, *stripPrefix)
 				if err != nil {
 					return err
 				}
@@ -52,7 +53,7 @@ func init() {
 				if *tap != "" {
 					id, ok := g.Mark(*tap)
 					if !ok {
-						return fmt.Errorf("--tap: %s has no module %q (modules: %s)", g.Name, *tap, markNames(g))
+						return unknownTap(g, *tap)
 					}
 					keep = []int{id}
 				}

@@ -108,7 +108,7 @@ func withTaps(g *ir.Graph, taps []string) (*ir.Graph, error) {
 	for _, name := range taps {
 		id, ok := g.Mark(name)
 		if !ok {
-			return nil, fmt.Errorf("--tap: %s has no module %q (modules: %s)", g.Name, name, markNames(g))
+			return nil, unknownTap(g, name)
 		}
 		if seen[name] {
 			return nil, fmt.Errorf("--tap: %q given twice", name)
@@ -119,17 +119,76 @@ func withTaps(g *ir.Graph, taps []string) (*ir.Graph, error) {
 	return out, nil
 }
 
-// markNames lists g's marks for messages, abbreviated past 40.
-func markNames(g *ir.Graph) string {
-	var names []string
-	for i, m := range g.Marks {
-		if i == 40 {
-			names = append(names, fmt.Sprintf("... %d more", len(g.Marks)-40))
-			break
+// unknownTap is the error for --tap NAME when g has no mark NAME: it lists
+// the valid names (markNames) and suggests the closest one.
+func unknownTap(g *ir.Graph, name string) error {
+	// The closest by edit distance; on a tie, the longest common prefix.
+	best, bestD, bestP := "", len(name)/2+2, 0 // farther is no likely typo
+	for _, m := range g.Marks {
+		d, p := levenshtein(name, m.Name), commonPrefix(name, m.Name)
+		if d < bestD || best != "" && d == bestD && p > bestP {
+			best, bestD, bestP = m.Name, d, p
 		}
-		names = append(names, m.Name)
 	}
-	return strings.Join(names, ", ")
+	hint := ""
+	if best != "" {
+		hint = fmt.Sprintf("; did you mean %s?", best)
+	}
+	return fmt.Errorf("--tap: %s has no module %q (modules: %s)%s", g.Name, name, markNames(g, name), hint)
+}
+
+// markNames lists g's marks for messages. Past 40 it keeps those in the
+// same module as query (the same first path segment: features.* for
+// features.55), then abbreviates, pointing to kiln dump for the full list.
+func markNames(g *ir.Graph, query string) string {
+	const max = 40
+	if len(g.Marks) <= max {
+		var names []string
+		for _, m := range g.Marks {
+			names = append(names, m.Name)
+		}
+		return strings.Join(names, ", ")
+	}
+	first, _, _ := strings.Cut(query, ".")
+	var same, other []string
+	for _, m := range g.Marks {
+		if f, _, _ := strings.Cut(m.Name, "."); f == first {
+			same = append(same, m.Name)
+		} else {
+			other = append(other, m.Name)
+		}
+	}
+	names := append(same, other...)
+	return strings.Join(names[:max], ", ") + fmt.Sprintf(", ... %d more (kiln dump lists every mark)", len(names)-max)
+}
+
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// levenshtein is the edit distance of a and b (Wagner–Fischer, two rows).
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // compiled is a network compiled to a shared object.

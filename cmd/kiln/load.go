@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -64,8 +65,16 @@ func (f *netFlags) load(file string) (*ir.Graph, error) {
 
 func builtinNames() []string { return archs.Names() }
 
+// warnOut receives the DSL's warnings (printed as file:line:col: warning:
+// ...); run sets it to the command's stderr.
+var warnOut io.Writer = os.Stderr
+
 // loadNet elaborates FILE: a path on disk, or a built-in network name.
+// Warnings go to warnOut.
 func loadNet(file string, opts dsl.Options) (*ir.Graph, error) {
+	if opts.Warn == nil {
+		opts.Warn = func(d *dsl.Diagnostic) { fmt.Fprintln(warnOut, d) }
+	}
 	if _, err := os.Stat(file); err != nil {
 		name := strings.TrimSuffix(file, ".kiln")
 		for _, b := range archs.Names() {

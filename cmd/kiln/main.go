@@ -84,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("kiln "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	e := &env{stdout: stdout, stderr: stderr}
+	warnOut = stderr
 	runFn := cmd.setup(fs, e)
 	usage := func(w io.Writer) {
 		fs.SetOutput(w)

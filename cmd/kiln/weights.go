@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -15,23 +16,55 @@ import (
 // deterministic procedural weights instead (tensor.Generate, keyed by the full
 // parameter name; see ../shared/fixtures/README.md §1).
 func loadWeights(g *ir.Graph, path string) (map[string]*tensor.Tensor, error) {
+	return loadWeightsStrip(g, path, "")
+}
+
+// loadWeightsStrip is loadWeights that first removes prefix from every
+// checkpoint name starting with it (--strip-prefix). When names do not match
+// and a prefix on them is the reason (a state dict saved from
+// nn.DataParallel has "module." on every key), the error says which
+// --strip-prefix would fix it (tensor.PrefixHint).
+func loadWeightsStrip(g *ir.Graph, path, prefix string) (map[string]*tensor.Tensor, error) {
 	params := g.Params()
 	if path == "" {
+		if prefix != "" {
+			return nil, usagef("--strip-prefix needs --weights")
+		}
 		return generateWeights(params)
 	}
 	f, err := tensor.ReadSafetensorsFile(path)
 	if err != nil {
 		return nil, err
 	}
-	variances := varianceParams(g)
-	specs := make([]tensor.Spec, len(params))
-	for i, p := range params {
-		specs[i] = tensor.Spec{Name: p.Name, Shape: p.Type.Shape, NonNegative: variances[p.Name]}
-	}
-	if err := tensor.CheckWeights(path, specs, f.Tensors); err != nil {
+	ts, err := tensor.StripPrefix(path, f.Tensors, prefix)
+	if err != nil {
 		return nil, err
 	}
-	return f.Tensors, nil
+	variances := varianceParams(g)
+	specs := make([]tensor.Spec, len(params))
+	want := make([]string, len(params))
+	for i, p := range params {
+		specs[i] = tensor.Spec{Name: p.Name, Shape: p.Type.Shape, NonNegative: variances[p.Name]}
+		want[i] = p.Name
+	}
+	if err := tensor.CheckWeights(path, specs, ts); err != nil {
+		var we *tensor.WeightsError
+		if errors.As(err, &we) {
+			names := make([]string, 0, len(ts))
+			for n := range ts {
+				names = append(names, n)
+			}
+			if p, n := tensor.PrefixHint(names, want); p != "" {
+				flag := "--strip-prefix " + p
+				if prefix != "" {
+					flag = "--strip-prefix " + prefix + p
+				}
+				we.Hint = fmt.Sprintf("the checkpoint's names carry the prefix %q: with %s, %d of the network's %d tensors match by name", p, flag, n, len(want))
+			}
+		}
+		return nil, err
+	}
+	return ts, nil
 }
 
 // generateWeights builds every parameter with tensor.Generate, in parallel.

@@ -29,6 +29,9 @@ type WeightsError struct {
 	// unexpected, mis-shaped, invalid data, non-finite, negative, and
 	// sorted by tensor name within each group.
 	Problems []string
+	// Hint, if set, is printed before the problems: what probably caused
+	// them and how to fix it (kiln sets it from PrefixHint).
+	Hint string
 }
 
 // Error formats the problems as one line per problem under a summary line.
@@ -39,6 +42,10 @@ func (e *WeightsError) Error() string {
 		b.WriteByte('s')
 	}
 	b.WriteByte(':')
+	if e.Hint != "" {
+		b.WriteString("\n\thint: ")
+		b.WriteString(e.Hint)
+	}
 	for _, p := range e.Problems {
 		b.WriteString("\n\t")
 		b.WriteString(p)

@@ -67,6 +67,11 @@ type stEntry struct {
 // element whose name ends in "num_batches_tracked" (a BatchNorm counter
 // present in timm checkpoints) is validated and then skipped.
 //
+// A file in another format that people commonly mistake for safetensors (a
+// PyTorch checkpoint written by torch.save, a NumPy array, HDF5) is
+// recognised from its first bytes and the error says how to convert it
+// (see sniffFormat).
+//
 // The file is validated as strictly as the reference implementation does:
 // the header length must be at most [MaxSafetensorsHeader] and fit in the
 // file; the header must be UTF-8 JSON with no duplicate keys, each entry
@@ -80,6 +85,11 @@ type stEntry struct {
 func ReadSafetensors(r io.ReaderAt, size int64, name string) (*File, error) {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("read safetensors %s: "+format, append([]any{name}, args...)...)
+	}
+	head := make([]byte, max(0, min(size, sniffLen)))
+	k, _ := r.ReadAt(head, 0) // a read error is reported below
+	if hint := sniffFormat(head[:k]); hint != "" {
+		return nil, fail("%s", hint)
 	}
 	if size < 8 {
 		return nil, fail("truncated: file has %d bytes, need at least 8 for the header length", size)
