@@ -82,7 +82,8 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 	})
 }
 
-// Copy adds a plain copy kernel (see CopySpec). A tile is 4096 elements.
+// Copy adds a plain copy kernel (see CopySpec). A tile is 4096 elements of
+// one row.
 func (m *Module) Copy(name string, s CopySpec) (string, int, error) {
 	if m.err != nil {
 		return "", 0, m.err
@@ -91,13 +92,19 @@ func (m *Module) Copy(name string, s CopySpec) (string, int, error) {
 		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
 	}
 	const chunk = 4096
-	k := Kernel{Name: name, Kind: "copy", Tiles: ceilDiv(s.Elems, chunk)}
+	per := ceilDiv(s.Elems, chunk) // tiles per row
+	k := Kernel{Name: name, Kind: "copy", Tiles: s.rows() * per}
 	return m.define(k, func(g *builder) error {
 		V := g.t.VectorLanes
 		g.tiles(func(t value.Value) {
+			row := value.Value(ci(0))
+			if s.rows() > 1 {
+				row = g.udiv(t, per)
+				t = g.urem(t, per)
+			}
 			base := g.mul(t, ci(chunk))
-			in := g.gep(g.arena, g.add(base, ci(s.InOff)))
-			out := g.gep(g.arena, g.add(base, ci(s.OutOff)))
+			in := g.gep(g.arena, g.add(g.add(base, g.mul(row, ci(s.InStride))), ci(s.InOff)))
+			out := g.gep(g.arena, g.add(g.add(base, g.mul(row, ci(s.OutStride))), ci(s.OutOff)))
 			body := func(n int) {
 				g.loopN(n/V, nil, func(i value.Value, _ []value.Value) []value.Value {
 					o := g.mul(i, ci(V))
@@ -108,12 +115,16 @@ func (m *Module) Copy(name string, s CopySpec) (string, int, error) {
 					g.store(g.load(in, ci(i)), out, ci(i))
 				}
 			}
-			last := s.Elems - (k.Tiles-1)*chunk
+			last := s.Elems - (per-1)*chunk
 			if last == chunk {
 				body(chunk)
 				return
 			}
-			g.ifElse(g.icmp(enum.IPredULT, t, ci(k.Tiles-1)), func() { body(chunk) }, func() { body(last) })
+			if per == 1 {
+				body(last)
+				return
+			}
+			g.ifElse(g.icmp(enum.IPredULT, t, ci(per-1)), func() { body(chunk) }, func() { body(last) })
 		})
 		return nil
 	})

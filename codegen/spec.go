@@ -95,11 +95,18 @@ type SoftmaxSpec struct {
 }
 
 // CopySpec copies Elems floats from arena+InOff to arena+OutOff (the ranges
-// must not overlap).
+// must not overlap). With Rows > 1 it copies Rows such runs, row r from
+// arena+InOff+r*InStride to arena+OutOff+r*OutStride: a concat operand's
+// channel slice in every image (0 or 1 Rows: one run).
 type CopySpec struct {
-	Elems         int
-	InOff, OutOff int
+	Elems               int
+	InOff, OutOff       int
+	Rows                int
+	InStride, OutStride int
 }
+
+// rows returns the number of runs (at least 1).
+func (s CopySpec) rows() int { return max(s.Rows, 1) }
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
@@ -320,16 +327,25 @@ func (s CopySpec) Validate() error {
 	if err := positive(w, "Elems", s.Elems); err != nil {
 		return err
 	}
-	if err := nonNeg(w, "InOff", s.InOff, "OutOff", s.OutOff); err != nil {
+	if err := nonNeg(w, "InOff", s.InOff, "OutOff", s.OutOff, "Rows", s.Rows, "InStride", s.InStride, "OutStride", s.OutStride); err != nil {
 		return err
 	}
-	if err := checkExtent(w, "input", s.InOff, s.Elems); err != nil {
+	r := s.rows()
+	if r > 1 && (s.InStride < s.Elems || s.OutStride < s.Elems) {
+		return fmt.Errorf("%s: strides %d, %d shorter than a row of %d", w, s.InStride, s.OutStride, s.Elems)
+	}
+	in := prod(r-1, s.InStride) + s.Elems
+	out := prod(r-1, s.OutStride) + s.Elems
+	if r == 1 {
+		in, out = s.Elems, s.Elems
+	}
+	if err := checkExtent(w, "input", s.InOff, in); err != nil {
 		return err
 	}
-	if err := checkExtent(w, "output", s.OutOff, s.Elems); err != nil {
+	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
 		return err
 	}
-	if overlap(s.InOff, s.Elems, s.OutOff, s.Elems) {
+	if overlap(s.InOff, in, s.OutOff, out) {
 		return fmt.Errorf("%s: ranges overlap", w)
 	}
 	return nil

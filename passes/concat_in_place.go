@@ -97,6 +97,7 @@ var concatInPlace = &Pass{
 		r := newRewriter(g)
 		dest := map[int]int{} // concat -> current new-graph destination value
 		for i, n := range g.Nodes {
+			r.at(i)
 			if w, ok := writes[i]; ok {
 				c := g.Nodes[w.concat]
 				if first[w.concat] == i {

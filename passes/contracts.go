@@ -59,13 +59,16 @@ type Consumer struct {
 
 var (
 	// Codegen is code generation (codegen/lower and the kernel builders):
-	// it has kernels for the kernel-form graph only — no batchnorm, no
-	// scale mul, no unfused conv (bn-folded, residual-scale-folded,
-	// epilogues-fused), concats in place or on plain NCHW (concats-in-place),
-	// packed weights and NCHW{B}c activations (blocked-layout) and an arena
-	// plan (planned). dce and schedule are optimizations it does not need.
+	// every op has a kernel, standalone where no fusion applied (conv2d
+	// without epilogue, batchnorm as a per-channel scale and shift, relu,
+	// add, scale mul, concat as strided copies), so the rewriting passes
+	// (fold-bn, fold-residual-scale, fuse-epilogue, concat-in-place) are
+	// optimizations it does not need, like dce and schedule. It needs
+	// packed weights and NCHW{B}c activations (blocked-layout: the conv,
+	// pooling and reorder kernels are written for them) and an arena plan
+	// (planned).
 	Codegen = &Consumer{Name: "code generation (kiln build, run --backend cpu, bench, demo)", Requires: []string{
-		PropBNFolded, PropResidualScaleFolded, PropEpiloguesFused, PropConcatsInPlace, PropBlockedLayout, PropPlanned}}
+		PropBlockedLayout, PropPlanned}}
 	// PlanReport is kiln plan, which prints the arena plan.
 	PlanReport = &Consumer{Name: "kiln plan", Requires: []string{PropPlanned}}
 )

@@ -32,6 +32,7 @@ var foldBN = &Pass{
 			_ = i
 		}
 		for i, n := range g.Nodes {
+			r.at(i)
 			switch {
 			case fold[i]:
 				// Emitted together with its BatchNorm.

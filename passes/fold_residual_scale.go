@@ -27,6 +27,7 @@ var foldResidualScale = &Pass{
 			}
 		}
 		for i, n := range g.Nodes {
+			r.at(i)
 			switch {
 			case fold[i]:
 			case n.Op == ir.OpMul && fold[n.Args[0]]:

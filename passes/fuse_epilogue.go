@@ -12,6 +12,12 @@ import "github.com/kiln-dev/kiln/ir"
 // Inception-ResNet blocks (after fold-residual-scale) the up-projection
 // conv then reads the block's mixed branches and the block input and writes the
 // block output relu(x + conv(mixed)) in one op.
+//
+// An add fed by two convs (a ResNet projection shortcut: conv+BN on both
+// paths, then add) is absorbed by one of them only, the first in graph
+// order; the other conv stays a fused_conv of its own and its result is the
+// residual operand. Each add (and the relu after it) is claimed by at most
+// one conv.
 var fuseEpilogue = &Pass{
 	Name:  "fuse-epilogue",
 	Doc:   "fuse bias, residual add and ReLU into the producing conv",
@@ -26,6 +32,7 @@ var fuseEpilogue = &Pass{
 		at := map[int]int{}        // final absorbed node -> conv
 		plan := map[int]*fusion{}  // conv -> fusion
 		absorbed := map[int]bool{} // nodes removed (conv and intermediate adds)
+		claimed := map[int]bool{}  // adds absorbed by a conv
 		single := func(i int) (int, bool) {
 			if len(users[i]) == 1 && !isMarkedOrOutput(g, i) {
 				return users[i][0], true
@@ -38,13 +45,14 @@ var fuseEpilogue = &Pass{
 			}
 			f := &fusion{residual: -1}
 			cur := i
-			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpAdd && g.Nodes[u].Args[0] != g.Nodes[u].Args[1] {
+			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpAdd && g.Nodes[u].Args[0] != g.Nodes[u].Args[1] && !claimed[u] {
 				a := g.Nodes[u].Args
 				f.residual = a[0]
 				if a[0] == cur {
 					f.residual = a[1]
 				}
 				absorbed[cur] = true
+				claimed[u] = true
 				cur = u
 			}
 			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpReLU {
@@ -57,6 +65,7 @@ var fuseEpilogue = &Pass{
 		}
 		r := newRewriter(g)
 		for i := range g.Nodes {
+			r.at(i)
 			if ci, ok := at[i]; ok {
 				conv, f := g.Nodes[ci], plan[ci]
 				fc := cloneNode(conv)

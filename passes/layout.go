@@ -68,6 +68,7 @@ var layoutPass = &Pass{
 			return b
 		}
 		for i, n := range g.Nodes {
+			r.at(i)
 			switch {
 			case (n.Op == ir.OpInput || n.Op == ir.OpParam && !build[i]) && n.Type.Rank() == 4:
 				// Network inputs and mutable params (state, written by the

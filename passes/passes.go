@@ -265,10 +265,15 @@ func FormatOpCounts(before, after *ir.Graph) string {
 }
 
 // runPass runs one pass, turning an internal panic (a pass building an invalid
-// node) into an error that names the pass.
+// node) into an error (the caller names the pass); a panic of the rewriter
+// also names the node it was processing and its source position.
 func runPass(p *Pass, s *State) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
+			if re, ok := r.(*rewriteError); ok {
+				err = fmt.Errorf("internal error: %w", re)
+				return
+			}
 			err = fmt.Errorf("internal error: %v", r)
 		}
 	}()

@@ -1,6 +1,10 @@
 package passes
 
-import "github.com/kiln-dev/kiln/ir"
+import (
+	"fmt"
+
+	"github.com/kiln-dev/kiln/ir"
+)
 
 // Clone deep-copies a graph.
 func Clone(g *ir.Graph) *ir.Graph {
@@ -39,10 +43,16 @@ func cloneNode(n *ir.Node) *ir.Node {
 // and either copy a node (with operands remapped) or emit replacements; m maps
 // old node indices to new ones (-1: removed). Outputs and marks are remapped at
 // the end; a mark on a removed node is dropped.
+//
+// The rewriter records the old node it is processing (at, copyNode), so
+// that an internal error — an operand used after its removal, a node that
+// does not verify — names that node and its source position (rewriteError,
+// reported by runPass).
 type rewriter struct {
 	old *ir.Graph
 	g   *ir.Graph
 	m   []int
+	cur int // old node being processed, or -1
 }
 
 func newRewriter(old *ir.Graph) *rewriter {
@@ -50,13 +60,44 @@ func newRewriter(old *ir.Graph) *rewriter {
 	for i := range m {
 		m[i] = -1
 	}
-	return &rewriter{old: old, g: &ir.Graph{Name: old.Name}, m: m}
+	return &rewriter{old: old, g: &ir.Graph{Name: old.Name}, m: m, cur: -1}
+}
+
+// at records that the pass is processing old node i.
+func (r *rewriter) at(i int) { r.cur = i }
+
+// rewriteError is an internal error of a pass's rewrite: what went wrong
+// while processing old node Node (-1: the graph's outputs, marks and
+// updates).
+type rewriteError struct {
+	Node int
+	N    *ir.Node // nil when Node < 0
+	Msg  string
+}
+
+func (e *rewriteError) Error() string {
+	if e.N == nil {
+		return "rewriting the outputs: " + e.Msg
+	}
+	return ir.Errorf(e.N.Pos, "at %%%d %s %q: %s", e.Node, e.N.Op, e.N.Name, e.Msg).Error()
+}
+
+// fail panics with a rewriteError for the current node.
+func (r *rewriter) fail(format string, args ...any) {
+	e := &rewriteError{Node: r.cur, Msg: fmt.Sprintf(format, args...)}
+	if r.cur >= 0 && r.cur < len(r.old.Nodes) {
+		e.N = r.old.Nodes[r.cur]
+	} else {
+		e.Node = -1
+	}
+	panic(e)
 }
 
 // arg maps an old operand index to the new graph.
 func (r *rewriter) arg(old int) int {
 	if r.m[old] < 0 {
-		panic("passes: operand used after removal")
+		o := r.old.Nodes[old]
+		r.fail("operand %%%d (%s %q) used after removal", old, o.Op, o.Name)
 	}
 	return r.m[old]
 }
@@ -67,11 +108,16 @@ func (r *rewriter) emit(n *ir.Node) int {
 	if !ir.HasDeclaredType(n.Op) {
 		n.Type = ir.Type{Layout: n.Type.Layout}
 	}
-	return r.g.MustAdd(n)
+	id, err := r.g.Add(n)
+	if err != nil {
+		r.fail("emitting %s: %v", n.Op, err)
+	}
+	return id
 }
 
 // copyNode copies old node i with remapped operands and records the mapping.
 func (r *rewriter) copyNode(i int) int {
+	r.cur = i
 	n := cloneNode(r.old.Nodes[i])
 	for k, a := range n.Args {
 		n.Args[k] = r.arg(a)
@@ -82,6 +128,7 @@ func (r *rewriter) copyNode(i int) int {
 
 // finish remaps outputs and marks and returns the new graph.
 func (r *rewriter) finish() *ir.Graph {
+	r.cur = -1
 	for _, o := range r.old.Outputs {
 		r.g.Outputs = append(r.g.Outputs, r.arg(o))
 	}

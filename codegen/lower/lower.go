@@ -110,18 +110,23 @@ func Lower(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.
 		return nil, err
 	}
 	var wb blob
-	// weight places build-time value v (its data transformed by f, if any)
-	// in the blob in v's dtype and returns its offset in elements.
-	weight := func(n *ir.Node, v int, what string, f func([]float32) []float32) (int, error) {
-		t, ok := values[v]
-		if !ok {
-			return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+	// weight places the build-time values vs (their data combined by f;
+	// nil: the one value as is) in the blob in vs[0]'s dtype and returns
+	// its offset in elements.
+	weight := func(n *ir.Node, what string, f func([][]float32) []float32, vs ...int) (int, error) {
+		var data [][]float32
+		for _, v := range vs {
+			t, ok := values[v]
+			if !ok {
+				return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+			}
+			data = append(data, t.Data)
 		}
-		d := t.Data
+		d := data[0]
 		if f != nil {
-			d = f(d)
+			d = f(data)
 		}
-		off, err := wb.add(d, g.Nodes[v].Type.DType)
+		off, err := wb.add(d, g.Nodes[vs[0]].Type.DType)
 		if err != nil {
 			return 0, ir.Errorf(n.Pos, "codegen: %s %s: %v", n.Op, what, err)
 		}
@@ -202,9 +207,11 @@ func Check(s *passes.State, targets []codegen.Target) error {
 		return err
 	}
 	build := passes.BuildTime(s.Graph)
-	weight := func(n *ir.Node, v int, what string, _ func([]float32) []float32) (int, error) {
-		if !build[v] {
-			return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+	weight := func(n *ir.Node, what string, _ func([][]float32) []float32, vs ...int) (int, error) {
+		for _, v := range vs {
+			if !build[v] {
+				return 0, ir.Errorf(n.Pos, "codegen: %s %s must be a build-time value", n.Op, what)
+			}
 		}
 		return 0, nil
 	}
@@ -260,16 +267,24 @@ func offsetOf(plan *passes.Plan, id int, dt ir.DType) int64 {
 	return plan.Buffers[plan.BufferOf[id]].Offset / int64(dt.Size())
 }
 
-// weightFunc places the build-time value v, operand of n named what,
-// transformed by f (nil: as is), and returns its offset in the weights blob
-// in floats.
-type weightFunc func(n *ir.Node, v int, what string, f func([]float32) []float32) (int, error)
+// weightFunc places the build-time values vs, operands of n named what,
+// combined by f into one vector (nil: the single value as is), and returns
+// its offset in the weights blob in floats.
+type weightFunc func(n *ir.Node, what string, f func(vals [][]float32) []float32, vs ...int) (int, error)
+
+// one adapts a transform of one value to weightFunc's f.
+func one(f func([]float32) []float32) func([][]float32) []float32 {
+	return func(v [][]float32) []float32 { return f(v[0]) }
+}
 
 // lowerNodes is the per-node lowering shared by Lower and Check: for every
 // run-time node in schedule order it checks that a kernel exists for the
 // node's op, dtype, layout (the block B) and attributes, and builds its
 // kernel specs with arena offsets from the plan and weight offsets from
-// weight.
+// weight. Ops the rewriting passes normally remove have standalone kernels
+// (conv2d as a fused_conv without epilogue, batchnorm as a per-channel
+// scale and shift, relu, add, scale mul, concat as strided copies), so a
+// graph lowers whichever of those passes ran.
 func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weightFunc) ([]kernelSpec, error) {
 	off := func(i int) int { return int(offsetOf(plan, i, g.Nodes[i].Type.DType)) }
 	var specs []kernelSpec
@@ -294,7 +309,9 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			}
 		case ir.OpInput, ir.OpEmpty:
 			// The runtime writes the input; empty is storage only.
-		case ir.OpFusedConv:
+		case ir.OpFusedConv, ir.OpConv2D:
+			// A conv2d is a fused_conv without epilogue (fuse-epilogue
+			// disabled): operands x, weight, bias?.
 			x, w := g.Nodes[n.Args[0]], g.Nodes[n.Args[1]]
 			if n.Attrs.Int("groups") != 1 {
 				return nil, ir.Errorf(n.Pos, "codegen: grouped convolution (groups=%d) is not supported yet", n.Attrs.Int("groups"))
@@ -302,11 +319,14 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			if w.Type.Layout != ir.OIhwIiOo(B) {
 				return nil, ir.Errorf(n.Pos, "codegen: conv weight %s must be packed %s, is %s", w.Name, ir.OIhwIiOo(B), w.Type)
 			}
-			wOff, err := weight(n, n.Args[1], "weight", nil)
+			wOff, err := weight(n, "weight", nil, n.Args[1])
 			if err != nil {
 				return nil, err
 			}
 			bi, ri, _ := ir.FusedConvOperands(n)
+			if n.Op == ir.OpConv2D && len(n.Args) == 3 {
+				bi = 2
+			}
 			st, pd := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
 			ws := w.Type.Shape
 			spec := codegen.ConvSpec{
@@ -319,7 +339,7 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 				OutOff:    off(i), OutC: n.Type.Shape[1], OutCOffset: n.Attrs.Int("offset"),
 			}
 			if bi >= 0 {
-				bOff, err := weight(n, n.Args[bi], "bias", func(v []float32) []float32 { return padTo(v, ceilTo(ws[0], B)) })
+				bOff, err := weight(n, "bias", one(func(v []float32) []float32 { return padTo(v, ceilTo(ws[0], B)) }), n.Args[bi])
 				if err != nil {
 					return nil, err
 				}
@@ -363,31 +383,74 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 					Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)}})
 			}
 		case ir.OpConcat:
-			// Only unaligned concats survive the pipeline, on plain NCHW
-			// (the layout pass): one contiguous copy per operand and image.
-			if !n.Type.Layout.IsPlain() || n.Type.Rank() != 4 || n.Attrs.Int("axis") != 1 {
-				return nil, ir.Errorf(n.Pos, "codegen: concat must be a plain NCHW channel concat here")
+			spec, err := concatCopies(g, n, i, B, off)
+			if err != nil {
+				return nil, err
 			}
+			for j, c := range spec {
+				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d", name, j), node: i, spec: c})
+			}
+		case ir.OpBatchNorm:
+			// Standalone inference BatchNorm (fold-bn disabled, or its
+			// input is not a single-use conv): a per-channel scale and
+			// shift computed at build time.
 			sh := n.Type.Shape
-			hw := sh[2] * sh[3]
-			for b := 0; b < sh[0]; b++ {
-				c0 := 0
-				for j, a := range n.Args {
-					cj := g.Nodes[a].Type.Shape[1]
-					specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d_%d", name, b, j), node: i, spec: codegen.CopySpec{
-						Elems: cj * hw, InOff: off(a) + b*cj*hw, OutOff: off(i) + (b*sh[1]+c0)*hw}})
-					c0 += cj
+			blocked := !n.Type.Layout.IsPlain()
+			if blocked && n.Type.Rank() != 4 {
+				return nil, ir.Errorf(n.Pos, "codegen: blocked batchnorm of a rank-%d value", n.Type.Rank())
+			}
+			hw := 1
+			for _, d := range sh[2:] {
+				hw *= d
+			}
+			vl := sh[1]
+			if blocked {
+				vl = ceilTo(sh[1], B)
+			}
+			eps := n.Attrs.Float("eps")
+			scaleShift := func(k int) func([][]float32) []float32 {
+				return func(v [][]float32) []float32 {
+					sc, st := codegen.BatchNormScaleShift(v[0], v[1], v[2], v[3], eps, vl)
+					return [][]float32{sc, st}[k]
 				}
 			}
+			sOff, err := weight(n, "scale", scaleShift(0), n.Args[1:]...)
+			if err != nil {
+				return nil, err
+			}
+			tOff, err := weight(n, "shift", scaleShift(1), n.Args[1:]...)
+			if err != nil {
+				return nil, err
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.ChannelAffineSpec{
+				N: sh[0], C: sh[1], HW: hw, Blocked: blocked,
+				InOff: off(n.Args[0]), OutOff: off(i), ScaleOff: sOff, ShiftOff: tOff}})
+		case ir.OpReLU, ir.OpAdd, ir.OpMul:
+			// Standalone elementwise ops (not fused into a conv): one
+			// pass over the physical elements, padding lanes included.
+			elems, err := ir.PhysicalNumel(n.Type)
+			if err != nil {
+				return nil, ir.Errorf(n.Pos, "codegen: %s: %v", n.Op, err)
+			}
+			spec := codegen.ElementwiseSpec{Elems: elems, InOff: off(n.Args[0]), OutOff: off(i)}
+			switch n.Op {
+			case ir.OpReLU:
+				spec.Op = codegen.EltReLU
+			case ir.OpAdd:
+				spec.Op, spec.In2Off = codegen.EltAdd, off(n.Args[1])
+			case ir.OpMul:
+				spec.Op, spec.C = codegen.EltScale, float32(n.Attrs.Float("c"))
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: spec})
 		case ir.OpDense:
 			x, w := g.Nodes[n.Args[0]].Type.Shape, g.Nodes[n.Args[1]].Type.Shape
-			wOff, err := weight(n, n.Args[1], "weight", func(v []float32) []float32 { return transpose(v, w[0], w[1]) })
+			wOff, err := weight(n, "weight", one(func(v []float32) []float32 { return transpose(v, w[0], w[1]) }), n.Args[1])
 			if err != nil {
 				return nil, err
 			}
 			spec := codegen.DenseSpec{N: x[0], I: x[1], O: w[0], InOff: off(n.Args[0]), OutOff: off(i), WeightOff: wOff}
 			if len(n.Args) == 3 {
-				bOff, err := weight(n, n.Args[2], "bias", nil)
+				bOff, err := weight(n, "bias", nil, n.Args[2])
 				if err != nil {
 					return nil, err
 				}
@@ -401,7 +464,7 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.SoftmaxSpec{
 				N: n.Type.Shape[0], K: n.Type.Shape[1], InOff: off(n.Args[0]), OutOff: off(i)}})
 		default:
-			return nil, ir.Errorf(n.Pos, "codegen: op %s has no kernel (run the full inference pipeline first)", n.Op)
+			return nil, ir.Errorf(n.Pos, "codegen: op %s has no compiled kernel (the interpreter runs it: kiln run --backend interp)", n.Op)
 		}
 	}
 	return specs, nil
@@ -456,6 +519,10 @@ func (k kernelSpec) validate(b int) error {
 		return s.Validate()
 	case codegen.CopySpec:
 		return s.Validate()
+	case codegen.ElementwiseSpec:
+		return s.Validate()
+	case codegen.ChannelAffineSpec:
+		return s.Validate(b)
 	}
 	return fmt.Errorf("unknown spec %T", k.spec)
 }
@@ -486,6 +553,12 @@ func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
 	case codegen.CopySpec:
 		_, tiles, err = m.Copy(k.name, s)
 		kind = "copy"
+	case codegen.ElementwiseSpec:
+		_, tiles, err = m.Elementwise(k.name, s)
+		kind = s.Op.String()
+	case codegen.ChannelAffineSpec:
+		_, tiles, err = m.ChannelAffine(k.name, s)
+		kind = "batchnorm"
 	default:
 		err = fmt.Errorf("unknown spec %T", k.spec)
 	}
@@ -596,3 +669,48 @@ func evalBuildTime(g *ir.Graph, build []bool, params map[string]*tensor.Tensor) 
 	}
 	return out, nil
 }
+
+// concatCopies lowers concat node i (not made in place by concat-in-place)
+// to one strided copy per operand, each writing the operand's slice of
+// every outer index. Plain layout, any axis: with outer = prod(shape[:axis])
+// and inner = prod(shape[axis+1:]), operand j (c_j along the axis, at
+// offset o_j) is outer runs of c_j*inner floats, from stride c_j*inner to
+// stride C*inner at o_j*inner. Blocked NCHW{B}c (channel axis, offsets
+// multiples of B, as the layout pass guarantees): the same with channel
+// blocks, operand j being ceil(c_j/B) blocks of H*W*B floats per image, so
+// its zero padding lanes land in the destination's (only the last operand
+// may have them).
+func concatCopies(g *ir.Graph, n *ir.Node, i, B int, off func(int) int) ([]codegen.CopySpec, error) {
+	sh := n.Type.Shape
+	ax := n.Attrs.Int("axis")
+	outer, inner := 1, 1
+	for _, d := range sh[:ax] {
+		outer *= d
+	}
+	for _, d := range sh[ax+1:] {
+		inner *= d
+	}
+	total := sh[ax]
+	unit := func(c int) int { return c } // extent along the axis, physical
+	if !n.Type.Layout.IsPlain() {
+		if n.Type.Rank() != 4 || ax != 1 {
+			return nil, ir.Errorf(n.Pos, "codegen: blocked concat must be along the channels of a rank-4 value")
+		}
+		unit = func(c int) int { return ceilDiv(c, B) * B }
+		total = unit(sh[1])
+	}
+	var out []codegen.CopySpec
+	c0 := 0
+	for _, a := range n.Args {
+		cj := g.Nodes[a].Type.Shape[ax]
+		if !n.Type.Layout.IsPlain() && c0%B != 0 {
+			return nil, ir.Errorf(n.Pos, "codegen: blocked concat operand %%%d starts at channel %d, not a multiple of the block %d", a, c0, B)
+		}
+		out = append(out, codegen.CopySpec{Elems: unit(cj) * inner, Rows: outer,
+			InOff: off(a), InStride: unit(cj) * inner, OutOff: off(i) + c0*inner, OutStride: total * inner})
+		c0 += cj
+	}
+	return out, nil
+}
+
+func ceilDiv(x, c int) int { return (x + c - 1) / c }
