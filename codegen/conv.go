@@ -51,13 +51,28 @@ import (
 // This is the packed-GEMM micro-kernel of the 1×1 case: NCHW{B}c already
 // stores each input-channel block as a [pixels][B] panel, so no packing
 // step is needed.
+//
+// Dilation (DH, DW) only moves the taps: tap (kh, kw) reads input pixel
+// (oh*SH-PH+kh*DH, ow*SW-PW+kw*DW); the valid kh range becomes
+// [ceil(max(0,-top)/DH), min(KH, ceil((H-top)/DH))) and border pruning uses
+// the dilated positions.
+//
+// Groups whose per-group input and output channel counts are multiples of
+// the block run the same kernel "per group with offsets": the tile's group
+// of output blocks never straddles a group (the group size G divides the
+// group's output blocks), the reduction runs over the group's C/Groups/B
+// input blocks starting at block grp*C/Groups/B, and the packed weight of
+// [O][C/Groups][KH][KW] is each group's packed weight in turn. No loop of
+// small convolutions and no extra kernel. (Depthwise convolutions, where a
+// group has one channel, have their own kernel: depthwise.go.)
 
 // convPlan is the target-independent part of a convolution's schedule: the
 // tile decomposition, which must be the same for every target of a module.
 type convPlan struct {
 	s        ConvSpec
 	b        int
-	icb, ocb int // input and output channel blocks
+	icb, ocb int // input channel blocks (per group), output channel blocks (all)
+	ocbg     int // output channel blocks per group (ocb when groups = 1)
 	gt       int // output-channel blocks per tile
 	ng       int // tile groups: ocb/gt
 	flat     bool
@@ -130,7 +145,8 @@ func chooseG(t Target, limit, l int) targetPlan {
 }
 
 func planConv(s ConvSpec, b int, primary Target) convPlan {
-	p := convPlan{s: s, b: b, icb: ceilDiv(s.C, b), ocb: ceilDiv(s.O, b)}
+	p := convPlan{s: s, b: b, icb: ceilDiv(s.C/s.groups(), b), ocb: ceilDiv(s.O, b)}
+	p.ocbg = p.ocb / s.groups()
 	p.flat = s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PH == 0 && s.PW == 0
 	p.rh, p.rw, p.ohs, p.ows = s.H, s.W, s.OH, s.OW
 	if p.flat {
@@ -145,7 +161,7 @@ func planConv(s ConvSpec, b int, primary Target) convPlan {
 		p.chunk = ceilDiv(p.ows, p.nch)
 		p.nch = ceilDiv(p.ows, p.chunk)
 	}
-	tp := primary.planFor(s, p.ocb, p.chunk)
+	tp := primary.planFor(s, p.ocbg, p.chunk)
 	p.gt = tp.g
 	p.ng = p.ocb / p.gt
 	p.tiles = s.N * p.ng * p.ohs * p.nch
@@ -174,7 +190,7 @@ func (m *Module) Conv(name string, s ConvSpec) (string, int, error) {
 		return "", 0, err
 	}
 	p := planConv(s, b, m.targets[0])
-	flops := 2 * int64(s.N) * int64(s.O) * int64(s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+	flops := 2 * int64(s.N) * int64(s.O) * int64(s.OH*s.OW) * int64(s.C/s.groups()*s.KH*s.KW)
 	return m.define(Kernel{Name: name, Kind: "conv", Tiles: p.tiles, Flops: flops}, func(g *builder) error {
 		tp := g.t.planFor(s, p.gt, p.chunk)
 		if tp.g == 0 || p.gt%tp.g != 0 {
@@ -193,6 +209,7 @@ type convGen struct {
 	vpb int
 	// per tile
 	n, oh, ocb0 value.Value
+	icbBase     value.Value // first input channel block of the tile's group
 	khLo, khHi  value.Value
 }
 
@@ -205,22 +222,28 @@ func (c *convGen) emit() {
 		t = c.udiv(t, p.ohs)
 		grp := c.urem(t, p.ng)
 		c.n = c.udiv(t, p.ng)
-		// Valid kernel rows: 0 <= oh*SH - PH + kh < H.
+		// Valid kernel rows: 0 <= oh*SH - PH + kh*DH < H.
+		dh, _ := s.dil()
 		if p.flat {
 			c.khLo, c.khHi = ci(0), ci(1)
 		} else {
 			top := c.sub(c.mul(c.oh, ci(s.SH)), ci(s.PH)) // ih of kh = 0
 			c.khLo, c.khHi = ci(0), ci(s.KH)
 			if s.PH > 0 {
-				c.khLo = c.smax(c.sub(ci(0), top), ci(0))
+				c.khLo = c.udiv(c.add(c.smax(c.sub(ci(0), top), ci(0)), ci(dh-1)), dh)
 			}
-			if (s.OH-1)*s.SH-s.PH+s.KH > s.H {
-				c.khHi = c.smin(c.sub(ci(s.H), top), ci(s.KH))
+			if (s.OH-1)*s.SH-s.PH+(s.KH-1)*dh+1 > s.H {
+				// H - top >= 1 for every output row.
+				c.khHi = c.smin(c.udiv(c.add(c.sub(ci(s.H), top), ci(dh-1)), dh), ci(s.KH))
 			}
 		}
 		sub := p.gt / c.tp.g
 		c.loopN(sub, nil, func(sg value.Value, _ []value.Value) []value.Value {
 			c.ocb0 = c.add(c.mul(grp, ci(p.gt)), c.mul(sg, ci(c.tp.g)))
+			c.icbBase = ci(0)
+			if s.groups() > 1 {
+				c.icbBase = c.mul(c.udiv(c.ocb0, p.ocbg), ci(p.icb))
+			}
 			if p.nch == 1 {
 				c.segment(ci(0), p.ows, !p.flat)
 				return nil
@@ -242,7 +265,8 @@ func (c *convGen) emit() {
 // input row.
 func (c *convGen) interior(pos, w int) bool {
 	s := c.p.s
-	return pos*s.SW-s.PW >= 0 && (pos+w-1)*s.SW-s.PW+s.KW-1 < c.p.rw
+	_, dw := s.dil()
+	return pos*s.SW-s.PW >= 0 && (pos+w-1)*s.SW-s.PW+(s.KW-1)*dw < c.p.rw
 }
 
 // segment computes output pixels [start, start+l) of the current row. The
@@ -306,7 +330,8 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 		inL = kir.Plain
 	}
 	ist := inL.ActivationStrides([]int{s.N, s.C, p.rh, p.rw}, b)
-	wst := kir.OIhwIiOo(b).WeightStrides([]int{s.O, s.C, s.KH, s.KW})
+	wst := kir.OIhwIiOo(b).WeightStrides([]int{s.O, s.C / s.groups(), s.KH, s.KW})
+	dh, dw := s.dil()
 	icStride, pixStride := ist.Channel, ist.Pixel
 	wGroup := wst.OBlock // between output-channel blocks
 	acc = c.loopN(p.icb, acc, func(icb value.Value, acc []value.Value) []value.Value {
@@ -319,10 +344,10 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 			}
 		}
 		return c.loop(c.khLo, c.khHi, acc, func(kh value.Value, acc []value.Value) []value.Value {
-			ih := c.add(c.sub(c.mul(c.oh, ci(s.SH)), ci(s.PH)), kh)
+			ih := c.add(c.sub(c.mul(c.oh, ci(s.SH)), ci(s.PH)), c.mul(kh, ci(dh)))
 			// Input offset of (n, icb, ih, iw = pos*SW - PW, ic = 0).
 			iw0 := c.sub(c.mul(pos, ci(s.SW)), ci(s.PW))
-			row := c.add(c.add(c.mul(c.n, ci(ist.N)), c.mul(icb, ci(ist.Block))),
+			row := c.add(c.add(c.mul(c.n, ci(ist.N)), c.mul(c.add(c.icbBase, icb), ci(ist.Block))),
 				c.add(c.mul(ih, ci(ist.Row)), c.mul(iw0, ci(ist.Pixel))))
 			inRow := c.gep(c.arena, c.add(row, ci(s.InOff)))
 			// Weight offset of (ocb0, icb, kh, kw = 0, ic = 0, 0).
@@ -336,7 +361,7 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 				// Short ic loops (plain input, NEON's 4-channel blocks) would
 				// be unrolled completely; keep them loops (see loopNoUnroll).
 				return c.loopNoUnroll(ci(0), icn, acc, func(ic value.Value, acc []value.Value) []value.Value {
-					ip := c.gep(inRow, c.add(c.mul(ic, ci(icStride)), c.mul(kw, ci(pixStride))))
+					ip := c.gep(inRow, c.add(c.mul(ic, ci(icStride)), c.mul(kw, ci(dw*pixStride))))
 					wp := c.gep(wRow, c.add(c.mul(ic, ci(wst.I)), c.mul(kw, ci(wst.Col))))
 					out := append([]value.Value(nil), acc...)
 					wv := make([]value.Value, ocv)
@@ -365,7 +390,7 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 			for kw := 0; kw < s.KW; kw++ {
 				var rs []int
 				for r := 0; r < w; r++ {
-					if iw := (int(cpos)+r)*s.SW - s.PW + kw; iw >= 0 && iw < p.rw {
+					if iw := (int(cpos)+r)*s.SW - s.PW + kw*dw; iw >= 0 && iw < p.rw {
 						rs = append(rs, r)
 					}
 				}

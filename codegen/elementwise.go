@@ -30,6 +30,18 @@ const (
 	EltAdd
 	// EltScale is x * C.
 	EltScale
+	// EltSub is x - y.
+	EltSub
+	// EltSigmoid is 1/(1+e^-x) (vexp; see sigmoid in elementwise_ext.go).
+	EltSigmoid
+	// EltTanh is tanh(x).
+	EltTanh
+	// EltSiLU is x * sigmoid(x).
+	EltSiLU
+	// EltHardSwish is x * min(max(x+3, 0), 6) / 6.
+	EltHardSwish
+	// EltClip is min(max(x, C), Hi).
+	EltClip
 )
 
 func (o EltOp) String() string {
@@ -40,6 +52,18 @@ func (o EltOp) String() string {
 		return "add"
 	case EltScale:
 		return "scale"
+	case EltSub:
+		return "sub"
+	case EltSigmoid:
+		return "sigmoid"
+	case EltTanh:
+		return "tanh"
+	case EltSiLU:
+		return "silu"
+	case EltHardSwish:
+		return "hardswish"
+	case EltClip:
+		return "clip"
 	}
 	return fmt.Sprintf("EltOp(%d)", int(o))
 }
@@ -60,6 +84,14 @@ type ElementwiseSpec struct {
 	OutOff        int
 	C             float32
 	Relu          bool
+	// Hi is EltClip's upper bound (C is the lower).
+	Hi float32
+	// Channels and Pixels, set for a blocked NCHW{B}c value whose channel
+	// count is not a multiple of B and an op with f(0) != 0 (sigmoid, a
+	// clip excluding 0), make the kernel write zero to the padding lanes
+	// (channel >= Channels of the last block; Pixels = H*W), so they stay
+	// zero as every blocked value's do. Zero: no masking.
+	Channels, Pixels int
 }
 
 // ChannelAffineSpec is inference BatchNorm as a per-channel affine map,
@@ -84,7 +116,7 @@ type ChannelAffineSpec struct {
 // Validate checks the spec.
 func (s ElementwiseSpec) Validate() error {
 	w := s.Op.String()
-	if s.Op < EltReLU || s.Op > EltScale {
+	if s.Op < EltReLU || s.Op > EltClip {
 		return fmt.Errorf("elementwise: unknown op %d", int(s.Op))
 	}
 	if err := positive(w, "Elems", s.Elems); err != nil {
@@ -94,8 +126,17 @@ func (s ElementwiseSpec) Validate() error {
 		return err
 	}
 	ins := []int{s.InOff}
-	if s.Op == EltAdd {
+	if s.Op.binary() {
 		ins = append(ins, s.In2Off)
+	}
+	if s.Op == EltClip && !(s.C <= s.Hi) {
+		return fmt.Errorf("%s: lo %g must not exceed hi %g", w, s.C, s.Hi)
+	}
+	if err := nonNeg(w, "Channels", s.Channels, "Pixels", s.Pixels); err != nil {
+		return err
+	}
+	if (s.Channels > 0) != (s.Pixels > 0) {
+		return fmt.Errorf("%s: Channels and Pixels must be set together", w)
 	}
 	if err := checkExtent(w, "output", s.OutOff, s.Elems); err != nil {
 		return err
@@ -174,6 +215,8 @@ func (m *Module) Elementwise(name string, s ElementwiseSpec) (string, int, error
 					x = g.fmul(x, c)
 				case EltReLU:
 					x = g.relu(x)
+				default:
+					x = g.eltExt(s, x, y)
 				}
 				if s.Relu && s.Op != EltReLU {
 					x = g.relu(x)
@@ -185,18 +228,18 @@ func (m *Module) Elementwise(name string, s ElementwiseSpec) (string, int, error
 				g.loopN(n/V, nil, func(i value.Value, _ []value.Value) []value.Value {
 					o := g.mul(i, ci(V))
 					var y value.Value
-					if s.Op == EltAdd {
+					if s.Op.binary() {
 						y = g.vload(in2, o)
 					}
-					g.vstore(f(g.vload(in, o), y, vc), out, o)
+					g.vstore(g.maskPadding(s, f(g.vload(in, o), y, vc), g.add(base, o)), out, o)
 					return nil
 				})
 				for i := n / V * V; i < n; i++ {
 					var y value.Value
-					if s.Op == EltAdd {
+					if s.Op.binary() {
 						y = g.load(in2, ci(i))
 					}
-					g.store(f(g.load(in, ci(i)), y, cf(float64(s.C))), out, ci(i))
+					g.store(g.maskPadding(s, f(g.load(in, ci(i)), y, cf(float64(s.C))), g.add(base, ci(i))), out, ci(i))
 				}
 			}
 			last := s.Elems - (k.Tiles-1)*eltChunk

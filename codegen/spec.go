@@ -9,8 +9,14 @@ import (
 // ConvSpec is a 2-D convolution (cross-correlation, groups=1) with its fused
 // epilogue, on blocked activations. All sizes and offsets are in elements.
 //
-//	out[n][OutCOffset+oc][oh][ow] = relu?( sum_{c,kh,kw} in[n][c][oh*SH-PH+kh][ow*SW-PW+kw] * w[oc][c][kh][kw]
+//	out[n][OutCOffset+oc][oh][ow] = relu?( sum_{c,kh,kw} in[n][c][oh*SH-PH+kh*DH][ow*SW-PW+kw*DW] * w[oc][c][kh][kw]
 //	                                       + bias[oc] + residual[n][oc][oh][ow] )
+//
+// DH, DW are the dilation (0 means 1). With Groups > 1 (0 means 1) output
+// channel oc reads input channels [g*C/Groups, (g+1)*C/Groups) of its group
+// g = oc/(O/Groups); both per-group counts must then be multiples of the
+// block, and the weight is the OIhw{B}i{B}o packing of the [O][C/Groups][KH][KW]
+// weight, i.e. each group's own packed weight one after the other.
 //
 // Input: NCHW{B}c at arena+InOff ([N][ceil(C/B)][H][W][B]), or plain NCHW when
 // InPlain. Weights: OIhw{B}i{B}o at weights+WeightOff
@@ -29,6 +35,8 @@ type ConvSpec struct {
 	N, C, H, W     int
 	O, KH, KW      int
 	SH, SW, PH, PW int
+	DH, DW         int // dilation; 0 means 1
+	Groups         int // 0 means 1
 	OH, OW         int
 	InOff          int
 	InPlain        bool
@@ -171,9 +179,19 @@ func (s ConvSpec) Validate(b int) error {
 		"ResidualOff", s.ResidualOff, "OutOff", s.OutOff, "OutCOffset", s.OutCOffset); err != nil {
 		return err
 	}
-	if oh, ow := kir.ConvOut(s.H, s.KH, s.SH, s.PH), kir.ConvOut(s.W, s.KW, s.SW, s.PW); oh != s.OH || ow != s.OW {
-		return fmt.Errorf("conv: output %dx%d, but input %dx%d, kernel %dx%d, stride %dx%d, pad %dx%d give %dx%d",
-			s.OH, s.OW, s.H, s.W, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, oh, ow)
+	if err := nonNeg(w, "DH", s.DH, "DW", s.DW, "Groups", s.Groups); err != nil {
+		return err
+	}
+	dh, dw := s.dil()
+	if oh, ow := kir.ConvOut(s.H, kir.DilatedKernel(s.KH, dh), s.SH, s.PH), kir.ConvOut(s.W, kir.DilatedKernel(s.KW, dw), s.SW, s.PW); oh != s.OH || ow != s.OW {
+		return fmt.Errorf("conv: output %dx%d, but input %dx%d, kernel %dx%d, stride %dx%d, pad %dx%d, dilation %dx%d give %dx%d",
+			s.OH, s.OW, s.H, s.W, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, dh, dw, oh, ow)
+	}
+	if g := s.groups(); g > 1 {
+		if s.C%g != 0 || s.O%g != 0 || (s.C/g)%b != 0 || (s.O/g)%b != 0 || s.InPlain {
+			return fmt.Errorf("conv: groups %d need blocked input and per-group channel counts %d, %d that are multiples of the block %d",
+				g, s.C/max(g, 1), s.O/max(g, 1), b)
+		}
 	}
 	if s.OutCOffset%b != 0 {
 		return fmt.Errorf("conv: OutCOffset %d is not a multiple of the block %d", s.OutCOffset, b)
@@ -192,7 +210,7 @@ func (s ConvSpec) Validate(b int) error {
 	if err := checkExtent(w, "input", s.InOff, in); err != nil {
 		return err
 	}
-	if err := checkExtent(w, "weight", s.WeightOff, prod(ob, cb, s.KH, s.KW, b, b)); err != nil {
+	if err := checkExtent(w, "weight", s.WeightOff, prod(ob, ceilDiv(cb, s.groups()), s.KH, s.KW, b, b)); err != nil {
 		return err
 	}
 	out := prod(s.N, ceilDiv(s.OutC, b), b, s.OH, s.OW)
@@ -213,6 +231,12 @@ func (s ConvSpec) Validate(b int) error {
 	}
 	return nil
 }
+
+// dil returns the dilation, 0 read as 1.
+func (s ConvSpec) dil() (int, int) { return max(s.DH, 1), max(s.DW, 1) }
+
+// groups returns the group count, 0 read as 1.
+func (s ConvSpec) groups() int { return max(s.Groups, 1) }
 
 func overlap(a, an, b, bn int) bool { return a < b+bn && b < a+an }
 

@@ -76,7 +76,7 @@ func init() {
 	def := func(name string, variadic bool, ps []sigParam, fn func(c *bcall) value) {
 		builtins[name] = &builtin{sig: sig{name: name, params: ps, variadic: variadic}, fn: fn}
 	}
-	def("conv2d", false, params("x!", "out!", "kernel!", "stride", "pad", "groups", "bias"), bConv2D)
+	def("conv2d", false, params("x!", "out!", "kernel!", "stride", "pad", "groups", "bias", "dilation"), bConv2D)
 	def("batchnorm", false, params("x!", "eps"), bBatchNorm)
 	def("dense", false, params("x!", "out!", "bias"), bDense)
 	def("relu", false, params("x!"), unaryOp(ir.OpReLU))
@@ -88,6 +88,7 @@ func init() {
 	def("softmax", false, params("x!", "axis"), bSoftmax)
 	def("concat", true, params("axis"), bConcat)
 	def("channels", false, params("x!"), bChannels)
+	defExtBuiltins() // builtins_ext.go: sigmoid, tanh, silu, hardswish, clip, relu6, global_maxpool
 }
 
 func (c *bcall) fail(a *argVal, format string, args ...any) {
@@ -268,6 +269,7 @@ func bConv2D(c *bcall) value {
 	pad := c.pair(4, []int{0, 0}, 0)
 	groups := c.size(5, 1, 1)
 	bias := c.boolean(6, true)
+	dilation := c.pair(7, []int{1, 1}, 1)
 	if c.failed {
 		return poison
 	}
@@ -287,7 +289,7 @@ func bConv2D(c *bcall) value {
 	if c.e.anyFailed(args) {
 		return poison
 	}
-	return c.node(ir.OpConv2D, args, ir.Attrs{"stride": stride, "pad": pad, "groups": groups})
+	return c.node(ir.OpConv2D, args, ir.Attrs{"stride": stride, "pad": pad, "groups": groups, "dilation": dilation})
 }
 
 func bBatchNorm(c *bcall) value {

@@ -2,7 +2,6 @@ package dsl
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/alecthomas/participle/v2/lexer"
@@ -128,7 +127,7 @@ func checkExpr(dl *diagList, u *unit, x Expr, defined map[string]bool, sc scopeC
 	switch x := x.(type) {
 	case *Ident:
 		if !defined[x.Name] {
-			dl.errorf(x.Pos, "%s", undefinedMsg(u, x.Name, defined))
+			dl.errorf(x.Pos, "%s", undefinedMsg(u, x.Name, keysOf(defined)))
 		}
 	case *Placeholder:
 		if msg := placeholderMsg(sc.inSeq, sc.hasPrev); msg != "" {
@@ -208,8 +207,10 @@ func lookupSig(dl *diagList, u *unit, c *Call) (*sig, bool) {
 		return nil, false
 	}
 	msg := "unknown function " + c.Func
-	if s := suggest(c.Func, u.functionNames()); s != "" {
-		msg += " (did you mean " + s + "?)"
+	if u.suggestBudget() {
+		if s := suggest(c.Func, u.functionNames()); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
 	}
 	dl.errorf(c.Pos, "%s", msg)
 	return nil, false
@@ -323,35 +324,74 @@ func (u *unit) functionNames() []string {
 	for n := range u.blocks {
 		names = append(names, n)
 	}
-	sort.Strings(names)
 	return names
 }
 
-func undefinedMsg(u *unit, name string, defined map[string]bool) string {
+// undefinedMsg is the message for a use of the undefined variable name;
+// scope lists the names defined there (called only when a suggestion is
+// computed). The message is computed once per name and file and reused, so
+// the static check and elaboration report the same text (which diagList
+// then deduplicates) and the cost stays linear in the number of uses.
+func undefinedMsg(u *unit, name string, scope func() []string) string {
 	if builtins[name] != nil || u.blocks[name] != nil {
 		return fmt.Sprintf("undefined: %s (%s is a function; call it)", name, name)
 	}
-	var names []string
-	for n := range defined {
-		names = append(names, n)
+	if msg, ok := u.undefined[name]; ok {
+		return msg
 	}
-	sort.Strings(names)
 	msg := "undefined: " + name
-	if s := suggest(name, names); s != "" {
-		msg += " (did you mean " + s + "?)"
+	if u.suggestBudget() {
+		if s := suggest(name, scope()); s != "" {
+			msg += " (did you mean " + s + "?)"
+		}
 	}
+	if u.undefined == nil {
+		u.undefined = map[string]string{}
+	}
+	u.undefined[name] = msg
 	return msg
 }
 
+// keysOf returns the keys of a set, in no particular order.
+func keysOf[V any](m map[string]V) func() []string {
+	return func() []string {
+		names := make([]string, 0, len(m))
+		for n := range m {
+			names = append(names, n)
+		}
+		return names
+	}
+}
+
+// maxSuggestions bounds the "did you mean" suggestions computed per source
+// file. Each costs a pass over every name in scope, so without a bound a
+// file of n undefined names among n defined ones took O(n²) edit distances
+// (20,000 names: minutes); past the bound the message names the undefined
+// variable only and the diagnostics stay linear in the file's size.
+const maxSuggestions = 32
+
+// suggestBudget reports whether another suggestion may be computed for u,
+// counting it.
+func (u *unit) suggestBudget() bool {
+	u.suggestions++
+	return u.suggestions <= maxSuggestions
+}
+
 // suggest returns the candidate closest to name by edit distance, if it is
-// close enough to be a likely typo.
+// close enough to be a likely typo; among equally close ones the first in
+// lexical order (so the result does not depend on the order of cands).
+// Candidates whose length differs by more than the best distance so far are
+// skipped without computing theirs, which is at least the length difference.
 func suggest(name string, cands []string) string {
 	best, bestD := "", 3
 	if len(name) <= 3 {
 		bestD = 2
 	}
 	for _, c := range cands {
-		if d := editDistance(name, c); d < bestD {
+		if diff := len(c) - len(name); diff > bestD || -diff > bestD {
+			continue
+		}
+		if d := editDistance(name, c); d < bestD || (d == bestD && best != "" && c < best) {
 			best, bestD = c, d
 		}
 	}

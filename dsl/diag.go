@@ -122,6 +122,37 @@ type diagList struct {
 	list Diagnostics
 	seen map[string]bool
 	srcs map[string][]byte // file name -> source, for the caret line
+	// starts maps a file name to the byte offsets where its lines start,
+	// built on the first diagnostic in the file, so finding a diagnostic's
+	// line costs O(1) rather than a scan from the start of the file (which
+	// made n diagnostics cost O(n × file size)).
+	starts map[string][]int
+}
+
+// line returns line n (1-based) of the registered source name for display,
+// with sourceLine's rules.
+func (l *diagList) line(name string, n int) string {
+	src := l.srcs[name]
+	if n <= 0 || src == nil {
+		return ""
+	}
+	st, ok := l.starts[name]
+	if !ok {
+		st = []int{0}
+		for i, b := range src {
+			if b == '\n' {
+				st = append(st, i+1)
+			}
+		}
+		if l.starts == nil {
+			l.starts = map[string][]int{}
+		}
+		l.starts[name] = st
+	}
+	if n > len(st) {
+		return ""
+	}
+	return sourceLine(src[st[n-1]:], 1)
 }
 
 func newDiagList() *diagList {
@@ -150,7 +181,7 @@ func (l *diagList) addSeverity(sev Severity, p ir.Pos, msg string, notes ...stri
 		return nil
 	}
 	l.seen[key] = true
-	d := &Diagnostic{Pos: p, Severity: sev, Msg: msg, Line: sourceLine(l.srcs[p.File], p.Line), Notes: notes}
+	d := &Diagnostic{Pos: p, Severity: sev, Msg: msg, Line: l.line(p.File, p.Line), Notes: notes}
 	l.list = append(l.list, d)
 	return d
 }

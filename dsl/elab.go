@@ -476,11 +476,7 @@ func (e *elab) eval(en *env, x Expr, scope string, mark bool) value {
 	case *Ident:
 		v, ok := en.vars[x.Name]
 		if !ok {
-			defined := map[string]bool{}
-			for n := range en.vars {
-				defined[n] = true
-			}
-			msg := undefinedMsg(en.u, x.Name, defined)
+			msg := undefinedMsg(en.u, x.Name, keysOf(en.vars))
 			if p, ok := en.skipped[x.Name]; ok {
 				msg = fmt.Sprintf("undefined: %s (it is assigned only in the branch not taken of the if at %s)", x.Name, irPos(p))
 			}
@@ -698,6 +694,9 @@ func (e *elab) binary(x *Binary, a, b value, scope string) value {
 		}
 		return floatVal(r)
 	}
+	if v, ok := e.tensorBinary(x, a, b, scope); ok {
+		return v
+	}
 	switch {
 	case x.Op == "+" && a.k == kTensor && b.k == kTensor:
 		return e.node(x.Pos, ir.OpAdd, scope, []int{a.node, b.node}, nil)
@@ -712,7 +711,7 @@ func (e *elab) binary(x *Binary, a, b value, scope string) value {
 		}
 		return e.node(x.Pos, ir.OpMul, scope, []int{a.node}, ir.Attrs{"c": 1 / b.num()})
 	}
-	e.report(x.Pos, fmt.Sprintf("operator %s is not defined for %s and %s (tensors support x + y, c * x, x * c and x / c)",
+	e.report(x.Pos, fmt.Sprintf("operator %s is not defined for %s and %s (tensors support x + y, x - y, x * s with s [N, C, 1, 1], c * x, x * c and x / c)",
 		x.Op, a.format(e.typeString), b.format(e.typeString)))
 	return poison
 }

@@ -162,6 +162,11 @@ type unit struct {
 	// broken names blocks, own or imported, whose declarations had syntax
 	// errors.
 	broken map[string]bool
+	// suggestions counts the "did you mean" suggestions computed for the
+	// file (see maxSuggestions).
+	suggestions int
+	// undefined caches the message for each undefined name (undefinedMsg).
+	undefined map[string]string
 }
 
 // blockRef is a block together with the unit it was declared in (where the

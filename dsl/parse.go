@@ -14,6 +14,13 @@ import (
 // pathological inputs cannot make the recursive-descent parser recurse deeply.
 const maxNesting = 64
 
+// maxOperators bounds the operators (binary, unary minus, not) in one
+// expression: elaboration and the static checks walk the expression tree
+// recursively and a chain of n operators is a tree n deep, so a long `1+1+…`
+// would otherwise overflow the Go stack. With maxNesting this bounds the
+// tree's depth to about maxOperators+maxNesting.
+const maxOperators = 4096
+
 // ParseFile parses a .kiln source. It returns the File (holding every
 // declaration that parsed) and, if there were syntax errors, a Diagnostics
 // error listing all of them.
@@ -361,6 +368,24 @@ var grammarWords = map[string]string{
 type converter struct {
 	dl     *diagList
 	failed bool
+	// ops counts the operators of the expression being converted (see
+	// maxOperators); tooLong is set once the limit was reported.
+	ops     int
+	tooLong bool
+}
+
+// op counts one operator at p and reports false, once per expression at the
+// operator over the limit, when the expression has more than maxOperators.
+func (c *converter) op(p lexer.Position) bool {
+	c.ops++
+	if c.ops <= maxOperators {
+		return true
+	}
+	if !c.tooLong {
+		c.tooLong = true
+		c.errorf(p, "expression has more than %d operators (split it into several assignments)", maxOperators)
+	}
+	return false
 }
 
 func (c *converter) errorf(p lexer.Position, format string, args ...any) {
@@ -434,16 +459,26 @@ func (c *converter) tensorType(g *gType) *TensorType {
 }
 
 func (c *converter) expr(g *gExpr) Expr {
+	c.ops, c.tooLong = 0, false
+	return c.subExpr(g)
+}
+
+// subExpr converts an expression nested in another one (a conditional's
+// else branch), counting its operators with the enclosing expression's.
+func (c *converter) subExpr(g *gExpr) Expr {
 	then := c.or(g.Then)
 	if g.Cond == nil {
 		return then
 	}
-	return &Cond{Pos: g.Pos, Then: then, Cond: c.or(g.Cond), Else: c.expr(g.Else)}
+	return &Cond{Pos: g.Pos, Then: then, Cond: c.or(g.Cond), Else: c.subExpr(g.Else)}
 }
 
 func (c *converter) or(g *gOr) Expr {
 	x := c.and(g.Left)
 	for _, op := range g.Rest {
+		if !c.op(op.Pos) {
+			break
+		}
 		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.and(op.Right)}
 	}
 	return x
@@ -452,6 +487,9 @@ func (c *converter) or(g *gOr) Expr {
 func (c *converter) and(g *gAnd) Expr {
 	x := c.not(g.Left)
 	for _, op := range g.Rest {
+		if !c.op(op.Pos) {
+			break
+		}
 		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.not(op.Right)}
 	}
 	return x
@@ -460,6 +498,9 @@ func (c *converter) and(g *gAnd) Expr {
 func (c *converter) not(g *gNot) Expr {
 	x := c.cmp(g.X)
 	for range g.Not {
+		if !c.op(g.Pos) {
+			break
+		}
 		x = &Unary{Pos: g.Pos, Op: "not", X: x}
 	}
 	return x
@@ -467,7 +508,7 @@ func (c *converter) not(g *gNot) Expr {
 
 func (c *converter) cmp(g *gCmp) Expr {
 	x := c.sum(g.Left)
-	if g.Op != nil {
+	if g.Op != nil && c.op(g.Op.Pos) {
 		x = &Binary{Pos: g.Op.Pos, Op: g.Op.Op, X: x, Y: c.sum(g.Op.Right)}
 	}
 	return x
@@ -476,6 +517,9 @@ func (c *converter) cmp(g *gCmp) Expr {
 func (c *converter) sum(g *gSum) Expr {
 	x := c.prod(g.Left)
 	for _, op := range g.Rest {
+		if !c.op(op.Pos) {
+			break
+		}
 		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.prod(op.Right)}
 	}
 	return x
@@ -484,6 +528,9 @@ func (c *converter) sum(g *gSum) Expr {
 func (c *converter) prod(g *gProd) Expr {
 	x := c.unary(g.Left)
 	for _, op := range g.Rest {
+		if !c.op(op.Pos) {
+			break
+		}
 		x = &Binary{Pos: op.Pos, Op: op.Op, X: x, Y: c.unary(op.Right)}
 	}
 	return x
@@ -492,6 +539,9 @@ func (c *converter) prod(g *gProd) Expr {
 func (c *converter) unary(g *gUnary) Expr {
 	x := c.primary(g.X)
 	for range g.Neg {
+		if !c.op(g.Pos) {
+			break
+		}
 		x = &Unary{Pos: g.Pos, Op: "-", X: x}
 	}
 	return x
@@ -502,7 +552,7 @@ func (c *converter) primary(g *gPrimary) Expr {
 	case g.Seq != nil:
 		s := &Seq{Pos: g.Seq.Pos}
 		for _, it := range g.Seq.Items {
-			s.Items = append(s.Items, c.expr(it))
+			s.Items = append(s.Items, c.subExpr(it))
 		}
 		return s
 	case g.Repeat != nil:
@@ -537,11 +587,11 @@ func (c *converter) primary(g *gPrimary) Expr {
 		return ident(g.Pos, *g.Ident)
 	case g.Paren != nil:
 		if len(g.Paren.Elems) == 1 && g.Paren.Comma == nil {
-			return c.expr(g.Paren.Elems[0])
+			return c.subExpr(g.Paren.Elems[0])
 		}
 		t := &Tuple{Pos: g.Paren.Pos}
 		for _, e := range g.Paren.Elems {
-			t.Elems = append(t.Elems, c.expr(e))
+			t.Elems = append(t.Elems, c.subExpr(e))
 		}
 		return t
 	}
@@ -559,7 +609,7 @@ func ident(p lexer.Position, name string) Expr {
 func (c *converter) call(g *gCall) *Call {
 	call := &Call{Pos: g.Pos, Func: g.Func}
 	for _, a := range g.Args {
-		arg := &Arg{Pos: a.Pos, Value: c.expr(a.Value)}
+		arg := &Arg{Pos: a.Pos, Value: c.subExpr(a.Value)}
 		if a.Name != nil {
 			arg.Name = *a.Name
 		}

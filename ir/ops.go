@@ -253,6 +253,10 @@ func same(t Type) Type {
 	return Type{DType: t.DType, Shape: append([]int(nil), t.Shape...), Layout: t.Layout}
 }
 
+// DilatedKernel is the extent (k-1)*d+1 of a kernel of size k with dilation
+// d (PyTorch's Conv2d: the taps are d apart).
+func DilatedKernel(k, d int) int { return (k-1)*d + 1 }
+
 // ConvOut is the output size of a convolution or pooling window along one
 // axis: floor((in + 2*pad - k) / stride) + 1 (PyTorch, ceil_mode=False).
 func ConvOut(in, k, stride, pad int) int {
@@ -313,6 +317,7 @@ func init() {
 			{Name: "stride", Kind: AttrInts, Len: 2, Default: []int{1, 1}, Check: positive},
 			{Name: "pad", Kind: AttrInts, Len: 2, Default: []int{0, 0}, Check: nonNegative},
 			{Name: "groups", Kind: AttrInt, Default: 1, Check: positive},
+			{Name: "dilation", Kind: AttrInts, Len: 2, Default: []int{1, 1}, Check: positive},
 		},
 		Infer: func(n *Node, a []Type) (Type, error) {
 			x, w := a[0], a[1]
@@ -333,8 +338,8 @@ func init() {
 			if len(a) == 3 && (a[2].Rank() != 1 || a[2].Shape[0] != o) {
 				return Type{}, fmt.Errorf("bias shape %s, want %d", ShapeString(a[2].Shape), o)
 			}
-			s, p := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
-			ho, wo := ConvOut(x.Shape[2], w.Shape[2], s[0], p[0]), ConvOut(x.Shape[3], w.Shape[3], s[1], p[1])
+			s, p, d := n.Attrs.Ints("stride"), n.Attrs.Ints("pad"), n.Attrs.Ints("dilation")
+			ho, wo := ConvOut(x.Shape[2], DilatedKernel(w.Shape[2], d[0]), s[0], p[0]), ConvOut(x.Shape[3], DilatedKernel(w.Shape[3], d[1]), s[1], p[1])
 			if ho <= 0 || wo <= 0 {
 				return Type{}, fmt.Errorf("kernel %s with pad %v does not fit input %s", ShapeString(w.Shape[2:]), p, ShapeString(x.Shape))
 			}

@@ -123,8 +123,8 @@ func init() {
 		MACs: func(n *Node, a []Type) int64 {
 			w := a[1].Shape
 			x := a[0].Shape
-			s, p := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
-			ho, wo := ConvOut(x[2], w[2], s[0], p[0]), ConvOut(x[3], w[3], s[1], p[1])
+			s, p, d := n.Attrs.Ints("stride"), n.Attrs.Ints("pad"), n.Attrs.Ints("dilation")
+			ho, wo := ConvOut(x[2], DilatedKernel(w[2], d[0]), s[0], p[0]), ConvOut(x[3], DilatedKernel(w[3], d[1]), s[1], p[1])
 			return int64(x[0]*w[0]*ho*wo) * int64(w[1]*w[2]*w[3])
 		},
 	})

@@ -83,6 +83,29 @@ type Manifest struct {
 	// (an artifact compiled in this process and opened from memory) is
 	// trusted as is.
 	Checksums *Checksums `json:"checksums,omitempty"`
+	// Build, when present, is the artifact's identity: what built it and
+	// from what (kiln build sets it; the runner's --info prints it).
+	Build *BuildInfo `json:"build,omitempty"`
+}
+
+// BuildInfo identifies how an artifact was built.
+type BuildInfo struct {
+	// KilnVersion is the version of the kiln that built the artifact
+	// (module version, VCS revision and dirty flag: `kiln version`).
+	KilnVersion string `json:"kiln_version"`
+	// Source is the network's source: a built-in name or a file path.
+	Source string `json:"source,omitempty"`
+	// SourceHash is the SHA-256 of the network's IR as printed (ir.Print)
+	// before the pass pipeline: it covers the .kiln file and its imports as
+	// elaborated.
+	SourceHash string `json:"source_hash,omitempty"`
+	// Weights is the weights file the artifact was built from ("" for
+	// procedural weights) and WeightsHash the SHA-256 of that file.
+	Weights     string `json:"weights,omitempty"`
+	WeightsHash string `json:"weights_hash,omitempty"`
+	// Procedural is set when the weights are Kiln's procedural weights
+	// (no --weights): the outputs are not a trained network's.
+	Procedural bool `json:"procedural,omitempty"`
 }
 
 // Checksums are lowercase hexadecimal SHA-256 digests (FIPS 180-4) of the

@@ -137,6 +137,9 @@ func (b *gradBuilder) node(i int, isLoss bool) error {
 	switch n.Op {
 	case ir.OpParam, ir.OpInput:
 	case ir.OpConv2D:
+		if d := n.Attrs.Ints("dilation"); d[0] != 1 || d[1] != 1 {
+			return ir.Errorf(n.Pos, "train: gradients of a dilated convolution (dilation %v) are not implemented", d)
+		}
 		conv := ir.Attrs{"stride": n.Attrs.Ints("stride"), "pad": n.Attrs.Ints("pad"), "groups": n.Attrs.Int("groups")}
 		if b.needs[a[0]] {
 			at := copyAttrs(conv)

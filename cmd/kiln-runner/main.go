@@ -69,6 +69,7 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	isa := fs.String("isa", "", "force the instruction set `ISA` ("+isaList(man.ISAs)+"); default $KILN_ISA or the best available")
 	noWeightsCheck := fs.Bool("no-weights-check", os.Getenv("KILN_WEIGHTS_CHECK") == "off",
 		"skip the SHA-256 check of the weights at start (default $KILN_WEIGHTS_CHECK=off); the kernels and manifest are always checked")
+	info := fs.Bool("info", false, "print the network's identity (kiln version, source and weights hashes, targets, batch, shapes, preprocessing) and exit")
 	tap := fs.String("tap", "", "with --input: write the value of the compiled-in module `NAME` (kiln build --tap) instead of the network output")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench]\n\n", name)
@@ -88,6 +89,10 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		return usage("unexpected arguments")
+	}
+	if *info {
+		printInfo(stdout, man)
+		return 0
 	}
 	modes := 0
 	for _, on := range []bool{*input != "", *image != "", *bench} {
@@ -123,6 +128,13 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	if *threads < 0 || *iters <= 0 || *top <= 0 {
 		return usage("--threads must be >= 0, --iters and --top positive")
 	}
+	if *iters > maxIters {
+		return usage(fmt.Sprintf("--iters %d: at most %d", *iters, maxIters))
+	}
+	if n, msg := capThreads(*threads, numCPU()); msg != "" {
+		fmt.Fprintf(stderr, "%s: %s\n", name, msg)
+		*threads = n
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
@@ -142,7 +154,7 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	out := make([]float32, numel(man.Output.Shape))
 	switch {
 	case *input != "":
-		x, err := tensor.ReadNPYFile(*input)
+		x, err := tensor.ReadNPYFileLimit(*input, tensor.NPYLimit(numel(man.Input.Shape)))
 		if err != nil {
 			return fail(err)
 		}

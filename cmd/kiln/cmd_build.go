@@ -29,6 +29,8 @@ func init() {
 			out := fs.String("o", "", "output executable `OUT`")
 			var taps listFlag
 			fs.Var(&taps, "tap", "also compile the output of marked module `NAME` (e.g. features.5) into the binary, for its --tap (repeatable)")
+			var imf imageFlags
+			imf.register(fs)
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -58,16 +60,25 @@ func init() {
 					if err != nil {
 						return err
 					}
+					ident, err := buildIdentity(file, g, *weights)
+					if err != nil {
+						return err
+					}
 					if err := ctx.Err(); err != nil {
 						return err
 					}
 					if c, err = compileNetCtx(ctx, g, params, bt, &pf, e.stderr, taps); err != nil {
 						return err
 					}
+					c.prog.Manifest.Build = ident
+					c.imageFlags = &imf
 					return writeStandalone(ctx, c, g, bt, *out)
 				})
 				if err != nil {
 					return err
+				}
+				if *weights == "" {
+					fmt.Fprintf(e.stderr, proceduralWarning, *out)
 				}
 				st, _ := os.Stat(*out)
 				fmt.Fprintf(e.stdout, "built %s (%s, %s, %.1f MiB): %s\n", *out, bt.name, isaList(c.prog.Manifest.ISAs), float64(st.Size())/(1<<20), c.stats)
@@ -184,6 +195,11 @@ func writeStandalone(ctx context.Context, c *compiled, g *ir.Graph, bt buildTarg
 		return err
 	}
 	c.prog.Manifest.Preprocess = preprocessFor(g.Name, g.Inputs()[0].Type.Shape)
+	if c.imageFlags != nil {
+		if err := c.imageFlags.apply(&c.prog.Manifest, g.Inputs()[0].Type.Shape); err != nil {
+			return err
+		}
+	}
 	exe, err := os.Open(runner)
 	if err != nil {
 		return err

@@ -196,6 +196,9 @@ type compiled struct {
 	prog  *lower.Program
 	so    []byte
 	stats string
+	// imageFlags, when set, override the image path's labels and
+	// preprocessing in writeStandalone (kiln build --labels, --mean, ...).
+	imageFlags *imageFlags
 }
 
 // compileNet runs the pass pipeline, lowers the graph and compiles it with

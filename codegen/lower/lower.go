@@ -314,7 +314,12 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			// disabled): operands x, weight, bias?.
 			x, w := g.Nodes[n.Args[0]], g.Nodes[n.Args[1]]
 			if n.Attrs.Int("groups") != 1 {
-				return nil, ir.Errorf(n.Pos, "codegen: grouped convolution (groups=%d) is not supported yet", n.Attrs.Int("groups"))
+				spec, err := groupedConv(g, n, i, B, off, weight) // grouped.go
+				if err != nil {
+					return nil, err
+				}
+				specs = append(specs, kernelSpec{name: name, node: i, spec: spec, macs: g.MACs(i)})
+				continue
 			}
 			if w.Type.Layout != ir.OIhwIiOo(B) {
 				return nil, ir.Errorf(n.Pos, "codegen: conv weight %s must be packed %s, is %s", w.Name, ir.OIhwIiOo(B), w.Type)
@@ -327,12 +332,12 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			if n.Op == ir.OpConv2D && len(n.Args) == 3 {
 				bi = 2
 			}
-			st, pd := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+			st, pd, dl := n.Attrs.Ints("stride"), n.Attrs.Ints("pad"), n.Attrs.Ints("dilation")
 			ws := w.Type.Shape
 			spec := codegen.ConvSpec{
 				N: x.Type.Shape[0], C: x.Type.Shape[1], H: x.Type.Shape[2], W: x.Type.Shape[3],
-				O: ws[0], KH: ws[2], KW: ws[3], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1],
-				OH: ir.ConvOut(x.Type.Shape[2], ws[2], st[0], pd[0]), OW: ir.ConvOut(x.Type.Shape[3], ws[3], st[1], pd[1]),
+				O: ws[0], KH: ws[2], KW: ws[3], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1], DH: dl[0], DW: dl[1],
+				OH: n.Type.Shape[2], OW: n.Type.Shape[3],
 				InOff: off(n.Args[0]), InPlain: x.Type.Layout.IsPlain(),
 				WeightOff: wOff,
 				Relu:      n.Attrs.Bool("relu"),
@@ -442,6 +447,13 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 				spec.Op, spec.C = codegen.EltScale, float32(n.Attrs.Float("c"))
 			}
 			specs = append(specs, kernelSpec{name: name, node: i, spec: spec})
+		case ir.OpSub, ir.OpSigmoid, ir.OpTanh, ir.OpSiLU, ir.OpHardSwish, ir.OpClip, ir.OpChannelMul, ir.OpGlobalMaxPool:
+			// The activations and SE ops of ir/ops_ext.go (ext.go).
+			ks, err := lowerExt(g, n, i, B, name, off)
+			if err != nil {
+				return nil, err
+			}
+			specs = append(specs, ks)
 		case ir.OpDense:
 			x, w := g.Nodes[n.Args[0]].Type.Shape, g.Nodes[n.Args[1]].Type.Shape
 			wOff, err := weight(n, "weight", one(func(v []float32) []float32 { return transpose(v, w[0], w[1]) }), n.Args[1])
@@ -507,6 +519,8 @@ func (k kernelSpec) validate(b int) error {
 	switch s := k.spec.(type) {
 	case codegen.ConvSpec:
 		return s.Validate(b)
+	case codegen.DepthwiseSpec:
+		return s.Validate(b)
 	case codegen.PoolSpec:
 		return s.Validate(b)
 	case codegen.GlobalAvgPoolSpec:
@@ -523,6 +537,10 @@ func (k kernelSpec) validate(b int) error {
 		return s.Validate()
 	case codegen.ChannelAffineSpec:
 		return s.Validate(b)
+	case codegen.ChannelMulSpec:
+		return s.Validate(b)
+	case codegen.GlobalMaxPoolSpec:
+		return s.Validate(b)
 	}
 	return fmt.Errorf("unknown spec %T", k.spec)
 }
@@ -532,6 +550,9 @@ func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
 	case codegen.ConvSpec:
 		_, tiles, err = m.Conv(k.name, s)
 		kind = "conv"
+	case codegen.DepthwiseSpec:
+		_, tiles, err = m.Depthwise(k.name, s)
+		kind = "depthwise"
 	case codegen.PoolSpec:
 		_, tiles, err = m.Pool(k.name, s)
 		kind = "avgpool"
@@ -559,6 +580,12 @@ func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
 	case codegen.ChannelAffineSpec:
 		_, tiles, err = m.ChannelAffine(k.name, s)
 		kind = "batchnorm"
+	case codegen.ChannelMulSpec:
+		_, tiles, err = m.ChannelMul(k.name, s)
+		kind = "channel_mul"
+	case codegen.GlobalMaxPoolSpec:
+		_, tiles, err = m.GlobalMaxPool(k.name, s)
+		kind = "global_maxpool"
 	default:
 		err = fmt.Errorf("unknown spec %T", k.spec)
 	}

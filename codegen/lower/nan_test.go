@@ -53,7 +53,7 @@ func specialInput(shape []int) *tensor.Tensor {
 // Inf for Inf (finite values within compiledTol). Compiled max pooling used
 // to drop a NaN that followed a finite value in its window (issue 11).
 func TestNaNPropagationCompiled(t *testing.T) {
-	for _, net := range nanNets {
+	for _, net := range append(nanNets, extNaNNets...) {
 		t.Run(net.name, func(t *testing.T) {
 			g, err := dsl.Load(net.name+".kiln", []byte(net.src), dsl.Options{Batch: 2})
 			if err != nil {

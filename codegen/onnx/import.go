@@ -38,6 +38,8 @@ import (
 //	                     constant vector, as PyTorch writes nn.Linear, is its bias)
 //	Softmax              softmax (axis; before opset 13 only the last axis,
 //	                     where the 2-D coercion is the same function)
+//	Sigmoid, Tanh, HardSwish, GlobalMaxPool, Clip, Sub, Mul of two tensors
+//	                     see import_ext.go
 //	Dropout, Identity    no statement: the output is the input
 //	Constant             folded: its value is a constant operand
 //
@@ -730,6 +732,14 @@ func (c *importer) convert(n *Node) {
 		c.matmul(n)
 	case "Softmax":
 		c.softmax(n)
+	case "Sigmoid", "Tanh", "HardSwish", "GlobalMaxPool":
+		c.extUnary(n) // import_ext.go
+	case "Clip":
+		c.clip(n)
+	case "HardSigmoid":
+		c.hardSigmoid(n)
+	case "Sub":
+		c.sub(n)
 	default:
 		c.unsupported[n.OpType] = append(c.unsupported[n.OpType], n.Name)
 		c.poison(n)
@@ -962,6 +972,10 @@ func (c *importer) mul(n *Node) {
 	}
 	b, ok := c.input(n, 1)
 	if !ok {
+		return
+	}
+	if a.konst == nil && b.konst == nil {
+		c.mulTensors(n, a, b) // import_ext.go
 		return
 	}
 	if a.konst != nil {

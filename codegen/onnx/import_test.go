@@ -356,8 +356,8 @@ func TestImportConv(t *testing.T) {
 // that names the node, op, attribute or field.
 func TestImportErrors(t *testing.T) {
 	unsupported := convModel()
-	unsupported.node("Sigmoid", "/act1/Sigmoid", []string{"y"}, []string{"s1"})
-	unsupported.node("Sigmoid", "/act2/Sigmoid", []string{"s1"}, []string{"s2"})
+	unsupported.node("Erf", "/act1/Erf", []string{"y"}, []string{"s1"})
+	unsupported.node("Erf", "/act2/Erf", []string{"s1"}, []string{"s2"})
 	unsupported.node("Relu", "after", []string{"s2"}, []string{"s3"}) // depends on poison: not reported
 	unsupported.node("Resize", "up", []string{"y"}, []string{"s4"})
 	unsupported.node("MyOp", "custom", []string{"y"}, []string{"s5"})
@@ -378,7 +378,7 @@ func TestImportErrors(t *testing.T) {
 		want []string
 	}{
 		{"unsupported", unsupported.bytes(), []string{"4 node(s) use ops kiln import does not support",
-			`Resize (1): "up"`, `Sigmoid (2): "/act1/Sigmoid", "/act2/Sigmoid"`, `com.example::MyOp (1): "custom"`}},
+			`Resize (1): "up"`, `Erf (2): "/act1/Erf", "/act2/Erf"`, `com.example::MyOp (1): "custom"`}},
 		{"asymmetric pads", convModel(intsAttr("pads", 0, 0, 1, 1)).bytes(),
 			[]string{`graph.node[0] "/conv/Conv" (Conv): attribute "pads" = [0 0 1 1]: asymmetric padding`}},
 		{"dilations", convModel(intsAttr("dilations", 2, 2)).bytes(), []string{`(Conv): attribute "dilations" = [2 2]`}},

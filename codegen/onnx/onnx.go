@@ -23,6 +23,8 @@
 //	dense           Gemm (transB 1)
 //	dropout         omitted (identity at inference)
 //	softmax         Softmax (axis; single-axis semantics since opset 13)
+//	sigmoid, tanh, sub, global_maxpool, channel_mul, clip, silu, hardswish
+//	                see export_ext.go (silu and hardswish as two nodes)
 //
 // Any other op (for example the fused ops that Kiln's passes introduce) is an
 // error naming the node. Parameters become initializers named by their
@@ -371,7 +373,7 @@ func (x *exporter) convert(i int, n *ir.Node) error {
 		op = "Conv"
 		w := x.g.Nodes[n.Args[1]].Type.Shape
 		window(w[2:4])
-		attrs = append(attrs, intsAttr("dilations", 1, 1), intAttr("group", n.Attrs.Int("groups")))
+		attrs = append(attrs, intsAttr("dilations", n.Attrs.Ints("dilation")...), intAttr("group", n.Attrs.Int("groups")))
 	case ir.OpBatchNorm:
 		op = "BatchNormalization"
 		attrs = append(attrs, floatAttr("epsilon", float32(n.Attrs.Float("eps"))))
@@ -413,6 +415,14 @@ func (x *exporter) convert(i int, n *ir.Node) error {
 		op = "Softmax"
 		attrs = append(attrs, intAttr("axis", n.Attrs.Int("axis")))
 	default:
+		// The activations and squeeze-and-excitation ops (export_ext.go).
+		var ok bool
+		var err error
+		if op, in, attrs, ok, err = x.convertExt(i, n, in, out); err != nil {
+			return err
+		} else if ok {
+			break
+		}
 		return x.errorf(i, "op %s has no ONNX equivalent in this exporter (supported: the ops of the network as written; export before Kiln's passes)", n.Op)
 	}
 	x.addNode(op, out, n.Pos, in, out, attrs)

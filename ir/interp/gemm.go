@@ -153,12 +153,14 @@ func (b transB) pack(dst []float32, k0, k1, j0, j1 int) {
 // im2colB is the im2col matrix of one image (and one channel group) of a
 // convolution, read straight from the input: row k = (c, ky, kx) in C·KH·KW
 // order (matching OIHW weights), column j = output pixel (oy, ox) in row-major
-// order, B[k][j] = x[c][oy*sh-ph+ky][ox*sw-pw+kx], zero outside the image.
+// order, B[k][j] = x[c][oy*sh-ph+ky*dh][ox*sw-pw+kx*dw], zero outside the
+// image (dh, dw: the dilation, PyTorch's Conv2d).
 type im2colB struct {
 	x              []float32 // c×h×w planes of this image and group
 	h, w           int
 	kh, kw         int
 	sh, sw, ph, pw int
+	dh, dw         int // dilation
 	wo             int // output width
 }
 
@@ -174,13 +176,13 @@ func (b *im2colB) pack(dst []float32, k0, k1, j0, j1 int) {
 		oy, ox := j0/b.wo, j0%b.wo
 		for j := j0; j < j1; {
 			seg := min(b.wo-ox, j1-j) // pixels left in this output row
-			iy := oy*b.sh - b.ph + ky
+			iy := oy*b.sh - b.ph + ky*b.dh
 			rowOK := iy >= 0 && iy < b.h
 			for t := 0; t < seg; t++ {
 				jj := j + t - j0
 				v := float32(0)
 				if rowOK {
-					if ix := (ox+t)*b.sw - b.pw + kx; ix >= 0 && ix < b.w {
+					if ix := (ox+t)*b.sw - b.pw + kx*b.dw; ix >= 0 && ix < b.w {
 						v = plane[iy*b.w+ix]
 					}
 				}

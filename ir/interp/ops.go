@@ -52,6 +52,10 @@ func init() {
 		ir.OpReorder:       evalView,
 		ir.OpEmpty:         evalEmpty,
 	}
+	// The activation and elementwise ops of ir/ops_ext.go (ext.go).
+	for op, f := range extEvaluators {
+		evaluators[op] = f
+	}
 	// The training ops (train.go).
 	for op, f := range trainEvaluators {
 		evaluators[op] = f
@@ -93,7 +97,7 @@ type epilogue struct {
 func (ep epilogue) empty() bool { return ep.bias == nil && ep.residual == nil && !ep.relu }
 
 // conv computes a grouped 2-D cross-correlation with symmetric zero padding
-// (attributes stride, pad, groups of n) of x (NCHW) with w (OIHW) and writes
+// (attributes stride, pad, groups, dilation of n) of x (NCHW) with w (OIHW) and writes
 // its value, followed by the epilogue, to channels [off, off+O) of dst, an
 // N×D×Ho×Wo tensor (D = O and off = 0 when the convolution has dst to
 // itself). It runs one GEMM per image and group:
@@ -107,6 +111,7 @@ func (ep epilogue) empty() bool { return ep.bias == nil && ep.residual == nil &&
 // the epilogue then runs over the same planes.
 func conv(e *evaluator, n *ir.Node, x, w, dst *tensor.Tensor, off int, ep epilogue) {
 	stride, pad, groups := n.Attrs.Ints("stride"), n.Attrs.Ints("pad"), n.Attrs.Int("groups")
+	dil := n.Attrs.Ints("dilation")
 	batch, c, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	o, cg, kh, kw := w.Shape[0], w.Shape[1], w.Shape[2], w.Shape[3]
 	d, ho, wo := dst.Shape[1], dst.Shape[2], dst.Shape[3]
@@ -128,7 +133,7 @@ func conv(e *evaluator, n *ir.Node, x, w, dst *tensor.Tensor, off int, ep epilog
 				src = matB{data: xs, ld: h * wd}
 			} else {
 				src = &im2colB{x: xs, h: h, w: wd, kh: kh, kw: kw,
-					sh: stride[0], sw: stride[1], ph: pad[0], pw: pad[1], wo: wo}
+					sh: stride[0], sw: stride[1], ph: pad[0], pw: pad[1], dh: dil[0], dw: dil[1], wo: wo}
 			}
 			c0 := b*d + off + g*og // first output channel of this task in dst
 			tasks = append(tasks, gemmTask{a: as[g], b: src, n: pix,

@@ -13,6 +13,7 @@
 package imageprep
 
 import (
+	"bytes"
 	"fmt"
 	"image"
 	_ "image/jpeg" // register the JPEG decoder
@@ -48,9 +49,40 @@ func LoadFile(path string, c Config) ([]float32, error) {
 	return x, nil
 }
 
-// Load decodes an image (JPEG or PNG) from r and preprocesses it.
+// Image size limits. A few kilobytes of PNG or JPEG can declare an image of
+// gigapixels (issue 11: a 3 KB PNG of 1,000,000×1 pixels took 6.2 GB), so
+// Load reads the header first (image.DecodeConfig) and refuses an image
+// with a side over MaxSide or more than MaxPixels pixels before decoding
+// it; Preprocess refuses a resize whose intermediate images would exceed
+// MaxPixels (a long thin image is scaled up along its long side).
+const (
+	MaxSide   = 32768
+	MaxPixels = 64 << 20
+)
+
+// CheckSize returns an error if a w×h image exceeds MaxSide or MaxPixels.
+func CheckSize(w, h int) error {
+	if w > MaxSide || h > MaxSide {
+		return fmt.Errorf("image is %dx%d pixels: a side over the limit of %d", w, h, MaxSide)
+	}
+	if int64(w)*int64(h) > MaxPixels {
+		return fmt.Errorf("image is %dx%d pixels (%.1f Mpixel): over the limit of %d Mpixel", w, h, float64(w)*float64(h)/(1<<20), MaxPixels>>20)
+	}
+	return nil
+}
+
+// Load decodes an image (JPEG or PNG) from r and preprocesses it. The
+// header is read and checked (CheckSize) before the pixels are decoded.
 func Load(r io.Reader, c Config) ([]float32, error) {
-	img, format, err := image.Decode(r)
+	var head bytes.Buffer
+	cfg, _, err := image.DecodeConfig(io.TeeReader(r, &head))
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode image (JPEG and PNG are supported): %v", err)
+	}
+	if err := CheckSize(cfg.Width, cfg.Height); err != nil {
+		return nil, err
+	}
+	img, format, err := image.Decode(io.MultiReader(&head, r))
 	if err != nil {
 		return nil, fmt.Errorf("cannot decode image (JPEG and PNG are supported): %v", err)
 	}
@@ -76,6 +108,9 @@ func Preprocess(img image.Image, c Config) ([]float32, error) {
 		nw, nh = short, int(float64(short)*float64(h)/float64(w))
 	} else {
 		nh, nw = short, int(float64(short)*float64(w)/float64(h))
+	}
+	if int64(nw)*int64(h) > MaxPixels || int64(nw)*int64(nh) > MaxPixels {
+		return nil, fmt.Errorf("image %dx%d resizes to %dx%d: over the limit of %d Mpixel (aspect ratio too extreme)", w, h, nw, nh, MaxPixels>>20)
 	}
 	if nw < c.Size || nh < c.Size {
 		return nil, fmt.Errorf("resized image %dx%d is smaller than the %d crop", nw, nh, c.Size)
