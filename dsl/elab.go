@@ -30,6 +30,8 @@ type elab struct {
 	opts   Options
 	lim    Limits
 	params map[string]paramOrigin
+	// paramBytes sums the parameters' sizes (Limits.MaxParamBytes).
+	paramBytes float64
 	// created lists the parameter keys in creation order, duplicates
 	// included (for the nested-call warning); anon is set while a builtin runs that takes its enclosing
 	// body's scope path (nested in an argument, returned or unassigned);
@@ -135,7 +137,39 @@ func (e *elab) node(pos lexer.Position, op, name string, args []int, attrs ir.At
 		e.report(pos, irMessage(err))
 		return poison
 	}
+	if !e.checkBytes(pos, e.g.Nodes[id]) {
+		return poison
+	}
 	return tensorVal(id)
+}
+
+// checkBytes enforces Limits.MaxTensorBytes on n's value and
+// Limits.MaxParamBytes on the parameters so far, aborting with a positioned
+// message. Sizes are computed in float64: a shape of four dimensions of up
+// to MaxSize each overflows int64.
+func (e *elab) checkBytes(pos lexer.Position, n *ir.Node) bool {
+	types := n.Results
+	if len(types) == 0 {
+		types = []ir.Type{n.Type}
+	}
+	for _, t := range types {
+		b := float64(max(t.DType.Size(), 1))
+		for _, d := range t.Shape {
+			b *= float64(d)
+		}
+		if b > float64(e.lim.MaxTensorBytes) {
+			e.abort(pos, "%s %s is %.3g bytes, over the limit of %d bytes per tensor (raise it with --max-tensor-bytes)", n.Op, t, b, e.lim.MaxTensorBytes)
+			return false
+		}
+		if n.Op == ir.OpParam {
+			e.paramBytes += b
+			if e.paramBytes > float64(e.lim.MaxParamBytes) {
+				e.abort(pos, "the parameters reach %.3g bytes at %s, over the limit of %d bytes (raise it with --max-param-bytes)", e.paramBytes, n.Name, e.lim.MaxParamBytes)
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func irMessage(err error) string {
@@ -172,6 +206,9 @@ func (e *elab) param(pos lexer.Position, key string, shape []int, buffer bool) i
 	id, err := e.g.Add(n)
 	if err != nil {
 		e.report(pos, irMessage(err))
+		return -1
+	}
+	if !e.checkBytes(pos, n) {
 		return -1
 	}
 	// Remember the outermost call that created the parameter: inside a block,

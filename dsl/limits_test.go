@@ -80,3 +80,23 @@ func TestUndefinedDiagnosticsLinear(t *testing.T) {
 		t.Errorf("took %v", took)
 	}
 }
+
+// TestTensorAndParamByteLimits: a four-line network with 2^24 output
+// channels (issue 11: it passed check and made build allocate 17 GB) is
+// refused at the call's position, per tensor and for the parameters' total;
+// raising the limits accepts it, and the real networks stay far below them.
+func TestTensorAndParamByteLimits(t *testing.T) {
+	src := "network big(image: f32[N, 3, 8, 8]) {\n  return conv2d(image, 16777216, 3)\n}\n"
+	_, err := Load("big.kiln", []byte(src), Options{Batch: 1})
+	if err == nil || !strings.Contains(err.Error(), "big.kiln:2:10: param f32[16777216,3,3,3] is 1.81e+09 bytes, over the limit of 1073741824 bytes per tensor") {
+		t.Fatalf("per-tensor limit: %v", err)
+	}
+	small := "network many(image: f32[N, 3, 8, 8]) {\n  a = conv2d(image, 64, 3, pad=1)\n  b = conv2d(a, 64, 3, pad=1)\n  return b\n}\n"
+	_, err = Load("many.kiln", []byte(small), Options{Batch: 1, Limits: Limits{MaxParamBytes: 100 << 10}})
+	if err == nil || !strings.Contains(err.Error(), "many.kiln:3:7: the parameters reach") {
+		t.Fatalf("parameter total limit: %v", err)
+	}
+	if _, err := Load("big.kiln", []byte(src), Options{Batch: 1, Limits: Limits{MaxTensorBytes: 4 << 30, MaxParamBytes: 4 << 30}}); err != nil {
+		t.Fatalf("raised limits: %v", err)
+	}
+}

@@ -57,6 +57,11 @@ type Limits struct {
 	// (default 16 MiB).
 	MaxFileBytes  int64
 	MaxTotalBytes int64
+	// MaxTensorBytes bounds any one tensor of the network (default 1 GiB)
+	// and MaxParamBytes all its parameters together (default 4 GiB), so a
+	// four-line source cannot make a build allocate tens of gigabytes.
+	MaxTensorBytes int64
+	MaxParamBytes  int64
 }
 
 func (l Limits) withDefaults() Limits {
@@ -71,6 +76,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxSteps <= 0 {
 		l.MaxSteps = 1 << 26
+	}
+	if l.MaxTensorBytes <= 0 {
+		l.MaxTensorBytes = 1 << 30
+	}
+	if l.MaxParamBytes <= 0 {
+		l.MaxParamBytes = 4 << 30
 	}
 	if l.MaxFileBytes <= 0 {
 		l.MaxFileBytes = 4 << 20

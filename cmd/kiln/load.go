@@ -18,6 +18,9 @@ type netFlags struct {
 	batch      int
 	input      string
 	importPath dirList
+	// Resource limits (docs/LIMITS.md).
+	maxBatch                      int
+	maxTensorBytes, maxParamBytes int64
 }
 
 // dirList is a repeatable flag collecting directories.
@@ -37,13 +40,20 @@ func (f *netFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.batch, "batch", 1, "batch size `N` bound at build time")
 	fs.StringVar(&f.input, "input", "", "per-sample input shape `CxHxW` overriding the network's declared one (e.g. 3x139x139)")
 	fs.Var(&f.importPath, "import-path", "also resolve .kiln imports inside `DIR` (repeatable); by default only the source's directory tree and the built-in networks")
+	fs.IntVar(&f.maxBatch, "max-batch", 4096, "refuse a --batch above `N` (code generation grows with the batch)")
+	fs.Int64Var(&f.maxTensorBytes, "max-tensor-bytes", 1<<30, "refuse a network with any tensor over `BYTES`")
+	fs.Int64Var(&f.maxParamBytes, "max-param-bytes", 4<<30, "refuse a network whose parameters total over `BYTES`")
 }
 
 func (f *netFlags) options() (dsl.Options, error) {
 	if f.batch <= 0 {
 		return dsl.Options{}, usagef("--batch must be positive, got %d", f.batch)
 	}
-	opts := dsl.Options{Batch: f.batch, ImportPath: f.importPath}
+	if f.maxBatch > 0 && f.batch > f.maxBatch {
+		return dsl.Options{}, usagef("--batch %d exceeds the limit %d (raise it with --max-batch)", f.batch, f.maxBatch)
+	}
+	opts := dsl.Options{Batch: f.batch, ImportPath: f.importPath,
+		Limits: dsl.Limits{MaxTensorBytes: f.maxTensorBytes, MaxParamBytes: f.maxParamBytes}}
 	if f.input != "" {
 		s, err := tensor.ParseShape(f.input)
 		if err != nil {
