@@ -37,7 +37,10 @@ func init() {
 				if *threads < 0 {
 					return usagef("--threads must not be negative")
 				}
-				x, err := tensor.ReadNPYFile(*input)
+				// The input may be at most one tensor of the default
+				// per-tensor limit (1 GiB of float32; docs/LIMITS.md), so
+				// --input /dev/zero or a huge file is refused unread.
+				x, err := tensor.ReadNPYFileLimit(*input, tensor.NPYLimit(maxInputElems))
 				if err != nil {
 					return err
 				}
@@ -78,6 +81,10 @@ func init() {
 			}
 		}})
 }
+
+// maxInputElems bounds kiln run's --input: the elements of one tensor of
+// the default per-tensor limit (dsl.Limits.MaxTensorBytes, 1 GiB) in float32.
+const maxInputElems = (1 << 30) / 4
 
 // loadForInput elaborates the network for the shape of input tensor x: the
 // batch is x's first dimension and the other dimensions replace the declared

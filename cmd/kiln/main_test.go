@@ -156,6 +156,20 @@ func TestRunErrors(t *testing.T) {
 		}
 		return p
 	}
+	// sparse makes a file of n bytes without writing them (issue 11:
+	// --input read without limit).
+	sparse := func(name string, n int64) string {
+		p := filepath.Join(dir, name)
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(n); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	good := npy("good.npy", 1, 3, 32, 32)
 	goodBytes, _ := os.ReadFile(good)
 	tests := []struct {
@@ -169,6 +183,8 @@ func TestRunErrors(t *testing.T) {
 		{"truncated npy", []string{"--input", write("trunc.npy", goodBytes[:len(goodBytes)-7])}, "trunc.npy"},
 		{"not npy", []string{"--input", write("text.npy", []byte("hello"))}, "text.npy"},
 		{"missing npy", []string{"--input", filepath.Join(dir, "absent.npy")}, "absent.npy"},
+		{"endless input", []string{"--input", "/dev/zero"}, "read npy /dev/zero: a device or socket, not a file"},
+		{"oversized input", []string{"--input", sparse("huge.npy", 3<<30)}, "more than the 2147549184 this tensor can take"},
 		{"corrupt weights", []string{"--input", good, "--weights", write("w.safetensors", []byte("\x08\x00\x00\x00\x00\x00\x00\x00{}"))}, "w.safetensors"},
 		{"unrelated weights", []string{"--input", good, "--weights", fixtures.Path(t, "fixtures", "blocks", "v4_mixed3a", "weights.safetensors")}, "missing"},
 		{"unknown tap", []string{"--input", good, "--tap", "nowhere"}, `no module "nowhere"`},
