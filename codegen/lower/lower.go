@@ -514,35 +514,16 @@ type kernelSpec struct {
 }
 
 // validate checks the spec against the channel block b, as the kernel
-// builders do before emitting code.
+// builders do before emitting code: every spec has Validate(b) (layouts
+// blocked by b) or Validate() (plain layouts only).
 func (k kernelSpec) validate(b int) error {
 	switch s := k.spec.(type) {
-	case codegen.ConvSpec:
+	case interface{ Validate(int) error }:
 		return s.Validate(b)
-	case codegen.DepthwiseSpec:
-		return s.Validate(b)
-	case codegen.PoolSpec:
-		return s.Validate(b)
-	case codegen.GlobalAvgPoolSpec:
-		return s.Validate(b)
-	case codegen.ReorderSpec:
-		return s.Validate(b)
-	case codegen.DenseSpec:
+	case interface{ Validate() error }:
 		return s.Validate()
-	case codegen.SoftmaxSpec:
-		return s.Validate()
-	case codegen.CopySpec:
-		return s.Validate()
-	case codegen.ElementwiseSpec:
-		return s.Validate()
-	case codegen.ChannelAffineSpec:
-		return s.Validate(b)
-	case codegen.ChannelMulSpec:
-		return s.Validate(b)
-	case codegen.GlobalMaxPoolSpec:
-		return s.Validate(b)
 	}
-	return fmt.Errorf("unknown spec %T", k.spec)
+	return fmt.Errorf("spec %T has no Validate method", k.spec)
 }
 
 func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {

@@ -803,6 +803,15 @@ func (c *importer) identity(n *Node) {
 	c.vals[n.Outputs[0]] = v
 }
 
+// optionalConst returns constant input i of n, or nil when the optional
+// input is absent (missing or named ""); false after reporting an error.
+func (c *importer) optionalConst(n *Node, i int, what string) (*TensorProto, bool) {
+	if len(n.Inputs) <= i || n.Inputs[i] == "" {
+		return nil, true
+	}
+	return c.constInput(n, i, what)
+}
+
 func (c *importer) conv(n *Node) {
 	as, ok := c.attrs(n, "kernel_shape", "strides", "pads", "dilations", "group", "auto_pad")
 	if !ok || !c.onlyOutput(n) {
@@ -816,11 +825,9 @@ func (c *importer) conv(n *Node) {
 	if !ok {
 		return
 	}
-	var bt *TensorProto
-	if len(n.Inputs) > 2 && n.Inputs[2] != "" {
-		if bt, ok = c.constInput(n, 2, "B"); !ok {
-			return
-		}
+	bt, ok := c.optionalConst(n, 2, "B")
+	if !ok {
+		return
 	}
 	wdims, wdata, ok := c.floats(n, wt)
 	if !ok {
@@ -1239,11 +1246,9 @@ func (c *importer) gemm(n *Node) {
 	if !ok {
 		return
 	}
-	var ct *TensorProto
-	if len(n.Inputs) > 2 && n.Inputs[2] != "" {
-		if ct, ok = c.constInput(n, 2, "C"); !ok {
-			return
-		}
+	ct, ok := c.optionalConst(n, 2, "C")
+	if !ok {
+		return
 	}
 	c.dense(n, x, bt, transB != 0, alpha, ct, beta)
 }
