@@ -14,13 +14,19 @@ package rt
 //
 // Version history: 1 had kiln_abi_version and kiln_run_<isa> only (and was
 // compared with the manifest version); 2 adds kiln_arena_bytes and
-// kiln_weights_bytes.
-const ABIVersion = 2
+// kiln_weights_bytes; 3 separates kernels by completion counting instead of
+// a barrier: the runtime writes the inference number at byte 256 of a
+// 384-byte barrier block before each multi-threaded inference.
+const ABIVersion = 3
 
 // BarrierBytes is the size of the barrier block the runtime allocates (64-byte
 // aligned, zeroed once per session) and passes to kiln_run_<isa>. Part of
 // the kernel ABI (ABIVersion).
-const BarrierBytes = 256
+const BarrierBytes = 384
+
+// barrierRunOff is where in the barrier block the runtime writes the
+// inference number before waking the threads (KILN_RUN_OFF of the driver).
+const barrierRunOff = 256
 
 // ABI symbol names.
 const (

@@ -35,6 +35,7 @@ type session struct {
 	timings  []int64   // per-kernel nanoseconds from tid 0
 	arenaPtr uintptr
 	barrier  uintptr
+	runWord  *uint64 // the inference number in the barrier block (barrierRunOff)
 	timingsP uintptr
 	spin     time.Duration
 
@@ -74,6 +75,7 @@ func (m *Model) newSession() (*session, error) {
 		timings:  unsafe.Slice((*int64)(unsafe.Pointer(&mem[timingsOff])), len(m.man.Kernels)),
 		arenaPtr: uintptr(base),
 		barrier:  uintptr(base) + uintptr(barrierOff),
+		runWord:  (*uint64)(unsafe.Pointer(&mem[barrierOff+barrierRunOff])),
 		timingsP: uintptr(base) + uintptr(timingsOff),
 		spin:     m.spin,
 		doneTok:  make(chan struct{}, 1),
@@ -158,6 +160,9 @@ func (s *session) run(in, out []float32, profile bool) {
 	var gen uint64
 	if len(s.workers) > 0 {
 		s.pending.Store(int32(len(s.workers)))
+		// The driver numbers the kernels' epochs from the inference
+		// number; it must be in place before any thread starts.
+		atomic.StoreUint64(s.runWord, s.seq.Load()+1)
 		gen = s.seq.Add(1)
 		for _, w := range s.workers {
 			if w.parked.Load() && w.parked.CompareAndSwap(true, false) {

@@ -18,24 +18,32 @@ import (
 //	                    int32_t nthreads, void* barrier, int64_t* timings)
 //
 // which every participating thread calls once per inference: for each kernel
-// in schedule order it runs tiles of the kernel and waits on a barrier, so
-// dependent kernels never overlap. Each thread owns a contiguous share of
-// the tiles (the static split) and claims it in chunks from the front; a
-// thread that runs out steals the back half of what is left of another's
-// share (work stealing: a worker that starts late, a core slowed by another
-// process or by the memory system, and uneven tiles no longer leave the others
-// idle at the barrier, while most tiles stay with the thread that owned
-// them). The shares live in the barrier block's spare 128 bytes: one 64-bit
-// word per thread, {epoch, next tile, end}, claimed with compare-and-swap;
-// the epoch (from the barrier's generation, the same for every thread
-// between two barriers) tells a share of this kernel from a stale one, so a
-// thief can also take work of a thread that has not reached the kernel yet.
-// With more than 16 threads, or tile counts too large for the word, the
-// split stays static. The barrier is a generation-counting spin barrier on
-// the caller-owned block (count and generation on separate cache lines; spin with
-// pause, yield to the OS after a while so oversubscribed threads make
-// progress). With timings non-NULL, thread 0 adds each kernel's wall time,
-// barrier wait included, in nanoseconds.
+// in schedule order it runs tiles of the kernel, and no thread starts a
+// kernel's tiles before all tiles of the previous one are complete. Each
+// thread owns a contiguous share of the tiles (the static split) and claims
+// it in chunks from the front; a thread that runs out steals the back half
+// of what is left of another's share (work stealing: a worker that starts
+// late, a core slowed by another process or by the memory system, and
+// uneven tiles no longer leave the others idle, while most tiles stay with
+// the thread that owned them). The shares live in the barrier block: one
+// 64-bit word per thread, {epoch, next tile, end}, claimed with
+// compare-and-swap; the epoch tells a share of this kernel from a stale one
+// (a thief can take work of a thread that has not reached the kernel yet)
+// or from a later kernel's (the kernel is done).
+//
+// Kernels are separated by completion counting, not by a barrier every
+// thread must reach: a completion word holds the epoch of the kernel in
+// progress (inference number, written by the runtime before it wakes the
+// threads, times the kernel count, plus the kernel's index) and how many of
+// its tiles are complete; a thread done with its tiles waits only until the
+// count reaches the kernel's tiles. A thread the OS has descheduled
+// therefore delays only the tiles it has claimed: the others take its share
+// and go on, and when it runs again it finds the kernels done and passes
+// through. (With a barrier per kernel, every kernel waited for the slowest
+// thread to be scheduled: on a loaded 2-core machine, 20x slower at two
+// threads.) With more than 16 threads, or tile counts too large for a share
+// word, the split stays static. With timings non-NULL, thread 0 adds each
+// kernel's wall time, waiting included, in nanoseconds.
 //
 // The driver also carries the kernel ABI (rt.ABIVersion, returned by
 // kiln_abi_version) and the arena and weights sizes the kernels were
@@ -51,19 +59,6 @@ func driverSource(targets []codegen.Target, kernels []rt.KernelInfo, arenaBytes,
 
 typedef void kiln_kernel(float*, const float*, int64_t, int64_t);
 
-// The barrier's generation counter is unsigned: it counts every barrier of
-// every inference of a session, and a network of 300 kernels at 100
-// inferences a second passes 2^31 barriers within a day. Unsigned
-// wrap-around is defined (signed overflow is not), and waiters compare it
-// only for equality with the value they read on entry, which stays correct
-// across the wrap.
-typedef struct {
-	int count;
-	char pad0[60];
-	unsigned gen;
-	char pad1[60];
-} kiln_barrier;
-
 static inline void kiln_relax(void) {
 #if defined(__x86_64__)
 	__builtin_ia32_pause();
@@ -72,41 +67,47 @@ static inline void kiln_relax(void) {
 #endif
 }
 
-static void kiln_barrier_wait(kiln_barrier* b, int32_t n) {
-	if (n <= 1) return;
-	unsigned gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
-	if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
-		__atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-		__atomic_store_n(&b->gen, gen + 1u, __ATOMIC_RELEASE);
-		return;
-	}
-	for (int spins = 0; __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen;) {
-		kiln_relax();
-		if (++spins == 20000) {
-			sched_yield();
-			spins = 0;
-		}
-	}
-}
-
 static int64_t kiln_now(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-// Work stealing. Share words: bits 63..40 epoch, 39..20 next tile, 19..0
-// end. Threads 0 and 1 get a cache line each; more threads share them.
+// The block the runtime passes as barrier (zeroed once per session):
+// work-stealing shares at KILN_SHARES_OFF (share words: bits 63..40 epoch,
+// 39..20 next tile, 19..0 end; threads 0 and 1 get a cache line each, more
+// threads share them), the inference number the runtime writes before each
+// inference at KILN_RUN_OFF, and the completion word at KILN_DONE_OFF
+// (bits 63..24 epoch of the kernel in progress, 23..0 its completed tiles),
+// each on its own cache line.
 #define KILN_MAX_STEAL 16
 #define KILN_TILE_BITS 20
 #define KILN_TILE_MASK ((1ull << KILN_TILE_BITS) - 1)
+#define KILN_SHARES_OFF 128
+#define KILN_RUN_OFF 256
+#define KILN_DONE_OFF 320
+#define KILN_CNT_BITS 24
+#define KILN_CNT_MASK ((1ull << KILN_CNT_BITS) - 1)
+#define KILN_EP_MASK ((1ull << (64 - KILN_CNT_BITS)) - 1)
+
+// kiln_ep_after is a - b for 40-bit epochs that wrap around, as a signed
+// number: positive when a is later than b. Epochs compared are never more
+// than a few kernel lists apart, far below 2^39.
+static inline int64_t kiln_ep_after(uint64_t a, uint64_t b) {
+	return (int64_t)((a - b) << KILN_CNT_BITS) >> KILN_CNT_BITS;
+}
+
+// kiln_share_after is the same for the 24-bit epochs of share words.
+static inline int64_t kiln_share_after(uint64_t a, uint64_t b) {
+	return (int64_t)((a - b) << 40) >> 40;
+}
 `)
 	fmt.Fprintf(&b, `
 // The kernel ABI (rt.ABIVersion) and the sizes the kernels were compiled
 // for, checked by the runtime against the manifest at load.
 #define KILN_BARRIER_BYTES %d
-_Static_assert(sizeof(kiln_barrier) <= 128 && 128 + 64 + 8 * (KILN_MAX_STEAL / 2) <= KILN_BARRIER_BYTES,
-               "barrier and work-stealing shares must fit the runtime's barrier block");
+_Static_assert(KILN_SHARES_OFF + 64 + 8 * (KILN_MAX_STEAL / 2) <= KILN_RUN_OFF && KILN_DONE_OFF + 64 <= KILN_BARRIER_BYTES,
+               "work-stealing shares and progress words must fit the runtime's barrier block");
 int32_t kiln_abi_version(void) { return %d; }
 int64_t kiln_arena_bytes(void) { return %dLL; }
 int64_t kiln_weights_bytes(void) { return %dLL; }
@@ -114,7 +115,7 @@ int64_t kiln_weights_bytes(void) { return %dLL; }
 	b.WriteString(`
 
 static inline uint64_t* kiln_share(void* barrier, int32_t t) {
-	return (uint64_t*)((char*)barrier + 128 + 64 * (t & 1)) + (t >> 1);
+	return (uint64_t*)((char*)barrier + KILN_SHARES_OFF + 64 * (t & 1)) + (t >> 1);
 }
 
 static inline uint64_t kiln_word(uint64_t ep, int64_t lo, int64_t hi) {
@@ -127,8 +128,9 @@ static inline uint64_t kiln_word(uint64_t ep, int64_t lo, int64_t hi) {
 static int64_t kiln_claim(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int64_t c, int64_t* first) {
 	uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
 	for (;;) {
-		int64_t a = lo, b = hi;
-		if (v >> (2 * KILN_TILE_BITS) == ep) {
+		int64_t a = lo, b = hi, d = kiln_share_after(v >> (2 * KILN_TILE_BITS), ep);
+		if (d > 0) return 0; // a later kernel's share: this kernel is done
+		if (d == 0) {
 			a = (int64_t)((v >> KILN_TILE_BITS) & KILN_TILE_MASK);
 			b = (int64_t)(v & KILN_TILE_MASK);
 		}
@@ -146,8 +148,9 @@ static int64_t kiln_claim(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int6
 static int64_t kiln_steal(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int64_t* first) {
 	uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
 	for (;;) {
-		int64_t a = lo, b = hi;
-		if (v >> (2 * KILN_TILE_BITS) == ep) {
+		int64_t a = lo, b = hi, d = kiln_share_after(v >> (2 * KILN_TILE_BITS), ep);
+		if (d > 0) return 0; // a later kernel's share: this kernel is done
+		if (d == 0) {
 			a = (int64_t)((v >> KILN_TILE_BITS) & KILN_TILE_MASK);
 			b = (int64_t)(v & KILN_TILE_MASK);
 		}
@@ -160,35 +163,77 @@ static int64_t kiln_steal(uint64_t* w, uint64_t ep, int64_t lo, int64_t hi, int6
 	}
 }
 
-static void kiln_run_kernel(kiln_kernel* f, float* arena, const float* weights, int64_t n, int32_t tid, int32_t nthreads, void* barrier) {
-	if (nthreads <= 1 || nthreads > KILN_MAX_STEAL || n > (int64_t)KILN_TILE_MASK) {
-		int64_t lo = n * tid / nthreads, hi = n * (tid + 1) / nthreads;
-		if (lo < hi) f(arena, weights, lo, hi);
-		return;
-	}
-	kiln_barrier* bar = (kiln_barrier*)barrier;
-	uint64_t ep = ((uint64_t)__atomic_load_n(&bar->gen, __ATOMIC_ACQUIRE) + 1) & 0xffffff;
-	// Own share in chunks of about 1/16 of it (one tile when tiles are few).
+// kiln_done counts k completed tiles of the kernel in progress.
+static inline void kiln_done(void* barrier, int64_t k) {
+	__atomic_fetch_add((uint64_t*)((char*)barrier + KILN_DONE_OFF), (uint64_t)k, __ATOMIC_ACQ_REL);
+}
+
+// kiln_run_kernel runs this thread's part of kernel f (n tiles, epoch ep):
+// its own share, then what it can steal, counting completed tiles in the
+// completion word; then it waits until all n tiles are complete, and the
+// first thread to see that moves the word on to epoch ep+1 with no tiles.
+// A thread that arrives late finds the work taken (or the word already at
+// a later epoch) and passes on at once: no thread waits for another that
+// has not started the kernel, only for tiles another thread is running.
+static void kiln_run_kernel(kiln_kernel* f, float* arena, const float* weights, int64_t n, int32_t tid, int32_t nthreads, void* barrier, uint64_t ep) {
+	uint64_t* dw = (uint64_t*)((char*)barrier + KILN_DONE_OFF);
+	uint64_t v = __atomic_load_n(dw, __ATOMIC_ACQUIRE);
+	if (kiln_ep_after(v >> KILN_CNT_BITS, ep) > 0) return;
 	int64_t lo = n * tid / nthreads, hi = n * (tid + 1) / nthreads;
-	int64_t c = (hi - lo) / 16 > 1 ? (hi - lo) / 16 : 1;
-	uint64_t* own = kiln_share(barrier, tid);
-	int64_t first, k;
-	while ((k = kiln_claim(own, ep, lo, hi, c, &first)) > 0) f(arena, weights, first, first + k);
-	// Then steal from the others, nearest first, until none has work left.
-	for (int found = 1; found;) {
-		found = 0;
-		for (int32_t d = 1; d < nthreads; d++) {
-			int32_t v = (tid + d) % nthreads;
-			int64_t vlo = n * v / nthreads, vhi = n * (v + 1) / nthreads;
-			if ((k = kiln_steal(kiln_share(barrier, v), ep, vlo, vhi, &first)) > 0) {
-				found = 1;
-				// Run the stolen tiles in chunks, claiming them from a share of
-				// our own so that others can steal from them in turn.
-				int64_t sc = k / 16 > 1 ? k / 16 : 1;
-				__atomic_store_n(own, kiln_word(ep, first, first + k), __ATOMIC_RELEASE);
-				while ((k = kiln_claim(own, ep, first, first, sc, &first)) > 0) f(arena, weights, first, first + k);
-				break;
+	if (nthreads > KILN_MAX_STEAL || n > (int64_t)KILN_TILE_MASK) {
+		if (lo < hi) {
+			f(arena, weights, lo, hi);
+			kiln_done(barrier, hi - lo);
+		}
+	} else {
+		uint64_t sep = ep & 0xffffff;
+		// Own share in chunks of about 1/16 of it (one tile when tiles are few).
+		int64_t c = (hi - lo) / 16 > 1 ? (hi - lo) / 16 : 1;
+		uint64_t* own = kiln_share(barrier, tid);
+		int64_t first, k;
+		int64_t ran = 0;
+		while ((k = kiln_claim(own, sep, lo, hi, c, &first)) > 0) {
+			f(arena, weights, first, first + k);
+			ran += k;
+		}
+		// Then steal from the others, nearest first, until none has work left.
+		for (int found = 1; found;) {
+			found = 0;
+			for (int32_t d = 1; d < nthreads; d++) {
+				int32_t t = (tid + d) % nthreads;
+				int64_t vlo = n * t / nthreads, vhi = n * (t + 1) / nthreads;
+				if ((k = kiln_steal(kiln_share(barrier, t), sep, vlo, vhi, &first)) > 0) {
+					found = 1;
+					// Run the stolen tiles in chunks, claiming them from a share of
+					// our own so that others can steal from them in turn.
+					int64_t sc = k / 16 > 1 ? k / 16 : 1;
+					__atomic_store_n(own, kiln_word(sep, first, first + k), __ATOMIC_RELEASE);
+					while ((k = kiln_claim(own, sep, first, first, sc, &first)) > 0) {
+						f(arena, weights, first, first + k);
+						ran += k;
+					}
+					break;
+				}
 			}
+		}
+		// One count per thread and kernel: the tiles are claimed, so no
+		// other thread can finish the kernel before this one has counted.
+		if (ran > 0) kiln_done(barrier, ran);
+	}
+	// Wait for the tiles other threads are running (spin with pause, yield
+	// to the OS after a while so oversubscribed threads make progress).
+	for (int spins = 0;;) {
+		v = __atomic_load_n(dw, __ATOMIC_ACQUIRE);
+		int64_t d = kiln_ep_after(v >> KILN_CNT_BITS, ep);
+		if (d > 0) return;
+		if (d == 0 && (int64_t)(v & KILN_CNT_MASK) >= n) {
+			__atomic_compare_exchange_n(dw, &v, ((ep + 1) & KILN_EP_MASK) << KILN_CNT_BITS, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+			return;
+		}
+		kiln_relax();
+		if (++spins == 2000) {
+			sched_yield();
+			spins = 0;
 		}
 	}
 }
@@ -210,11 +255,30 @@ static void kiln_run_kernel(kiln_kernel* f, float* arena, const float* weights, 
 		}
 		b.WriteString("\t0};\n\n")
 		fmt.Fprintf(&b, `void kiln_run_%s(float* arena, const float* weights, int32_t tid, int32_t nthreads, void* barrier, int64_t* timings) {
-	kiln_barrier* bar = (kiln_barrier*)barrier;
 	int64_t t0 = (timings && tid == 0) ? kiln_now() : 0;
+	if (nthreads <= 1) {
+		for (int k = 0; k < KILN_NKERNELS; k++) {
+			if (kiln_tiles[k] > 0) kiln_kernels_%s[k](arena, weights, 0, kiln_tiles[k]);
+			if (timings && tid == 0) {
+				int64_t t1 = kiln_now();
+				timings[k] += t1 - t0;
+				t0 = t1;
+			}
+		}
+		return;
+	}
+	// Kernel k of inference r (the number the runtime wrote at KILN_RUN_OFF
+	// before waking the threads) has epoch r*KILN_NKERNELS + k; the first
+	// thread of an inference moves the completion word on from the last one.
+	uint64_t r = __atomic_load_n((uint64_t*)((char*)barrier + KILN_RUN_OFF), __ATOMIC_ACQUIRE);
+	uint64_t ep0 = (r * KILN_NKERNELS) & KILN_EP_MASK;
+	uint64_t* dw = (uint64_t*)((char*)barrier + KILN_DONE_OFF);
+	uint64_t v = __atomic_load_n(dw, __ATOMIC_ACQUIRE);
+	while (kiln_ep_after(v >> KILN_CNT_BITS, ep0) < 0 &&
+	       !__atomic_compare_exchange_n(dw, &v, ep0 << KILN_CNT_BITS, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+	}
 	for (int k = 0; k < KILN_NKERNELS; k++) {
-		kiln_run_kernel(kiln_kernels_%s[k], arena, weights, kiln_tiles[k], tid, nthreads, barrier);
-		kiln_barrier_wait(bar, nthreads);
+		kiln_run_kernel(kiln_kernels_%s[k], arena, weights, kiln_tiles[k], tid, nthreads, barrier, (ep0 + (uint64_t)k) & KILN_EP_MASK);
 		if (timings && tid == 0) {
 			int64_t t1 = kiln_now();
 			timings[k] += t1 - t0;
@@ -223,7 +287,7 @@ static void kiln_run_kernel(kiln_kernel* f, float* arena, const float* weights, 
 	}
 }
 
-`, t.Name, t.Name)
+`, t.Name, t.Name, t.Name)
 	}
 	return b.String()
 }

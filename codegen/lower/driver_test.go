@@ -18,9 +18,10 @@ import (
 // tile and per thread start (so that threads steal from each other and from
 // threads that have not reached a kernel yet). Every kernel call checks its
 // tile range, that no tile runs twice, and that the previous kernel has
-// finished (the barrier); after every inference every tile must have run
-// exactly once. The barrier's generation counter starts at argv[3], so that
-// a start just below 2^32 makes it wrap around during the run.
+// finished (completion counting); after every inference every tile must have
+// run exactly once. The inference number written before each inference, as
+// the runtime does, starts at argv[3], so that a start just below 2^40/18
+// makes the 40-bit kernel epochs wrap around during the run.
 const driverHarness = `
 #include <pthread.h>
 #include <stdio.h>
@@ -57,6 +58,9 @@ static void* thread_main(void* arg) {
 	int tid = (int)(intptr_t)arg;
 	seed_ = tid * 7919 + run_;
 	if (rand_r(&seed_) % 4 == 0) usleep(rand_r(&seed_) % 300);
+	// A thread that comes very late (descheduled) must pass through kernels
+	// the others finished without it.
+	if (tid != 0 && rand_r(&seed_) % 16 == 0) usleep(2000);
 	kiln_run_avx512(0, 0, tid, nthreads_, barrier_, 0);
 	return 0;
 }
@@ -66,9 +70,18 @@ int main(int argc, char** argv) {
 	int runs = atoi(argv[2]);
 	if (posix_memalign(&barrier_, 64, KILN_BARRIER_BYTES)) return 2;
 	for (int i = 0; i < KILN_BARRIER_BYTES; i++) ((char*)barrier_)[i] = 0;
-	((kiln_barrier*)barrier_)->gen = (unsigned)strtoul(argv[3], 0, 0);
+	unsigned long long r0 = strtoull(argv[3], 0, 0);
+	// A block in use since inference 1 ends each inference at the next
+	// one's first epoch, and shares tagged with recent epochs; start there
+	// (a fresh block starts at inference 1 with zeros).
+	if (r0 > 1) {
+		uint64_t ep = (uint64_t)(r0 * KILN_NKERNELS) & KILN_EP_MASK;
+		*(uint64_t*)((char*)barrier_ + KILN_DONE_OFF) = ep << KILN_CNT_BITS;
+		for (int t = 0; t < KILN_MAX_STEAL; t++) *kiln_share(barrier_, t) = kiln_word((ep - 1 - t) & 0xffffff, 0, 0);
+	}
 	pthread_t th[64];
 	for (run_ = 0; run_ < runs && !errors_; run_++) {
+		__atomic_store_n((uint64_t*)((char*)barrier_ + KILN_RUN_OFF), (uint64_t)(r0 + run_), __ATOMIC_RELEASE);
 		for (int t = 1; t < nthreads_; t++) pthread_create(&th[t], 0, thread_main, (void*)(intptr_t)t);
 		thread_main(0);
 		for (int t = 1; t < nthreads_; t++) pthread_join(th[t], 0);
@@ -81,9 +94,10 @@ int main(int argc, char** argv) {
 `
 
 // TestDriverSchedule runs the generated driver (static shares, work
-// stealing, barrier) with fake kernels and checks that every tile of every
-// kernel runs exactly once per inference, after the previous kernel, also
-// when the barrier's generation counter wraps around 2^32 during the run.
+// stealing, completion counting) with fake kernels and checks that every
+// tile of every kernel runs exactly once per inference, after the previous
+// kernel, also with threads that arrive after the others finished and when
+// the kernel epochs wrap around 2^40 during the run.
 func TestDriverSchedule(t *testing.T) {
 	tc, err := codegen.FindLLVM()
 	testenv.Check(t, err)
@@ -114,12 +128,12 @@ func TestDriverSchedule(t *testing.T) {
 		runs = 20
 	}
 	for _, n := range []int{1, 2, 3, 5, 16, 17} {
-		// 18 kernels: 20 runs pass 360 barriers, so a counter starting
-		// 256 below 2^32 wraps around.
-		for _, c := range []struct{ runs, gen string }{{fmt.Sprint(runs), "0"}, {"20", "0xffffff00"}} {
+		// 18 kernels: epochs r*18+k wrap at 2^40 after inference
+		// 61083979320 (2^40/18 = 61083979320.9), 10 inferences in.
+		for _, c := range []struct{ runs, gen string }{{fmt.Sprint(runs), "1"}, {"20", "61083979310"}} {
 			out, err := exec.Command(exe, fmt.Sprint(n), c.runs, c.gen).CombinedOutput()
 			if err != nil {
-				t.Errorf("%d threads, barrier generation from %s: %v\n%s", n, c.gen, err, out)
+				t.Errorf("%d threads, inference numbers from %s: %v\n%s", n, c.gen, err, out)
 			}
 		}
 	}
