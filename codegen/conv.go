@@ -211,6 +211,7 @@ type convGen struct {
 	n, oh, ocb0 value.Value
 	icbBase     value.Value // first input channel block of the tile's group
 	khLo, khHi  value.Value
+	masked      bool // emit lane-masked FMAs (conv_groups.go)
 }
 
 func (c *convGen) emit() {
@@ -276,6 +277,11 @@ func (c *convGen) interior(pos, w int) bool {
 // is the constant 0 and strips touching the padding are emitted at their
 // constant positions with the out-of-bounds taps left out.
 func (c *convGen) segment(start value.Value, l int, borders bool) {
+	c.guardMasked(start, l, func() { c.segmentBody(start, l, borders) }) // conv_groups.go
+}
+
+// segmentBody is segment's strips.
+func (c *convGen) segmentBody(start value.Value, l int, borders bool) {
 	ns := ceilDiv(l, min(c.tp.rw, l))
 	base, extra := l/ns, l%ns
 	type run struct {
@@ -334,6 +340,11 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 	dh, dw := s.dil()
 	icStride, pixStride := ist.Channel, ist.Pixel
 	wGroup := wst.OBlock // between output-channel blocks
+	// Lane groups of a masked grouped convolution (conv_groups.go; nil without).
+	var laneGroups []value.Value
+	if c.masked {
+		laneGroups = c.laneGroups(ocv)
+	}
 	acc = c.loopN(p.icb, acc, func(icb value.Value, acc []value.Value) []value.Value {
 		icn := value.Value(ci(b))
 		if rem := s.C % b; rem != 0 {
@@ -369,10 +380,11 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 						g, j := v/c.vpb, v%c.vpb
 						wv[v] = c.vload(wp, ci(g*wGroup+j*V))
 					}
+					masks := c.groupMasks(laneGroups, icb, ic)
 					for _, r := range rs {
 						x := c.splat(c.load(ip, ci(r*s.SW*pixStride)))
 						for v := range wv {
-							out[r*ocv+v] = c.fma(x, wv[v], out[r*ocv+v])
+							out[r*ocv+v] = c.maskedFMA(masks, v, x, wv[v], out[r*ocv+v])
 						}
 					}
 					return out

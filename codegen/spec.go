@@ -49,6 +49,12 @@ type ConvSpec struct {
 	OutOff         int
 	OutC           int // channels of the destination buffer (>= OutCOffset+O; a concat slice)
 	OutCOffset     int // first channel written, a multiple of B
+
+	// MaskIn, MaskOut (0: none) are the channel counts per group of a
+	// grouped convolution run over a block-diagonal weight (conv_groups.go):
+	// within each of the Groups (block-aligned) super-groups, output channel
+	// o adds input channel i only where o/MaskOut == i/MaskIn.
+	MaskIn, MaskOut int
 }
 
 // PoolSpec is max or average pooling on NCHW{B}c (PyTorch semantics,
@@ -186,6 +192,9 @@ func (s ConvSpec) Validate(b int) error {
 	if oh, ow := kir.ConvOut(s.H, kir.DilatedKernel(s.KH, dh), s.SH, s.PH), kir.ConvOut(s.W, kir.DilatedKernel(s.KW, dw), s.SW, s.PW); oh != s.OH || ow != s.OW {
 		return fmt.Errorf("conv: output %dx%d, but input %dx%d, kernel %dx%d, stride %dx%d, pad %dx%d, dilation %dx%d give %dx%d",
 			s.OH, s.OW, s.H, s.W, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, dh, dw, oh, ow)
+	}
+	if err := s.validateMask(); err != nil { // conv_groups.go
+		return err
 	}
 	if g := s.groups(); g > 1 {
 		if s.C%g != 0 || s.O%g != 0 || (s.C/g)%b != 0 || (s.O/g)%b != 0 || s.InPlain {

@@ -89,6 +89,8 @@ func init() {
 	def("concat", true, params("axis"), bConcat)
 	def("channels", false, params("x!"), bChannels)
 	defExtBuiltins() // builtins_ext.go: sigmoid, tanh, silu, hardswish, clip, relu6, global_maxpool
+	// builtins_shape.go: upsample, reshape.
+	defShapeBuiltins()
 }
 
 func (c *bcall) fail(a *argVal, format string, args ...any) {

@@ -98,6 +98,16 @@ var layoutPass = &Pass{
 				}
 				r.m[i] = r.emit(nn)
 				plainInput[r.m[i]] = true
+			case n.Op == ir.OpReshape:
+				// A reshape reorders no elements of the logical
+				// (row-major) value, so it runs on plain operands; a 4-D
+				// result is reordered for blocked readers, as an input is.
+				nn := cloneNode(n)
+				nn.Args[0] = toPlain(r.arg(n.Args[0]))
+				r.m[i] = r.emit(nn)
+				if n.Type.Rank() == 4 {
+					plainInput[r.m[i]] = true
+				}
 			case n.Type.Rank() == 4 && n.Type.Layout.IsPlain():
 				nn := cloneNode(n)
 				for k, a := range n.Args {

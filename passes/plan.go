@@ -63,7 +63,7 @@ func ValueBytes(t ir.Type) int64 {
 // aliasClasses groups run-time values that share storage, for a schedule given
 // by the node order:
 //   - a write with an "into" operand updates its destination in place;
-//   - dropout and plain-layout flatten are views of their operand;
+//   - dropout and plain-layout flatten and reshape are views of their operand;
 //   - a fused_conv's result reuses its residual operand's buffer when this
 //     conv is the residual's last user, the residual is not a network input,
 //     and both have the same physical size (each output element reads only the
@@ -115,7 +115,7 @@ func aliasClasses(g *ir.Graph, build []bool) []int {
 			continue
 		}
 		switch {
-		case n.Op == ir.OpDropout || (n.Op == ir.OpFlatten && g.Nodes[n.Args[0]].Type.Layout.IsPlain()):
+		case n.Op == ir.OpDropout || ((n.Op == ir.OpFlatten || n.Op == ir.OpReshape) && g.Nodes[n.Args[0]].Type.Layout.IsPlain()):
 			rep[i] = find(n.Args[0])
 		case n.Op == ir.OpFusedConv && n.Attrs.Bool("residual"):
 			_, r, _ := ir.FusedConvOperands(n)

@@ -65,7 +65,7 @@ func greedyOrder(g *ir.Graph) []int {
 	score := func(i int) int64 {
 		n := g.Nodes[i]
 		var s int64
-		if ir.IntoOperand(n) < 0 && n.Op != ir.OpDropout && n.Op != ir.OpFlatten {
+		if ir.IntoOperand(n) < 0 && n.Op != ir.OpDropout && n.Op != ir.OpFlatten && n.Op != ir.OpReshape {
 			s -= valueBytes(n.Type)
 		}
 		seen := map[int]bool{}

@@ -59,6 +59,8 @@ type config struct {
 	check, bench            bool
 	weightsDir              string
 	copyWeights             bool
+	corpus                  bool
+	imported                map[string]importedNet // nets.go
 }
 
 func main() {
@@ -78,10 +80,21 @@ func main() {
 	flag.BoolVar(&c.check, "check", true, "run the agreement check at batch 1")
 	flag.BoolVar(&c.bench, "bench", true, "run the timings")
 	flag.BoolVar(&c.copyWeights, "copy-weights", true, "load Kiln's weights as the standalone executable does by default (copied into huge-page memory); false keeps them mapped from the executable file (KILN_WEIGHTS=mmap)")
+	flag.BoolVar(&c.corpus, "corpus", false, "run every tests/corpus/*.kiln network (after -nets if given; use with -size 32)")
 	flag.StringVar(&c.weightsDir, "weights-dir", "", "`dir`ectory with NET.safetensors checkpoints (default: procedural weights)")
 	flag.Parse()
 	var err error
 	c.nets = strings.Split(nets, ",")
+	if c.corpus {
+		if !flagSet("nets") {
+			c.nets = nil // -corpus alone: the corpus only
+		}
+		more, err := corpusNets(".")
+		if err != nil {
+			fatal(err)
+		}
+		c.nets = append(c.nets, more...)
+	}
 	if c.batches, err = intList(batches); err == nil {
 		c.threads, err = intList(threads)
 	}
@@ -90,6 +103,9 @@ func main() {
 		os.Exit(2)
 	}
 	if err := os.MkdirAll(c.work, 0o755); err != nil {
+		fatal(err)
+	}
+	if err := c.importONNX(); err != nil {
 		fatal(err)
 	}
 	failed := false
@@ -117,7 +133,7 @@ func main() {
 		fmt.Println("| network | a vs b | max abs diff | max abs ref | ratio | ok |")
 		fmt.Println("|---|---|---|---|---|---|")
 		for _, r := range checks {
-			fmt.Printf("| %s | %s | %.3g | %.3g | %.2e | %s |\n", r.net, r.what, r.diff, r.ref, r.diff/r.ref, okString(r.ok))
+			fmt.Printf("| %s | %s | %.3g | %.3g | %.2e | %s |\n", label(r.net), r.what, r.diff, r.ref, r.diff/r.ref, okString(r.ok))
 			failed = failed || !r.ok
 		}
 	}
@@ -128,7 +144,7 @@ func main() {
 		for _, r := range rows {
 			k, o := r.kiln, r.ort
 			fmt.Printf("| %s | %d | %d | %s (%s-%s) | %s (%s-%s) | %.2f | %.0f | %.0f | %s (%.1e) |\n",
-				r.net, r.batch, r.threads, ms(k.Median), ms(k.P10), ms(k.P90), ms(o.Median), ms(o.P10), ms(o.P90), o.Median/k.Median,
+				label(r.net), r.batch, r.threads, ms(k.Median), ms(k.P10), ms(k.P90), ms(o.Median), ms(o.P10), ms(o.P90), o.Median/k.Median,
 				2*float64(r.macs)/k.Median/1e6, 2*float64(r.macs)/o.Median/1e6, okString(r.agree), r.diff)
 			failed = failed || !r.agree
 		}
@@ -190,6 +206,9 @@ func run(name string, args ...string) (string, error) {
 }
 
 func (c *config) weightArgs(net string) []string {
+	if im, ok := c.imported[net]; ok {
+		return []string{"--weights", im.weights}
+	}
 	if c.weightsDir == "" {
 		return nil
 	}
@@ -200,7 +219,10 @@ func (c *config) inputShape() string { return fmt.Sprintf("3x%dx%d", c.size, c.s
 
 // export writes NET at batch b to the work directory and returns the path.
 func (c *config) export(net string, b int) (string, error) {
-	p := filepath.Join(c.work, fmt.Sprintf("%s-b%d.onnx", net, b))
+	if isONNX(net) {
+		return net, nil // ORT runs the ONNX file as given
+	}
+	p := filepath.Join(c.work, fmt.Sprintf("%s-b%d.onnx", label(net), b))
 	args := append([]string{"export", "--onnx", net, "--batch", strconv.Itoa(b), "--input", c.inputShape(), "-o", p}, c.weightArgs(net)...)
 	_, err := run(c.kiln, args...)
 	return p, err
@@ -244,16 +266,16 @@ func (c *config) checkNet(net string) ([]checkResult, error) {
 	for i := range x.Data {
 		x.Data[i] = float32(math.Sin(0.37*float64(i)) + 0.1*math.Cos(1.3*float64(i)))
 	}
-	xp := filepath.Join(c.work, net+"-x.npy")
+	xp := filepath.Join(c.work, label(net)+"-x.npy")
 	if err := tensor.WriteNPYFile(xp, x); err != nil {
 		return nil, err
 	}
-	interp, cpu, ort := filepath.Join(c.work, net+"-interp.npy"), filepath.Join(c.work, net+"-cpu.npy"), filepath.Join(c.work, net+"-ort.npy")
+	interp, cpu, ort := filepath.Join(c.work, label(net)+"-interp.npy"), filepath.Join(c.work, label(net)+"-cpu.npy"), filepath.Join(c.work, label(net)+"-ort.npy")
 	w := c.weightArgs(net)
-	if _, err := run(c.kiln, append([]string{"run", net, "--input", xp, "--output", interp}, w...)...); err != nil {
+	if _, err := run(c.kiln, append([]string{"run", c.source(net), "--input", xp, "--output", interp}, w...)...); err != nil {
 		return nil, err
 	}
-	if _, err := run(c.kiln, append([]string{"run", net, "--backend", "cpu", "--input", xp, "--output", cpu}, w...)...); err != nil {
+	if _, err := run(c.kiln, append([]string{"run", c.source(net), "--backend", "cpu", "--input", xp, "--output", cpu}, w...)...); err != nil {
 		return nil, err
 	}
 	if _, err := run(c.node, filepath.Join(c.peers, "ort_run.js"), model, xp, ort); err != nil {
@@ -285,14 +307,14 @@ func (c *config) benchNet(net string) ([]benchRow, error) {
 	var rows []benchRow
 	for _, b := range c.batches {
 		fmt.Printf("\n== %s: timing at batch %d\n", net, b)
-		model := filepath.Join(c.work, fmt.Sprintf("%s-b%d.onnx", net, b))
-		if _, err := os.Stat(model); err != nil || !c.check || b != 1 {
+		model := filepath.Join(c.work, fmt.Sprintf("%s-b%d.onnx", label(net), b))
+		if _, err := os.Stat(model); err != nil || !c.check || b != 1 || isONNX(net) {
 			if model, err = c.export(net, b); err != nil {
 				return nil, err
 			}
 		}
-		exe := filepath.Join(c.work, fmt.Sprintf("%s-b%d.kiln", net, b))
-		args := append([]string{"build", net, "--batch", strconv.Itoa(b), "--input", c.inputShape(), "-o", exe}, c.weightArgs(net)...)
+		exe := filepath.Join(c.work, fmt.Sprintf("%s-b%d.kiln", label(net), b))
+		args := append([]string{"build", c.source(net), "--batch", strconv.Itoa(b), "--input", c.inputShape(), "-o", exe}, c.weightArgs(net)...)
 		if _, err := run(c.kiln, args...); err != nil {
 			return nil, err
 		}
@@ -334,7 +356,7 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 	}
 	out := make([]float32, numel(man.Output.Shape))
 
-	ort, err := startORT(c, model, threads)
+	ort, err := startORT(c, model, threads, man.Input.Shape)
 	if err != nil {
 		return row, err
 	}
@@ -344,7 +366,7 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 	if err := m.Run(in, out); err != nil {
 		return row, err
 	}
-	dump := filepath.Join(c.work, fmt.Sprintf("%s-b%d-bench-ort.npy", net, batch))
+	dump := filepath.Join(c.work, fmt.Sprintf("%s-b%d-bench-ort.npy", label(net), batch))
 	if err := ort.call("dump "+dump, nil); err != nil {
 		return row, err
 	}
@@ -404,8 +426,10 @@ type ortServer struct {
 	out *bufio.Reader
 }
 
-func startORT(c *config, model string, threads int) (*ortServer, error) {
-	cmd := exec.Command(c.node, filepath.Join(c.peers, "ort_bench.js"), model, "--threads", strconv.Itoa(threads), "--warmup", "1", "--serve")
+func startORT(c *config, model string, threads int, shape []int) (*ortServer, error) {
+	// --shape: Kiln's input shape, for ONNX files with a symbolic batch.
+	cmd := exec.Command(c.node, filepath.Join(c.peers, "ort_bench.js"), model, "--threads", strconv.Itoa(threads), "--warmup", "1",
+		"--shape", tensor.ShapeString(shape), "--serve")
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

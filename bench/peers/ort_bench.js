@@ -16,19 +16,22 @@ const ort = require('onnxruntime-node');
 const { writeNpy } = require('./npy');
 
 function usage() {
-  console.error('usage: node ort_bench.js MODEL.onnx --threads T [--iters N] [--warmup W] [--serve]');
+  console.error('usage: node ort_bench.js MODEL.onnx --threads T [--iters N] [--warmup W] [--shape NxCxHxW] [--serve]');
   process.exit(2);
 }
 
 async function main() {
   const args = process.argv.slice(2);
-  let threads = 0; let iters = 20; let warmup = 3; let serve = false; let model = '';
+  let threads = 0; let iters = 20; let warmup = 3; let serve = false; let model = ''; let given = null;
   for (let i = 0; i < args.length; i++) {
     switch (args[i]) {
       case '--threads': threads = Number(args[++i]); break;
       case '--iters': iters = Number(args[++i]); break;
       case '--warmup': warmup = Number(args[++i]); break;
       case '--serve': serve = true; break;
+      // --shape 8x3x224x224: the input shape, for models with a symbolic
+      // (batch) dimension; it must agree with the model's fixed dimensions.
+      case '--shape': given = String(args[++i]).split('x').map(Number); break;
       default:
         if (model !== '' || args[i].startsWith('-')) usage();
         model = args[i];
@@ -45,8 +48,15 @@ async function main() {
     interOpNumThreads: 1,
   });
   const meta = session.inputMetadata ? session.inputMetadata[0] : null;
-  const shape = meta && meta.shape ? meta.shape : null;
-  if (!shape || shape.some((d) => typeof d !== 'number')) throw new Error('model input has no fixed shape');
+  let shape = meta && meta.shape ? meta.shape : null;
+  if (given) {
+    if (given.some((d) => !(Number.isInteger(d) && d > 0)) || (shape && (shape.length !== given.length ||
+        shape.some((d, k) => typeof d === 'number' && d !== given[k])))) {
+      throw new Error(`--shape ${given.join('x')} does not fit the model input ${JSON.stringify(shape)}`);
+    }
+    shape = given;
+  }
+  if (!shape || shape.some((d) => typeof d !== 'number')) throw new Error('model input has no fixed shape (give --shape)');
   const n = shape.reduce((a, d) => a * d, 1);
   const data = new Float32Array(n);
   for (let i = 0; i < n; i++) data[i] = Math.sin(i);

@@ -9,8 +9,8 @@ import (
 )
 
 // TestCheckGrouped: Check accepts depthwise (any channel count, dilated
-// too) and block-multiple grouped convolutions, and refuses other groupings
-// at the conv's position with the reason (they have no kernel).
+// too), block-multiple and every other grouped convolution (the masked
+// block-diagonal fallback), including one of the plain network input.
 func TestCheckGrouped(t *testing.T) {
 	cases := []struct {
 		name, conv string
@@ -19,8 +19,9 @@ func TestCheckGrouped(t *testing.T) {
 		{"depthwise", "conv2d(x, 24, 3, pad=1, groups=24)", ""},
 		{"depthwise dilated stride 2", "conv2d(x, 24, 3, stride=2, pad=2, groups=24, dilation=2)", ""},
 		{"groups 2 of 32", "conv2d(y, 64, 3, pad=1, groups=2)", ""},
-		{"groups 3 of 8", "conv2d(x, 24, 3, pad=1, groups=3)", "net.kiln:4:9: codegen: grouped convolution (groups=3: 8 input and 8 output channels per group) has no compiled kernel"},
-		{"depthwise multiplier 2", "conv2d(x, 48, 3, pad=1, groups=24)", "groups=24: 1 input and 2 output channels per group"},
+		{"groups 3 of 8", "conv2d(x, 24, 3, pad=1, groups=3)", ""},
+		{"depthwise multiplier 2", "conv2d(x, 48, 3, pad=1, groups=24)", ""},
+		{"groups 2 of 12 on the RGB-style plain input", "conv2d(image, 24, 3, pad=1, groups=2)", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -23,6 +23,8 @@ func (x *exporter) convertExt(i int, n *ir.Node, in []string, out string) (op st
 		return "Sub", in, nil, true, nil
 	case ir.OpGlobalMaxPool:
 		return "GlobalMaxPool", in, nil, true, nil
+	case ir.OpUpsample, ir.OpReshape:
+		return x.convertShape(i, n, in, out) // resize.go
 	case ir.OpChannelMul:
 		return "Mul", in, nil, true, nil
 	case ir.OpClip:

@@ -20,8 +20,8 @@ import (
 // opset MinImportOpset..MaxImportOpset and maps each node to the DSL builtin
 // computing the same function:
 //
-//	Conv                 conv2d (group, strides, symmetric pads or auto_pad
-//	                     that resolves to them; dilations 1)
+//	Conv                 conv2d (group, strides, dilations, symmetric pads or
+//	                     auto_pad that resolves to them)
 //	BatchNormalization   batchnorm (epsilon; inference mode)
 //	Relu                 relu
 //	Add                  a + b (two tensors of one shape)
@@ -31,7 +31,9 @@ import (
 //	AveragePool          avgpool (count_include_pad)
 //	GlobalAveragePool    global_avgpool
 //	Flatten (axis 1)     flatten
-//	Reshape to [N, -1]   flatten (the constant shape must resolve to it)
+//	Reshape to [N, -1]   flatten (the constant shape must resolve to it);
+//	                     any other constant shape: reshape
+//	Resize               upsample (resize.go: integer scales, nearest/linear)
 //	Gemm                 dense (transA 0; transB either way; alpha and beta
 //	                     folded into the weight and bias)
 //	MatMul [+ Add]       dense (constant right operand; a following Add of a
@@ -627,7 +629,7 @@ func (c *importer) window(n *Node, as map[string]*Attribute, in, k []int, ceil b
 	if !ok {
 		return nil, nil, false
 	}
-	if d64[0] != 1 || d64[1] != 1 {
+	if (d64[0] != 1 || d64[1] != 1) && n.OpType != "Conv" { // conv reads its dilations itself
 		c.fail(n, "attribute \"dilations\" = %v: dilated windows are not supported", d64)
 		return nil, nil, false
 	}
@@ -691,6 +693,9 @@ func (c *importer) convert(n *Node) {
 		c.fail(n, "has no output")
 		return
 	}
+	if c.convertFolded(n) { // import_shape.go: Shape, Gather, Unsqueeze, Squeeze, Concat of constants
+		return
+	}
 	switch n.OpType {
 	case "Constant":
 		c.constant(n)
@@ -740,6 +745,8 @@ func (c *importer) convert(n *Node) {
 		c.hardSigmoid(n)
 	case "Sub":
 		c.sub(n)
+	case "Resize":
+		c.resize(n) // resize.go
 	default:
 		c.unsupported[n.OpType] = append(c.unsupported[n.OpType], n.Name)
 		c.poison(n)
@@ -852,7 +859,11 @@ func (c *importer) conv(n *Node) {
 		c.fail(n, "attribute \"group\" = %d must be positive", group)
 		return
 	}
-	stride, pad, ok := c.window(n, as, xs[2:], wdims[2:], false)
+	dil, ok := c.dilations(n, as) // resize.go
+	if !ok {
+		return
+	}
+	stride, pad, ok := c.window(n, as, xs[2:], []int{ir.DilatedKernel(wdims[2], dil[0]), ir.DilatedKernel(wdims[3], dil[1])}, false)
 	if !ok {
 		return
 	}
@@ -890,9 +901,12 @@ func (c *importer) conv(n *Node) {
 	if bt == nil {
 		expr += ", bias=false"
 	}
+	if dil[0] != 1 || dil[1] != 1 {
+		expr += ", dilation=" + pair(dil)
+	}
 	expr += ")"
 	c.emit(n, name, expr, fmt.Sprintf("Conv %q: %s", n.Name, strings.Join(inits, ", ")), ir.OpConv2D, args,
-		ir.Attrs{"stride": stride, "pad": pad, "groups": int(group)})
+		ir.Attrs{"stride": stride, "pad": pad, "groups": int(group), "dilation": dil})
 }
 
 func (c *importer) batchnorm(n *Node) {
@@ -1216,7 +1230,7 @@ func (c *importer) reshape(n *Node) {
 	case len(res) == 2 && res[0] == xs[0] && res[0]*res[1] == numel:
 		c.emitFlatten(n, x)
 	default:
-		c.fail(n, "reshape of %v to %v: only flattening to [N, -1] is supported", xs, res)
+		c.emitReshape(n, x, res) // resize.go
 	}
 }
 

@@ -359,7 +359,7 @@ func TestImportErrors(t *testing.T) {
 	unsupported.node("Erf", "/act1/Erf", []string{"y"}, []string{"s1"})
 	unsupported.node("Erf", "/act2/Erf", []string{"s1"}, []string{"s2"})
 	unsupported.node("Relu", "after", []string{"s2"}, []string{"s3"}) // depends on poison: not reported
-	unsupported.node("Resize", "up", []string{"y"}, []string{"s4"})
+	unsupported.node("GridSample", "up", []string{"y"}, []string{"s4"})
 	unsupported.node("MyOp", "custom", []string{"y"}, []string{"s5"})
 	unsupported.nodes[len(unsupported.nodes)-1] = append(unsupported.nodes[len(unsupported.nodes)-1], appendStringField(nil, nodeDomain, "com.example")...)
 
@@ -378,10 +378,10 @@ func TestImportErrors(t *testing.T) {
 		want []string
 	}{
 		{"unsupported", unsupported.bytes(), []string{"4 node(s) use ops kiln import does not support",
-			`Resize (1): "up"`, `Erf (2): "/act1/Erf", "/act2/Erf"`, `com.example::MyOp (1): "custom"`}},
+			`GridSample (1): "up"`, `Erf (2): "/act1/Erf", "/act2/Erf"`, `com.example::MyOp (1): "custom"`}},
 		{"asymmetric pads", convModel(intsAttr("pads", 0, 0, 1, 1)).bytes(),
 			[]string{`graph.node[0] "/conv/Conv" (Conv): attribute "pads" = [0 0 1 1]: asymmetric padding`}},
-		{"dilations", convModel(intsAttr("dilations", 2, 2)).bytes(), []string{`(Conv): attribute "dilations" = [2 2]`}},
+		{"dilations", convModel(intsAttr("dilations", 0, 2)).bytes(), []string{`(Conv): attribute "dilations" = [0 2] must be positive`}},
 		{"unknown attribute", convModel(intAttr("frobnicate", 1)).bytes(), []string{`(Conv): attribute "frobnicate" is not supported`}},
 		{"same, stride 2", convModel(strAttr("auto_pad", "SAME_UPPER"), intsAttr("strides", 2, 2)).bytes(), nil},
 		{"uneven same", uneven.bytes(), []string{`(Conv): attribute "auto_pad" = SAME_UPPER pads axis 2 by 1 in all, unevenly`}},

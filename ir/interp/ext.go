@@ -22,6 +22,7 @@ var extEvaluators = map[string]evalFunc{
 	ir.OpSub:           evalSub,
 	ir.OpChannelMul:    evalChannelMul,
 	ir.OpGlobalMaxPool: evalGlobalMaxPool,
+	ir.OpUpsample:      evalUpsample, // upsample.go
 }
 
 // sigmoid64 is 1/(1+e^-x), evaluated as e^x/(1+e^x) for negative x so that
