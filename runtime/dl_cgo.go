@@ -63,6 +63,11 @@ var noMemfd bool
 type library struct {
 	handle unsafe.Pointer
 	name   string // for error messages
+	// memfd is the memory file the library was loaded from, kept open
+	// while it is loaded: glibc's dlopen returns an already loaded library
+	// whose name matches, so a second library loaded from a reused
+	// descriptor number (/proc/self/fd/N) would silently be the first one.
+	memfd *os.File
 }
 
 // dlopen loads the shared object at path; name describes it in errors,
@@ -93,14 +98,16 @@ func openLibraryBytes(so []byte) (*library, error) {
 	}
 	if err == nil {
 		f := os.NewFile(uintptr(fd), "memfd:kiln-artifact.so")
-		defer f.Close() // the mapping made by dlopen outlives the descriptor
 		if _, err := f.Write(so); err != nil {
+			f.Close()
 			return nil, fmt.Errorf("load %s: write memfd: %w", name, err)
 		}
 		lib, err := dlopen(fmt.Sprintf("/proc/self/fd/%d", fd), name)
 		if err == nil {
+			lib.memfd = f // closed after dlclose (library.close)
 			return lib, nil
 		}
+		f.Close()
 		// /proc may be missing, or memfds may be noexec
 		// (vm.memfd_noexec): try a real file before giving up, but
 		// report this error, which names the real problem if the
@@ -145,6 +152,10 @@ func (l *library) close() error {
 		return errors.New("dlclose " + l.name + ": " + C.GoString(C.dlerror()))
 	}
 	l.handle = nil
+	if l.memfd != nil {
+		l.memfd.Close()
+		l.memfd = nil
+	}
 	return nil
 }
 

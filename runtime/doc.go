@@ -7,6 +7,26 @@
 // compiler: rt must never import dsl, passes or codegen. Its only
 // dependencies are ir/tensor and golang.org/x/sys.
 //
+// # Using it from Go
+//
+// A network built with `kiln build NET -o OUT` (or `--format lib`) carries
+// its payload; a Go program loads and runs it with
+//
+//	a, found, err := rt.FindPayload("OUT") // trailer and manifest checked
+//	m, err := rt.Open(*a, rt.Options{})    // kernels checked and loaded, weights checked
+//	err = m.Run(in, out)                   // []float32 of Manifest().Input/Output's size
+//	m.Close(); a.Close()
+//
+// Manifest describes the input and output (shape, NCHW row-major),
+// preprocessing and labels; Run is safe for concurrent use (Options
+// tunes threads and sessions); State and SetState read and restore mutable
+// parameters. An artifact with several batch sizes (`--batch 1,8,32`) is
+// read with FindBundle and opened with OpenMulti, which takes any number
+// of samples. Errors are returned, never panics. The package examples show
+// each step; examples/go-embed is a complete program, tested against the
+// interpreter. From C or Python, build with `--format lib` and use kiln.h
+// (runtime/clib).
+//
 // # Artifact ABI
 //
 // The shared object exports, for every ISA listed in the manifest,

@@ -31,7 +31,9 @@ import (
 // locates the artifact from the end. AppendPayload also sets the marker in
 // the executable's own data (payloadMark, verify.go), which tells a built
 // executable whose payload was cut off or stripped from the plain runner.
-// Format 1 ("KILNPAY1") had no digests and no marker.
+// Format 1 ("KILNPAY1") had no digests and no marker. Format 3
+// ("KILNPAY3", bundle.go) carries several batch sizes sharing one weights
+// section; FindPayload refuses it pointing to FindBundle, which reads both.
 const (
 	payloadMagic       = "KILNPAY2"
 	payloadMagicPrefix = "KILNPAY"
@@ -203,6 +205,9 @@ func FindPayload(exePath string) (a *Artifact, found bool, err error) {
 	if _, err := f.ReadAt(tail, size-tailLen); err != nil {
 		return nil, false, fmt.Errorf("find payload: read %s: %w", exePath, err)
 	}
+	if ok, _ := isBundleTrailer(tail); ok {
+		return nil, true, fmt.Errorf("find payload: %s carries several batch sizes (payload format 3): open it with rt.FindBundle and rt.OpenMulti", exePath)
+	}
 	if tailLen < payloadTrailerSize || string(tail[tailLen-payloadTrailerSize:][:8]) != payloadMagic {
 		if tailLen >= payloadTrailerSize {
 			// A trailer whose self-check passes once the magic is restored
@@ -218,10 +223,14 @@ func FindPayload(exePath string) (a *Artifact, found bool, err error) {
 			if string(tail[i:min(int(tailLen), i+8)]) == "KILNPAY1" && at+56 == size {
 				return corrupt("payload format 1, written by an older kiln (no checksums): rebuild the executable with this kiln")
 			}
-			if end := at + payloadTrailerSize; end > size {
+			trSize := int64(payloadTrailerSize)
+			if string(tail[i:min(int(tailLen), i+8)]) == bundleMagic {
+				trSize = bundleTrailerSize
+			}
+			if end := at + trSize; end > size {
 				return corrupt("the trailer at offset %d is cut short by %d bytes (truncated file?)", at, end-size)
 			}
-			return corrupt("%d unexpected bytes follow the trailer at offset %d", size-at-payloadTrailerSize, at)
+			return corrupt("%d unexpected bytes follow the trailer at offset %d", size-at-trSize, at)
 		}
 		marked := selfCarriesMark()
 		if !self {

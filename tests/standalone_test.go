@@ -142,7 +142,7 @@ func TestStandaloneBinary(t *testing.T) {
 
 	// Bad input: clear errors, exit 1 (2 for usage), no output file.
 	wrongShape := filepath.Join(work, "wrong.npy")
-	if err := tensor.WriteNPYFile(wrongShape, tensor.New(1, 3, 32, 32)); err != nil {
+	if err := tensor.WriteNPYFile(wrongShape, tensor.New(2, 3, 16, 16)); err != nil {
 		t.Fatal(err)
 	}
 	intNPY := []byte("\x93NUMPY\x01\x00v\x00{'descr': '<i8', 'fortran_order': False, 'shape': (2, 3, 32, 32), }")
@@ -161,7 +161,7 @@ func TestStandaloneBinary(t *testing.T) {
 		code int
 		want string
 	}{
-		{"wrong shape", []string{"--input", "wrong.npy", "--output", "o.npy"}, 1, "shape 1x3x32x32, this binary was built for 2x3x32x32"},
+		{"wrong shape", []string{"--input", "wrong.npy", "--output", "o.npy"}, 1, "shape 2x3x16x16, this binary takes N×3x32x32"},
 		{"wrong dtype", []string{"--input", "int.npy", "--output", "o.npy"}, 1, "'<i8'"},
 		{"missing input", []string{"--input", "none.npy", "--output", "o.npy"}, 1, "none.npy"},
 		{"missing image", []string{"--image", "none.jpg"}, 1, "none.jpg"},

@@ -33,7 +33,8 @@ func capThreads(n, cpus int) (int, string) {
 var numCPU = runtime.NumCPU
 
 // printInfo prints the artifact's identity from its manifest (--info).
-func printInfo(w io.Writer, man *rt.Manifest) {
+// batches lists every compiled batch size of a multi-batch artifact.
+func printInfo(w io.Writer, man *rt.Manifest, batches ...int) {
 	fmt.Fprintf(w, "network:      %s\n", man.Network)
 	if b := man.Build; b != nil {
 		fmt.Fprintf(w, "built by:     kiln %s\n", b.KilnVersion)
@@ -52,7 +53,11 @@ func printInfo(w io.Writer, man *rt.Manifest) {
 		fmt.Fprintf(w, "built by:     unknown (no build record in the manifest)\n")
 	}
 	fmt.Fprintf(w, "target:       %s, ISAs %s\n", man.Arch, strings.Join(man.ISAs, ", "))
-	fmt.Fprintf(w, "batch:        %d\n", man.Batch)
+	if len(batches) > 1 {
+		fmt.Fprintf(w, "batch:        %s (one program each; a request takes the smallest that fits, padded)\n", joinInts(batches))
+	} else {
+		fmt.Fprintf(w, "batch:        %d\n", man.Batch)
+	}
 	fmt.Fprintf(w, "input:        %s %s\n", man.Input.Name, tensor.ShapeString(man.Input.Shape))
 	fmt.Fprintf(w, "output:       %s %s\n", man.Output.Name, tensor.ShapeString(man.Output.Shape))
 	for _, t := range man.Taps {

@@ -5,7 +5,8 @@
 //
 //	./inception_v4 --input x.npy --output y.npy
 //	./inception_v4 --image photo.jpg --top 5
-//	./inception_v4 --bench [--iters N] [--threads T] [--isa avx2]
+//	./inception_v4 --bench [--iters N] [--threads T] [--isa avx2] [--batch N]
+//	./inception_v4 --serve 127.0.0.1:8080 [--max-delay 2ms] [--no-batching]
 //
 // It links the runtime (package rt), ir/tensor, runtime/imageprep, the
 // standard library and golang.org/x/sys only: none of the compiler (dsl,
@@ -24,6 +25,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -45,7 +47,7 @@ func main() {
 // executable) with the command-line args and returns the exit status. name
 // is the program name used in messages and usage.
 func run(name, exe string, args []string, stdout, stderr io.Writer) int {
-	a, found, err := rt.FindPayload(exe)
+	bundle, found, err := rt.FindBundle(exe)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
@@ -55,11 +57,12 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 			"to which `kiln build NETWORK -o OUT` appends one (run OUT instead)\n", name)
 		return 1
 	}
-	defer a.Close()
-	man := &a.Manifest
+	defer bundle.Close()
+	batches := bundle.Batches()
+	man := &bundle.Artifacts[len(batches)-1].Manifest // the largest batch describes the artifact
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	input := fs.String("input", "", "input tensor `X.npy`, float32 "+tensor.ShapeString(man.Input.Shape))
+	input := fs.String("input", "", "input tensor `X.npy`, float32 N×"+tensor.ShapeString(man.Input.Shape[1:])+" (any N: the smallest compiled batch that fits, padded, or chunks of the largest)")
 	output := fs.String("output", "", "write the output tensor to `Y.npy`")
 	image := fs.String("image", "", "classify an image `FILE` (JPEG or PNG) with the network's preprocessing")
 	top := fs.Int("top", 5, "with --image: print the `K` best classes")
@@ -70,11 +73,13 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	noWeightsCheck := fs.Bool("no-weights-check", os.Getenv("KILN_WEIGHTS_CHECK") == "off",
 		"skip the SHA-256 check of the weights at start (default $KILN_WEIGHTS_CHECK=off); the kernels and manifest are always checked")
 	info := fs.Bool("info", false, "print the network's identity (kiln version, source and weights hashes, targets, batch, shapes, preprocessing) and exit")
+	benchBatch := fs.Int("batch", 0, "with --bench: time the program compiled for batch `N` ("+joinInts(batches)+"; default the largest)")
 	tap := fs.String("tap", "", "with --input: write the value of the compiled-in module `NAME` (kiln build --tap) instead of the network output")
+	sf := registerServeFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench]\n\n", name)
-		fmt.Fprintf(fs.Output(), "%s compiled by kiln: input %s, output %s, batch %d, ISAs %s.\n\nFlags:\n",
-			man.Network, tensor.ShapeString(man.Input.Shape), tensor.ShapeString(man.Output.Shape), man.Batch, isaList(man.ISAs))
+		fmt.Fprintf(fs.Output(), "Usage: %s [--input X.npy --output Y.npy | --image FILE [--top K] | --bench [--batch N] | --serve ADDR]\n\n", name)
+		fmt.Fprintf(fs.Output(), "%s compiled by kiln: input %s, output %s, batch %s, ISAs %s.\n\nFlags:\n",
+			man.Network, tensor.ShapeString(man.Input.Shape), tensor.ShapeString(man.Output.Shape), joinInts(batches), isaList(man.ISAs))
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -91,17 +96,17 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 		return usage("unexpected arguments")
 	}
 	if *info {
-		printInfo(stdout, man)
+		printInfo(stdout, man, batches...)
 		return 0
 	}
 	modes := 0
-	for _, on := range []bool{*input != "", *image != "", *bench} {
+	for _, on := range []bool{*input != "", *image != "", *bench, sf.addr != ""} {
 		if on {
 			modes++
 		}
 	}
 	if modes != 1 {
-		return usage("give exactly one of --input (with --output), --image or --bench")
+		return usage("give exactly one of --input (with --output), --image, --bench or --serve")
 	}
 	if *input != "" && *output == "" {
 		return usage("--input needs --output")
@@ -143,34 +148,24 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 	// into huge-page memory and the mapping released (faster kernels, same
 	// resident size). KILN_WEIGHTS=mmap keeps the zero-copy mapping.
 	copyWeights := os.Getenv("KILN_WEIGHTS") != "mmap"
-	m, err := rt.Open(*a, rt.Options{ISA: *isa, Threads: *threads, CopyWeights: copyWeights, SkipWeightsCheck: *noWeightsCheck})
+	if *benchBatch != 0 && (!*bench || !slices.Contains(batches, *benchBatch)) {
+		return usage(fmt.Sprintf("--batch %d: takes --bench and one of the compiled batch sizes (%s)", *benchBatch, joinInts(batches)))
+	}
+	mm, err := rt.OpenMulti(bundle, rt.Options{ISA: *isa, Threads: *threads, CopyWeights: copyWeights, SkipWeightsCheck: *noWeightsCheck})
 	if err != nil {
 		return fail(err)
 	}
-	defer m.Close()
+	defer mm.Close()
 	if copyWeights {
-		a.Close()
+		bundle.Close()
 	}
+	m := mm.Largest()
 	out := make([]float32, numel(man.Output.Shape))
 	switch {
 	case *input != "":
-		x, err := tensor.ReadNPYFileLimit(*input, tensor.NPYLimit(numel(man.Input.Shape)))
+		y, err := runInput(mm, man, *input, tapIdx)
 		if err != nil {
 			return fail(err)
-		}
-		if !equalShape(x.Shape, man.Input.Shape) {
-			return fail(fmt.Errorf("input %s: shape %s, this binary was built for %s", *input, tensor.ShapeString(x.Shape), tensor.ShapeString(man.Input.Shape)))
-		}
-		taps := make([][]float32, len(man.Taps))
-		for i, t := range man.Taps {
-			taps[i] = make([]float32, numel(t.Shape))
-		}
-		if err := m.RunTaps(x.Data, out, taps); err != nil {
-			return fail(err)
-		}
-		y := &tensor.Tensor{Shape: man.Output.Shape, Data: out}
-		if tapIdx >= 0 {
-			y = &tensor.Tensor{Shape: man.Taps[tapIdx].Shape, Data: taps[tapIdx]}
 		}
 		if err := tensor.WriteNPYFile(*output, y); err != nil {
 			return fail(err)
@@ -186,16 +181,21 @@ func run(name, exe string, args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		in := make([]float32, numel(man.Input.Shape))
-		for b := 0; b < man.Batch; b++ {
-			copy(in[b*len(x):], x)
-		}
-		if err := m.Run(in, out); err != nil {
+		// One sample: the smallest compiled batch, padded with zeros.
+		out = out[:mm.OutRow()]
+		if err := mm.Run(x, out); err != nil {
 			return fail(err)
 		}
 		printTop(stdout, out[:numel(man.Output.Shape)/man.Batch], *top, man.Labels)
+	case sf.addr != "":
+		if err := serveModel(stdout, stderr, mm, man, sf); err != nil {
+			return fail(err)
+		}
 	case *bench:
-		if err := benchmark(stdout, m, man, *iters); err != nil {
+		if *benchBatch != 0 {
+			m = mm.Model(*benchBatch)
+		}
+		if err := benchmark(stdout, m, m.Manifest(), *iters); err != nil {
 			return fail(err)
 		}
 	}

@@ -114,6 +114,8 @@ func (f *imageFlags) apply(m *rt.Manifest, inShape []int) error {
 			return fmt.Errorf("--labels %s: %d names, the network has %d outputs", f.labels, len(labels), classes)
 		}
 		m.Labels = labels
+	} else if m.Labels == nil {
+		m.Labels = defaultLabels(m) // ImageNet's for the built-in networks
 	}
 	return nil
 }

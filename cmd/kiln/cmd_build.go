@@ -21,6 +21,8 @@ func init() {
 		setup: func(fs *flag.FlagSet, e *env) func([]string) error {
 			var nf netFlags
 			nf.register(fs)
+			nf.multiBatch = true // --batch 1,8,32: build_multi.go
+			nf.registerMACs(fs)
 			var pf pipeFlags
 			pf.registerPassFlags(fs)
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
@@ -31,6 +33,7 @@ func init() {
 			fs.Var(&taps, "tap", "also compile the output of marked module `NAME` (e.g. features.5) into the binary, for its --tap (repeatable)")
 			var imf imageFlags
 			imf.register(fs)
+			format := fs.String("format", "exe", "output `FORMAT`: exe (a standalone executable) or lib (a C shared library, with kiln.h written next to it)")
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -43,6 +46,9 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if bt.lib, err = parseFormat(*format); err != nil {
+					return err
+				}
 				runner, err := runnerFor(bt)
 				if err != nil {
 					return err
@@ -50,10 +56,19 @@ func init() {
 				if err := checkOutputPath(*out, runner, file, *weights); err != nil {
 					return err
 				}
+				if len(nf.batches) > 1 {
+					if err := buildMultiBatch(e, &nf, &pf, bt, file, *weights, *stripPrefix, *out, taps, &imf); err != nil {
+						return err
+					}
+					return writeLibHeader(e, bt, *out)
+				}
 				var c *compiled
 				err = interruptible(e.stderr, "build", func(ctx context.Context) error {
 					g, err := nf.load(file)
 					if err != nil {
+						return err
+					}
+					if err := nf.checkMACs(g); err != nil {
 						return err
 					}
 					params, err := loadWeightsStrip(g, *weights, *stripPrefix)
@@ -82,7 +97,7 @@ func init() {
 				}
 				st, _ := os.Stat(*out)
 				fmt.Fprintf(e.stdout, "built %s (%s, %s, %.1f MiB): %s\n", *out, bt.name, isaList(c.prog.Manifest.ISAs), float64(st.Size())/(1<<20), c.stats)
-				return nil
+				return writeLibHeader(e, bt, *out)
 			}
 		}})
 }
@@ -114,6 +129,9 @@ const runnerPkg = "github.com/kiln-dev/kiln/cmd/kiln-runner"
 // architecture, and it must not already carry a network; any failure is an
 // error saying what to run, before anything is compiled or written.
 func runnerFor(bt buildTarget) (string, error) {
+	if bt.lib {
+		return libFor(bt)
+	}
 	arch := archOfTarget(bt)
 	makeHint := "make build"
 	switch {

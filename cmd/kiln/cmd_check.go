@@ -12,14 +12,18 @@ func init() {
 		setup: func(fs *flag.FlagSet, e *env) func([]string) error {
 			var nf netFlags
 			nf.register(fs)
+			nf.registerMACs(fs)
 			targetName := fs.String("target", hostTarget(), "build `TARGET` whose legality to check (kiln targets lists them)")
-			return func(args []string) error {
+			return eachBatch(&nf, func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
 					return err
 				}
 				g, err := nf.load(file)
 				if err != nil {
+					return err
+				}
+				if err := nf.checkMACs(g); err != nil {
 					return err
 				}
 				if err := g.Verify(); err != nil {
@@ -49,7 +53,7 @@ func init() {
 				fmt.Fprintf(e.stdout, "ok %s: input %s -> %s; %d nodes, %d tensors, %s parameters, %s MACs\n",
 					g.Name, joinComma(ins), outs, len(g.Nodes), params, commas(learnable), commas(totalMACs(g)))
 				return nil
-			}
+			})
 		}})
 }
 

@@ -30,6 +30,7 @@ type buildTarget struct {
 	build target.Build
 	pass  passes.Target
 	cg    []codegen.Target
+	lib   bool // kiln build --format lib: append to the runtime library, not the runner (build_lib.go)
 }
 
 func hostTarget() string { return target.Host(runtime.GOARCH) }

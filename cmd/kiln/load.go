@@ -16,11 +16,14 @@ import (
 // netFlags are the flags shared by every command that elaborates a network.
 type netFlags struct {
 	batch      int
+	batches    []int // --batch 1,8,32 (kiln build); nil when one size was given
+	multiBatch bool  // this command accepts several batch sizes
 	input      string
 	importPath dirList
 	// Resource limits (docs/LIMITS.md).
 	maxBatch                      int
 	maxTensorBytes, maxParamBytes int64
+	maxMACs                       macsFlag // kiln check and build only (registerMACs); 0: no limit
 }
 
 // dirList is a repeatable flag collecting directories.
@@ -37,7 +40,8 @@ func (d *dirList) Set(s string) error {
 }
 
 func (f *netFlags) register(fs *flag.FlagSet) {
-	fs.IntVar(&f.batch, "batch", 1, "batch size `N` bound at build time")
+	f.batch = 1
+	fs.Var(batchFlag{f}, "batch", "batch size `N` bound at build time (kiln build and check: a list such as 1,8,32)")
 	fs.StringVar(&f.input, "input", "", "per-sample input shape `CxHxW` overriding the network's declared one (e.g. 3x139x139)")
 	fs.Var(&f.importPath, "import-path", "also resolve .kiln imports inside `DIR` (repeatable); by default only the source's directory tree and the built-in networks")
 	fs.IntVar(&f.maxBatch, "max-batch", 4096, "refuse a --batch above `N` (code generation grows with the batch)")
@@ -46,6 +50,9 @@ func (f *netFlags) register(fs *flag.FlagSet) {
 }
 
 func (f *netFlags) options() (dsl.Options, error) {
+	if err := f.checkBatches(); err != nil {
+		return dsl.Options{}, err
+	}
 	if f.batch <= 0 {
 		return dsl.Options{}, usagef("--batch must be positive, got %d", f.batch)
 	}

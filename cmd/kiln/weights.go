@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/kiln-dev/kiln/ir"
@@ -32,13 +34,28 @@ func loadWeightsStrip(g *ir.Graph, path, prefix string) (map[string]*tensor.Tens
 		}
 		return generateWeights(params)
 	}
-	f, err := tensor.ReadSafetensorsFile(path)
+	// Read only the data of tensors the network needs, by name and shape
+	// from the header: an unexpected tensor of any declared size is
+	// refused without being read (issue 11 item 2).
+	shapes := make(map[string][]int, len(params))
+	for _, p := range params {
+		shapes[p.Name] = p.Type.Shape
+	}
+	f, err := tensor.ReadSafetensorsFileSelect(path, func(h tensor.SafetensorsHeader) bool {
+		s, ok := shapes[strings.TrimPrefix(h.Name, prefix)]
+		return ok && slices.Equal(s, h.Shape)
+	})
 	if err != nil {
 		return nil, err
 	}
 	ts, err := tensor.StripPrefix(path, f.Tensors, prefix)
 	if err != nil {
 		return nil, err
+	}
+	unread := make([]tensor.SafetensorsHeader, len(f.Unread))
+	for i, h := range f.Unread {
+		h.Name = strings.TrimPrefix(h.Name, prefix)
+		unread[i] = h
 	}
 	variances := varianceParams(g)
 	specs := make([]tensor.Spec, len(params))
@@ -47,12 +64,15 @@ func loadWeightsStrip(g *ir.Graph, path, prefix string) (map[string]*tensor.Tens
 		specs[i] = tensor.Spec{Name: p.Name, Shape: p.Type.Shape, NonNegative: variances[p.Name]}
 		want[i] = p.Name
 	}
-	if err := tensor.CheckWeights(path, specs, ts); err != nil {
+	if err := tensor.CheckWeightsUnread(path, specs, ts, unread); err != nil {
 		var we *tensor.WeightsError
 		if errors.As(err, &we) {
-			names := make([]string, 0, len(ts))
+			names := make([]string, 0, len(ts)+len(unread))
 			for n := range ts {
 				names = append(names, n)
+			}
+			for _, h := range unread {
+				names = append(names, h.Name)
 			}
 			if p, n := tensor.PrefixHint(names, want); p != "" {
 				flag := "--strip-prefix " + p

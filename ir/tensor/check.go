@@ -70,6 +70,20 @@ func (e *WeightsError) Error() string {
 // CheckWeights returns nil if there is nothing to report. file is used in the
 // message only.
 func CheckWeights(file string, want []Spec, got map[string]*Tensor) error {
+	return CheckWeightsUnread(file, want, got, nil)
+}
+
+// CheckWeightsUnread is [CheckWeights] for a weight set read with
+// [ReadSafetensorsSelect]: unread lists the tensors whose data was not read
+// (by their header only). Each counts as present with its declared shape,
+// so an unread tensor is reported as unexpected (with its dtype and byte
+// size) or mis-shaped exactly as a read one would be, and is not missing;
+// its values are not checked.
+func CheckWeightsUnread(file string, want []Spec, got map[string]*Tensor, unread []SafetensorsHeader) error {
+	headers := make(map[string]SafetensorsHeader, len(unread))
+	for _, h := range unread {
+		headers[h.Name] = h
+	}
 	var missing, unexpected, shapes, invalid, nonFinite, negative, dups []string
 	wanted := make(map[string]bool, len(want))
 	nonNeg := map[string]bool{}
@@ -83,6 +97,12 @@ func CheckWeights(file string, want []Spec, got map[string]*Tensor) error {
 			nonNeg[s.Name] = true
 		}
 		t, ok := got[s.Name]
+		if h, unreadOK := headers[s.Name]; !ok && unreadOK {
+			if !shapeEqual(h.Shape, s.Shape) {
+				shapes = append(shapes, fmt.Sprintf("tensor %q has shape %s, want %s (not read)", s.Name, ShapeString(h.Shape), ShapeString(s.Shape)))
+			}
+			continue
+		}
 		if !ok {
 			missing = append(missing, fmt.Sprintf("missing tensor %q (want %s)", s.Name, ShapeString(s.Shape)))
 			continue
@@ -121,6 +141,11 @@ func CheckWeights(file string, want []Spec, got map[string]*Tensor) error {
 					break
 				}
 			}
+		}
+	}
+	for _, h := range unread {
+		if !wanted[h.Name] && !strings.HasSuffix(h.Name, "num_batches_tracked") {
+			unexpected = append(unexpected, fmt.Sprintf("unexpected tensor %q (%s %s, %d bytes; not read)", h.Name, h.DType, ShapeString(h.Shape), h.Bytes))
 		}
 	}
 	var problems []string

@@ -38,6 +38,18 @@ type File struct {
 	Tensors map[string]*Tensor
 	// Metadata is the "__metadata__" string map; nil if the file has none.
 	Metadata map[string]string
+	// Unread lists, in offset order, the tensors whose data was not read
+	// because the keep function of [ReadSafetensorsSelect] declined them.
+	Unread []SafetensorsHeader
+}
+
+// SafetensorsHeader describes one tensor as the file's JSON header declares
+// it, before any of its data is read.
+type SafetensorsHeader struct {
+	Name  string
+	DType string // the format's dtype name: "F32", "F16", "BF16", ...
+	Shape []int
+	Bytes int64 // the length of its data range
 }
 
 // dtypeSize gives the element size of every dtype the format defines, so
@@ -83,6 +95,19 @@ type stEntry struct {
 // the last tensor. Errors name the file and, where it applies, the tensor.
 // ReadSafetensors never panics on malformed input.
 func ReadSafetensors(r io.ReaderAt, size int64, name string) (*File, error) {
+	return ReadSafetensorsSelect(r, size, name, nil)
+}
+
+// ReadSafetensorsSelect is [ReadSafetensors] that reads the data of only the
+// tensors keep accepts: the whole header is read and validated first, then
+// keep is called with each tensor's header (name, dtype, shape, byte size),
+// and the data of a tensor it declines is neither read nor allocated; the
+// tensor is listed in File.Unread instead. A caller that knows which
+// tensors it needs (cmd/kiln: the network's parameters, by name and shape)
+// thereby refuses an unexpected tensor of any declared size, a 4 GiB one
+// included, at the cost of reading the header. A nil keep reads every
+// tensor.
+func ReadSafetensorsSelect(r io.ReaderAt, size int64, name string, keep func(SafetensorsHeader) bool) (*File, error) {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("read safetensors %s: "+format, append([]any{name}, args...)...)
 	}
@@ -184,6 +209,13 @@ func ReadSafetensors(r io.ReaderAt, size int64, name string) (*File, error) {
 		if e.skip {
 			continue
 		}
+		if keep != nil {
+			h := SafetensorsHeader{Name: e.name, DType: e.dtype, Shape: e.shape, Bytes: e.end - e.begin}
+			if !keep(h) {
+				f.Unread = append(f.Unread, h)
+				continue
+			}
+		}
 		nb := int(e.end - e.begin)
 		if cap(raw) < nb {
 			raw = make([]byte, nb)
@@ -216,6 +248,12 @@ func ReadSafetensors(r io.ReaderAt, size int64, name string) (*File, error) {
 // ReadSafetensorsFile reads the safetensors file at path; see
 // [ReadSafetensors].
 func ReadSafetensorsFile(path string) (*File, error) {
+	return ReadSafetensorsFileSelect(path, nil)
+}
+
+// ReadSafetensorsFileSelect reads the safetensors file at path, reading the
+// data of only the tensors keep accepts; see [ReadSafetensorsSelect].
+func ReadSafetensorsFileSelect(path string, keep func(SafetensorsHeader) bool) (*File, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read safetensors: %w", err)
@@ -225,7 +263,7 @@ func ReadSafetensorsFile(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read safetensors: %w", err)
 	}
-	return ReadSafetensors(fh, st.Size(), path)
+	return ReadSafetensorsSelect(fh, st.Size(), path, keep)
 }
 
 func readFullAt(r io.ReaderAt, b []byte, off int64) error {
