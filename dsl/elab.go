@@ -3,7 +3,9 @@ package dsl
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -291,15 +293,28 @@ func (e *elab) network(u *unit, nb *Block) *ir.Graph {
 	vars := map[string]value{}
 	en := &env{u: u, vars: vars, network: true}
 	first := true
+	declared := map[string]bool{}
 	for _, p := range nb.Params {
 		if p.Type == nil {
-			if p.Default != nil {
+			declared[p.Name] = true
+			if v, ok := e.opts.Params[p.Name]; ok {
+				vars[p.Name] = floatVal(v)
+				if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+					vars[p.Name] = intVal(int(v))
+				}
+			} else if p.Default != nil {
 				vars[p.Name] = e.eval(en, p.Default, "", false)
 			}
 			continue
 		}
 		vars[p.Name] = e.input(p, batch, first)
 		first = false
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.opts.Params)) {
+		if !declared[name] {
+			e.report(nb.Pos, fmt.Sprintf("network %s has no constant parameter %q to set", nb.Name, name))
+			return e.g
+		}
 	}
 	out, retPos, _ := e.body(en, nb.Body)
 	if out.isPoison() {

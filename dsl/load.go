@@ -38,6 +38,11 @@ type Options struct {
 	ImportPath []string
 	// Limits bound elaboration; zero fields take the defaults.
 	Limits Limits
+	// Params overrides the defaults of the network's untyped (constant)
+	// parameters by name, e.g. {"depth": 2, "scale": 0.1}; an integral
+	// value is an integer. Naming a parameter the network does not declare
+	// is an error at the network's position.
+	Params map[string]float64
 	// Warn, if set, receives each warning (Severity SeverityWarning) of a
 	// load that succeeds, in source order; kiln prints them to stderr. When
 	// the load fails, the warnings are part of the returned Diagnostics
