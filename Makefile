@@ -3,7 +3,7 @@
 GO      ?= go
 FUZZTIME ?= 10s
 
-.PHONY: all build kiln-arm64 demo peers peers-smoke train-smoke test vet fmt-check unit race fuzz install-deps clean
+.PHONY: all build kiln-arm64 demo peers peers-smoke peers-train peers-train-smoke train-smoke test vet fmt-check unit race fuzz install-deps clean
 
 all: build
 
@@ -11,12 +11,16 @@ all: build
 # `kiln build` appends compiled networks to (it must sit next to bin/kiln, or
 # be named by KILN_RUNNER). The runner is built with cgo (the runtime dlopens
 # the kernels) and without symbol tables (-s -w: smaller built models; stack
-# traces still work).
+# traces still work). bin/libkiln.so is the runtime as a C shared library
+# (cmd/kiln-lib), which `kiln build --format lib` appends networks to; Go's
+# generated header is removed (the C API is runtime/clib/kiln.h).
 RUNNER_LDFLAGS ?= -s -w
 
 build:
 	$(GO) build -o bin/kiln ./cmd/kiln
 	CGO_ENABLED=1 $(GO) build -ldflags='$(RUNNER_LDFLAGS)' -o bin/kiln-runner ./cmd/kiln-runner
+	CGO_ENABLED=1 $(GO) build -buildmode=c-shared -ldflags='$(RUNNER_LDFLAGS)' -o bin/libkiln.so ./cmd/kiln-lib
+	rm -f bin/libkiln.h
 
 # The arm64 runner that `kiln build --target arm64-neon` appends networks to:
 # it must sit next to bin/kiln. Cross-compiled with cgo with Debian's aarch64
@@ -42,6 +46,26 @@ peers:
 peers-smoke:
 	bash bench/peers/run.sh -nets tiny -batches 1 -threads 1
 
+# The harness on every tests/corpus network (32x32) and on PyTorch-exported
+# full-size ResNet-50 and MobileNet-v2 (bench/onnx/run.sh: exports them with
+# python3-torch, then kiln import), batch {1, 8}, 2 threads.
+.PHONY: peers-corpus peers-onnx
+peers-corpus:
+	bash bench/peers/run.sh -corpus -size 32 -batches 1,8 -threads 2
+peers-onnx:
+	bash bench/onnx/run.sh
+
+# Training throughput, Kiln's kiln train vs PyTorch 1.13 (Debian's
+# python3-torch) on the two mini networks, same recipe, batch 128, 2 threads,
+# alternating rounds with img/s and the ratio (bench/train/run.sh; minutes).
+peers-train: build
+	bash bench/train/run.sh
+
+# The same harness in seconds: the PyTorch networks checked against the
+# training fixtures, then one round of 2 steps at batch 8 (no speed claim).
+peers-train-smoke: build
+	bash bench/train/run.sh -smoke
+
 # kiln train end to end on real Fashion-MNIST (make install-deps installs
 # it): one tiny epoch of the residual mini network in the interpreter, then a
 # second from its checkpoint with --resume (seconds).
@@ -52,7 +76,7 @@ train-smoke: build
 	cat bin/train-smoke/metrics.csv
 
 # unit runs last so that CI's log ends with its "N passed, M failed, K skipped".
-test: fmt-check vet race fuzz peers-smoke train-smoke unit
+test: fmt-check vet race fuzz peers-smoke train-smoke peers-train-smoke unit
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -23,6 +23,14 @@ type Optimizer struct {
 	// WeightDecay adds WeightDecay·p to each gradient (L2, PyTorch's
 	// weight_decay).
 	WeightDecay float64
+	// ClipGradNorm, when positive, scales all gradients together so that
+	// their global L2 norm is at most ClipGradNorm before the update
+	// (PyTorch's torch.nn.utils.clip_grad_norm_; see clipGradients).
+	ClipGradNorm float64 `json:",omitempty"`
+	// ClipGradValue, when positive, clamps every gradient element to
+	// [−ClipGradValue, ClipGradValue] before the update (and before
+	// ClipGradNorm; torch.nn.utils.clip_grad_value_).
+	ClipGradValue float64 `json:",omitempty"`
 }
 
 // PaperRMSProp is the paper's optimizer in PyTorch's form, the training
@@ -35,7 +43,8 @@ type StepOptions struct {
 	Forward Options
 	// Smoothing is the label smoothing ε of the cross-entropy loss.
 	Smoothing float64
-	// Optimizer is the update rule; the zero value means PaperRMSProp.
+	// Optimizer is the update rule; an empty Kind means PaperRMSProp
+	// (with Optimizer's clipping settings).
 	Optimizer Optimizer
 }
 
@@ -59,7 +68,9 @@ type StepGraph struct {
 	// Target is the name of the input holding the one-hot targets,
 	// f32[N, K].
 	Target string
-	// Grads maps each learnable param's name to its gradient node.
+	// Grads maps each learnable param's name to its gradient node: the
+	// gradient the update uses, after clipping when the optimizer clips
+	// (as PyTorch's p.grad after clip_grad_norm_).
 	Grads map[string]int
 	// State lists the optimizer state params, in graph order.
 	State []StateTensor
@@ -114,15 +125,22 @@ func Step(g *ir.Graph, opts StepOptions) (*StepGraph, error) {
 	}
 	opt := opts.Optimizer
 	if opt.Kind == "" {
+		clip := opt // the clipping settings apply to the default rule too
 		opt = PaperRMSProp
+		opt.ClipGradNorm, opt.ClipGradValue = clip.ClipGradNorm, clip.ClipGradValue
+	}
+	for _, p := range learnable {
+		if _, ok := grads[p]; !ok {
+			return nil, ir.Errorf(fw.Nodes[p].Pos, "train: the loss does not depend on param %s", fw.Nodes[p].Name)
+		}
+	}
+	if grads, err = clipGradients(fw, learnable, grads, opt, pos); err != nil {
+		return nil, err
 	}
 	sg := &StepGraph{Graph: fw, Target: TargetInput, Grads: map[string]int{}}
 	for _, p := range learnable {
 		pn := fw.Nodes[p]
-		d, ok := grads[p]
-		if !ok {
-			return nil, ir.Errorf(pn.Pos, "train: the loss does not depend on param %s", pn.Name)
-		}
+		d := grads[p]
 		sg.Grads[pn.Name] = d
 		if err := sg.update(p, d, opt); err != nil {
 			return nil, err

@@ -39,6 +39,8 @@ func init() {
 			eps := fs.Float64("eps", train.PaperRMSProp.Eps, "RMSProp epsilon")
 			momentum := fs.Float64("momentum", train.PaperRMSProp.Momentum, "optimizer momentum")
 			wd := fs.Float64("weight-decay", 0, "L2 weight decay added to each gradient")
+			clipNorm := fs.Float64("clip-grad-norm", 0, "scale the gradients so that their global L2 norm is at most `X` (PyTorch's clip_grad_norm_; 0: off)")
+			clipValue := fs.Float64("clip-grad-value", 0, "clamp every gradient element to [-`C`, C] (PyTorch's clip_grad_value_; 0: off)")
 			smoothing := fs.Float64("label-smoothing", 0.1, "label smoothing of the cross-entropy loss")
 			bnm := fs.Float64("bn-momentum", train.DefaultMomentum, "BatchNorm running-statistics momentum (PyTorch's convention)")
 			tf := registerTrainFlags(fs)
@@ -47,13 +49,16 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if err := (train.Optimizer{ClipGradNorm: *clipNorm, ClipGradValue: *clipValue}).CheckClip(); err != nil {
+					return usagef("%v", strings.TrimPrefix(err.Error(), "train: "))
+				}
 				if tf.data != "" || tf.resume != "" {
 					if *bx != "" || *by != "" || *steps != 0 {
 						return usagef("--batches-x, --batches-y and --steps replay fixture batches; they do not combine with --data or --resume")
 					}
 					s := trainer.Settings{
 						Network: file, Batch: tf.batch, LimitTrain: tf.limitTrain, LimitTest: tf.limitTest,
-						Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd},
+						Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd, ClipGradNorm: *clipNorm, ClipGradValue: *clipValue},
 						LRDecay:   tf.lrDecay, LRDecayEpochs: tf.lrDecayEpochs, Smoothing: *smoothing, BNMomentum: *bnm,
 						Augment: data.Augment{Pad: tf.cropPad, Flip: tf.flip}, Seed: tf.seed, EMA: tf.ema,
 					}
@@ -93,7 +98,7 @@ func init() {
 				sg, err := train.Step(g, train.StepOptions{
 					Forward:   train.Options{Momentum: *bnm},
 					Smoothing: *smoothing,
-					Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd},
+					Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd, ClipGradNorm: *clipNorm, ClipGradValue: *clipValue},
 				})
 				if err != nil {
 					return err
@@ -198,6 +203,7 @@ type trainFlags struct {
 	ema                   float64
 	threads               int
 	progress              string
+	backend               string // interp or compiled (trainer.Compiled)
 }
 
 func registerTrainFlags(fs *flag.FlagSet) *trainFlags {
@@ -216,12 +222,13 @@ func registerTrainFlags(fs *flag.FlagSet) *trainFlags {
 	fs.Float64Var(&f.ema, "ema", 0, "evaluate and deploy an exponential moving average of the parameters with decay `D` (e.g. 0.9999; 0: off)")
 	fs.IntVar(&f.threads, "threads", 0, "interpreter threads (0: all CPUs; results do not depend on it)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress `style`: auto (a redrawn line on a terminal), line (plain lines) or none")
+	fs.StringVar(&f.backend, "backend", "interp", "training steps on `B`: interp (the reference interpreter) or compiled (native kernels through LLVM, rebuilt when a dropout seed changes the step; evaluation stays in the interpreter)")
 	return f
 }
 
 // resumeFlags are the flags a resumed run may be given: the others are the
 // run's settings, read from its checkpoint.
-var resumeFlags = map[string]bool{"resume": true, "epochs": true, "threads": true, "progress": true, "out": true}
+var resumeFlags = map[string]bool{"resume": true, "epochs": true, "threads": true, "progress": true, "out": true, "backend": true}
 
 // trainRun is the training mode of kiln train: load the data and the
 // network, then train.Run (see train/trainer). Ctrl-C writes a checkpoint
@@ -321,8 +328,18 @@ func trainRun(e *env, fs *flag.FlagSet, file, initW, out string, s trainer.Setti
 	}
 	fmt.Fprintf(e.stdout, "training %s on %s: %d training images, %d test images, batch %d, %s, epochs %d\n",
 		g.Name, s.Data, trainSet.Len(), testSet.Len(), s.Batch, s.Optimizer.Kind, tf.epochs)
+	var exec trainer.Executor = trainer.Interpreter{Threads: tf.threads}
+	switch tf.backend {
+	case "interp":
+	case "compiled":
+		ce := &trainer.Compiled{Threads: tf.threads, Interp: trainer.Interpreter{Threads: tf.threads}}
+		defer ce.Close()
+		exec = ce
+	default:
+		return usagef("--backend %q: interp or compiled", tf.backend)
+	}
 	r := &trainer.Run{Settings: s, Net: g, Train: trainSet, Test: testSet, Epochs: tf.epochs, Dir: out,
-		Init: init, Resume: resume, Exec: trainer.Interpreter{Threads: tf.threads}, Log: log, TTY: tty}
+		Init: init, Resume: resume, Exec: exec, Log: log, TTY: tty}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = r.Do(ctx)

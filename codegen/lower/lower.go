@@ -379,7 +379,7 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.ReorderSpec{
 				N: x.Shape[0], C: x.Shape[1], H: x.Shape[2], W: x.Shape[3],
 				InOff: off(n.Args[0]), OutOff: off(i), ToBlocked: !n.Type.Layout.IsPlain()}})
-		case ir.OpFlatten, ir.OpDropout:
+		case ir.OpFlatten, ir.OpDropout, ir.OpReshape:
 			if plan.BufferOf[i] != plan.BufferOf[n.Args[0]] {
 				if !g.Nodes[n.Args[0]].Type.Layout.IsPlain() {
 					return nil, ir.Errorf(n.Pos, "codegen: %s copies a blocked value; only plain copies are supported", n.Op)
@@ -447,6 +447,12 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 				spec.Op, spec.C = codegen.EltScale, float32(n.Attrs.Float("c"))
 			}
 			specs = append(specs, kernelSpec{name: name, node: i, spec: spec})
+		case ir.OpUpsample:
+			ks, err := lowerUpsample(g, n, i, name, off) // upsample.go
+			if err != nil {
+				return nil, err
+			}
+			specs = append(specs, ks)
 		case ir.OpSub, ir.OpSigmoid, ir.OpTanh, ir.OpSiLU, ir.OpHardSwish, ir.OpClip, ir.OpChannelMul, ir.OpGlobalMaxPool:
 			// The activations and SE ops of ir/ops_ext.go (ext.go).
 			ks, err := lowerExt(g, n, i, B, name, off)
@@ -567,6 +573,12 @@ func (k kernelSpec) add(m *codegen.Module) (tiles int, kind string, err error) {
 	case codegen.GlobalMaxPoolSpec:
 		_, tiles, err = m.GlobalMaxPool(k.name, s)
 		kind = "global_maxpool"
+	case codegen.TrainKernel: // training step kernels (train.go)
+		_, tiles, err = m.Train(k.name, s)
+		kind = s.Kind()
+	case codegen.UpsampleSpec:
+		_, tiles, err = m.Upsample(k.name, s)
+		kind = "upsample"
 	default:
 		err = fmt.Errorf("unknown spec %T", k.spec)
 	}

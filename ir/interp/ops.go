@@ -63,6 +63,10 @@ func init() {
 	for op, f := range trainMultiEvaluators {
 		multiEvaluators[op] = f
 	}
+	// The gradient clipping ops (clip.go).
+	for op, f := range clipEvaluators {
+		evaluators[op] = f
+	}
 }
 
 // newOut allocates the (zeroed) result tensor of n.

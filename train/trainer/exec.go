@@ -4,9 +4,9 @@
 // exponential moving average of the parameters, per-epoch metrics, and
 // atomic checkpoints from which a run resumes bit for bit.
 //
-// The graphs run on an Executor; Interpreter (ir/interp, the reference
-// interpreter) is the one there is today. A compiled training backend
-// replaces it without touching the loop.
+// The graphs run on an Executor: Interpreter (ir/interp, the reference
+// interpreter) or Compiled (the step graph as native code through
+// codegen/lower.LowerTraining), without touching the loop.
 package trainer
 
 import (

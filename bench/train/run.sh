@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# make peers-train: training throughput (forward + backward + RMSProp step,
+# img/s) of Kiln's `kiln train` against PyTorch (bench/train/torch_train.py,
+# Debian's python3-torch) on the two mini networks, same recipe (RMSProp
+# lr 0.045/alpha 0.9/eps 1.0/momentum 0.9, label smoothing 0.1, BatchNorm in
+# training mode, batch 128, 2 threads, Fashion-MNIST without augmentation),
+# run alternately in one command: each round runs both frameworks on each
+# network, Kiln first in odd rounds and PyTorch first in even ones, and prints
+# img/s and the ratio Kiln/PyTorch; the last lines are the medians.
+#
+# Kiln: kiln train NET --data fashion-mnist --limit-train STEPS*BATCH
+# --epochs 2 --crop-pad 0 --flip=false --threads T [--backend B]; the figure
+# is metrics.csv's img/s of epoch 2 (epoch 1 is the warm-up: step graph built
+# or compiled, caches filled; the learning rate, and so the step graph, is
+# the same in both). PyTorch: --warmup 2 untimed steps, then STEPS timed ones.
+#
+# usage: bench/train/run.sh [-nets "inc res"] [-rounds 3] [-steps 10]
+#        [-batch 128] [-threads 2] [-backend auto|interp|compiled] [-smoke]
+# -backend auto uses `--backend compiled` when kiln train offers it, else
+# the interpreter. -smoke (make peers-train-smoke, seconds): checks the
+# PyTorch networks against ../shared/fixtures/training (when present), then
+# one round of 2 steps at batch 8, without any speed claim.
+# KILN names the kiln binary (default bin/kiln).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+kiln="${KILN:-$root/bin/kiln}"
+torch_py="$root/bench/train/torch_train.py"
+nets="inc res" rounds=3 steps=10 batch=128 threads=2 backend=auto smoke=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -nets) nets="$2"; shift 2 ;;
+    -rounds) rounds="$2"; shift 2 ;;
+    -steps) steps="$2"; shift 2 ;;
+    -batch) batch="$2"; shift 2 ;;
+    -threads) threads="$2"; shift 2 ;;
+    -backend) backend="$2"; shift 2 ;;
+    -smoke) smoke=1 rounds=1 steps=2 batch=8; shift ;;
+    -h|-help|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see -h)" >&2; exit 2 ;;
+  esac
+done
+# Debian's python3-torch is on /usr/bin/python3's path; a python3 earlier on
+# PATH (pyenv, a venv) may not see it. $PYTHON overrides.
+PYTHON=${PYTHON:-$([ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)}
+[ -x "$kiln" ] || { echo "run.sh: $kiln not found: run make build (or set KILN)" >&2; exit 1; }
+"$PYTHON" -c 'import torch, numpy' 2>/dev/null ||
+  { echo "run.sh: PyTorch is not installed for python3: apt-get install python3-torch" >&2; exit 1; }
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] ||
+  { echo "run.sh: Fashion-MNIST missing: apt-get install dataset-fashion-mnist" >&2; exit 1; }
+
+backend_flag=()
+case "$backend" in
+  auto) help="$("$kiln" train -h 2>&1 || true)" # not piped into grep -q: SIGPIPE under pipefail
+        if [[ "$help" == *-backend* && "$help" == *compiled* ]]; then
+          backend=compiled backend_flag=(--backend compiled)
+        else backend=interp; fi ;;
+  interp) ;;
+  *) backend_flag=(--backend "$backend") ;;
+esac
+
+if [ "$smoke" = 1 ]; then
+  fx="${KILN_SHARED:-$root/../shared}/fixtures/training"
+  if [ -e "$fx/index.json" ]; then
+    "$PYTHON" "$torch_py" --check-fixtures "$fx"
+  else
+    echo "no training fixtures at $fx: skipping the PyTorch networks' check"
+  fi
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+kiln_name() { case "$1" in inc) echo mini_inception ;; res) echo mini_inception_resnet ;; *) echo "$1" ;; esac; }
+
+# kiln_ips NET: epoch 2's img/s of a two-epoch run of STEPS steps each.
+kiln_ips() {
+  local out="$work/run-$1-$RANDOM"
+  "$kiln" train "$(kiln_name "$1")" --data fashion-mnist --limit-train $((steps * batch)) --limit-test 1 \
+    --batch "$batch" --epochs 2 --crop-pad 0 --flip=false --threads "$threads" --progress none \
+    ${backend_flag[@]+"${backend_flag[@]}"} --out "$out" >"$work/kiln.log" 2>&1 ||
+    { cat "$work/kiln.log" >&2; exit 1; }
+  awk -F, 'NR > 1 { v = $6 } END { print v }' "$out/metrics.csv"
+  rm -rf "$out"
+}
+
+torch_ips() {
+  "$PYTHON" "$torch_py" --net "$1" --batch "$batch" --threads "$threads" --steps "$steps" --warmup 2 |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["img_per_s"])'
+}
+
+echo "kiln train (backend $backend) vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, $threads threads, $steps timed steps, $rounds rounds"
+declare -A all
+for r in $(seq 1 "$rounds"); do
+  for n in $nets; do
+    if [ $((r % 2)) = 1 ]; then k=$(kiln_ips "$n"); t=$(torch_ips "$n")
+    else t=$(torch_ips "$n"); k=$(kiln_ips "$n"); fi
+    ratio=$("$PYTHON" -c "print(f'{$k / $t:.2f}')")
+    all[$n]="${all[$n]:-} $ratio"
+    all[$n-k]="${all[$n-k]:-} $k"
+    all[$n-t]="${all[$n-t]:-} $t"
+    printf 'round %d  %-4s kiln %9.1f img/s  pytorch %9.1f img/s  kiln/pytorch %s\n' "$r" "$n" "$k" "$t" "$ratio"
+  done
+done
+for n in $nets; do
+  "$PYTHON" - "$n" "${all[$n-k]}" "${all[$n-t]}" "${all[$n]}" <<'PY'
+import statistics, sys
+n, k, t, r = sys.argv[1], *[[float(v) for v in a.split()] for a in sys.argv[2:]]
+print(f"median {n:4s} kiln {statistics.median(k):9.1f} img/s  pytorch {statistics.median(t):9.1f} img/s  kiln/pytorch {statistics.median(r):.2f}")
+PY
+done

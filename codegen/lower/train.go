@@ -1,0 +1,435 @@
+package lower
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/passes"
+	rt "github.com/kiln-dev/kiln/runtime"
+)
+
+// LRState is the name of the run-time learning rate in a compiled training
+// step's Manifest.State: one float the optimizer kernels read, so that a
+// learning-rate schedule changes a value, not the code.
+const LRState = "kiln.lr"
+
+// SeedState is the name of the run-time dropout seed in a compiled
+// training step's Manifest.State: DropoutSeed(g) as two floats holding its
+// low and high 32 bits (SeedValue). Each dropout_train kernel adds its own
+// node's offset from it, so a new seed per step changes a value, not the
+// code.
+const SeedState = "kiln.seed"
+
+// seedSlot is SeedState's offset from LRState's, in floats.
+const seedSlot = 2
+
+// DropoutSeed returns the smallest seed of g's dropout_train nodes, and
+// false when it has none.
+func DropoutSeed(g *ir.Graph) (uint64, bool) {
+	var s uint64
+	found := false
+	for _, n := range g.Nodes {
+		if n.Op == ir.OpDropoutTrain {
+			if v := uint64(n.Attrs.Int("seed")); !found || v < s {
+				s, found = v, true
+			}
+		}
+	}
+	return s, found
+}
+
+// SeedValue is seed as SeedState holds it.
+func SeedValue(seed uint64) []float32 {
+	return []float32{math.Float32frombits(uint32(seed)), math.Float32frombits(uint32(seed >> 32))}
+}
+
+// LossState is the name of the loss in a compiled training step's
+// Manifest.State (Model.State after a run): Manifest.Output is the logits,
+// since the runtime's output is a batch of rows.
+const LossState = "kiln.loss"
+
+// OutputState names the state holding graph output k (k >= 2: an output
+// after the loss and the logits; the pipeline keeps the outputs' order)
+// after a run.
+func OutputState(k int) string { return fmt.Sprintf("kiln.out.%d", k) }
+
+// TrainOptions names the inputs of a training step.
+type TrainOptions struct {
+	// Input is the graph input that becomes Manifest.Input (the images).
+	Input string
+	// LR is the initial learning rate (LRState).
+	LR float32
+}
+
+// LowerTraining lowers a planned training step graph (train.Step, through
+// passes.RunTraining: plain layouts) for targets. Every value lives in the
+// arena: params, BatchNorm buffers and optimizer state are mutable params
+// (Graph.Updates, Manifest.State, initial values from params); inputs
+// other than opts.Input (the one-hot targets) are state entries whose
+// update offset is their own offset, so the caller sets them with
+// Model.SetState before a run; the learning rate is the state LRState,
+// placed after the plan's arena. The graph's outputs must be the loss and
+// the logits (train.Step's): the logits are Manifest.Output, the loss the
+// state LossState; further outputs are the states OutputState(id). Each node becomes a kernel of codegen/train_kernels.go
+// or an existing plain kernel (relu, add, scale mul, copies for concat,
+// slice, reshape, flatten), at the node's position on error.
+func LowerTraining(s *passes.State, params map[string]*tensor.Tensor, targets []codegen.Target, opts TrainOptions) (*Program, error) {
+	if s == nil || s.Graph == nil || s.Plan == nil {
+		return nil, fmt.Errorf("lower: a training step needs a planned graph (passes.RunTraining)")
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("lower: no targets")
+	}
+	g, plan := s.Graph, s.Plan
+	if err := g.Verify(); err != nil {
+		return nil, err
+	}
+	if len(g.Outputs) < 1 {
+		return nil, fmt.Errorf("lower: the training step has no output")
+	}
+	lrOff := int(ceilTo(int(plan.Arena), 64) / 4)
+	specs, err := lowerTrainNodes(g, plan, targets[0].Block, lrOff)
+	if err != nil {
+		return nil, err
+	}
+	var wb blob
+	p := &Program{Targets: targets, specs: specs, graph: g}
+	info := func(id int) rt.TensorInfo {
+		n := g.Nodes[id]
+		return rt.TensorInfo{Name: n.Name, Shape: append([]int(nil), n.Type.Shape...),
+			DType: n.Type.DType.String(), Offset: offsetOf(plan, id, n.Type.DType)}
+	}
+	var isas []string
+	for _, t := range targets {
+		isas = append(isas, t.Name)
+	}
+	inID := -1
+	for i, n := range g.Nodes {
+		if n.Op == ir.OpInput && n.Name == opts.Input {
+			inID = i
+		}
+	}
+	if inID < 0 {
+		return nil, fmt.Errorf("lower: the training step has no input %q", opts.Input)
+	}
+	if len(g.Outputs) < 2 || g.Nodes[g.Outputs[0]].Type.Numel() != 1 {
+		return nil, fmt.Errorf("lower: a training step's outputs must be the scalar loss and the logits")
+	}
+	loss, logits := g.Outputs[0], g.Outputs[1]
+	outInfo := info(logits)
+	p.Manifest = rt.Manifest{
+		Version: rt.ManifestVersion, Network: g.Name + ".train", Batch: g.Nodes[inID].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
+		Features:   codegen.ISAFeatures(targets),
+		ArenaBytes: int64(lrOff)*4 + 64,
+		Input:      info(inID), Output: outInfo,
+	}
+	addState := func(name string, shape []int, init []float32, off, upd int64) error {
+		at, err := wb.add(init, ir.F32)
+		if err != nil {
+			return err
+		}
+		p.Manifest.State = append(p.Manifest.State, rt.StateInfo{Name: name, Shape: append([]int(nil), shape...), Init: int64(at), Offset: off, Update: upd})
+		return nil
+	}
+	// The runtime writes every state entry into the arena before a run, in
+	// order. The loss and further outputs are results only, and their
+	// buffers may share space with values the run starts from (a param
+	// dead before the loss is computed), so they come first: the params
+	// and inputs written after them win.
+	lo := offsetOf(plan, loss, ir.F32)
+	if err := addState(LossState, []int{1}, []float32{0}, lo, lo); err != nil {
+		return nil, err
+	}
+	// Further outputs (tests, debugging) are read like the loss.
+	for k, o := range g.Outputs[2:] {
+		n, at := g.Nodes[o], offsetOf(plan, o, ir.F32)
+		if err := addState(OutputState(k+2), n.Type.Shape, make([]float32, n.Type.Numel()), at, at); err != nil {
+			return nil, err
+		}
+	}
+	for _, u := range g.Updates {
+		pn := g.Nodes[u.Param]
+		t, ok := params[pn.Name]
+		if !ok {
+			return nil, ir.Errorf(pn.Pos, "codegen: no initial value for mutable param %s", pn.Name)
+		}
+		if !ir.ShapeEqual(t.Shape, pn.Type.Shape) {
+			return nil, ir.Errorf(pn.Pos, "codegen: mutable param %s: value of shape %s, want %s", pn.Name, ir.ShapeString(t.Shape), ir.ShapeString(pn.Type.Shape))
+		}
+		if err := addState(pn.Name, pn.Type.Shape, t.Data, offsetOf(plan, u.Param, ir.F32), offsetOf(plan, u.Value, ir.F32)); err != nil {
+			return nil, err
+		}
+	}
+	for i, n := range g.Nodes {
+		if n.Op != ir.OpInput || i == inID || plan.BufferOf[i] < 0 {
+			continue
+		}
+		o := offsetOf(plan, i, ir.F32)
+		if err := addState(n.Name, n.Type.Shape, make([]float32, n.Type.Numel()), o, o); err != nil {
+			return nil, err
+		}
+	}
+	if err := addState(LRState, []int{1}, []float32{opts.LR}, int64(lrOff), int64(lrOff)); err != nil {
+		return nil, err
+	}
+	if seed, ok := DropoutSeed(g); ok {
+		at := int64(lrOff + seedSlot)
+		if err := addState(SeedState, []int{2}, SeedValue(seed), at, at); err != nil {
+			return nil, err
+		}
+	}
+	p.Weights = wb.bytes()
+	p.Manifest.WeightsBytes = int64(len(p.Weights))
+	if err := p.Manifest.Validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// lowerTrainNodes builds the kernel specs of a training step graph: every
+// run-time node in schedule order, all operands in the arena (a step graph
+// has no build-time values: its params are all updated).
+func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, error) {
+	build := passes.BuildTime(g)
+	users := g.Users()
+	// results[m][k] are the nodes of result k of multi-result node m with
+	// a buffer (a graph may take one result several times).
+	results := map[int]map[int][]int{}
+	for i, n := range g.Nodes {
+		if n.Op == ir.OpResult && plan.BufferOf[i] >= 0 {
+			if results[n.Args[0]] == nil {
+				results[n.Args[0]] = map[int][]int{}
+			}
+			k := n.Attrs.Int("index")
+			results[n.Args[0]][k] = append(results[n.Args[0]][k], i)
+		}
+	}
+	off := func(i int) int { return int(offsetOf(plan, i, g.Nodes[i].Type.DType)) }
+	// res is where multi-result node m's kernel writes result k: its
+	// first result node's buffer (-1: unused).
+	res := func(m, k int) int {
+		if rs := results[m][k]; len(rs) > 0 {
+			return off(rs[0])
+		}
+		return -1
+	}
+	var specs []kernelSpec
+	for i, n := range g.Nodes {
+		if build[i] {
+			if n.Op == ir.OpParam && len(users[i]) > 0 {
+				return nil, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
+			}
+			continue
+		}
+		if n.Type.DType != ir.F32 && !n.IsMulti() {
+			return nil, ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
+		}
+		if !n.IsMulti() && n.Op != ir.OpResult && plan.BufferOf[i] < 0 {
+			return nil, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
+		}
+		for _, a := range n.Args {
+			if build[a] {
+				return nil, ir.Errorf(n.Pos, "codegen: %s reads build-time value %%%d; the compiled training step reads every operand from the arena", n.Op, a)
+			}
+		}
+		name := fmt.Sprintf("k%d", i)
+		add := func(s any) {
+			if debugTrain {
+				fmt.Printf("%%%d %s %+v\n", i, n.Op, s)
+			}
+			specs = append(specs, kernelSpec{name: name, node: i, spec: s, macs: g.MACs(i)})
+		}
+		sh := n.Type.Shape
+		arg := func(k int) *ir.Node { return g.Nodes[n.Args[k]] }
+		switch n.Op {
+		case ir.OpParam, ir.OpInput, ir.OpResult:
+			// Written by the runtime (state, input) or by the
+			// multi-result producer.
+		case ir.OpConv2D:
+			geo, err := convGeom(n, arg(0).Type.Shape, arg(1).Type.Shape, sh)
+			if err != nil {
+				return nil, err
+			}
+			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i)}
+			if len(n.Args) == 3 {
+				s.Bias = off(n.Args[2])
+			}
+			add(s)
+		case ir.OpConv2DGradInput:
+			geo, err := convGeom(n, sh, arg(1).Type.Shape, arg(0).Type.Shape)
+			if err != nil {
+				return nil, err
+			}
+			add(codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i)})
+		case ir.OpConv2DGradWeight:
+			geo, err := convGeom(n, arg(1).Type.Shape, sh, arg(0).Type.Shape)
+			if err != nil {
+				return nil, err
+			}
+			add(codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)})
+		case ir.OpBiasGrad:
+			o, c, in := channelLayout(arg(0).Type.Shape)
+			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})
+		case ir.OpBatchNormTrain:
+			o, c, in := channelLayout(arg(0).Type.Shape)
+			add(codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
+				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)})
+		case ir.OpBatchNormTrainGrad:
+			o, c, in := channelLayout(arg(1).Type.Shape)
+			add(codegen.BatchNormTrainGradSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
+				DY: off(n.Args[0]), X: off(n.Args[1]), Wt: off(n.Args[2]), Mean: off(n.Args[3]), Var: off(n.Args[4]),
+				DX: res(i, 0), DW: res(i, 1), DB: res(i, 2)})
+		case ir.OpReLUGrad, ir.OpMul2, ir.OpScaleBy:
+			op := map[string]codegen.EltTrainOp{ir.OpReLUGrad: codegen.EltReLUGrad, ir.OpMul2: codegen.EltMul2, ir.OpScaleBy: codegen.EltScaleBy}[n.Op]
+			add(codegen.EltTrainSpec{Op: op, Elems: n.Type.Numel(), A: off(n.Args[0]), B: off(n.Args[1]), Out: off(i)})
+		case ir.OpMaxPool, ir.OpAvgPool:
+			if len(n.Args) != 1 || n.Attrs.Int("offset") != 0 {
+				return nil, ir.Errorf(n.Pos, "codegen: a training %s writes a whole value (no into operand)", n.Op)
+			}
+			x := arg(0).Type.Shape
+			add(codegen.TrainPoolSpec{PoolGeom: poolGeom(n, x, sh), X: off(n.Args[0]), Out: off(i)})
+		case ir.OpMaxPoolGrad:
+			add(codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: off(n.Args[1]), DX: off(i)})
+		case ir.OpAvgPoolGrad:
+			add(codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: -1, DX: off(i)})
+		case ir.OpGlobalAvgPool:
+			x := arg(0).Type.Shape
+			add(codegen.GlobalAvgTrainSpec{Planes: x[0] * x[1], HW: x[2] * x[3], In: off(n.Args[0]), Out: off(i)})
+		case ir.OpGlobalAvgPoolGrad:
+			add(codegen.GlobalAvgTrainSpec{Planes: sh[0] * sh[1], HW: sh[2] * sh[3], Grad: true, In: off(n.Args[0]), Out: off(i)})
+		case ir.OpDense:
+			w := arg(1).Type.Shape
+			s := codegen.DenseTrainSpec{Op: codegen.DenseFwd, N: sh[0], I: w[1], O: w[0], X: off(n.Args[0]), DY: -1, Wt: off(n.Args[1]), Bias: -1, Out: off(i)}
+			if len(n.Args) == 3 {
+				s.Bias = off(n.Args[2])
+			}
+			add(s)
+		case ir.OpDenseGradInput:
+			w := arg(1).Type.Shape
+			add(codegen.DenseTrainSpec{Op: codegen.DenseGradInput, N: sh[0], I: w[1], O: w[0], X: -1, DY: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i)})
+		case ir.OpDenseGradWeight:
+			add(codegen.DenseTrainSpec{Op: codegen.DenseGradWeight, N: arg(0).Type.Shape[0], I: sh[1], O: sh[0], X: off(n.Args[1]), DY: off(n.Args[0]), Wt: -1, Bias: -1, Out: off(i)})
+		case ir.OpSoftmaxXent, ir.OpSoftmaxXentGrad:
+			x := arg(0).Type.Shape
+			add(codegen.XentSpec{N: x[0], K: x[1], Smoothing: n.Attrs.Float("smoothing"), Grad: n.Op == ir.OpSoftmaxXentGrad,
+				X: off(n.Args[0]), T: off(n.Args[1]), Out: off(i)})
+		case ir.OpRMSPropUpdate, ir.OpRMSPropTFUpdate, ir.OpSGDUpdate:
+			s := codegen.OptimizerSpec{Elems: arg(0).Type.Numel(), Momentum: n.Attrs.Float("momentum"), WeightDecay: n.Attrs.Float("weight_decay"),
+				LR: lrOff, P: off(n.Args[0]), G: off(n.Args[1]), NewP: res(i, 0), V: -1, NewV: -1}
+			switch n.Op {
+			case ir.OpSGDUpdate:
+				s.Kind_, s.B, s.NewB = codegen.SGD, off(n.Args[2]), res(i, 1)
+			default:
+				s.Kind_ = codegen.RMSProp
+				if n.Op == ir.OpRMSPropTFUpdate {
+					s.Kind_ = codegen.RMSPropTF
+				}
+				s.Alpha, s.Eps = n.Attrs.Float("alpha"), n.Attrs.Float("eps")
+				s.V, s.B, s.NewV, s.NewB = off(n.Args[2]), off(n.Args[3]), res(i, 1), res(i, 2)
+			}
+			add(s)
+		case ir.OpDropoutTrain:
+			base, _ := DropoutSeed(g)
+			add(codegen.DropoutTrainSpec{Elems: arg(0).Type.Numel(), P: n.Attrs.Float("p"), Seed: lrOff + seedSlot,
+				SeedDelta: int64(n.Attrs.Int("seed")) - int64(base), X: off(n.Args[0]), Y: res(i, 0), Mask: res(i, 1)})
+		case ir.OpSumSquares:
+			add(codegen.SumSquaresSpec{Elems: arg(0).Type.Numel(), X: off(n.Args[0]), Out: off(i)})
+		case ir.OpGlobalNormScale:
+			s := codegen.GlobalNormScaleSpec{MaxNorm: n.Attrs.Float("max_norm"), Eps: n.Attrs.Float("eps"), Out: off(i)}
+			for _, a := range n.Args {
+				s.In = append(s.In, off(a))
+			}
+			add(s)
+		case ir.OpClip:
+			// Gradient clipping by value: the plain elementwise clip (ext.go).
+			ks, err := lowerExt(g, n, i, B, name, off)
+			if err != nil {
+				return nil, err
+			}
+			specs = append(specs, ks)
+		case ir.OpSlice:
+			x := arg(0).Type.Shape
+			ax, o, size := n.Attrs.Int("axis"), n.Attrs.Int("offset"), n.Attrs.Int("size")
+			outer, inner := 1, 1
+			for _, d := range x[:ax] {
+				outer *= d
+			}
+			for _, d := range x[ax+1:] {
+				inner *= d
+			}
+			add(codegen.CopySpec{Elems: size * inner, Rows: outer, InOff: off(n.Args[0]) + o*inner, InStride: x[ax] * inner,
+				OutOff: off(i), OutStride: size * inner})
+		case ir.OpReshape, ir.OpFlatten, ir.OpDropout:
+			if plan.BufferOf[i] != plan.BufferOf[n.Args[0]] {
+				add(codegen.CopySpec{Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)})
+			}
+		case ir.OpConcat:
+			cs, err := concatCopies(g, n, i, B, off)
+			if err != nil {
+				return nil, err
+			}
+			for j, c := range cs {
+				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d", name, j), node: i, spec: c})
+			}
+		case ir.OpReLU, ir.OpAdd, ir.OpMul:
+			s := codegen.ElementwiseSpec{Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)}
+			switch n.Op {
+			case ir.OpReLU:
+				s.Op = codegen.EltReLU
+			case ir.OpAdd:
+				s.Op, s.In2Off = codegen.EltAdd, off(n.Args[1])
+			case ir.OpMul:
+				s.Op, s.C = codegen.EltScale, float32(n.Attrs.Float("c"))
+			}
+			add(s)
+		default:
+			return nil, ir.Errorf(n.Pos, "codegen: op %s has no compiled training kernel (kiln train --backend interp runs it)", n.Op)
+		}
+		// Further result nodes of one result are copies of the first,
+		// made right after the kernel (all are live from the producer).
+		for k, rs := range results[i] {
+			for j, r := range rs[1:] {
+				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_r%d_%d", name, k, j), node: i,
+					spec: codegen.CopySpec{Elems: g.Nodes[r].Type.Numel(), InOff: off(rs[0]), OutOff: off(r)}})
+			}
+		}
+	}
+	return specs, nil
+}
+
+var debugTrain = false
+
+// convGeom is the geometry of conv node n (or its gradient) from the input
+// x, weight w and output y shapes; groups 1 and no dilation only.
+func convGeom(n *ir.Node, x, w, y []int) (codegen.ConvGeom, error) {
+	if n.Attrs.Int("groups") != 1 {
+		return codegen.ConvGeom{}, ir.Errorf(n.Pos, "codegen: compiled training supports groups=1 convolutions only")
+	}
+	if d := n.Attrs.Ints("dilation"); d != nil && (d[0] != 1 || d[1] != 1) {
+		return codegen.ConvGeom{}, ir.Errorf(n.Pos, "codegen: compiled training does not support dilated convolutions")
+	}
+	st, pd := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+	return codegen.ConvGeom{N: x[0], C: x[1], H: x[2], W: x[3], O: w[0], KH: w[2], KW: w[3],
+		SH: st[0], SW: st[1], PH: pd[0], PW: pd[1], OH: y[2], OW: y[3]}, nil
+}
+
+// poolGeom is the window of pool node n (or its gradient) over input x
+// with output y.
+func poolGeom(n *ir.Node, x, y []int) codegen.PoolGeom {
+	k, st, pd := n.Attrs.Ints("kernel"), n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+	return codegen.PoolGeom{Planes: x[0] * x[1], H: x[2], W: x[3], KH: k[0], KW: k[1], SH: st[0], SW: st[1], PH: pd[0], PW: pd[1],
+		OH: y[2], OW: y[3], Max: n.Op == ir.OpMaxPool || n.Op == ir.OpMaxPoolGrad, IncludePad: n.Attrs.Bool("count_include_pad")}
+}
+
+// channelLayout splits a shape [N, C, ...] into outer N, channels C and
+// the inner extent.
+func channelLayout(shape []int) (int, int, int) {
+	inner := 1
+	for _, d := range shape[2:] {
+		inner *= d
+	}
+	return shape[0], shape[1], inner
+}

@@ -1,0 +1,234 @@
+package lower
+
+import (
+	"context"
+	"flag"
+	"path/filepath"
+	"testing"
+
+	"github.com/kiln-dev/kiln/archs"
+	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/internal/testenv"
+	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/ir/interp"
+	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/passes"
+	rt "github.com/kiln-dev/kiln/runtime"
+	"github.com/kiln-dev/kiln/train"
+)
+
+// trainTol bounds max|compiled − interpreter| / max|interpreter| per value
+// of a compiled training step (float32 sums in vectorized order against the
+// interpreter's float64 ones).
+const trainTol = 1e-4
+
+var trainExtra = flag.Bool("trainextra", true, "TestTrainStepValuesCompiled: make every value an output")
+
+var trainBatch = flag.Int("trainbatch", 2, "batch of TestTrainStepValuesCompiled")
+
+var trainNet = flag.String("trainnet", "", "network of TestTrainStepValuesCompiled (default: the tiny ones; e.g. mini_inception)")
+
+// trainNets are small networks for the kernel-by-kernel tests.
+var trainNets = map[string]string{
+	"tiny_bn": `network tiny_bn(x: f32[N, 1, 12, 12]) -> f32[N, 10] {
+    conv = conv2d(x, 4, kernel=3, stride=2, pad=1, bias=false)
+    bn = batchnorm(conv, eps=0.001)
+    pool = maxpool(relu(bn), 3, stride=2)
+    fc = dense(flatten(global_avgpool(pool)), 10)
+    return fc
+}
+`,
+	// Dropout, both average-pooling divisors, concat and slice, a residual
+	// add with a scale, strided and factorized convolutions with bias.
+	"tiny_mix": `network tiny_mix(x: f32[N, 1, 12, 12]) -> f32[N, 10] {
+    a = relu(conv2d(x, 3, kernel=3, stride=2, pad=1))
+    b = avgpool(a, 3, stride=1, pad=1)
+    c = avgpool(a, 3, stride=1, pad=1, count_include_pad=false)
+    d1 = conv2d(a, 2, kernel=1x3, pad=(0, 1))
+    d = conv2d(d1, 3, kernel=3x1, pad=(1, 0))
+    e = concat(b, c, relu(d + 0.5 * a))
+    f = maxpool(e, 3, stride=2, pad=1)
+    fc = dense(dropout(flatten(global_avgpool(f)), p=0.3), 10)
+    return fc
+}
+`,
+}
+
+// stepFixture returns a training step graph of the built-in network net at
+// batch, procedural params and optimizer state, and inputs.
+func stepFixture(t *testing.T, net string, batch int, opt train.Optimizer) (*train.StepGraph, map[string]*tensor.Tensor, map[string]*tensor.Tensor) {
+	t.Helper()
+	var g *ir.Graph
+	var err error
+	if src, ok := trainNets[net]; ok {
+		g, err = dsl.Load(net+".kiln", []byte(src), dsl.Options{Batch: batch})
+	} else {
+		g, err = dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: batch})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg, err := train.Step(g, train.StepOptions{Smoothing: 0.1, Optimizer: opt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := map[string]*tensor.Tensor{}
+	for _, p := range g.Params() {
+		v, err := tensor.Generate(p.Name, p.Type.Shape)
+		if err != nil {
+			t.Fatal(err)
+		}
+		params[p.Name] = v
+	}
+	for _, s := range sg.State {
+		v := tensor.New(s.Shape...)
+		for i := range v.Data {
+			v.Data[i] = s.Init
+		}
+		params[s.Name] = v
+	}
+	in := g.Inputs()[0]
+	x := tensor.New(in.Type.Shape...)
+	for i := range x.Data {
+		x.Data[i] = float32((i*7919)%2001)/1000 - 1
+	}
+	y := tensor.New(batch, 10)
+	for b := 0; b < batch; b++ {
+		y.Data[b*10+(3*b+1)%10] = 1
+	}
+	return sg, params, map[string]*tensor.Tensor{in.Name: x, sg.Target: y}
+}
+
+// compileStep plans, lowers, compiles and loads graph g (a step graph,
+// possibly with extra outputs) for targets, forcing isa.
+func compileStep(t *testing.T, g *ir.Graph, params map[string]*tensor.Tensor, input string, isa string) *rt.Model {
+	t.Helper()
+	st, err := passes.RunTraining(g, passes.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr := 0.0
+	for _, n := range g.Nodes {
+		if n.Op == ir.OpRMSPropUpdate || n.Op == ir.OpRMSPropTFUpdate || n.Op == ir.OpSGDUpdate {
+			lr = n.Attrs.Float("lr")
+		}
+	}
+	p, err := LowerTraining(st, params, []codegen.Target{codegen.AVX512, codegen.AVX2}, TrainOptions{Input: input, LR: float32(lr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := codegen.FindLLVM()
+	testenv.Check(t, err)
+	so := filepath.Join(t.TempDir(), "step.so")
+	if err := p.Compile(context.Background(), tc, so, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rt.Open(rt.Artifact{Manifest: p.Manifest, SharedObjectPath: so, Weights: p.Weights}, rt.Options{Threads: 2, ISA: isa})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestTrainStepValuesCompiled compiles one training step of the small mini
+// network with every value of the step as an extra output and compares
+// each with the interpreter's, in schedule order, so that a wrong kernel is
+// named by the first node it breaks.
+func TestTrainStepValuesCompiled(t *testing.T) {
+	clip := train.PaperRMSProp
+	clip.ClipGradNorm, clip.ClipGradValue = 0.5, 0.05
+	cases := []struct {
+		net, name string
+		opt       train.Optimizer
+	}{
+		{"tiny_bn", "rmsprop", train.PaperRMSProp},
+		{"tiny_mix", "rmsprop", train.PaperRMSProp},
+		{"tiny_bn", "clip", clip},
+		{"tiny_mix", "rmsprop-tf", train.Optimizer{Kind: "rmsprop-tf", LR: 0.01, Alpha: 0.9, Eps: 1e-3, Momentum: 0.9, WeightDecay: 4e-5}},
+		{"tiny_mix", "sgd", train.Optimizer{Kind: "sgd", LR: 0.1, Momentum: 0.9, WeightDecay: 1e-4}},
+	}
+	if *trainNet != "" {
+		cases = cases[:1]
+		cases[0].net = *trainNet
+	}
+	for _, c := range cases {
+		t.Run(c.net+"/"+c.name, func(t *testing.T) { checkStepValues(t, c.net, c.opt) })
+	}
+}
+
+func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
+	sg, params, inputs := stepFixture(t, net, *trainBatch, opt)
+	g := *sg.Graph
+	g.Outputs = append([]int(nil), sg.Graph.Outputs...)
+	seen := map[int]bool{g.Outputs[0]: true, g.Outputs[1]: true}
+	for i, n := range g.Nodes {
+		if !*trainExtra || n.IsMulti() || n.Op == ir.OpParam || n.Op == ir.OpInput || seen[i] || n.Type.Rank() == 0 {
+			continue
+		}
+		g.Outputs = append(g.Outputs, i)
+	}
+	in := g.Inputs()[0].Name
+	if in == sg.Target {
+		in = g.Inputs()[1].Name
+	}
+	m := compileStep(t, &g, params, in, "")
+	offs := map[string]int64{}
+	for _, st := range m.Manifest().State {
+		offs[st.Name] = st.Offset
+	}
+	t.Logf("arena %d bytes", m.Manifest().ArenaBytes)
+	defer m.Close()
+	for name, v := range inputs {
+		if name != in {
+			if err := m.SetState(name, v.Data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out := make([]float32, g.Nodes[g.Outputs[1]].Type.Numel())
+	if err := m.Run(inputs[in].Data, out); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := interp.Run(&g, params, inputs, interp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := 0
+	for k, o := range g.Outputs[2:] {
+		got, _ := m.State(OutputState(k + 2))
+		want := ref.Outputs[k+2]
+		d, err := tensor.MaxAbsDiff(&tensor.Tensor{Shape: want.Shape, Data: got}, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mx := tensor.MaxAbs(want)
+		if d > trainTol*max(mx, 1e-6) {
+			n := g.Nodes[o]
+			src := n.Op
+			if len(n.Args) > 0 {
+				src += " of " + g.Nodes[n.Args[0]].Op
+			}
+			t.Errorf("%%%d %s (%s) %s: max|d| %.3g, max|ref| %.3g; got %v want %v at %d", o, n.Name, src, n.Type, d, mx, got[:4], want.Data[:4], offs[OutputState(k+2)])
+			if bad++; bad > 12 {
+				t.Fatal("too many")
+			}
+		}
+	}
+	for name, want := range ref.Updates {
+		got, ok := m.State(name)
+		if !ok {
+			t.Fatalf("no state %s", name)
+		}
+		d, err := tensor.MaxAbsDiff(&tensor.Tensor{Shape: want.Shape, Data: got}, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mx := tensor.MaxAbs(want); d > trainTol*max(mx, 1e-6) {
+			t.Errorf("update %s: max|d| %.3g, max|ref| %.3g", name, d, mx)
+			if bad++; bad > 12 {
+				t.Fatal("too many")
+			}
+		}
+	}
+}

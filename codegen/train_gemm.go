@@ -1,0 +1,580 @@
+package codegen
+
+import (
+	"github.com/llir/llvm/ir/constant"
+	"github.com/llir/llvm/ir/enum"
+	"github.com/llir/llvm/ir/types"
+	"github.com/llir/llvm/ir/value"
+)
+
+// Register-blocked training convolutions (issue 9).
+//
+// The three training convolutions are matrix products over the im2col
+// matrix col[K][P] of one image (K = C·KH·KW rows k = (c, kh, kw), P = OH·OW
+// columns p = (oh, ow), col[k][p] = x[c][oh·SH−PH+kh][ow·SW−PW+kw], zero
+// outside the image):
+//
+//	forward  y[n]  (O×P) = W (O×K) · col[n] (K×P)
+//	dgrad    dx[n]       = col2im(Wᵀ (K×O) · dy[n] (O×P))
+//	wgrad    dW    (O×K) = Σ_n dy[n] (O×P) · col[n]ᵀ (P×K)
+//
+// All three run on one micro-kernel (gemmTile) in the style of BLIS (Van
+// Zee and van de Geijn, "BLIS: A Framework for Rapidly Instantiating BLAS
+// Functionality", ACM TOMS 41(3), 2015; Low et al., "Analytical Modeling Is
+// Enough for High-Performance BLIS", ACM TOMS 43(2), 2016): an MR×(2·lanes)
+// tile of the result is kept in 2·MR vector registers while the reduction
+// index runs; each step loads two vectors of a packed, zero-padded B panel
+// and broadcasts MR scalars of A, so that every loaded vector feeds MR
+// FMAs. MR ≤ (registers − 3)/2: 14 on AVX-512 and NEON (28 accumulators),
+// 6 on AVX2 (12 accumulators, BLIS's Haswell sgemm shape), balanced over
+// the rows (balancedMR).
+//
+// Every product vectorizes over its contiguous dimension: the output
+// pixels for forward and dgrad (B panels are 32 columns of col or dy), the
+// weight's K dimension for wgrad (its B panel is colᵀ, 32 columns). The
+// packing loops read x through index tables (colTab), not divisions. Panels
+// are packed into stack buffers of the kernel's entry block (the dgrad
+// panel ≤ 64 KiB, the others ≤ 32 KiB), so the arena plan is unchanged
+// and threads never share scratch. Ragged edges
+// (O, K, P not multiples of the tile) are handled by tiles of a smaller,
+// generation-time height and by partial vectors (per-lane loads and
+// stores) at the last column block; panels are zero-padded so the
+// micro-kernel never reads outside them.
+//
+// Tiling for threads: forward tiles are (image, 32-pixel block); dgrad tiles
+// are images (col2im adds overlapping windows into the image, so one thread
+// owns an image); wgrad tiles are (32-column block of K, group of output
+// channels), each reducing over the whole batch, so no two threads write the
+// same dW element and no atomics or reduction buffers are needed.
+
+// gemmNB is the column block of the training GEMMs: 32 floats, two AVX-512
+// vectors (four AVX2, eight NEON vectors: the micro-kernel then covers it in
+// 2·lanes-wide sub-blocks). It is target independent because tile counts
+// are shared by every target of a module.
+const gemmNB = 32
+
+// gemmKC is the reduction block of the forward panel (gemmKC×gemmNB floats,
+// 32 KiB: L1-sized).
+const gemmKC = 256
+
+// wgradNB is the column block of the weight gradient (columns of K), the
+// tile width: 32, two AVX-512 vectors (16 gives more tiles for a small K
+// but halves the vectors per broadcast; not measurably better on a loaded
+// 2-core machine).
+const wgradNB = 32
+
+// gemmPC is the pixel chunk of the wgrad panel (gemmPC×wgradNB floats).
+const gemmPC = 128
+
+// gemmMaxPanel bounds the dgrad panel (O×gemmNB floats) kept on the stack;
+// larger convolutions use the loop kernels.
+const gemmMaxPanel = 64 << 10 / 4
+
+// gemmMR is the micro-kernel height for target t.
+func gemmMR(t Target) int { return max(1, min((t.Registers-3)/2, 14)) }
+
+// balancedMR is the row block for m rows: the fewest blocks of at most
+// gemmMR(t) rows, of equal height but for the last (16 rows on AVX-512:
+// 8+8, not 14+2, whose 2-row tile would load two vectors per two FMAs).
+func balancedMR(t Target, m int) int {
+	mr := gemmMR(t)
+	return ceilDiv(m, ceilDiv(m, mr))
+}
+
+// stackBuf allocates n floats, 64-byte aligned, in the entry block and
+// returns a float pointer to them. Call it before the first loop.
+func (g *builder) stackBuf(n int) value.Value {
+	at := types.NewArray(uint64(n), f32)
+	a := g.b.NewAlloca(at)
+	a.Align = 64
+	return g.b.NewGetElementPtr(at, a, ci(0), ci(0))
+}
+
+// vloadN loads a vector at base+off whose first w lanes are valid; the rest
+// are zero and not read.
+func (g *builder) vloadN(base, off value.Value, w int) value.Value {
+	if w >= g.t.VectorLanes {
+		return g.vload(base, off)
+	}
+	v := g.vzero()
+	for l := 0; l < w; l++ {
+		v = g.b.NewInsertElement(v, g.load(base, g.add(off, ci(l))), ci(l))
+	}
+	return v
+}
+
+// vstoreN stores the first w lanes of v at base+off.
+func (g *builder) vstoreN(v, base, off value.Value, w int) {
+	if w >= g.t.VectorLanes {
+		g.vstore(v, base, off)
+		return
+	}
+	for l := 0; l < w; l++ {
+		g.store(g.b.NewExtractElement(v, ci(l)), base, g.add(off, ci(l)))
+	}
+}
+
+func (g *builder) and(x, y value.Value) value.Value { return g.b.NewAnd(x, y) }
+
+func (g *builder) sel(c, x, y value.Value) value.Value { return g.b.NewSelect(c, x, y) }
+
+// gemmTile is the micro-kernel: acc[r][v] = init(r, v) + Σ_{k<kn}
+// splat(a(r, k))·b(v, k) for r < mr, v < nv, returned as acc[r*nv+v]. The
+// reduction loop is not unrolled by LLVM (see loopNoUnroll: unrolling lets
+// it hoist broadcasts and spill the tile).
+func (g *builder) gemmTile(mr, nv, kn int, init func(r, v int) value.Value,
+	a func(r int, k value.Value) value.Value, b func(v int, k value.Value) value.Value) []value.Value {
+	acc := make([]value.Value, mr*nv)
+	for r := 0; r < mr; r++ {
+		for v := 0; v < nv; v++ {
+			acc[r*nv+v] = init(r, v)
+		}
+	}
+	return g.loopNoUnroll(ci(0), ci(kn), acc, func(k value.Value, c []value.Value) []value.Value {
+		bv := make([]value.Value, nv)
+		for v := range bv {
+			bv[v] = b(v, k)
+		}
+		out := make([]value.Value, len(c))
+		for r := 0; r < mr; r++ {
+			av := g.splat(a(r, k))
+			for v := 0; v < nv; v++ {
+				out[r*nv+v] = g.fma(av, bv[v], c[r*nv+v])
+			}
+		}
+		return out
+	})
+}
+
+// blocks calls body for the blocks [start, start+size) of [0, total) in
+// steps of bs: a run-time loop over the full blocks (size bs) and one
+// generation-time call for the remainder.
+func (g *builder) blocks(total, bs int, body func(start value.Value, size int)) {
+	full := total / bs
+	if full == 1 {
+		body(ci(0), bs)
+	} else if full > 1 {
+		g.loopN(full, nil, func(i value.Value, _ []value.Value) []value.Value {
+			body(g.mul(i, ci(bs)), bs)
+			return nil
+		})
+	}
+	if r := total % bs; r > 0 {
+		body(ci(full*bs), r)
+	}
+}
+
+// lastOr emits body(last) when idx == count−1 and the remainder differs
+// from the full size, body(full) otherwise (two generation-time variants of
+// a tile whose last instance is ragged).
+func (g *builder) lastOr(idx value.Value, count, full, last int, body func(size int)) {
+	if last == full {
+		body(full)
+		return
+	}
+	if count == 1 {
+		body(last)
+		return
+	}
+	g.ifElse(g.icmp(enum.IPredEQ, idx, ci(count-1)), func() { body(last) }, func() { body(full) })
+}
+
+// pointwise reports a 1x1, stride-1, unpadded convolution: col is x itself.
+func (s ConvGeom) pointwise() bool {
+	return s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PH == 0 && s.PW == 0
+}
+
+// colIndex returns the index in image x[C][H][W] of col[k][p] of a
+// pointwise convolution (k·P + p) and whether k < K and p < P (the panels
+// are zero-padded); an invalid index is clamped to 0 so it can be loaded
+// safely. Other convolutions use the tables (colTab).
+func (s ConvGeom) colIndex(g *builder, k, p value.Value) (idx, valid value.Value) {
+	K, P := s.C*s.KH*s.KW, s.OH*s.OW
+	valid = g.and(g.icmp(enum.IPredULT, k, ci(K)), g.icmp(enum.IPredULT, p, ci(P)))
+	return g.sel(valid, g.add(g.mul(k, ci(P)), p), ci(0)), valid
+}
+
+// colTab is a table of the im2col index parts of a range of rows k or
+// columns p (stack arrays of i64): col[k][p] is x[koff[k] + poff[p]] when
+// kh[k] + ph[p] is in [0, H) and kw[k] + pw[p] in [0, W), else zero, with
+// koff = c·H·W + kh·W + kw, ph = oh·SH − PH, pw = ow·SW − PW, poff =
+// ph·W + pw. Rows or columns past K or P get a position that is never
+// valid. The tables take the divisions out of the packing loops, which
+// are then adds, compares and a gather.
+type colTab struct{ off, h, w value.Value }
+
+// colFar marks a row or column outside the matrix.
+const colFar = 1 << 30
+
+func (g *builder) stackI32(n int) value.Value {
+	at := types.NewArray(uint64(n), types.I32)
+	a := g.b.NewAlloca(at)
+	a.Align = 64
+	return g.b.NewGetElementPtr(at, a, ci(0), ci(0))
+}
+
+func (g *builder) newColTab(n int) colTab {
+	return colTab{g.stackI32(n), g.stackI32(n), g.stackI32(n)}
+}
+
+// ldI loads entry i of an i32 table.
+func (g *builder) ldI(base, i value.Value) value.Value {
+	l := g.b.NewLoad(types.I32, g.b.NewGetElementPtr(types.I32, base, i))
+	l.Align = 4
+	return l
+}
+
+// stI stores the i64 v, truncated, as entry i of an i32 table.
+func (g *builder) stI(v, base, i value.Value) {
+	g.b.NewStore(g.b.NewTrunc(v, types.I32), g.b.NewGetElementPtr(types.I32, base, i)).Align = 4
+}
+
+func c32(v int) value.Value { return constant.NewInt(types.I32, int64(v)) }
+
+// tabValid returns whether the table sums ih, iw (i32) are inside the image
+// and the index off (i32) as an i64, clamped to 0 where they are not.
+func (s ConvGeom) tabValid(g *builder, ih, iw, off value.Value) (value.Value, value.Value) {
+	ok := g.and(g.b.NewICmp(enum.IPredULT, ih, c32(s.H)), g.b.NewICmp(enum.IPredULT, iw, c32(s.W)))
+	return g.sel(ok, g.b.NewZExt(off, i64), ci(0)), ok
+}
+
+// pixTab fills t for the columns p0+[0, n).
+func (s ConvGeom) pixTab(g *builder, t colTab, p0 value.Value, n int) {
+	g.loopN(n, nil, func(j value.Value, _ []value.Value) []value.Value {
+		p := g.add(p0, j)
+		in := g.icmp(enum.IPredULT, p, ci(s.OH*s.OW))
+		ph := g.sub(g.mul(g.udiv(p, s.OW), ci(s.SH)), ci(s.PH))
+		pw := g.sub(g.mul(g.urem(p, s.OW), ci(s.SW)), ci(s.PW))
+		g.stI(g.add(g.mul(ph, ci(s.W)), pw), t.off, j)
+		g.stI(g.sel(in, ph, ci(colFar)), t.h, j)
+		g.stI(pw, t.w, j)
+		return nil
+	})
+}
+
+// kTab fills t for the rows k0+[0, n).
+func (s ConvGeom) kTab(g *builder, t colTab, k0 value.Value, n int) {
+	g.loopN(n, nil, func(kk value.Value, _ []value.Value) []value.Value {
+		k := g.add(k0, kk)
+		in := g.icmp(enum.IPredULT, k, ci(s.C*s.KH*s.KW))
+		c, r := g.udiv(k, s.KH*s.KW), g.urem(k, s.KH*s.KW)
+		kh, kw := g.udiv(r, s.KW), g.urem(r, s.KW)
+		g.stI(g.add(g.mul(c, ci(s.H*s.W)), g.add(g.mul(kh, ci(s.W)), kw)), t.off, kk)
+		g.stI(g.sel(in, kh, ci(colFar)), t.h, kk)
+		g.stI(kw, t.w, kk)
+		return nil
+	})
+}
+
+// colAt returns col[k][p] of the image at arena offset x from the tables
+// (kt at row kk, pt at column j).
+func (s ConvGeom) colAt(g *builder, x value.Value, kt colTab, kk value.Value, pt colTab, j value.Value) value.Value {
+	ih := g.b.NewAdd(g.ldI(kt.h, kk), g.ldI(pt.h, j))
+	iw := g.b.NewAdd(g.ldI(kt.w, kk), g.ldI(pt.w, j))
+	ok := g.and(g.b.NewICmp(enum.IPredULT, ih, c32(s.H)), g.b.NewICmp(enum.IPredULT, iw, c32(s.W)))
+	// An i32 index from the image's base pointer, so that the vectorized
+	// loop gathers with 32-bit indices (vgatherdps: 16 lanes, not 8).
+	idx := g.sel(ok, g.b.NewAdd(g.ldI(kt.off, kk), g.ldI(pt.off, j)), c32(0))
+	l := g.b.NewLoad(f32, g.b.NewGetElementPtr(f32, g.gep(g.arena, x), idx))
+	l.Align = 4
+	return g.sel(ok, l, cf(0))
+}
+
+// colLoad returns col[k][p] of the image at arena offset x (pointwise
+// convolutions: x[k][p], zero past K or P).
+func (s ConvGeom) colLoad(g *builder, x, k, p value.Value) value.Value {
+	idx, ok := s.colIndex(g, k, p)
+	return g.sel(ok, g.ld(g.add(x, idx)), cf(0))
+}
+
+// subBlocks calls f for the 2·lanes-wide column sub-blocks of a gemmNB block
+// of which the first w columns are valid: column offset j0, vectors nv,
+// valid lanes of the last vector wl.
+func (g *builder) subBlocks(w int, f func(j0, nv, wl int)) {
+	L := g.t.VectorLanes
+	for j0 := 0; j0 < w; j0 += 2 * L {
+		cols := min(2*L, w-j0)
+		nv := (cols + L - 1) / L
+		f(j0, nv, cols-(nv-1)*L)
+	}
+}
+
+// lanesOf is the valid lane count of vector v of nv when the last has wl.
+func lanesOf(v, nv, wl, L int) int {
+	if v == nv-1 {
+		return wl
+	}
+	return L
+}
+
+func (s TrainConvSpec) gemmTiles() int { return s.N * ceilDiv(s.OH*s.OW, gemmNB) }
+
+// genGemm is the forward convolution as W·col per image (see the file
+// comment). Tile (n, pb) computes y[n][:, 32·pb:32·pb+32]: per reduction
+// block of gemmKC rows it packs col[k0:k0+kc][block] into a zero-padded
+// panel and runs the micro-kernel over the output channels. With one
+// reduction block the accumulators start at the bias; otherwise y is set
+// to the bias first and each block accumulates into it.
+func (s TrainConvSpec) genGemm(g *builder) {
+	K, P := s.C*s.KH*s.KW, s.OH*s.OW
+	PB := ceilDiv(P, gemmNB)
+	L := g.t.VectorLanes
+	kc := min(K, gemmKC)
+	panel := g.stackBuf(kc * gemmNB)
+	pw := s.pointwise()
+	kt, pt := g.newColTab(kc), g.newColTab(gemmNB)
+	bias := func(o value.Value) value.Value {
+		if s.Bias < 0 {
+			return g.vzero()
+		}
+		return g.splat(g.ld(g.add(ci(s.Bias), o)))
+	}
+	g.tiles(func(t value.Value) {
+		n, pb := g.udiv(t, PB), g.urem(t, PB)
+		p0 := g.mul(pb, ci(gemmNB))
+		x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
+		y := g.add(ci(s.Out), g.add(g.mul(n, ci(s.O*P)), p0))
+		if !pw {
+			s.pixTab(g, pt, p0, gemmNB)
+		}
+		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
+			single := K <= gemmKC
+			if !single {
+				g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+					bv := bias(o)
+					g.subBlocks(w, func(j0, nv, wl int) {
+						for v := 0; v < nv; v++ {
+							g.vstoreN(bv, g.arena, g.add(y, g.add(g.mul(o, ci(P)), ci(j0+v*L))), lanesOf(v, nv, wl, L))
+						}
+					})
+					return nil
+				})
+			}
+			g.blocks(K, gemmKC, func(k0 value.Value, kn int) {
+				// Pack col[k0+kk][p0+j] (zero beyond the image and P).
+				if !pw {
+					s.kTab(g, kt, k0, kn)
+				}
+				g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
+					k := g.add(k0, kk)
+					g.loopN(gemmNB, nil, func(j value.Value, _ []value.Value) []value.Value {
+						var v value.Value
+						if pw {
+							v = s.colLoad(g, x, k, g.add(p0, j))
+						} else {
+							v = s.colAt(g, x, kt, kk, pt, j)
+						}
+						g.store(v, panel, g.add(g.mul(kk, ci(gemmNB)), j))
+						return nil
+					})
+					return nil
+				})
+				g.subBlocks(w, func(j0, nv, wl int) {
+					g.blocks(s.O, balancedMR(g.t, s.O), func(o0 value.Value, mr int) {
+						yo := g.add(y, g.mul(o0, ci(P)))
+						cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
+						acc := g.gemmTile(mr, nv, kn,
+							func(r, v int) value.Value {
+								if single {
+									return bias(g.add(o0, ci(r)))
+								}
+								return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+							},
+							func(r int, kk value.Value) value.Value {
+								return g.ld(g.add(ci(s.Wt), g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(k0, kk))))
+							},
+							func(v int, kk value.Value) value.Value {
+								return g.vload(panel, g.add(g.mul(kk, ci(gemmNB)), ci(j0+v*L)))
+							})
+						for r := 0; r < mr; r++ {
+							for v := 0; v < nv; v++ {
+								g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+							}
+						}
+					})
+				})
+			})
+		})
+	})
+}
+
+func (s TrainConvGradInputSpec) gemmOK() bool { return s.O*gemmNB <= gemmMaxPanel }
+
+// genGemm is the input gradient as col2im(Wᵀ·dy) per image (see the file
+// comment). Tile n: for each 32-pixel block, dy[n][:, block] is packed into
+// a zero-padded O×32 panel; for each block of MR rows k of dcol the
+// micro-kernel reduces over o with A = Wᵀ (broadcasts of w[o][k]); the tile
+// of dcol is then added into dx[n] at the input positions it came from
+// (clamped to index 0 with a zero addend where the window is outside the
+// image, so the scatter has no branches). A pointwise convolution's dcol is
+// dx itself and is stored directly.
+func (s TrainConvGradInputSpec) genGemm(g *builder) {
+	K, P := s.C*s.KH*s.KW, s.OH*s.OW
+	L, MR := g.t.VectorLanes, gemmMR(g.t)
+	panel := g.stackBuf(s.O * gemmNB)
+	tbuf := g.stackBuf(MR * 2 * L)
+	pw := s.pointwise()
+	kt, pt := g.newColTab(MR), g.newColTab(gemmNB)
+	g.tiles(func(n value.Value) {
+		dx := g.add(ci(s.DX), g.mul(n, ci(s.C*s.H*s.W)))
+		dy := g.add(ci(s.DY), g.mul(n, ci(s.O*P)))
+		if !pw {
+			g.fillN(cf(0), dx, s.C*s.H*s.W)
+		}
+		g.blocks(P, gemmNB, func(p0 value.Value, w int) {
+			if !pw {
+				s.pixTab(g, pt, p0, gemmNB)
+			}
+			g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+				g.loopN(gemmNB, nil, func(j value.Value, _ []value.Value) []value.Value {
+					i := g.add(g.mul(o, ci(P)), g.add(p0, j))
+					var v value.Value
+					if w == gemmNB {
+						v = g.ld(g.add(dy, i))
+					} else { // zero-pad the columns past P
+						ok := g.icmp(enum.IPredULT, j, ci(w))
+						v = g.sel(ok, g.ld(g.add(dy, g.sel(ok, i, ci(0)))), cf(0))
+					}
+					g.store(v, panel, g.add(g.mul(o, ci(gemmNB)), j))
+					return nil
+				})
+				return nil
+			})
+			g.subBlocks(w, func(j0, nv, wl int) {
+				g.blocks(K, balancedMR(g.t, K), func(k0 value.Value, mr int) {
+					acc := g.gemmTile(mr, nv, s.O,
+						func(r, v int) value.Value { return g.vzero() },
+						func(r int, o value.Value) value.Value {
+							return g.ld(g.add(ci(s.Wt), g.add(g.mul(o, ci(K)), g.add(k0, ci(r)))))
+						},
+						func(v int, o value.Value) value.Value {
+							return g.vload(panel, g.add(g.mul(o, ci(gemmNB)), ci(j0+v*L)))
+						})
+					if pw {
+						for r := 0; r < mr; r++ {
+							for v := 0; v < nv; v++ {
+								off := g.add(dx, g.add(g.mul(g.add(k0, ci(r)), ci(P)), g.add(p0, ci(j0+v*L))))
+								g.vstoreN(acc[r*nv+v], g.arena, off, lanesOf(v, nv, wl, L))
+							}
+						}
+						return
+					}
+					for r := 0; r < mr; r++ {
+						for v := 0; v < nv; v++ {
+							g.vstore(acc[r*nv+v], tbuf, ci((r*2+v)*L))
+						}
+					}
+					cols := (nv-1)*L + wl
+					s.kTab(g, kt, k0, mr)
+					g.loopN(mr, nil, func(r value.Value, _ []value.Value) []value.Value {
+						g.loopN(cols, nil, func(j value.Value, _ []value.Value) []value.Value {
+							jj := g.add(j, ci(j0))
+							ih := g.b.NewAdd(g.ldI(kt.h, r), g.ldI(pt.h, jj))
+							iw := g.b.NewAdd(g.ldI(kt.w, r), g.ldI(pt.w, jj))
+							idx, ok := s.tabValid(g, ih, iw, g.b.NewAdd(g.ldI(kt.off, r), g.ldI(pt.off, jj)))
+							d := g.add(dx, idx)
+							add := g.sel(ok, g.load(tbuf, g.add(g.mul(r, ci(2*L)), j)), cf(0))
+							g.st(g.fadd(g.ld(d), add), d)
+							return nil
+						})
+						return nil
+					})
+				})
+			})
+		})
+	})
+}
+
+// wgradGroups splits the output channels of a wgrad into groups so that
+// there are at least 16 tiles where the channels allow (groups of ≥ 48
+// channels: each group packs colᵀ again, so a group must reuse it enough).
+func (s TrainConvGradWeightSpec) wgradGroups() (groups, size int) {
+	kb := ceilDiv(s.C*s.KH*s.KW, wgradNB)
+	groups = max(1, min(ceilDiv(16, kb), s.O/48))
+	size = ceilDiv(s.O, groups)
+	return ceilDiv(s.O, size), size
+}
+
+func (s TrainConvGradWeightSpec) gemmTiles() int {
+	g, _ := s.wgradGroups()
+	return ceilDiv(s.C*s.KH*s.KW, wgradNB) * g
+}
+
+// genGemm is the weight gradient Σ_n dy[n]·col[n]ᵀ (see the file comment),
+// vectorized over K. Tile (kb, og) owns dW[og's channels][32·kb:32·kb+32]:
+// it zeroes them, then for every image and chunk of gemmPC pixels packs
+// colᵀ[p][k] into a zero-padded panel and runs the micro-kernel (A = dy,
+// broadcast; reduction over the chunk's pixels) for each block of MR
+// channels, accumulating into dW.
+func (s TrainConvGradWeightSpec) genGemm(g *builder) {
+	K, P := s.C*s.KH*s.KW, s.OH*s.OW
+	KB := ceilDiv(K, wgradNB)
+	G, GS := s.wgradGroups()
+	L := g.t.VectorLanes
+	panel := g.stackBuf(min(P, gemmPC) * wgradNB)
+	pw := s.pointwise()
+	kt, pt := g.newColTab(wgradNB), g.newColTab(min(P, gemmPC))
+	g.tiles(func(t value.Value) {
+		kb, og := g.udiv(t, G), g.urem(t, G)
+		k0 := g.mul(kb, ci(wgradNB))
+		if !pw {
+			s.kTab(g, kt, k0, wgradNB)
+		}
+		oLo := g.mul(og, ci(GS))
+		g.lastOr(kb, KB, wgradNB, K-(KB-1)*wgradNB, func(w int) {
+			g.lastOr(og, G, GS, s.O-(G-1)*GS, func(osz int) {
+				dw := g.add(ci(s.DW), g.add(g.mul(oLo, ci(K)), k0))
+				g.loopN(osz, nil, func(o value.Value, _ []value.Value) []value.Value {
+					g.fillN(cf(0), g.add(dw, g.mul(o, ci(K))), w)
+					return nil
+				})
+				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
+					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
+					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
+					g.blocks(P, gemmPC, func(p0 value.Value, pc int) {
+						if !pw {
+							s.pixTab(g, pt, p0, pc)
+						}
+						g.loopN(pc, nil, func(j value.Value, _ []value.Value) []value.Value {
+							p := g.add(p0, j)
+							g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
+								var v value.Value
+								if pw {
+									v = s.colLoad(g, x, g.add(k0, kk), p)
+								} else {
+									v = s.colAt(g, x, kt, kk, pt, j)
+								}
+								g.store(v, panel, g.add(g.mul(j, ci(wgradNB)), kk))
+								return nil
+							})
+							return nil
+						})
+						g.subBlocks(w, func(j0, nv, wl int) {
+							g.blocks(osz, balancedMR(g.t, osz), func(o0 value.Value, mr int) {
+								cOff := func(r, v int) value.Value {
+									return g.add(dw, g.add(g.mul(g.add(o0, ci(r)), ci(K)), ci(j0+v*L)))
+								}
+								acc := g.gemmTile(mr, nv, pc,
+									func(r, v int) value.Value {
+										return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+									},
+									func(r int, j value.Value) value.Value {
+										return g.ld(g.add(dy, g.add(g.mul(g.add(o0, ci(r)), ci(P)), g.add(p0, j))))
+									},
+									func(v int, j value.Value) value.Value {
+										return g.vload(panel, g.add(g.mul(j, ci(wgradNB)), ci(j0+v*L)))
+									})
+								for r := 0; r < mr; r++ {
+									for v := 0; v < nv; v++ {
+										g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+									}
+								}
+							})
+						})
+					})
+					return nil
+				})
+			})
+		})
+	})
+}

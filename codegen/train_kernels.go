@@ -1,0 +1,1158 @@
+package codegen
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/llir/llvm/ir"
+	"github.com/llir/llvm/ir/constant"
+	"github.com/llir/llvm/ir/enum"
+	"github.com/llir/llvm/ir/types"
+	"github.com/llir/llvm/ir/value"
+)
+
+// Training kernels (issue 9): the ops of a training step graph (train.Step)
+// on plain NCHW values that all live in the arena — activations, gradients,
+// and the parameters and optimizer state, which are run-time state there
+// (Manifest.State). Every operand and result is an arena offset in floats.
+//
+// The kernels are written as simple loop nests with constant bounds and a
+// contiguous innermost loop, so that clang -O3's loop vectorizer vectorizes
+// them; reductions carry the reassoc fast-math flag (the order of a sum is
+// the only freedom taken, so results differ from the interpreter's float64
+// sums by float32 rounding only). Window bounds (convolution taps, pooling
+// windows) are resolved at generation time where they are constants: for a
+// tap (kh, kw) the output rows whose input row is in bounds form one
+// interval, so no bounds test remains inside the loops.
+
+// TrainKernel is the spec of one training kernel; the types of this file
+// implement it.
+type TrainKernel interface {
+	// Kind is the IR op the kernel computes, for the manifest.
+	Kind() string
+	// Validate checks sizes and offsets.
+	Validate() error
+	tileCount() int
+	flops() int64
+	gen(g *builder)
+}
+
+// Train emits kernel s as name.
+func (m *Module) Train(name string, s TrainKernel) (string, int, error) {
+	if m.err != nil {
+		return "", 0, m.err
+	}
+	if err := s.Validate(); err != nil {
+		return "", 0, fmt.Errorf("codegen: kernel %s: %w", name, err)
+	}
+	k := Kernel{Name: name, Kind: s.Kind(), Tiles: max(s.tileCount(), 1), Flops: s.flops()}
+	return m.define(k, func(g *builder) error {
+		s.gen(g)
+		return nil
+	})
+}
+
+var f64 = types.Double
+
+func cd(v float64) *constant.Float { return constant.NewFloat(f64, v) }
+
+func (g *builder) ld(off value.Value) value.Value  { return g.load(g.arena, off) }
+func (g *builder) st(v, off value.Value)           { g.store(v, g.arena, off) }
+func (g *builder) ext(x value.Value) value.Value   { return g.b.NewFPExt(x, f64) }
+func (g *builder) trunc(x value.Value) value.Value { return g.b.NewFPTrunc(x, f32) }
+
+// radd is fadd with the reassoc flag: a reduction the vectorizer may
+// reorder.
+func (g *builder) radd(x, y value.Value) value.Value {
+	i := g.b.NewFAdd(x, y)
+	i.FastMathFlags = []enum.FastMathFlag{enum.FastMathFlagReassoc, enum.FastMathFlagContract}
+	return i
+}
+
+func (g *builder) sqrt(x value.Value) value.Value {
+	return g.b.NewCall(g.m.intrinsicT("llvm.sqrt", x.Type(), 1), x)
+}
+
+func (g *builder) fdiv(x, y value.Value) value.Value { return g.b.NewFDiv(x, y) }
+
+// fillN stores v at off+[0, n).
+func (g *builder) fillN(v, off value.Value, n int) {
+	g.loopN(n, nil, func(i value.Value, _ []value.Value) []value.Value {
+		g.st(v, g.add(off, i))
+		return nil
+	})
+}
+
+// intrinsicT is intrinsic for float and double scalars too.
+func (m *Module) intrinsicT(base string, t types.Type, n int) *ir.Func {
+	if t.Equal(f64) {
+		name := base + ".f64"
+		if f, ok := m.intr[name]; ok {
+			return f
+		}
+		params := make([]*ir.Param, n)
+		for i := range params {
+			params[i] = ir.NewParam("", t)
+		}
+		f := m.mod.NewFunc(name, t, params...)
+		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind, enum.FuncAttrReadNone)
+		m.intr[name] = f
+		return f
+	}
+	return m.intrinsic(base, t, n)
+}
+
+// validRange returns the output positions [lo, hi) of a window (stride s,
+// pad p) whose tap k reads an input position inside [0, in): o·s − p + k in
+// [0, in), intersected with [0, out).
+func validRange(out, in, k, s, p int) (int, int) {
+	lo := 0
+	if d := p - k; d > 0 {
+		lo = (d + s - 1) / s
+	}
+	hiNum := in - 1 + p - k
+	if hiNum < 0 {
+		return 0, 0
+	}
+	hi := min(out, hiNum/s+1)
+	return lo, max(hi, lo)
+}
+
+// ConvGeom is the geometry of a plain NCHW convolution (groups 1, no
+// dilation) and its gradients: input [N][C][H][W], weight [O][C][KH][KW],
+// output [N][O][OH][OW].
+type ConvGeom struct {
+	N, C, H, W     int
+	O, KH, KW      int
+	SH, SW, PH, PW int
+	OH, OW         int
+}
+
+func (s ConvGeom) validate(what string) error {
+	if err := positive(what, "N", s.N, "C", s.C, "H", s.H, "W", s.W, "O", s.O, "KH", s.KH, "KW", s.KW,
+		"SH", s.SH, "SW", s.SW, "OH", s.OH, "OW", s.OW); err != nil {
+		return err
+	}
+	if err := nonNeg(what, "PH", s.PH, "PW", s.PW); err != nil {
+		return err
+	}
+	if s.KH > maxKernel || s.KW > maxKernel {
+		return fmt.Errorf("%s: kernel %dx%d larger than %d", what, s.KH, s.KW, maxKernel)
+	}
+	if oh, ow := (s.H+2*s.PH-s.KH)/s.SH+1, (s.W+2*s.PW-s.KW)/s.SW+1; oh != s.OH || ow != s.OW {
+		return fmt.Errorf("%s: output %dx%d, the window gives %dx%d", what, s.OH, s.OW, oh, ow)
+	}
+	return nil
+}
+
+// extents checks that every (offset, size) pair is representable.
+func extents(what string, kv ...int) error {
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i] < 0 {
+			continue // absent
+		}
+		if err := checkExtent(what, fmt.Sprint("operand ", i/2), kv[i], kv[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// taps calls f for every tap (kh, kw) that reads at least one in-bounds
+// input element, with the valid output row and column ranges.
+func (s ConvGeom) taps(f func(kh, kw, oh0, oh1, ow0, ow1 int)) {
+	for kh := 0; kh < s.KH; kh++ {
+		oh0, oh1 := validRange(s.OH, s.H, kh, s.SH, s.PH)
+		if oh0 >= oh1 {
+			continue
+		}
+		for kw := 0; kw < s.KW; kw++ {
+			ow0, ow1 := validRange(s.OW, s.W, kw, s.SW, s.PW)
+			if ow0 >= ow1 {
+				continue
+			}
+			f(kh, kw, oh0, oh1, ow0, ow1)
+		}
+	}
+}
+
+// rows calls body(i, j) for the output rows [oh0, oh1) and columns
+// [ow0, ow1) of a tap, with i the output index relative to the plane and j
+// the input index relative to the tap's first in-plane element
+// (kh−PH)·W + kw−PW: j = oh·SH·W + ow·SW. With stride 1, input width equal
+// to the output width and the whole row range (1x1 and KWx1 convolutions
+// without horizontal padding), i and j advance together across rows, so
+// the rows collapse into one contiguous loop the vectorizer handles well.
+func (s ConvGeom) rows(g *builder, oh0, oh1, ow0, ow1 int, carried []value.Value, body func(i, j value.Value, c []value.Value) []value.Value) []value.Value {
+	if s.SH == 1 && s.SW == 1 && s.W == s.OW && ow0 == 0 && ow1 == s.OW {
+		return g.loop(ci(oh0*s.OW), ci(oh1*s.OW), carried, func(i value.Value, c []value.Value) []value.Value {
+			return body(i, i, c)
+		})
+	}
+	return g.loop(ci(oh0), ci(oh1), carried, func(oh value.Value, c []value.Value) []value.Value {
+		orow, irow := g.mul(oh, ci(s.OW)), g.mul(oh, ci(s.SH*s.W))
+		return g.loop(ci(ow0), ci(ow1), c, func(ow value.Value, c []value.Value) []value.Value {
+			return body(g.add(orow, ow), g.add(irow, g.mul(ow, ci(s.SW))), c)
+		})
+	})
+}
+
+// TrainConvSpec is conv2d (plain NCHW, groups 1) with the weight in the
+// arena: out[n][o] = bias[o] + Σ_c Σ_kh,kw w[o][c][kh][kw]·x[n][c][shifted].
+// gen emits the register-blocked GEMM kernel (train_gemm.go, tile = image
+// and 32-pixel block); genLoops is the loop nest it replaced, a tile per
+// output plane (n, o) set to the bias, then each input channel and tap
+// adding w·x row by row (an axpy over the contiguous output row).
+type TrainConvSpec struct {
+	ConvGeom
+	X, Wt, Bias, Out int // Bias < 0: none
+}
+
+func (s TrainConvSpec) Kind() string { return "conv2d" }
+func (s TrainConvSpec) Validate() error {
+	if err := s.validate("conv2d"); err != nil {
+		return err
+	}
+	return extents("conv2d", s.X, s.N*s.C*s.H*s.W, s.Wt, s.O*s.C*s.KH*s.KW, s.Bias, s.O, s.Out, s.N*s.O*s.OH*s.OW)
+}
+func (s TrainConvSpec) tileCount() int { return s.gemmTiles() }
+func (s TrainConvSpec) flops() int64 {
+	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+}
+func (s TrainConvSpec) gen(g *builder) { s.genGemm(g) }
+
+// genLoops is the loop-nest kernel (tile = output plane (n, o)), kept as
+// the reference formulation; gen uses genGemm (train_gemm.go).
+func (s TrainConvSpec) genLoops(g *builder) {
+	g.tiles(func(t value.Value) {
+		n, o := g.udiv(t, s.O), g.urem(t, s.O)
+		out := g.add(ci(s.Out), g.mul(t, ci(s.OH*s.OW)))
+		init := value.Value(cf(0))
+		if s.Bias >= 0 {
+			init = g.ld(g.add(ci(s.Bias), o))
+		}
+		g.fillN(init, out, s.OH*s.OW)
+		g.loopN(s.C, nil, func(c value.Value, _ []value.Value) []value.Value {
+			x := g.add(ci(s.X), g.mul(g.add(g.mul(n, ci(s.C)), c), ci(s.H*s.W)))
+			w := g.add(ci(s.Wt), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(s.KH*s.KW)))
+			s.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+				wv := g.ld(g.add(w, ci(kh*s.KW+kw)))
+				xt := g.add(x, ci((kh-s.PH)*s.W+kw-s.PW))
+				s.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+					d := g.add(out, i)
+					g.st(g.fma(wv, g.ld(g.add(xt, j)), g.ld(d)), d)
+					return nil
+				})
+			})
+			return nil
+		})
+	})
+}
+
+// TrainConvGradInputSpec is conv2d_grad_input: dx[n][c] = Σ_o Σ_kh,kw
+// w[o][c][kh][kw]·dy[n][o][rows mapping onto dx]. gen emits col2im(Wᵀ·dy)
+// (train_gemm.go, tile = image) when the O×32 dy panel fits its stack
+// budget, else genLoops: a tile per dx plane (n, c), zeroed, then each
+// output channel and tap scatters w·dy row by row.
+type TrainConvGradInputSpec struct {
+	ConvGeom
+	DY, Wt, DX int
+}
+
+func (s TrainConvGradInputSpec) Kind() string { return "conv2d_grad_input" }
+func (s TrainConvGradInputSpec) Validate() error {
+	if err := s.validate("conv2d_grad_input"); err != nil {
+		return err
+	}
+	return extents("conv2d_grad_input", s.DY, s.N*s.O*s.OH*s.OW, s.Wt, s.O*s.C*s.KH*s.KW, s.DX, s.N*s.C*s.H*s.W)
+}
+func (s TrainConvGradInputSpec) tileCount() int {
+	if s.gemmOK() {
+		return s.N
+	}
+	return s.N * s.C
+}
+func (s TrainConvGradInputSpec) flops() int64 {
+	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+}
+func (s TrainConvGradInputSpec) gen(g *builder) {
+	if s.gemmOK() {
+		s.genGemm(g)
+		return
+	}
+	s.genLoops(g)
+}
+
+// genLoops is the loop-nest kernel (tile = dx plane (n, c)), used when the
+// dgrad panel (O×32 floats) would not fit the stack budget.
+func (s TrainConvGradInputSpec) genLoops(g *builder) {
+	g.tiles(func(t value.Value) {
+		n, c := g.udiv(t, s.C), g.urem(t, s.C)
+		dx := g.add(ci(s.DX), g.mul(t, ci(s.H*s.W)))
+		g.fillN(cf(0), dx, s.H*s.W)
+		g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+			dy := g.add(ci(s.DY), g.mul(g.add(g.mul(n, ci(s.O)), o), ci(s.OH*s.OW)))
+			w := g.add(ci(s.Wt), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(s.KH*s.KW)))
+			s.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+				wv := g.ld(g.add(w, ci(kh*s.KW+kw)))
+				xt := g.add(dx, ci((kh-s.PH)*s.W+kw-s.PW))
+				s.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+					d := g.add(xt, j)
+					g.st(g.fma(wv, g.ld(g.add(dy, i)), g.ld(d)), d)
+					return nil
+				})
+			})
+			return nil
+		})
+	})
+}
+
+// TrainConvGradWeightSpec is conv2d_grad_weight: dw[o][c][kh][kw] =
+// Σ_n Σ_oh,ow dy[n][o][oh][ow]·x[n][c][oh·SH−PH+kh][ow·SW−PW+kw]. gen emits
+// Σ_n dy·colᵀ (train_gemm.go, tile = 32 columns of K × a channel group);
+// genLoops is the loop nest it replaced, a tile per (o, c) pair: KH·KW dot
+// products over the batch and the tap's valid output window.
+type TrainConvGradWeightSpec struct {
+	ConvGeom
+	DY, X, DW int
+}
+
+func (s TrainConvGradWeightSpec) Kind() string { return "conv2d_grad_weight" }
+func (s TrainConvGradWeightSpec) Validate() error {
+	if err := s.validate("conv2d_grad_weight"); err != nil {
+		return err
+	}
+	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, s.O*s.C*s.KH*s.KW)
+}
+func (s TrainConvGradWeightSpec) tileCount() int { return s.gemmTiles() }
+func (s TrainConvGradWeightSpec) flops() int64 {
+	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+}
+func (s TrainConvGradWeightSpec) gen(g *builder) { s.genGemm(g) }
+
+// genLoops is the loop-nest kernel (tile = (o, c) pair), kept as the
+// reference formulation; gen uses genGemm (train_gemm.go).
+func (s TrainConvGradWeightSpec) genLoops(g *builder) {
+	// Per tap, the products dy·x are first accumulated elementwise over the
+	// batch into a stack buffer of one output plane (an fma per element, no
+	// reduction inside the loops, so they vectorize like an axpy), and the
+	// buffer is summed once at the end.
+	plane := s.OH * s.OW
+	buf := g.b.NewAlloca(types.NewArray(uint64(plane), f32))
+	buf.Align = 64
+	sc := g.b.NewGetElementPtr(types.NewArray(uint64(plane), f32), buf, ci(0), ci(0))
+	g.tiles(func(t value.Value) {
+		o, c := g.udiv(t, s.C), g.urem(t, s.C)
+		dw := g.add(ci(s.DW), g.mul(t, ci(s.KH*s.KW)))
+		g.fillN(cf(0), dw, s.KH*s.KW)
+		s.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+			g.loopN(plane, nil, func(i value.Value, _ []value.Value) []value.Value {
+				g.store(cf(0), sc, i)
+				return nil
+			})
+			g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
+				dy := g.add(ci(s.DY), g.mul(g.add(g.mul(n, ci(s.O)), o), ci(s.OH*s.OW)))
+				x := g.add(ci(s.X), g.mul(g.add(g.mul(n, ci(s.C)), c), ci(s.H*s.W)))
+				xt := g.add(x, ci((kh-s.PH)*s.W+kw-s.PW))
+				s.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+					g.store(g.fma(g.ld(g.add(dy, i)), g.ld(g.add(xt, j)), g.load(sc, i)), sc, i)
+					return nil
+				})
+				return nil
+			})
+			acc := g.loopN(plane, []value.Value{cf(0)}, func(i value.Value, a []value.Value) []value.Value {
+				return []value.Value{g.radd(a[0], g.load(sc, i))}
+			})
+			g.st(acc[0], g.add(dw, ci(kh*s.KW+kw)))
+		})
+	})
+}
+
+// ChannelSumSpec is bias_grad: out[c] = Σ_n Σ_i dy[n][c][i] over an
+// [Outer][C][Inner] value, accumulated in float64. A tile is one channel.
+type ChannelSumSpec struct {
+	Outer, C, Inner int
+	DY, Out         int
+}
+
+func (s ChannelSumSpec) Kind() string { return "bias_grad" }
+func (s ChannelSumSpec) Validate() error {
+	if err := positive("bias_grad", "Outer", s.Outer, "C", s.C, "Inner", s.Inner); err != nil {
+		return err
+	}
+	return extents("bias_grad", s.DY, s.Outer*s.C*s.Inner, s.Out, s.C)
+}
+func (s ChannelSumSpec) tileCount() int { return s.C }
+func (s ChannelSumSpec) flops() int64   { return int64(s.Outer * s.C * s.Inner) }
+func (s ChannelSumSpec) gen(g *builder) {
+	g.tiles(func(c value.Value) {
+		sum := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value { return g.ext(g.ld(g.add(ci(s.DY), i))) })
+		g.st(g.trunc(sum), g.add(ci(s.Out), c))
+	})
+}
+
+// channelSum returns the float64 sum of f(i) over the element indexes i of
+// channel c of an [outer][ch][inner] value.
+func (g *builder) channelSum(outer, ch, inner int, c value.Value, f func(i value.Value) value.Value) value.Value {
+	r := g.loopN(outer, []value.Value{cd(0)}, func(n value.Value, a []value.Value) []value.Value {
+		base := g.mul(g.add(g.mul(n, ci(ch)), c), ci(inner))
+		return g.loopN(inner, a, func(i value.Value, a []value.Value) []value.Value {
+			return []value.Value{g.radd(a[0], f(g.add(base, i)))}
+		})
+	})
+	return r[0]
+}
+
+// channelFor calls f(i) for every element index i of channel c.
+func (g *builder) channelFor(outer, ch, inner int, c value.Value, f func(i value.Value)) {
+	g.loopN(outer, nil, func(n value.Value, _ []value.Value) []value.Value {
+		base := g.mul(g.add(g.mul(n, ci(ch)), c), ci(inner))
+		g.loopN(inner, nil, func(i value.Value, _ []value.Value) []value.Value {
+			f(g.add(base, i))
+			return nil
+		})
+		return nil
+	})
+}
+
+// BatchNormTrainSpec is batchnorm_train on an [Outer][C][Inner] value, as
+// the interpreter computes it (ir/interp evalBatchNormTrain): per channel
+// the batch mean and biased variance (two passes, float64 sums), then
+// y = x·s + t with s = w/√(var+eps), t = b − mean·s. A tile is one channel.
+// Results whose offset is negative are not written.
+type BatchNormTrainSpec struct {
+	Outer, C, Inner int
+	Eps             float64
+	X, Wt, B        int
+	Y, Mean, Var    int
+}
+
+func (s BatchNormTrainSpec) Kind() string { return "batchnorm_train" }
+func (s BatchNormTrainSpec) Validate() error {
+	if err := positive("batchnorm_train", "Outer", s.Outer, "C", s.C, "Inner", s.Inner); err != nil {
+		return err
+	}
+	n := s.Outer * s.C * s.Inner
+	return extents("batchnorm_train", s.X, n, s.Wt, s.C, s.B, s.C, s.Y, n, s.Mean, s.C, s.Var, s.C)
+}
+func (s BatchNormTrainSpec) tileCount() int { return s.C }
+func (s BatchNormTrainSpec) flops() int64   { return 5 * int64(s.Outer*s.C*s.Inner) }
+func (s BatchNormTrainSpec) gen(g *builder) {
+	count := float64(s.Outer * s.Inner)
+	g.tiles(func(c value.Value) {
+		x := func(i value.Value) value.Value { return g.ext(g.ld(g.add(ci(s.X), i))) }
+		mu := g.fdiv(g.channelSum(s.Outer, s.C, s.Inner, c, x), cd(count))
+		ss := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value {
+			d := g.fsub(x(i), mu)
+			return g.fmul(d, d)
+		})
+		v := g.fdiv(ss, cd(count))
+		if s.Mean >= 0 {
+			g.st(g.trunc(mu), g.add(ci(s.Mean), c))
+		}
+		if s.Var >= 0 {
+			g.st(g.trunc(v), g.add(ci(s.Var), c))
+		}
+		sc := g.fdiv(g.ext(g.ld(g.add(ci(s.Wt), c))), g.sqrt(g.fadd(v, cd(s.Eps))))
+		sh := g.fsub(g.ext(g.ld(g.add(ci(s.B), c))), g.fmul(mu, sc))
+		sc32, sh32 := g.trunc(sc), g.trunc(sh)
+		if s.Y >= 0 {
+			g.channelFor(s.Outer, s.C, s.Inner, c, func(i value.Value) {
+				g.st(g.fadd(g.fmul(g.ld(g.add(ci(s.X), i)), sc32), sh32), g.add(ci(s.Y), i))
+			})
+		}
+	})
+}
+
+// BatchNormTrainGradSpec is batchnorm_train_grad (ir/interp
+// evalBatchNormTrainGrad): per channel, with M values, σ⁻¹ = 1/√(var+eps)
+// and x̂ = (x − mean)·σ⁻¹: db = Σ dy, dw = Σ dy·x̂ (float64 sums) and
+// dx = w·σ⁻¹/M·(M·dy − db − x̂·dw). A tile is one channel; results with a
+// negative offset are not written.
+type BatchNormTrainGradSpec struct {
+	Outer, C, Inner      int
+	Eps                  float64
+	DY, X, Wt, Mean, Var int
+	DX, DW, DB           int
+}
+
+func (s BatchNormTrainGradSpec) Kind() string { return "batchnorm_train_grad" }
+func (s BatchNormTrainGradSpec) Validate() error {
+	if err := positive("batchnorm_train_grad", "Outer", s.Outer, "C", s.C, "Inner", s.Inner); err != nil {
+		return err
+	}
+	n := s.Outer * s.C * s.Inner
+	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C)
+}
+func (s BatchNormTrainGradSpec) tileCount() int { return s.C }
+func (s BatchNormTrainGradSpec) flops() int64   { return 8 * int64(s.Outer*s.C*s.Inner) }
+func (s BatchNormTrainGradSpec) gen(g *builder) {
+	m := float64(s.Outer * s.Inner)
+	g.tiles(func(c value.Value) {
+		inv := g.fdiv(cd(1), g.sqrt(g.fadd(g.ext(g.ld(g.add(ci(s.Var), c))), cd(s.Eps))))
+		mu := g.ext(g.ld(g.add(ci(s.Mean), c)))
+		// x̂ in float32 from float32 mean and σ⁻¹ (vectorizes in the dx loop).
+		mu32, inv32 := g.trunc(mu), g.trunc(inv)
+		dy := func(i value.Value) value.Value { return g.ld(g.add(ci(s.DY), i)) }
+		xhat := func(i value.Value) value.Value {
+			return g.fmul(g.fsub(g.ld(g.add(ci(s.X), i)), mu32), inv32)
+		}
+		sdy := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value { return g.ext(dy(i)) })
+		sdx := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value {
+			return g.fmul(g.ext(dy(i)), g.fmul(g.fsub(g.ext(g.ld(g.add(ci(s.X), i))), mu), inv))
+		})
+		if s.DW >= 0 {
+			g.st(g.trunc(sdx), g.add(ci(s.DW), c))
+		}
+		if s.DB >= 0 {
+			g.st(g.trunc(sdy), g.add(ci(s.DB), c))
+		}
+		if s.DX >= 0 {
+			k := g.fdiv(g.fmul(g.ext(g.ld(g.add(ci(s.Wt), c))), inv), cd(m))
+			// dx = k·M·dy − k·db − x̂·(k·dw)
+			a := g.trunc(g.fmul(k, cd(m)))
+			b := g.trunc(g.fmul(k, sdy))
+			d := g.trunc(g.fmul(k, sdx))
+			g.channelFor(s.Outer, s.C, s.Inner, c, func(i value.Value) {
+				v := g.fsub(g.fsub(g.fmul(a, dy(i)), b), g.fmul(xhat(i), d))
+				g.st(v, g.add(ci(s.DX), i))
+			})
+		}
+	})
+}
+
+// EltTrainOp is an elementwise operation of the training step.
+type EltTrainOp int
+
+const (
+	// EltReLUGrad is relu_grad: dy where y > 0, else 0.
+	EltReLUGrad EltTrainOp = iota
+	// EltMul2 is mul2: a·b.
+	EltMul2
+	// EltScaleBy is scale_by: a·b[0] (b one float).
+	EltScaleBy
+)
+
+// EltTrainSpec is a binary elementwise kernel over Elems floats, in chunks
+// of 4096 per tile.
+type EltTrainSpec struct {
+	Op        EltTrainOp
+	Elems     int
+	A, B, Out int
+}
+
+func (s EltTrainSpec) Kind() string {
+	return [...]string{"relu_grad", "mul2", "scale_by"}[s.Op]
+}
+func (s EltTrainSpec) Validate() error {
+	if err := positive(s.Kind(), "Elems", s.Elems); err != nil {
+		return err
+	}
+	nb := s.Elems
+	if s.Op == EltScaleBy {
+		nb = 1
+	}
+	return extents(s.Kind(), s.A, s.Elems, s.B, nb, s.Out, s.Elems)
+}
+func (s EltTrainSpec) tileCount() int { return ceilDiv(s.Elems, eltChunk) }
+func (s EltTrainSpec) flops() int64   { return int64(s.Elems) }
+func (s EltTrainSpec) gen(g *builder) {
+	g.tiles(func(t value.Value) {
+		lo := g.mul(t, ci(eltChunk))
+		hi := g.smin(g.add(lo, ci(eltChunk)), ci(s.Elems))
+		var sb value.Value
+		if s.Op == EltScaleBy {
+			sb = g.ld(ci(s.B))
+		}
+		g.loop(lo, hi, nil, func(i value.Value, _ []value.Value) []value.Value {
+			a := g.ld(g.add(ci(s.A), i))
+			var v value.Value
+			switch s.Op {
+			case EltReLUGrad:
+				v = g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, g.ld(g.add(ci(s.B), i)), cf(0)), a, cf(0))
+			case EltMul2:
+				v = g.fmul(a, g.ld(g.add(ci(s.B), i)))
+			default:
+				v = g.fmul(a, sb)
+			}
+			g.st(v, g.add(ci(s.Out), i))
+			return nil
+		})
+	})
+}
+
+// PoolGeom is a pooling window over planes of H×W (PyTorch semantics,
+// ceil_mode=False): output OH×OW, window KH×KW, stride, padding.
+type PoolGeom struct {
+	Planes, H, W   int
+	KH, KW         int
+	SH, SW, PH, PW int
+	OH, OW         int
+	Max            bool
+	IncludePad     bool
+}
+
+func (s PoolGeom) check(what string) error {
+	if err := positive(what, "Planes", s.Planes, "H", s.H, "W", s.W, "KH", s.KH, "KW", s.KW, "SH", s.SH, "SW", s.SW, "OH", s.OH, "OW", s.OW); err != nil {
+		return err
+	}
+	return nonNeg(what, "PH", s.PH, "PW", s.PW)
+}
+
+// window returns the in-bounds input rows [y0, y1) and columns [x0, x1) of
+// output (oh, ow).
+func (s PoolGeom) window(g *builder, oh, ow value.Value) (y0, y1, x0, x1 value.Value) {
+	y := g.sub(g.mul(oh, ci(s.SH)), ci(s.PH))
+	x := g.sub(g.mul(ow, ci(s.SW)), ci(s.PW))
+	return g.smax(y, ci(0)), g.smin(g.add(y, ci(s.KH)), ci(s.H)), g.smax(x, ci(0)), g.smin(g.add(x, ci(s.KW)), ci(s.W))
+}
+
+// divisor returns the average's divisor of a window as a float.
+func (s PoolGeom) divisor(g *builder, y0, y1, x0, x1 value.Value) value.Value {
+	if s.IncludePad {
+		return cf(float64(s.KH * s.KW))
+	}
+	return g.b.NewSIToFP(g.mul(g.sub(y1, y0), g.sub(x1, x0)), f32)
+}
+
+// argmax returns the flat in-plane index of the window's first maximum, as
+// evalMaxPool and evalMaxPoolGrad find it: row-major scan, a strictly
+// greater value or the first NaN replaces the current one, and nothing
+// replaces a NaN.
+func (s PoolGeom) argmax(g *builder, plane, y0, y1, x0, x1 value.Value) (value.Value, value.Value) {
+	at0 := g.add(g.mul(y0, ci(s.W)), x0)
+	r := g.loop(y0, y1, []value.Value{g.ld(g.add(plane, at0)), at0}, func(y value.Value, a []value.Value) []value.Value {
+		return g.loop(x0, x1, a, func(x value.Value, a []value.Value) []value.Value {
+			at := g.add(g.mul(y, ci(s.W)), x)
+			v := g.ld(g.add(plane, at))
+			repl := g.b.NewAnd(g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, v, a[0]), g.isNaN(v)), g.b.NewXor(g.isNaN(a[0]), constant.True))
+			return []value.Value{g.b.NewSelect(repl, v, a[0]), g.b.NewSelect(repl, at, a[1])}
+		})
+	})
+	return r[0], r[1]
+}
+
+// TrainPoolSpec is maxpool or avgpool on plain planes; a tile is one plane.
+type TrainPoolSpec struct {
+	PoolGeom
+	X, Out int
+}
+
+func (s TrainPoolSpec) Kind() string {
+	if s.Max {
+		return "maxpool"
+	}
+	return "avgpool"
+}
+func (s TrainPoolSpec) Validate() error {
+	if err := s.check(s.Kind()); err != nil {
+		return err
+	}
+	return extents(s.Kind(), s.X, s.Planes*s.H*s.W, s.Out, s.Planes*s.OH*s.OW)
+}
+func (s TrainPoolSpec) tileCount() int { return s.Planes }
+func (s TrainPoolSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
+func (s TrainPoolSpec) gen(g *builder) {
+	g.tiles(func(p value.Value) {
+		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
+		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
+		g.loopN(s.OH, nil, func(oh value.Value, _ []value.Value) []value.Value {
+			g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
+				y0, y1, x0, x1 := s.window(g, oh, ow)
+				var v value.Value
+				if s.Max {
+					v, _ = s.argmax(g, x, y0, y1, x0, x1)
+				} else {
+					r := g.loop(y0, y1, []value.Value{cf(0)}, func(y value.Value, a []value.Value) []value.Value {
+						return g.loop(x0, x1, a, func(xx value.Value, a []value.Value) []value.Value {
+							return []value.Value{g.fadd(a[0], g.ld(g.add(x, g.add(g.mul(y, ci(s.W)), xx))))}
+						})
+					})
+					v = g.fdiv(r[0], s.divisor(g, y0, y1, x0, x1))
+				}
+				g.st(v, g.add(out, g.add(g.mul(oh, ci(s.OW)), ow)))
+				return nil
+			})
+			return nil
+		})
+	})
+}
+
+// TrainPoolGradSpec is maxpool_grad (X the forward input) or avgpool_grad
+// (X unused, -1): each dy goes to its window's first maximum, or dy/divisor
+// to every in-bounds pixel; a tile is one dx plane.
+type TrainPoolGradSpec struct {
+	PoolGeom
+	DY, X, DX int
+}
+
+func (s TrainPoolGradSpec) Kind() string { return TrainPoolSpec{PoolGeom: s.PoolGeom}.Kind() + "_grad" }
+func (s TrainPoolGradSpec) Validate() error {
+	if err := s.check(s.Kind()); err != nil {
+		return err
+	}
+	if s.Max && s.X < 0 {
+		return fmt.Errorf("maxpool_grad needs the forward input")
+	}
+	return extents(s.Kind(), s.DY, s.Planes*s.OH*s.OW, s.X, s.Planes*s.H*s.W, s.DX, s.Planes*s.H*s.W)
+}
+func (s TrainPoolGradSpec) tileCount() int { return s.Planes }
+func (s TrainPoolGradSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
+func (s TrainPoolGradSpec) gen(g *builder) {
+	g.tiles(func(p value.Value) {
+		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
+		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
+		g.fillN(cf(0), dx, s.H*s.W)
+		g.loopN(s.OH, nil, func(oh value.Value, _ []value.Value) []value.Value {
+			g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
+				y0, y1, x0, x1 := s.window(g, oh, ow)
+				d := g.ld(g.add(dy, g.add(g.mul(oh, ci(s.OW)), ow)))
+				if s.Max {
+					x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
+					_, at := s.argmax(g, x, y0, y1, x0, x1)
+					o := g.add(dx, at)
+					g.st(g.fadd(g.ld(o), d), o)
+				} else {
+					v := g.fdiv(d, s.divisor(g, y0, y1, x0, x1))
+					g.loop(y0, y1, nil, func(y value.Value, _ []value.Value) []value.Value {
+						g.loop(x0, x1, nil, func(xx value.Value, _ []value.Value) []value.Value {
+							o := g.add(dx, g.add(g.mul(y, ci(s.W)), xx))
+							g.st(g.fadd(g.ld(o), v), o)
+							return nil
+						})
+						return nil
+					})
+				}
+				return nil
+			})
+			return nil
+		})
+	})
+}
+
+// GlobalAvgTrainSpec is global_avgpool (Grad false: out[p] = mean of plane
+// p, float64 sum) or global_avgpool_grad (Grad true: plane p of the result
+// filled with dy[p]/HW); a tile is one plane.
+type GlobalAvgTrainSpec struct {
+	Planes, HW int
+	Grad       bool
+	In, Out    int
+}
+
+func (s GlobalAvgTrainSpec) Kind() string {
+	if s.Grad {
+		return "global_avgpool_grad"
+	}
+	return "global_avgpool"
+}
+func (s GlobalAvgTrainSpec) Validate() error {
+	if err := positive(s.Kind(), "Planes", s.Planes, "HW", s.HW); err != nil {
+		return err
+	}
+	in, out := s.Planes*s.HW, s.Planes
+	if s.Grad {
+		in, out = out, in
+	}
+	return extents(s.Kind(), s.In, in, s.Out, out)
+}
+func (s GlobalAvgTrainSpec) tileCount() int { return s.Planes }
+func (s GlobalAvgTrainSpec) flops() int64   { return int64(s.Planes * s.HW) }
+func (s GlobalAvgTrainSpec) gen(g *builder) {
+	g.tiles(func(p value.Value) {
+		if s.Grad {
+			v := g.trunc(g.fdiv(g.ext(g.ld(g.add(ci(s.In), p))), cd(float64(s.HW))))
+			g.fillN(v, g.add(ci(s.Out), g.mul(p, ci(s.HW))), s.HW)
+			return
+		}
+		sum := g.channelSum(1, 1, s.HW, ci(0), func(i value.Value) value.Value {
+			return g.ext(g.ld(g.add(g.add(ci(s.In), g.mul(p, ci(s.HW))), i)))
+		})
+		g.st(g.trunc(g.fdiv(sum, cd(float64(s.HW)))), g.add(ci(s.Out), p))
+	})
+}
+
+// DenseTrainOp selects the dense kernel.
+type DenseTrainOp int
+
+const (
+	// DenseFwd is dense: out[n][o] = bias[o] + Σ_i x[n][i]·w[o][i].
+	DenseFwd DenseTrainOp = iota
+	// DenseGradInput is dense_grad_input: dx[n][i] = Σ_o dy[n][o]·w[o][i].
+	DenseGradInput
+	// DenseGradWeight is dense_grad_weight: dw[o][i] = Σ_n dy[n][o]·x[n][i].
+	DenseGradWeight
+)
+
+// DenseTrainSpec is a dense layer or one of its gradients with PyTorch's
+// [O][I] weight in the arena. A is x (forward, weight gradient) or dy
+// (input gradient); B is w, or x for the weight gradient... see gen.
+type DenseTrainSpec struct {
+	Op      DenseTrainOp
+	N, I, O int
+	// Forward: X, Wt, Bias (-1: none), Out. GradInput: DY, Wt, Out (dx).
+	// GradWeight: DY, X, Out (dw).
+	X, DY, Wt, Bias, Out int
+}
+
+func (s DenseTrainSpec) Kind() string {
+	return [...]string{"dense", "dense_grad_input", "dense_grad_weight"}[s.Op]
+}
+func (s DenseTrainSpec) Validate() error {
+	if err := positive(s.Kind(), "N", s.N, "I", s.I, "O", s.O); err != nil {
+		return err
+	}
+	return extents(s.Kind(), s.X, s.N*s.I, s.DY, s.N*s.O, s.Wt, s.O*s.I, s.Bias, s.O, s.Out, max(s.N*s.I, s.N*s.O, s.O*s.I))
+}
+func (s DenseTrainSpec) tileCount() int {
+	if s.Op == DenseGradWeight {
+		return s.O
+	}
+	return s.N
+}
+func (s DenseTrainSpec) flops() int64 { return 2 * int64(s.N*s.I*s.O) }
+func (s DenseTrainSpec) gen(g *builder) {
+	g.tiles(func(t value.Value) {
+		switch s.Op {
+		case DenseFwd:
+			x := g.add(ci(s.X), g.mul(t, ci(s.I)))
+			g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+				w := g.add(ci(s.Wt), g.mul(o, ci(s.I)))
+				r := g.loopN(s.I, []value.Value{cf(0)}, func(i value.Value, a []value.Value) []value.Value {
+					return []value.Value{g.radd(a[0], g.fmul(g.ld(g.add(x, i)), g.ld(g.add(w, i))))}
+				})
+				v := r[0]
+				if s.Bias >= 0 {
+					v = g.fadd(v, g.ld(g.add(ci(s.Bias), o)))
+				}
+				g.st(v, g.add(ci(s.Out), g.add(g.mul(t, ci(s.O)), o)))
+				return nil
+			})
+		case DenseGradInput:
+			dx := g.add(ci(s.Out), g.mul(t, ci(s.I)))
+			g.fillN(cf(0), dx, s.I)
+			g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+				d := g.ld(g.add(ci(s.DY), g.add(g.mul(t, ci(s.O)), o)))
+				w := g.add(ci(s.Wt), g.mul(o, ci(s.I)))
+				g.loopN(s.I, nil, func(i value.Value, _ []value.Value) []value.Value {
+					at := g.add(dx, i)
+					g.st(g.fma(d, g.ld(g.add(w, i)), g.ld(at)), at)
+					return nil
+				})
+				return nil
+			})
+		case DenseGradWeight:
+			dw := g.add(ci(s.Out), g.mul(t, ci(s.I)))
+			g.fillN(cf(0), dw, s.I)
+			g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
+				d := g.ld(g.add(ci(s.DY), g.add(g.mul(n, ci(s.O)), t)))
+				x := g.add(ci(s.X), g.mul(n, ci(s.I)))
+				g.loopN(s.I, nil, func(i value.Value, _ []value.Value) []value.Value {
+					at := g.add(dw, i)
+					g.st(g.fma(d, g.ld(g.add(x, i)), g.ld(at)), at)
+					return nil
+				})
+				return nil
+			})
+		}
+	})
+}
+
+// XentSpec is softmax_xent (Grad false: the mean over rows of
+// −Σ_k t_k·log softmax(x)_k with t = (1−ε)·target + ε/K, one tile) or
+// softmax_xent_grad (Grad true: (softmax(x) − t)/N, a tile per row), on
+// [N][K] logits. exp is the builder's Cephes expf; log is computed in
+// float64 from the exponent bits and the atanh series
+// log f = 2·Σ z^(2j+1)/(2j+1), z = (f−1)/(f+1), f in [√½, √2).
+type XentSpec struct {
+	N, K      int
+	Smoothing float64
+	Grad      bool
+	X, T, Out int
+}
+
+func (s XentSpec) Kind() string {
+	if s.Grad {
+		return "softmax_xent_grad"
+	}
+	return "softmax_xent"
+}
+func (s XentSpec) Validate() error {
+	if err := positive(s.Kind(), "N", s.N, "K", s.K); err != nil {
+		return err
+	}
+	out := 1
+	if s.Grad {
+		out = s.N * s.K
+	}
+	return extents(s.Kind(), s.X, s.N*s.K, s.T, s.N*s.K, s.Out, out)
+}
+func (s XentSpec) tileCount() int {
+	if s.Grad {
+		return s.N
+	}
+	return 1
+}
+func (s XentSpec) flops() int64 { return 4 * int64(s.N*s.K) }
+
+// log64 returns log x for a positive finite float32 x, in float64.
+func (g *builder) log64(x value.Value) value.Value {
+	bits := g.b.NewBitCast(x, types.I32)
+	var e value.Value = g.b.NewSub(g.b.NewLShr(bits, constant.NewInt(types.I32, 23)), constant.NewInt(types.I32, 127))
+	mant := g.b.NewOr(g.b.NewAnd(bits, constant.NewInt(types.I32, 0x7fffff)), constant.NewInt(types.I32, 0x3f800000))
+	var f value.Value = g.ext(g.b.NewBitCast(mant, f32))
+	big := g.b.NewFCmp(enum.FPredOGT, f, cd(1.4142135623730951))
+	f = g.b.NewSelect(big, g.fmul(f, cd(0.5)), f)
+	e = g.b.NewSelect(big, g.b.NewAdd(e, constant.NewInt(types.I32, 1)), e)
+	z := g.fdiv(g.fsub(f, cd(1)), g.fadd(f, cd(1)))
+	z2 := g.fmul(z, z)
+	p := value.Value(cd(1.0 / 19))
+	for k := 17; k >= 1; k -= 2 {
+		p = g.fadd(g.fmul(p, z2), cd(1/float64(k)))
+	}
+	lf := g.fmul(cd(2), g.fmul(z, p))
+	return g.fadd(g.fmul(g.b.NewSIToFP(e, f64), cd(0.6931471805599453)), lf)
+}
+
+// xentRow computes row r's max m (NaN-propagating), s = Σ exp(x−m) in
+// float32, and returns m, s.
+func (s XentSpec) xentRow(g *builder, r value.Value) (value.Value, value.Value, value.Value) {
+	x := g.add(ci(s.X), g.mul(r, ci(s.K)))
+	m := g.loopN(s.K, []value.Value{g.ld(x)}, func(k value.Value, a []value.Value) []value.Value {
+		return []value.Value{g.fmaxNaN(a[0], g.ld(g.add(x, k)))}
+	})[0]
+	sum := g.loopN(s.K, []value.Value{cf(0)}, func(k value.Value, a []value.Value) []value.Value {
+		return []value.Value{g.fadd(a[0], g.exp(g.fsub(g.ld(g.add(x, k)), m)))}
+	})[0]
+	return x, m, sum
+}
+
+func (s XentSpec) gen(g *builder) {
+	eps, kf := s.Smoothing, float64(s.K)
+	g.tiles(func(t value.Value) {
+		if s.Grad {
+			x, m, sum := s.xentRow(g, t)
+			inv := g.fdiv(cf(1), sum)
+			g.loopN(s.K, nil, func(k value.Value, _ []value.Value) []value.Value {
+				at := g.add(g.mul(t, ci(s.K)), k)
+				p := g.ext(g.fmul(g.exp(g.fsub(g.ld(g.add(x, k)), m)), inv))
+				tt := g.fadd(g.fmul(cd(1-eps), g.ext(g.ld(g.add(ci(s.T), at)))), cd(eps/kf))
+				g.st(g.trunc(g.fdiv(g.fsub(p, tt), cd(float64(s.N)))), g.add(ci(s.Out), at))
+				return nil
+			})
+			return
+		}
+		r := g.loopN(s.N, []value.Value{cd(0), constant.False}, func(row value.Value, a []value.Value) []value.Value {
+			x, m, sum := s.xentRow(g, row)
+			lse := g.fadd(g.ext(m), g.log64(sum))
+			l := g.loopN(s.K, []value.Value{cd(0)}, func(k value.Value, b []value.Value) []value.Value {
+				tt := g.fadd(g.fmul(cd(1-eps), g.ext(g.ld(g.add(ci(s.T), g.add(g.mul(row, ci(s.K)), k))))), cd(eps/kf))
+				lp := g.fsub(g.ext(g.ld(g.add(x, k))), lse)
+				return []value.Value{g.fsub(b[0], g.fmul(tt, lp))}
+			})
+			return []value.Value{g.fadd(a[0], l[0]), g.b.NewOr(a[1], g.isNaN(m))}
+		})
+		loss := g.trunc(g.fdiv(r[0], cd(float64(s.N))))
+		loss = g.b.NewSelect(r[1], cf(math.NaN()), loss)
+		g.st(loss, ci(s.Out))
+	})
+}
+
+// OptimizerKind names an optimizer update rule (ir/ops_train.go).
+type OptimizerKind int
+
+const (
+	// RMSProp is PyTorch's: v ← αv + (1−α)g²; b ← μb + g/(√v + ε); p ← p − lr·b.
+	RMSProp OptimizerKind = iota
+	// RMSPropTF is TensorFlow's: v as above; b ← μb + lr·g/√(v + ε); p ← p − b.
+	RMSPropTF
+	// SGD is PyTorch's SGD with momentum: b ← μb + g; p ← p − lr·b.
+	SGD
+)
+
+// OptimizerSpec updates Elems parameters, g = grad + wd·p, in float64 per
+// element (as ir/interp's optimizerStep) with the learning rate read from
+// the arena at LR (a run-time value, so a schedule needs no rebuild).
+// Results: NewP, and NewV (RMSProp only) and NewB.
+type OptimizerSpec struct {
+	Kind_                OptimizerKind
+	Elems                int
+	Alpha, Eps, Momentum float64
+	WeightDecay          float64
+	LR                   int
+	P, G, V, B           int // V: -1 for SGD
+	NewP, NewV, NewB     int
+}
+
+func (s OptimizerSpec) Kind() string {
+	return [...]string{"rmsprop_update", "rmsprop_tf_update", "sgd_update"}[s.Kind_]
+}
+func (s OptimizerSpec) Validate() error {
+	if err := positive(s.Kind(), "Elems", s.Elems); err != nil {
+		return err
+	}
+	if s.Kind_ != SGD && (s.V < 0 || s.NewV < 0) {
+		return fmt.Errorf("%s needs the square average", s.Kind())
+	}
+	n := s.Elems
+	return extents(s.Kind(), s.LR, 1, s.P, n, s.G, n, s.V, n, s.B, n, s.NewP, n, s.NewV, n, s.NewB, n)
+}
+func (s OptimizerSpec) tileCount() int { return ceilDiv(s.Elems, eltChunk) }
+func (s OptimizerSpec) flops() int64   { return 8 * int64(s.Elems) }
+func (s OptimizerSpec) gen(g *builder) {
+	g.tiles(func(t value.Value) {
+		lr := g.ext(g.ld(ci(s.LR)))
+		lo := g.mul(t, ci(eltChunk))
+		hi := g.smin(g.add(lo, ci(eltChunk)), ci(s.Elems))
+		g.loop(lo, hi, nil, func(i value.Value, _ []value.Value) []value.Value {
+			get := func(off int) value.Value { return g.ext(g.ld(g.add(ci(off), i))) }
+			put := func(v value.Value, off int) {
+				if off >= 0 {
+					g.st(g.trunc(v), g.add(ci(off), i))
+				}
+			}
+			p := get(s.P)
+			gr := get(s.G)
+			if s.WeightDecay != 0 {
+				gr = g.fadd(gr, g.fmul(cd(s.WeightDecay), p))
+			}
+			b := get(s.B)
+			switch s.Kind_ {
+			case RMSProp, RMSPropTF:
+				v := get(s.V)
+				v = g.fadd(g.fmul(cd(s.Alpha), v), g.fmul(g.fmul(cd(1-s.Alpha), gr), gr))
+				if s.Kind_ == RMSProp {
+					b = g.fadd(g.fmul(cd(s.Momentum), b), g.fdiv(gr, g.fadd(g.sqrt(v), cd(s.Eps))))
+					p = g.fsub(p, g.fmul(lr, b))
+				} else {
+					b = g.fadd(g.fmul(cd(s.Momentum), b), g.fdiv(g.fmul(lr, gr), g.sqrt(g.fadd(v, cd(s.Eps)))))
+					p = g.fsub(p, b)
+				}
+				put(v, s.NewV)
+			case SGD:
+				b = g.fadd(g.fmul(cd(s.Momentum), b), gr)
+				p = g.fsub(p, g.fmul(lr, b))
+			}
+			put(p, s.NewP)
+			put(b, s.NewB)
+			return nil
+		})
+	})
+}
+
+// DropoutTrainSpec is dropout_train with p in [0, 1): element i is kept when
+// ir/interp.DropoutKeep(seed, i, p) holds — the SplitMix64 output z for the
+// state seed + (i+1)·0x9E3779B97F4A7C15 (Steele, Lea and Flood 2014),
+// (z >> 11)·2⁻⁵³ ≥ p — ported bit for bit (wrapping 64-bit arithmetic).
+// Results: y = x·float32(1/(1−p)) where kept, else 0, and the 0/1 mask. The
+// seed is a run-time value: the 64-bit integer at arena offset Seed (two
+// floats holding its low and high 32 bits) plus the constant SeedDelta, so
+// that a new seed per step needs no rebuild.
+type DropoutTrainSpec struct {
+	Elems      int
+	P          float64
+	Seed       int
+	SeedDelta  int64
+	X, Y, Mask int
+}
+
+func (s DropoutTrainSpec) Kind() string { return "dropout_train" }
+func (s DropoutTrainSpec) Validate() error {
+	if err := positive("dropout_train", "Elems", s.Elems); err != nil {
+		return err
+	}
+	if !(s.P >= 0 && s.P < 1) {
+		return fmt.Errorf("dropout_train: p %v outside [0, 1)", s.P)
+	}
+	return extents("dropout_train", s.Seed, 2, s.X, s.Elems, s.Y, s.Elems, s.Mask, s.Elems)
+}
+func (s DropoutTrainSpec) tileCount() int { return ceilDiv(s.Elems, eltChunk) }
+func (s DropoutTrainSpec) flops() int64   { return int64(s.Elems) }
+func (s DropoutTrainSpec) gen(g *builder) {
+	c64 := func(v uint64) value.Value { return constant.NewInt(types.I64, int64(v)) }
+	word := func(k int) value.Value {
+		return g.b.NewZExt(g.b.NewBitCast(g.ld(ci(s.Seed+k)), types.I32), types.I64)
+	}
+	g.tiles(func(t value.Value) {
+		seed := g.b.NewAdd(g.b.NewOr(word(0), g.b.NewShl(word(1), c64(32))), c64(uint64(s.SeedDelta)))
+		scale := cf(float64(float32(1 / (1 - s.P))))
+		lo := g.mul(t, ci(eltChunk))
+		hi := g.smin(g.add(lo, ci(eltChunk)), ci(s.Elems))
+		g.loop(lo, hi, nil, func(i value.Value, _ []value.Value) []value.Value {
+			var z value.Value = g.b.NewAdd(seed, g.b.NewMul(g.b.NewAdd(i, c64(1)), c64(0x9E3779B97F4A7C15)))
+			z = g.b.NewMul(g.b.NewXor(z, g.b.NewLShr(z, c64(30))), c64(0xBF58476D1CE4E5B9))
+			z = g.b.NewMul(g.b.NewXor(z, g.b.NewLShr(z, c64(27))), c64(0x94D049BB133111EB))
+			z = g.b.NewXor(z, g.b.NewLShr(z, c64(31)))
+			u := g.fmul(g.b.NewUIToFP(g.b.NewLShr(z, c64(11)), f64), cd(1.0/(1<<53)))
+			keep := g.b.NewFCmp(enum.FPredOGE, u, cd(s.P))
+			x := g.ld(g.add(ci(s.X), i))
+			if s.Y >= 0 {
+				g.st(g.b.NewSelect(keep, g.fmul(x, scale), cf(0)), g.add(ci(s.Y), i))
+			}
+			if s.Mask >= 0 {
+				g.st(g.b.NewSelect(keep, cf(1), cf(0)), g.add(ci(s.Mask), i))
+			}
+			return nil
+		})
+	})
+}
+
+// SumSquaresSpec is sum_squares: Σ x² over Elems floats, in float64, a
+// one-float result (one tile).
+type SumSquaresSpec struct {
+	Elems  int
+	X, Out int
+}
+
+func (s SumSquaresSpec) Kind() string { return "sum_squares" }
+func (s SumSquaresSpec) Validate() error {
+	if err := positive("sum_squares", "Elems", s.Elems); err != nil {
+		return err
+	}
+	return extents("sum_squares", s.X, s.Elems, s.Out, 1)
+}
+func (s SumSquaresSpec) tileCount() int { return 1 }
+func (s SumSquaresSpec) flops() int64   { return 2 * int64(s.Elems) }
+func (s SumSquaresSpec) gen(g *builder) {
+	g.tiles(func(_ value.Value) {
+		sum := g.channelSum(1, 1, s.Elems, ci(0), func(i value.Value) value.Value {
+			x := g.ext(g.ld(g.add(ci(s.X), i)))
+			return g.fmul(x, x)
+		})
+		g.st(g.trunc(sum), ci(s.Out))
+	})
+}
+
+// GlobalNormScaleSpec is global_norm_scale: min(1, MaxNorm/(√(Σ sᵢ) + Eps))
+// of the one-float sums at In, in float64 (PyTorch's clip_grad_norm_
+// coefficient; a NaN total gives NaN), one tile.
+type GlobalNormScaleSpec struct {
+	In           []int
+	MaxNorm, Eps float64
+	Out          int
+}
+
+func (s GlobalNormScaleSpec) Kind() string { return "global_norm_scale" }
+func (s GlobalNormScaleSpec) Validate() error {
+	if len(s.In) == 0 {
+		return fmt.Errorf("global_norm_scale: no operands")
+	}
+	for _, o := range s.In {
+		if err := extents("global_norm_scale", o, 1); err != nil {
+			return err
+		}
+	}
+	return extents("global_norm_scale", s.Out, 1)
+}
+func (s GlobalNormScaleSpec) tileCount() int { return 1 }
+func (s GlobalNormScaleSpec) flops() int64   { return int64(len(s.In)) }
+func (s GlobalNormScaleSpec) gen(g *builder) {
+	g.tiles(func(_ value.Value) {
+		var total value.Value = cd(0)
+		for _, o := range s.In {
+			total = g.fadd(total, g.ext(g.ld(ci(o))))
+		}
+		coef := g.fdiv(cd(s.MaxNorm), g.fadd(g.sqrt(total), cd(s.Eps)))
+		coef = g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, coef, cd(1)), cd(1), coef)
+		g.st(g.trunc(coef), ci(s.Out))
+	})
+}

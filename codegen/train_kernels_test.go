@@ -1,0 +1,164 @@
+package codegen
+
+import (
+	"fmt"
+	"math"
+	"math/rand"
+	"testing"
+
+	"github.com/kiln-dev/kiln/ir/interp"
+)
+
+// convRef computes conv2d and its two gradients in float64 with the
+// definition (cross-correlation, zero padding).
+func convRef(s ConvGeom, x, w, dy []float32) (y, dx, dw []float64) {
+	y = make([]float64, s.N*s.O*s.OH*s.OW)
+	dx = make([]float64, s.N*s.C*s.H*s.W)
+	dw = make([]float64, s.O*s.C*s.KH*s.KW)
+	for n := 0; n < s.N; n++ {
+		for o := 0; o < s.O; o++ {
+			for oh := 0; oh < s.OH; oh++ {
+				for ow := 0; ow < s.OW; ow++ {
+					yi := ((n*s.O+o)*s.OH+oh)*s.OW + ow
+					for c := 0; c < s.C; c++ {
+						for kh := 0; kh < s.KH; kh++ {
+							for kw := 0; kw < s.KW; kw++ {
+								ih, iw := oh*s.SH-s.PH+kh, ow*s.SW-s.PW+kw
+								if ih < 0 || ih >= s.H || iw < 0 || iw >= s.W {
+									continue
+								}
+								xi := ((n*s.C+c)*s.H+ih)*s.W + iw
+								wi := ((o*s.C+c)*s.KH+kh)*s.KW + kw
+								y[yi] += float64(x[xi]) * float64(w[wi])
+								dx[xi] += float64(dy[yi]) * float64(w[wi])
+								dw[wi] += float64(dy[yi]) * float64(x[xi])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	return y, dx, dw
+}
+
+// TestTrainConvKernels checks the training convolution kernels (forward
+// with bias, input gradient, weight gradient) against convRef for the
+// shapes of the mini networks' factorized convolutions (1x7, 7x1), strided
+// 3x3 with and without padding, 1x1 and 5x5, on AVX-512 and AVX2, with
+// sentinels around every output to catch out-of-range writes.
+func TestTrainConvKernels(t *testing.T) {
+	geoms := []ConvGeom{
+		{N: 2, C: 3, H: 9, W: 9, O: 5, KH: 1, KW: 7, SH: 1, SW: 1, PH: 0, PW: 3},
+		{N: 2, C: 3, H: 9, W: 9, O: 5, KH: 7, KW: 1, SH: 1, SW: 1, PH: 3, PW: 0},
+		{N: 2, C: 4, H: 11, W: 11, O: 3, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 1, C: 2, H: 12, W: 10, O: 6, KH: 3, KW: 3, SH: 2, SW: 2},
+		{N: 3, C: 5, H: 7, W: 7, O: 4, KH: 1, KW: 1, SH: 1, SW: 1},
+		{N: 1, C: 2, H: 6, W: 6, O: 3, KH: 5, KW: 5, SH: 1, SW: 1, PH: 2, PW: 2},
+		{N: 1, C: 1, H: 28, W: 28, O: 32, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		// Register-blocked GEMM edges (train_gemm.go): O, K = C·KH·KW and
+		// P = OH·OW not multiples of the micro-tile (14 or 6 rows, 32
+		// columns), several pixel blocks with a ragged last one, K past the
+		// 256-row reduction block, P past the 128-pixel wgrad chunk, and
+		// enough channels for several wgrad channel groups.
+		{N: 2, C: 19, H: 13, W: 11, O: 37, KH: 1, KW: 1, SH: 1, SW: 1},
+		{N: 2, C: 33, H: 9, W: 7, O: 17, KH: 1, KW: 1, SH: 2, SW: 2},
+		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 1, KW: 7, SH: 1, SW: 1, PH: 0, PW: 3},
+		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 7, KW: 1, SH: 1, SW: 1, PH: 3, PW: 0},
+		{N: 1, C: 31, H: 9, W: 9, O: 15, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 2, C: 3, H: 5, W: 5, O: 40, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		{N: 1, C: 2, H: 3, W: 2, O: 3, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		{N: 2, C: 2, H: 5, W: 5, O: 97, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+	}
+	for gi := range geoms {
+		s := &geoms[gi]
+		s.OH, s.OW = (s.H+2*s.PH-s.KH)/s.SH+1, (s.W+2*s.PW-s.KW)/s.SW+1
+	}
+	for _, ts := range x86Targets(t) {
+		for gi, s := range geoms {
+			t.Run(fmt.Sprintf("%s/%dx%d_s%d_p%dx%d", ts.Name, s.KH, s.KW, s.SH, s.PH, s.PW), func(t *testing.T) {
+				r := rand.New(rand.NewSource(int64(gi)))
+				nx, nw, ny := s.N*s.C*s.H*s.W, s.O*s.C*s.KH*s.KW, s.N*s.O*s.OH*s.OW
+				// Arena: x | w | bias | dy | gap | y | gap | dx | gap | dw | gap
+				const gap = 16
+				X, W, B, DY := 0, nx, nx+nw, nx+nw+s.O
+				Y := DY + ny + gap
+				DX := Y + ny + gap
+				DW := DX + nx + gap
+				size := DW + nw + gap
+				arena := make([]float32, size)
+				fill(arena, sentinel)
+				x, w, bias, dy := randn(r, nx), randn(r, nw), randn(r, s.O), randn(r, ny)
+				copy(arena[X:], x)
+				copy(arena[W:], w)
+				copy(arena[B:], bias)
+				copy(arena[DY:], dy)
+				fwd := TrainConvSpec{ConvGeom: s, X: X, Wt: W, Bias: B, Out: Y}
+				dgrad := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DX}
+				wgrad := TrainConvGradWeightSpec{ConvGeom: s, DY: DY, X: X, DW: DW}
+				lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
+					for _, k := range []struct {
+						n string
+						s TrainKernel
+					}{{"fwd", fwd}, {"dgrad", dgrad}, {"wgrad", wgrad}} {
+						if _, _, err := m.Train(k.n, k.s); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
+				a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
+				a = runChecked(t, kernel(t, lib, "wgrad", ts), a, nil, wgrad.tileCount())
+				ry, rdx, rdw := convRef(s, x, w, dy)
+				for i := range ry {
+					ry[i] += float64(bias[i/(s.OH*s.OW)%s.O])
+				}
+				compare(t, "conv2d", a[Y:Y+ny], ry)
+				compare(t, "conv2d_grad_input", a[DX:DX+nx], rdx)
+				compare(t, "conv2d_grad_weight", a[DW:DW+nw], rdw)
+				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
+					return (i >= Y && i < Y+ny) || (i >= DX && i < DX+nx) || (i >= DW && i < DW+nw)
+				})
+			})
+		}
+	}
+}
+
+// TestDropoutTrainKernel checks the compiled dropout mask against
+// ir/interp.DropoutKeep for several seeds (including one over 32 bits, and
+// a seed delta) and probabilities, on AVX-512 and AVX2.
+func TestDropoutTrainKernel(t *testing.T) {
+	const n = 5000
+	for _, ts := range x86Targets(t) {
+		for _, c := range []struct {
+			seed  uint64
+			delta int64
+			p     float64
+		}{{0, 0, 0.3}, {1, 2, 0.5}, {0x1234567890, 1, 0.1}, {7, 0, 0}} {
+			t.Run(fmt.Sprintf("%s/seed%d+%d/p%v", ts.Name, c.seed, c.delta, c.p), func(t *testing.T) {
+				r := rand.New(rand.NewSource(1))
+				x := randn(r, n)
+				const S, X, Y, M = 0, 8, 8 + n, 8 + 2*n
+				arena := make([]float32, 8+3*n)
+				arena[S] = math.Float32frombits(uint32(c.seed))
+				arena[S+1] = math.Float32frombits(uint32(c.seed >> 32))
+				copy(arena[X:], x)
+				s := DropoutTrainSpec{Elems: n, P: c.p, Seed: S, SeedDelta: c.delta, X: X, Y: Y, Mask: M}
+				lib := buildLibFor(t, []Target{ts}, func(m *Module) error { _, _, err := m.Train("drop", s); return err })
+				a := runChecked(t, kernel(t, lib, "drop", ts), arena, nil, s.tileCount())
+				scale := float32(1 / (1 - c.p))
+				for i := 0; i < n; i++ {
+					keep := interp.DropoutKeep(c.seed+uint64(c.delta), i, c.p)
+					wantM, wantY := float32(0), float32(0)
+					if keep {
+						wantM, wantY = 1, x[i]*scale
+					}
+					if a[M+i] != wantM || a[Y+i] != wantY {
+						t.Fatalf("element %d: y %v mask %v, want %v %v", i, a[Y+i], a[M+i], wantY, wantM)
+					}
+				}
+			})
+		}
+	}
+}
