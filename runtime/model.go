@@ -9,6 +9,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -112,10 +113,11 @@ type Model struct {
 	state   [][]float32 // current value of each Manifest.State entry
 
 	maxSessions int
-	mu          sync.Mutex // guards the fields below
-	cond        sync.Cond  // on mu: a session was released, or Close began
-	idle        []*session // idle sessions, most recently used last; capacity maxSessions
-	nSessions   int        // sessions made, idle or not
+	skipped     atomic.Int64 // worker inferences thread 0 finished without the worker
+	mu          sync.Mutex   // guards the fields below
+	cond        sync.Cond    // on mu: a session was released, or Close began
+	idle        []*session   // idle sessions, most recently used last; capacity maxSessions
+	nSessions   int          // sessions made, idle or not
 	closed      bool
 	closeDone   sync.WaitGroup // Close in progress
 	closeErr    error          // set before closeDone is released
@@ -361,6 +363,12 @@ func (m *Model) Threads() int { return m.threads }
 
 // MaxSessions returns the bound on concurrent inferences.
 func (m *Model) MaxSessions() int { return m.maxSessions }
+
+// SkippedWorkers is how many times, over the model's life, a worker thread
+// had not started an inference by the time the calling thread had finished
+// it alone (by work stealing), so the caller did not wait for it: a
+// statistic of how often waking workers costs more than the work.
+func (m *Model) SkippedWorkers() int64 { return m.skipped.Load() }
 
 // Run runs one inference: it copies in (Manifest.Input, row-major) into an
 // arena, runs every kernel on Threads threads and copies the result into out

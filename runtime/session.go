@@ -21,8 +21,14 @@ const DefaultSpinWait = 100 * time.Microsecond
 // Hand-off protocol. The caller publishes an inference by bumping seq;
 // workers wait for it spinning on seq for up to spin, then park on their
 // wake channel after announcing it in parked. The caller wakes, with a
-// token, exactly the workers whose parked flag it manages to clear. Workers
-// count pending down when their cgo call returns; the caller spins on
+// token, exactly the workers whose parked flag it manages to clear. A worker
+// runs inference gen only if it moves its claimed counter from gen-1 to gen
+// first; when the caller's own call returns it does the same for every
+// worker, and a worker it beats skips gen (the driver's completion counting
+// and work stealing let thread 0 finish an inference alone; where the
+// driver's split is static, thread 0 cannot return before every worker has
+// claimed its tiles, so none is skipped). Workers count pending down when their cgo call returns (the
+// caller for those it claimed); the caller spins on
 // pending, then parks on doneTok after announcing it in waiting (with the
 // inference number), and the worker that brings pending to zero sends the
 // token if it manages to clear waiting for its own inference. Every flag is cleared by exactly one side (compare-and-swap), so
@@ -50,9 +56,10 @@ type session struct {
 }
 
 type worker struct {
-	parked atomic.Bool   // parked (or about to park) on wake
-	wake   chan struct{} // capacity 1; closed by destroy
-	_      [48]byte      // keep workers' flags on separate cache lines
+	parked  atomic.Bool   // parked (or about to park) on wake
+	claimed atomic.Uint64 // last inference this worker ran or the caller finished without it
+	wake    chan struct{} // capacity 1; closed by destroy
+	_       [48]byte      // keep workers' flags on separate cache lines
 }
 
 // newSession maps a session's memory and starts its workers.
@@ -103,6 +110,9 @@ func (s *session) work(tid int32, w *worker) {
 	for gen := uint64(1); ; gen++ {
 		if !s.await(w, gen) || s.stop.Load() {
 			return
+		}
+		if !w.claimed.CompareAndSwap(gen-1, gen) {
+			continue // the caller finished inference gen without this worker
 		}
 		callRun(m.runFn, s.arenaPtr, m.weightsPtr, tid, n, s.barrier, s.curTimings)
 		// The generation check keeps a worker that is slow to get here
@@ -171,6 +181,16 @@ func (s *session) run(in, out []float32, profile bool) {
 		}
 	}
 	callRun(m.runFn, s.arenaPtr, m.weightsPtr, 0, int32(m.threads), s.barrier, s.curTimings)
+	// A worker that has not started inference gen by now is not needed:
+	// the driver's work stealing let this thread run its share. Claiming
+	// gen for it (it skips gen when it wakes) saves waiting for a parked
+	// worker's wake-up, which costs more than a small network's inference.
+	for _, w := range s.workers {
+		if w.claimed.CompareAndSwap(gen-1, gen) {
+			s.pending.Add(-1)
+			m.skipped.Add(1)
+		}
+	}
 	if len(s.workers) > 0 && !spinUntil(s.spin, s.done) {
 		s.waiting.Store(gen)
 		if !s.done() || !s.waiting.CompareAndSwap(gen, 0) {

@@ -2,6 +2,7 @@ package lower
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,4 +184,63 @@ func TestDriverExports(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLateWorkersSkipped runs tiny on two threads with workers that park at
+// once between inferences (SpinWait < 0), so a worker usually wakes after
+// the calling thread has finished the whole inference by work stealing:
+// the runtime must then not wait for it (the worker skips that inference),
+// and every output must equal the one-thread output bit for bit (each tile
+// computes the same values whichever thread runs it).
+func TestLateWorkersSkipped(t *testing.T) {
+	isas := rt.HostISAs()
+	if len(isas) == 0 || (isas[0] != "avx512" && isas[0] != "avx2") {
+		testenv.Missing(t, "this CPU runs neither AVX-512 nor AVX2 (CI's machine has AVX-512)")
+	}
+	c := compileNet(t, "tiny", 2, nil, isas[0], false)
+	a := artifacts[c.m]
+	one, err := rt.Open(a, rt.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	two, err := rt.Open(a, rt.Options{Threads: 2, SpinWait: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer two.Close()
+	man := one.Manifest()
+	in := make([]float32, mustNumelTest(man.Input.Shape))
+	want := make([]float32, mustNumelTest(man.Output.Shape))
+	got := make([]float32, len(want))
+	for i := 0; i < 300; i++ {
+		for j := range in {
+			in[j] = float32((i*31+j*7)%97) / 97
+		}
+		if err := one.Run(in, want); err != nil {
+			t.Fatal(err)
+		}
+		if err := two.Run(in, got); err != nil {
+			t.Fatal(err)
+		}
+		for j := range want {
+			if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+				t.Fatalf("inference %d: output %d is %v on two threads, %v on one", i, j, got[j], want[j])
+			}
+		}
+	}
+	// A parked worker takes tens of microseconds to wake; tiny runs in a
+	// few: out of 300 inferences some must have finished without it.
+	if two.SkippedWorkers() == 0 {
+		t.Errorf("no inference finished without the parked worker: the caller waited for it every time")
+	}
+	t.Logf("%d of 300 inferences finished without the worker", two.SkippedWorkers())
+}
+
+func mustNumelTest(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
 }
