@@ -200,9 +200,7 @@ func (s ConvGeom) rows(g *builder, oh0, oh1, ow0, ow1 int, carried []value.Value
 // TrainConvSpec is conv2d (plain NCHW, groups 1) with the weight in the
 // arena: out[n][o] = bias[o] + Σ_c Σ_kh,kw w[o][c][kh][kw]·x[n][c][shifted].
 // gen emits the register-blocked GEMM kernel (train_gemm.go, tile = image
-// and 32-pixel block); genLoops is the loop nest it replaced, a tile per
-// output plane (n, o) set to the bias, then each input channel and tap
-// adding w·x row by row (an axpy over the contiguous output row).
+// and 32-pixel block).
 type TrainConvSpec struct {
 	ConvGeom
 	X, Wt, Bias, Out int // Bias < 0: none
@@ -220,34 +218,6 @@ func (s TrainConvSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvSpec) gen(g *builder) { s.genGemm(g) }
-
-// genLoops is the loop-nest kernel (tile = output plane (n, o)), kept as
-// the reference formulation; gen uses genGemm (train_gemm.go).
-func (s TrainConvSpec) genLoops(g *builder) {
-	g.tiles(func(t value.Value) {
-		n, o := g.udiv(t, s.O), g.urem(t, s.O)
-		out := g.add(ci(s.Out), g.mul(t, ci(s.OH*s.OW)))
-		init := value.Value(cf(0))
-		if s.Bias >= 0 {
-			init = g.ld(g.add(ci(s.Bias), o))
-		}
-		g.fillN(init, out, s.OH*s.OW)
-		g.loopN(s.C, nil, func(c value.Value, _ []value.Value) []value.Value {
-			x := g.add(ci(s.X), g.mul(g.add(g.mul(n, ci(s.C)), c), ci(s.H*s.W)))
-			w := g.add(ci(s.Wt), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(s.KH*s.KW)))
-			s.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
-				wv := g.ld(g.add(w, ci(kh*s.KW+kw)))
-				xt := g.add(x, ci((kh-s.PH)*s.W+kw-s.PW))
-				s.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
-					d := g.add(out, i)
-					g.st(g.fma(wv, g.ld(g.add(xt, j)), g.ld(d)), d)
-					return nil
-				})
-			})
-			return nil
-		})
-	})
-}
 
 // TrainConvGradInputSpec is conv2d_grad_input: dx[n][c] = Σ_o Σ_kh,kw
 // w[o][c][kh][kw]·dy[n][o][rows mapping onto dx]. gen emits col2im(Wᵀ·dy)
@@ -309,9 +279,7 @@ func (s TrainConvGradInputSpec) genLoops(g *builder) {
 
 // TrainConvGradWeightSpec is conv2d_grad_weight: dw[o][c][kh][kw] =
 // Σ_n Σ_oh,ow dy[n][o][oh][ow]·x[n][c][oh·SH−PH+kh][ow·SW−PW+kw]. gen emits
-// Σ_n dy·colᵀ (train_gemm.go, tile = 32 columns of K × a channel group);
-// genLoops is the loop nest it replaced, a tile per (o, c) pair: KH·KW dot
-// products over the batch and the tap's valid output window.
+// Σ_n dy·colᵀ (train_gemm.go, tile = 32 columns of K × a channel group).
 type TrainConvGradWeightSpec struct {
 	ConvGeom
 	DY, X, DW int
@@ -329,44 +297,6 @@ func (s TrainConvGradWeightSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradWeightSpec) gen(g *builder) { s.genGemm(g) }
-
-// genLoops is the loop-nest kernel (tile = (o, c) pair), kept as the
-// reference formulation; gen uses genGemm (train_gemm.go).
-func (s TrainConvGradWeightSpec) genLoops(g *builder) {
-	// Per tap, the products dy·x are first accumulated elementwise over the
-	// batch into a stack buffer of one output plane (an fma per element, no
-	// reduction inside the loops, so they vectorize like an axpy), and the
-	// buffer is summed once at the end.
-	plane := s.OH * s.OW
-	buf := g.b.NewAlloca(types.NewArray(uint64(plane), f32))
-	buf.Align = 64
-	sc := g.b.NewGetElementPtr(types.NewArray(uint64(plane), f32), buf, ci(0), ci(0))
-	g.tiles(func(t value.Value) {
-		o, c := g.udiv(t, s.C), g.urem(t, s.C)
-		dw := g.add(ci(s.DW), g.mul(t, ci(s.KH*s.KW)))
-		g.fillN(cf(0), dw, s.KH*s.KW)
-		s.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
-			g.loopN(plane, nil, func(i value.Value, _ []value.Value) []value.Value {
-				g.store(cf(0), sc, i)
-				return nil
-			})
-			g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
-				dy := g.add(ci(s.DY), g.mul(g.add(g.mul(n, ci(s.O)), o), ci(s.OH*s.OW)))
-				x := g.add(ci(s.X), g.mul(g.add(g.mul(n, ci(s.C)), c), ci(s.H*s.W)))
-				xt := g.add(x, ci((kh-s.PH)*s.W+kw-s.PW))
-				s.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
-					g.store(g.fma(g.ld(g.add(dy, i)), g.ld(g.add(xt, j)), g.load(sc, i)), sc, i)
-					return nil
-				})
-				return nil
-			})
-			acc := g.loopN(plane, []value.Value{cf(0)}, func(i value.Value, a []value.Value) []value.Value {
-				return []value.Value{g.radd(a[0], g.load(sc, i))}
-			})
-			g.st(acc[0], g.add(dw, ci(kh*s.KW+kw)))
-		})
-	})
-}
 
 // ChannelSumSpec is bias_grad: out[c] = Σ_n Σ_i dy[n][c][i] over an
 // [Outer][C][Inner] value, accumulated in float64. A tile is one channel.
