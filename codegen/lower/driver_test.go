@@ -11,6 +11,7 @@ import (
 
 	"github.com/kiln-dev/kiln/codegen"
 	"github.com/kiln-dev/kiln/internal/testenv"
+	"github.com/kiln-dev/kiln/ir/tensor"
 	rt "github.com/kiln-dev/kiln/runtime"
 )
 
@@ -210,8 +211,16 @@ func TestLateWorkersSkipped(t *testing.T) {
 	}
 	defer two.Close()
 	man := one.Manifest()
-	in := make([]float32, mustNumelTest(man.Input.Shape))
-	want := make([]float32, mustNumelTest(man.Output.Shape))
+	nin, err := tensor.NumelOf(man.Input.Shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nout, err := tensor.NumelOf(man.Output.Shape)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := make([]float32, nin)
+	want := make([]float32, nout)
 	got := make([]float32, len(want))
 	for i := 0; i < 300; i++ {
 		for j := range in {
@@ -235,12 +244,4 @@ func TestLateWorkersSkipped(t *testing.T) {
 		t.Errorf("no inference finished without the parked worker: the caller waited for it every time")
 	}
 	t.Logf("%d of 300 inferences finished without the worker", two.SkippedWorkers())
-}
-
-func mustNumelTest(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
 }
