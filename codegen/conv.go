@@ -416,7 +416,7 @@ func (c *convGen) strip(pos value.Value, w int, prune bool) {
 	c.epilogue(pos, w, acc)
 }
 
-// epilogue adds bias and residual, applies relu and stores the strip.
+// epilogue adds bias and residual, applies relu and clip and stores the strip.
 func (c *convGen) epilogue(pos value.Value, w int, acc []value.Value) {
 	p, s, b := c.p, c.p.s, c.p.b
 	V := c.t.VectorLanes
@@ -451,6 +451,9 @@ func (c *convGen) epilogue(pos value.Value, w int, acc []value.Value) {
 			}
 			if s.Relu {
 				x = c.relu(x)
+			}
+			if s.Clip {
+				x = c.clamp(x, s.Lo, s.Hi)
 			}
 			c.vstore(x, outBase, ci(r*b))
 		}

@@ -36,6 +36,8 @@ type DepthwiseSpec struct {
 	ResidualOff    int
 	HasResidual    bool
 	Relu           bool
+	Clip           bool    // then clamp to [Lo, Hi], as ConvSpec
+	Lo, Hi         float32 // Lo <= 0 <= Hi
 	OutOff         int
 	OutC           int
 	OutCOffset     int
@@ -52,6 +54,9 @@ func (s DepthwiseSpec) Validate(b int) error {
 	}
 	if err := nonNeg(w, "PH", s.PH, "PW", s.PW, "DH", s.DH, "DW", s.DW, "InOff", s.InOff, "WeightOff", s.WeightOff,
 		"BiasOff", s.BiasOff, "ResidualOff", s.ResidualOff, "OutOff", s.OutOff, "OutCOffset", s.OutCOffset); err != nil {
+		return err
+	}
+	if err := checkClip(w, s.Clip, s.Lo, s.Hi); err != nil {
 		return err
 	}
 	if s.KH > maxKernel || s.KW > maxKernel {
@@ -299,6 +304,9 @@ func (d *dwGen) strip(pos value.Value, w int, prune bool) {
 			}
 			if s.Relu {
 				x = d.relu(x)
+			}
+			if s.Clip {
+				x = d.clamp(x, s.Lo, s.Hi)
 			}
 			d.vstore(x, outBase, ci(r*b))
 		}

@@ -11,9 +11,10 @@ import (
 )
 
 // Reorder adds a layout conversion between plain NCHW and NCHW{B}c (see
-// ReorderSpec). A tile is one row (n, channel block, h); the last block of a
-// channel count that is not a multiple of B has its own code path, which
-// writes the padding lanes as zero when blocking.
+// ReorderSpec). A tile is one row (n, channel block, h), converted channel
+// by channel (reorderRow, reorder.go); the last block of a channel count
+// that is not a multiple of B has its own code path, which writes the
+// padding lanes as zero when blocking.
 func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 	b, err := m.validated(name, s)
 	if err != nil {
@@ -24,7 +25,6 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 	pst, bst := kir.Plain.ActivationStrides(shape, b), kir.NCHWc(b).ActivationStrides(shape, b)
 	k := Kernel{Name: name, Kind: "reorder", Tiles: s.N * cb * s.H}
 	return m.define(k, func(g *builder) error {
-		V := g.t.VectorLanes
 		g.tiles(func(t value.Value) {
 			h := g.urem(t, s.H)
 			t = g.udiv(t, s.H)
@@ -43,31 +43,7 @@ func (m *Module) Reorder(name string, s ReorderSpec) (string, int, error) {
 				bBase = g.gep(g.arena, g.add(blocked, ci(s.InOff)))
 				pBase = g.gep(g.arena, g.add(plain, ci(s.OutOff)))
 			}
-			row := func(lanes int) {
-				g.loopN(s.W, nil, func(w value.Value, _ []value.Value) []value.Value {
-					bp := g.gep(bBase, g.mul(w, ci(bst.Pixel)))
-					pp := g.gep(pBase, g.mul(w, ci(pst.Pixel)))
-					for j := 0; j < b/V; j++ {
-						if s.ToBlocked {
-							v := g.vzero()
-							for l := 0; l < V && j*V+l < lanes; l++ {
-								x := g.load(pp, ci((j*V+l)*pst.Channel))
-								v = g.b.NewInsertElement(v, x, ci(l))
-							}
-							g.vstore(v, bp, ci(j*V))
-						} else {
-							if j*V >= lanes {
-								break
-							}
-							v := g.vload(bp, ci(j*V))
-							for l := 0; l < V && j*V+l < lanes; l++ {
-								g.store(g.b.NewExtractElement(v, ci(l)), pp, ci((j*V+l)*pst.Channel))
-							}
-						}
-					}
-					return nil
-				})
-			}
+			row := func(lanes int) { reorderRow(g, s, bst, pst, bBase, pBase, lanes) }
 			rem := s.C % b
 			switch {
 			case rem == 0:

@@ -180,6 +180,8 @@ func testGlobalAvgPoolReorderCopy(t *testing.T, set targetSet) {
 		{N: 2, C: 20, H: 3, W: 5, ToBlocked: true}, {N: 2, C: 20, H: 3, W: 5},
 		{N: 1, C: 3, H: 7, W: 6, ToBlocked: true}, {N: 1, C: 3, H: 7, W: 6},
 		{N: 1, C: 32, H: 2, W: 3, ToBlocked: true}, {N: 1, C: 32, H: 2, W: 3},
+		// Rows of whole vectors and a remainder on every ISA (reorderRow).
+		{N: 2, C: 20, H: 2, W: 35, ToBlocked: true}, {N: 2, C: 20, H: 2, W: 35},
 	}
 	copies := []int{1, 17, 4096, 5000}
 	const inOff, outOff = 8, 40000
@@ -392,6 +394,12 @@ func TestSpecErrors(t *testing.T) {
 		{"unaligned slice", func() error { s := good; s.OutC, s.OutCOffset = 40, 8; _, _, err := m.Conv("a", s); return err }, "multiple of the block"},
 		{"slice overflow", func() error { s := good; s.OutC, s.OutCOffset = 24, 16; _, _, err := m.Conv("a", s); return err }, "outside the destination"},
 		{"overlap", func() error { s := good; s.OutOff = 100; _, _, err := m.Conv("a", s); return err }, "overlaps"},
+		{"clip above zero", func() error { s := good; s.Clip, s.Lo, s.Hi = true, 0.5, 6; _, _, err := m.Conv("a", s); return err }, "must contain 0"},
+		{"depthwise clip below zero", func() error {
+			_, _, err := m.Depthwise("dw", DepthwiseSpec{N: 1, C: 16, H: 8, W: 8, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 8, OW: 8,
+				OutC: 16, OutOff: 5000, Clip: true, Lo: -2, Hi: -1})
+			return err
+		}, "must contain 0"},
 		{"pool pad", func() error {
 			_, _, err := m.Pool("p", PoolSpec{N: 1, C: 16, H: 8, W: 8, KH: 3, KW: 3, SH: 1, SW: 1, PH: 2, PW: 2, OH: 10, OW: 10, OutC: 16, OutOff: 5000})
 			return err

@@ -12,6 +12,9 @@ import (
 //	out[n][OutCOffset+oc][oh][ow] = relu?( sum_{c,kh,kw} in[n][c][oh*SH-PH+kh*DH][ow*SW-PW+kw*DW] * w[oc][c][kh][kw]
 //	                                       + bias[oc] + residual[n][oc][oh][ow] )
 //
+// then, with Clip, min(max(out, Lo), Hi) (relu6: Lo 0, Hi 6; Lo <= 0 <= Hi
+// keeps the padding lanes zero).
+//
 // DH, DW are the dilation (0 means 1). With Groups > 1 (0 means 1) output
 // channel oc reads input channels [g*C/Groups, (g+1)*C/Groups) of its group
 // g = oc/(O/Groups); both per-group counts must then be multiples of the
@@ -46,6 +49,8 @@ type ConvSpec struct {
 	ResidualOff    int
 	HasResidual    bool
 	Relu           bool
+	Clip           bool    // then clamp to [Lo, Hi]
+	Lo, Hi         float32 // Lo <= 0 <= Hi
 	OutOff         int
 	OutC           int // channels of the destination buffer (>= OutCOffset+O; a concat slice)
 	OutCOffset     int // first channel written, a multiple of B
@@ -186,6 +191,9 @@ func (s ConvSpec) Validate(b int) error {
 		return err
 	}
 	if err := nonNeg(w, "DH", s.DH, "DW", s.DW, "Groups", s.Groups); err != nil {
+		return err
+	}
+	if err := checkClip(w, s.Clip, s.Lo, s.Hi); err != nil {
 		return err
 	}
 	dh, dw := s.dil()

@@ -82,11 +82,15 @@ func init() {
 	register(&OpDef{
 		Name: OpFusedConv, Operands: []string{"x", "weight", "bias?", "residual?", "into?"}, MinArgs: 2, MaxArgs: 5,
 		Layouts: convLayouts, DTypes: floatDTypes,
-		Doc: "relu?(conv(x, weight) + bias? + residual?), written into channels [offset, offset+O) of into? when present",
+		Doc: "clip?(relu?(conv(x, weight) + bias? + residual?)), written into channels [offset, offset+O) of into? when present; " +
+			"clip is min(max(v, clip_lo), clip_hi) with clip_lo <= 0 <= clip_hi (a fused relu6 or clip)",
 		Attrs: append(append([]AttrDef(nil), convDef.Attrs...),
 			AttrDef{Name: "bias", Kind: AttrBool, Default: false},
 			AttrDef{Name: "residual", Kind: AttrBool, Default: false},
 			AttrDef{Name: "relu", Kind: AttrBool, Default: false},
+			AttrDef{Name: "clip", Kind: AttrBool, Default: false},
+			AttrDef{Name: "clip_lo", Kind: AttrFloat, Default: 0.0},
+			AttrDef{Name: "clip_hi", Kind: AttrFloat, Default: 6.0},
 			AttrDef{Name: "into", Kind: AttrBool, Default: false},
 			AttrDef{Name: "offset", Kind: AttrInt, Default: 0, Check: nonNegative}),
 		Infer: func(n *Node, a []Type) (Type, error) {
@@ -111,6 +115,10 @@ func init() {
 			}
 			if r >= 0 && !ShapeEqual(a[r].Shape, t.Shape) {
 				return Type{}, fmt.Errorf("residual shape %s differs from the conv's %s", ShapeString(a[r].Shape), ShapeString(t.Shape))
+			}
+			if lo, hi := n.Attrs.Float("clip_lo"), n.Attrs.Float("clip_hi"); n.Attrs.Bool("clip") && !(lo <= 0 && 0 <= hi) {
+				// clip(0) must be 0: the padding lanes of a blocked result stay zero.
+				return Type{}, fmt.Errorf("a fused clip needs clip_lo <= 0 <= clip_hi, got [%v, %v]", lo, hi)
 			}
 			if into >= 0 {
 				return intoType(t, a[into], n.Attrs.Int("offset"))

@@ -7,7 +7,11 @@ import "github.com/kiln-dev/kiln/ir"
 //
 // Rule: starting from conv2d(x, w[, b]), absorb a following add(·, r) as the
 // residual operand r, then a following relu, as long as each absorbed value has
-// exactly one user and is not an output or mark. The fused op is placed where
+// exactly one user and is not an output or mark, then a following clip with
+// lo <= 0 <= hi (relu6: MobileNet-v2's activation, which as a kernel of its
+// own cost a full pass over every expanded tensor); a clip with 0 outside
+// [lo, hi] stays a kernel, as it would make the padding lanes of a blocked
+// result nonzero. The fused op is placed where
 // the last absorbed node was, so all its operands are already defined. In the
 // Inception-ResNet blocks (after fold-residual-scale) the up-projection
 // conv then reads the block's mixed branches and the block input and writes the
@@ -20,7 +24,7 @@ import "github.com/kiln-dev/kiln/ir"
 // one conv.
 var fuseEpilogue = &Pass{
 	Name:  "fuse-epilogue",
-	Doc:   "fuse bias, residual add and ReLU into the producing conv",
+	Doc:   "fuse bias, residual add, ReLU and a relu6/clip containing 0 into the producing conv",
 	After: []string{"fold-bn", "fold-residual-scale"},
 	Run: func(s *State) error {
 		g := s.Graph
@@ -28,6 +32,7 @@ var fuseEpilogue = &Pass{
 		type fusion struct {
 			residual int // old index, or -1
 			relu     bool
+			clip     *ir.Node // the absorbed clip, or nil
 		}
 		at := map[int]int{}        // final absorbed node -> conv
 		plan := map[int]*fusion{}  // conv -> fusion
@@ -60,6 +65,13 @@ var fuseEpilogue = &Pass{
 				absorbed[cur] = true
 				cur = u
 			}
+			if u, ok := single(cur); ok && g.Nodes[u].Op == ir.OpClip {
+				if c := g.Nodes[u]; c.Attrs.Float("lo") <= 0 && 0 <= c.Attrs.Float("hi") {
+					f.clip = c
+					absorbed[cur] = true
+					cur = u
+				}
+			}
 			plan[i] = f
 			at[cur] = i
 		}
@@ -81,6 +93,10 @@ var fuseEpilogue = &Pass{
 				}
 				if f.relu {
 					fc.Attrs["relu"] = true
+				}
+				if f.clip != nil {
+					fc.Attrs["clip"] = true
+					fc.Attrs["clip_lo"], fc.Attrs["clip_hi"] = f.clip.Attrs.Float("lo"), f.clip.Attrs.Float("hi")
 				}
 				r.m[i] = r.emit(fc)
 				continue

@@ -21,7 +21,13 @@
 //     `node ort_bench.js --serve` child with its intra-op thread count set.
 //     Each round runs one untimed and -iters timed inferences of Kiln, then
 //     the same of ORT (A B A B ...), so that drifts in the machine's speed
-//     hit both; both also agree on the bench input (checked).
+//     hit both; both also agree on the bench input (checked). Each round
+//     starts after a pause (-settle, 100 ms): ORT's intra-op pool spins
+//     for tens of milliseconds after a run (measured: about 22 ms of CPU
+//     over 40 ms after a batch-8 run at 2 threads), and without the pause
+//     that spinning thread competed with Kiln's next round for one of two
+//     cores, making Kiln's two-thread figures slower than its one-thread
+//     ones.
 //
 // It prints a table of median latencies and the ratio ORT/Kiln (above 1:
 // Kiln is faster) and exits with status 1 if any check failed. Medians and
@@ -55,6 +61,7 @@ type config struct {
 	batches, threads        []int
 	size                    int
 	rounds, iters           int
+	settle                  time.Duration
 	tol                     float64
 	check, bench            bool
 	weightsDir              string
@@ -76,6 +83,7 @@ func main() {
 	flag.IntVar(&c.size, "size", 299, "input height and width `S` (3xSxS)")
 	flag.IntVar(&c.rounds, "rounds", 5, "alternation `rounds` per configuration")
 	flag.IntVar(&c.iters, "iters", 3, "timed inferences per engine and round (after one untimed)")
+	flag.DurationVar(&c.settle, "settle", 100*time.Millisecond, "pause before each engine's round, so the other engine's idle threads (ORT's spinning pool) have stopped")
 	flag.Float64Var(&c.tol, "tol", 1e-4, "agreement `tolerance`, relative to max|reference|")
 	flag.BoolVar(&c.check, "check", true, "run the agreement check at batch 1")
 	flag.BoolVar(&c.bench, "bench", true, "run the timings")
@@ -383,6 +391,7 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 
 	var kt, ot []float64
 	for r := 0; r < c.rounds; r++ {
+		time.Sleep(c.settle)
 		for i := 0; i <= c.iters; i++ {
 			t0 := time.Now()
 			if err := m.Run(in, out); err != nil {
@@ -395,6 +404,7 @@ func (c *config) benchOne(net string, batch, threads int, exe, model string) (be
 		var resp struct {
 			Times []float64 `json:"times_ms"`
 		}
+		time.Sleep(c.settle)
 		if err := ort.call(fmt.Sprintf("run %d", c.iters+1), &resp); err != nil {
 			return row, err
 		}

@@ -64,6 +64,7 @@ func groupedConv(g *ir.Graph, n *ir.Node, i, B int, off func(int) int, weight we
 		if ri >= 0 {
 			spec.HasResidual, spec.ResidualOff = true, off(n.Args[ri])
 		}
+		spec.Clip, spec.Lo, spec.Hi = fusedClip(n)
 		return spec, nil
 	case (c/gr)%B == 0 && (o/gr)%B == 0:
 		cg := c / gr
@@ -88,6 +89,7 @@ func groupedConv(g *ir.Graph, n *ir.Node, i, B int, off func(int) int, weight we
 		if ri >= 0 {
 			spec.HasResidual, spec.ResidualOff = true, off(n.Args[ri])
 		}
+		spec.Clip, spec.Lo, spec.Hi = fusedClip(n)
 		return spec, nil
 	}
 	// Any other grouping: the block-diagonal expansion (superGroups).
@@ -116,6 +118,7 @@ func groupedConv(g *ir.Graph, n *ir.Node, i, B int, off func(int) int, weight we
 	if ri >= 0 {
 		spec.HasResidual, spec.ResidualOff = true, off(n.Args[ri])
 	}
+	spec.Clip, spec.Lo, spec.Hi = fusedClip(n)
 	return spec, nil
 }
 

@@ -343,6 +343,7 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 				Relu:      n.Attrs.Bool("relu"),
 				OutOff:    off(i), OutC: n.Type.Shape[1], OutCOffset: n.Attrs.Int("offset"),
 			}
+			spec.Clip, spec.Lo, spec.Hi = fusedClip(n) // clip.go
 			if bi >= 0 {
 				bOff, err := weight(n, "bias", one(func(v []float32) []float32 { return padTo(v, ceilTo(ws[0], B)) }), n.Args[bi])
 				if err != nil {

@@ -30,14 +30,15 @@ func (e *evaluator) destination(n *ir.Node, args []*tensor.Tensor) (*tensor.Tens
 	return d, n.Attrs.Int("offset")
 }
 
-// evalFusedConv computes relu?(conv(x, weight) + bias? + residual?) and writes
+// evalFusedConv computes clip?(relu?(conv(x, weight) + bias? + residual?)) and writes
 // it to its destination (into? at channel offset, else a new tensor). The
 // float32 operations are those of conv2d (the GEMM sum, then + bias) followed
-// by + residual and ReLU, so the result is bitwise identical to the unfused
-// conv2d → add → relu (→ concat) chain.
+// by + residual, ReLU and clip, so the result is bitwise identical to the
+// unfused conv2d → add → relu → clip (→ concat) chain.
 func evalFusedConv(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor, error) {
 	bi, ri, _ := ir.FusedConvOperands(n)
-	ep := epilogue{relu: n.Attrs.Bool("relu")}
+	ep := epilogue{relu: n.Attrs.Bool("relu"), clip: n.Attrs.Bool("clip"),
+		lo: float32(n.Attrs.Float("clip_lo")), hi: float32(n.Attrs.Float("clip_hi"))}
 	if bi >= 0 {
 		ep.bias = args[bi].Data
 	}
