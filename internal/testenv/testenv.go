@@ -56,3 +56,14 @@ func LookPath(t testing.TB, name string) string {
 	}
 	return p
 }
+
+// MPI returns the path of Open MPI's mpirun, or stops the test through
+// Missing (naming the Debian packages) when it is not on PATH.
+func MPI(t testing.TB) string {
+	t.Helper()
+	p, err := exec.LookPath("mpirun")
+	if err != nil {
+		Missing(t, "mpirun not found on PATH (install Open MPI: apt-get install libopenmpi-dev openmpi-bin)")
+	}
+	return p
+}
