@@ -163,10 +163,25 @@ func init() {
 				return fmt.Errorf("must be positive")
 			}
 			return nil
-		}}},
+		}},
+			// ghost > 0: statistics over each group of ghost images of the
+			// batch ("ghost batch"; the mean and variance results are the
+			// groups' averages); sync: statistics all-reduced across the
+			// data-parallel replicas (ir/interp's Options.Reducer). See
+			// train.Options.
+			{Name: "ghost", Kind: AttrInt, Default: 0, Check: func(v any) error {
+				if v.(int) < 0 {
+					return fmt.Errorf("must not be negative")
+				}
+				return nil
+			}},
+			{Name: "sync", Kind: AttrBool, Default: false}},
 		InferResults: func(n *Node, a []Type) ([]Type, error) {
 			if a[0].Rank() < 2 {
 				return nil, fmt.Errorf("input must have rank >= 2, got %s", a[0])
+			}
+			if k := n.Attrs.Int("ghost"); k > 0 && a[0].Shape[0]%k != 0 {
+				return nil, fmt.Errorf("ghost batch %d does not divide the batch %d", k, a[0].Shape[0])
 			}
 			c := a[0].Shape[1]
 			for i, p := range a[1:] {

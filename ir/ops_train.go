@@ -227,10 +227,13 @@ func init() {
 		Doc: "batchnorm_train backward with the batch mean and biased variance: results dx, dweight, dbias " +
 			"(Ioffe and Szegedy 2015; PyTorch's batch_norm_backward)",
 		Layouts: allPlain, DTypes: floatDTypes,
-		Attrs: []AttrDef{table[OpBatchNormTrain].Attrs[0]},
+		Attrs: append([]AttrDef(nil), table[OpBatchNormTrain].Attrs...), // eps, ghost, sync
 		InferResults: func(n *Node, a []Type) ([]Type, error) {
 			if a[1].Rank() < 2 {
 				return nil, fmt.Errorf("input must have rank >= 2, got %s", a[1])
+			}
+			if k := n.Attrs.Int("ghost"); k > 0 && a[1].Shape[0]%k != 0 {
+				return nil, fmt.Errorf("ghost batch %d does not divide the batch %d", k, a[1].Shape[0])
 			}
 			if err := sameShapes([]string{"dy", "x"}, a[:2]); err != nil {
 				return nil, err

@@ -219,7 +219,7 @@ func (b *gradBuilder) multi(i int) error {
 		if !ok || len(grads) != 1 {
 			return fmt.Errorf("gradient through the batch statistics (results 1 and 2) is not supported: they feed the running statistics, which are state")
 		}
-		t := b.add(ir.OpBatchNormTrainGrad, ir.Attrs{"eps": n.Attrs.Float("eps")}, dy, a[0], a[1], result(i, 1), result(i, 2))
+		t := b.add(ir.OpBatchNormTrainGrad, ir.Attrs{"eps": n.Attrs.Float("eps"), "ghost": n.Attrs.Int("ghost"), "sync": n.Attrs.Bool("sync")}, dy, a[0], a[1], result(i, 1), result(i, 2))
 		for k, x := range a {
 			if b.needs[x] {
 				b.accumulate(x, result(t, k))

@@ -31,6 +31,21 @@ type Options struct {
 	// draw different masks. The mask is a function of the seed, so a training
 	// loop that rebuilds the graph per step should vary Seed per step.
 	Seed int
+	// GhostBatch K > 0 normalizes each group of K consecutive images of the
+	// batch with its own statistics (batchnorm_train's ghost attribute):
+	// the single-process equal of data-parallel replicas with batch K and
+	// per-replica BatchNorm. The running statistics move by the groups'
+	// average statistics, with Bessel's correction for K·H·W values. K must
+	// divide the batch; K equal to the batch is plain BatchNorm.
+	GhostBatch int `json:",omitempty"`
+	// SyncBN all-reduces the batch statistics across Replicas
+	// data-parallel replicas (batchnorm_train's sync attribute; the
+	// interpreter's Options.Reducer), so that Replicas replicas of batch B
+	// normalize as one batch of Replicas·B; the running variance's Bessel
+	// correction counts the values of every replica. With one replica it is
+	// plain BatchNorm.
+	SyncBN   bool `json:",omitempty"`
+	Replicas int  `json:",omitempty"`
 }
 
 // Forward returns the training-mode forward graph of g, a graph as
@@ -131,7 +146,7 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 				continue
 			}
 		case ir.OpBatchNorm:
-			y, ups, err := batchNorm(g, i, mapped, out, add, updated, m)
+			y, ups, err := batchNorm(g, i, mapped, out, add, updated, m, opt)
 			if err != nil {
 				return nil, err
 			}
@@ -171,7 +186,7 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 // batchNorm emits the training form of batchnorm node i of g into out (see
 // Forward) and returns the new index of its output y and the two updates of
 // its running statistics.
-func batchNorm(g *ir.Graph, i int, mapped []int, out *ir.Graph, add func(*ir.Node) (int, error), updated map[int]bool, m float64) (int, []ir.Update, error) {
+func batchNorm(g *ir.Graph, i int, mapped []int, out *ir.Graph, add func(*ir.Node) (int, error), updated map[int]bool, m float64, opt Options) (int, []ir.Update, error) {
 	bn := g.Nodes[i]
 	x := g.Nodes[bn.Args[0]].Type
 	for _, s := range bn.Args[3:] {
@@ -186,14 +201,26 @@ func batchNorm(g *ir.Graph, i int, mapped []int, out *ir.Graph, add func(*ir.Nod
 	}
 	c := x.Shape[1]
 	n := x.Numel() / c // N·H·W values per channel
+	bnAttrs := ir.Attrs{"eps": bn.Attrs.Float("eps")}
+	switch k := opt.GhostBatch; {
+	case k < 0 || (k > 0 && x.Shape[0]%k != 0):
+		return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: ghost batch %d does not divide the batch %d", i, k, x.Shape[0])
+	case k > 0 && opt.SyncBN:
+		return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: ghost batches and synchronized BatchNorm do not combine", i)
+	case k > 0 && k < x.Shape[0]:
+		bnAttrs["ghost"] = k
+		n = n / x.Shape[0] * k
+	case opt.SyncBN && opt.Replicas > 1: // one replica: plain BatchNorm
+		bnAttrs["sync"] = true
+		n *= opt.Replicas
+	}
 	if n < 2 {
 		return -1, nil, ir.Errorf(bn.Pos, "train: %%%d batchnorm: %d value per channel (input %s): training needs more than one for the batch variance", i, n, x)
 	}
 	node := func(op string, args []int, attrs ir.Attrs) (int, error) {
 		return add(&ir.Node{Op: op, Name: bn.Name, Args: args, Attrs: attrs, Pos: bn.Pos})
 	}
-	t, err := node(ir.OpBatchNormTrain, []int{mapped[bn.Args[0]], mapped[bn.Args[1]], mapped[bn.Args[2]]},
-		ir.Attrs{"eps": bn.Attrs.Float("eps")})
+	t, err := node(ir.OpBatchNormTrain, []int{mapped[bn.Args[0]], mapped[bn.Args[1]], mapped[bn.Args[2]]}, bnAttrs)
 	if err != nil {
 		return -1, nil, err
 	}

@@ -95,6 +95,17 @@ type Options struct {
 	// outputs). Other intermediate values are freed as soon as their last user
 	// has run.
 	Keep []int
+	// Reducer, when set, all-reduces the statistics of batchnorm_train and
+	// batchnorm_train_grad nodes with the sync attribute across
+	// data-parallel replicas (synchronized BatchNorm; dist.Comm is one);
+	// nil means a single replica. See dist.go.
+	Reducer Reducer
+	// OnValue, when set, is called with each node's index and value right
+	// after the node has run, on Run's goroutine, in node order (a
+	// data-parallel trainer starts the all-reduce of a bucket of gradients
+	// from it while the rest of backward runs). The value must not be
+	// modified; copy it to keep it.
+	OnValue func(node int, v *tensor.Tensor) error
 }
 
 // Result holds the values computed by Run.
@@ -198,7 +209,7 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 		}
 	}
 
-	e := &evaluator{threads: threads}
+	e := &evaluator{threads: threads, reducer: opt.Reducer}
 	// multi holds the results of multi-result nodes until their last result
 	// node has run; vals of such a node stays nil.
 	multi := map[int][]*tensor.Tensor{}
@@ -250,6 +261,11 @@ func Run(g *ir.Graph, params map[string]*tensor.Tensor, inputs map[string]*tenso
 			}
 			vals[i] = out
 			refs[storage(out)]++
+		}
+		if opt.OnValue != nil && vals[i] != nil {
+			if err := opt.OnValue(i, vals[i]); err != nil {
+				return nil, ir.Errorf(n.Pos, "%%%d %s: %v", i, n.Op, err)
+			}
 		}
 		// Free operands whose last user this was.
 		for _, a := range n.Args {

@@ -22,6 +22,9 @@ var multiEvaluators = map[string]multiEvalFunc{
 // accumulated in float64 in two passes for accuracy, then
 // y = (x-μ_c)/sqrt(σ²_c+eps)·γ_c + β_c. Results: y, μ, σ².
 func evalBatchNormTrain(e *evaluator, n *ir.Node, args []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
+		return evalBatchNormTrainDist(e, n, args) // dist.go
+	}
 	x, wt, bs := args[0], args[1].Data, args[2].Data
 	eps := n.Attrs.Float("eps")
 	outer, ch, inner := channelLayout(x.Shape)

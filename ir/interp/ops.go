@@ -16,6 +16,8 @@ type evaluator struct {
 	// op that writes into it (the "into" destination) may do so in place. Run
 	// sets it before each node.
 	reuse []bool
+	// reducer is Options.Reducer (nil: one replica).
+	reducer Reducer
 }
 
 // evalFunc computes the value of node n from its operand values, all in the
@@ -90,15 +92,17 @@ func evalConv2D(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tensor
 }
 
 // epilogue is what a convolution applies to each output after the GEMM sum,
-// in this order of float32 operations: + bias[o], + residual, then ReLU.
-// Absent parts (nil, false) are skipped.
+// in this order of float32 operations: + bias[o], + residual, ReLU, then
+// clip to [lo, hi] (as evalClip). Absent parts (nil, false) are skipped.
 type epilogue struct {
 	bias     []float32 // per output channel
 	residual []float32 // N×O×Ho×Wo, the shape of the convolution's value
 	relu     bool
+	clip     bool
+	lo, hi   float32
 }
 
-func (ep epilogue) empty() bool { return ep.bias == nil && ep.residual == nil && !ep.relu }
+func (ep epilogue) empty() bool { return ep.bias == nil && ep.residual == nil && !ep.relu && !ep.clip }
 
 // conv computes a grouped 2-D cross-correlation with symmetric zero padding
 // (attributes stride, pad, groups, dilation of n) of x (NCHW) with w (OIHW) and writes
@@ -169,6 +173,14 @@ func conv(e *evaluator, n *ir.Node, x, w, dst *tensor.Tensor, off int, ep epilog
 				}
 				if ep.relu && v < 0 {
 					v = 0 // NaN stays NaN, as in evalReLU
+				}
+				if ep.clip {
+					if v < ep.lo {
+						v = ep.lo
+					}
+					if v > ep.hi {
+						v = ep.hi
+					}
 				}
 				plane[i] = v
 			}

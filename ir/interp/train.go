@@ -241,6 +241,9 @@ func evalBiasGrad(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Tens
 //
 // The sums are float64; dx is computed in float64 per element.
 func evalBatchNormTrainGrad(e *evaluator, n *ir.Node, args []*tensor.Tensor) ([]*tensor.Tensor, error) {
+	if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
+		return evalBatchNormTrainGradDist(e, n, args) // dist.go
+	}
 	dy, x, wt, mean, vr := args[0].Data, args[1].Data, args[2].Data, args[3].Data, args[4].Data
 	eps := n.Attrs.Float("eps")
 	outer, ch, inner := channelLayout(args[1].Shape)

@@ -31,7 +31,9 @@ const (
 const EMAPrefix = "ema."
 
 // Position is where a run stands: Epoch epochs complete and Step steps of
-// the next one done. Mid-epoch (Step > 0, after an interrupt) it also
+// the next one done, counted in batches of Settings.Batch images (a
+// data-parallel step of N ranks counts N, so the position is the same on
+// any number of ranks; see doDist). Mid-epoch (Step > 0, after an interrupt) it also
 // carries the running sum of that epoch's losses and its training seconds,
 // so that the epoch's metrics come out as if it had not been interrupted.
 type Position struct {
