@@ -199,8 +199,9 @@ func (s ConvGeom) rows(g *builder, oh0, oh1, ow0, ow1 int, carried []value.Value
 
 // TrainConvSpec is conv2d (plain NCHW, groups 1) with the weight in the
 // arena: out[n][o] = bias[o] + Σ_c Σ_kh,kw w[o][c][kh][kw]·x[n][c][shifted].
-// gen emits the register-blocked GEMM kernel (train_gemm.go, tile = image
-// and 32-pixel block).
+// gen emits the register-blocked GEMM kernel (tile = image and 32-pixel
+// block): with masked shifted loads for stride-1 "same" convolutions
+// (train_conv_same.go), over im2col gathers otherwise (train_gemm.go).
 type TrainConvSpec struct {
 	ConvGeom
 	X, Wt, Bias, Out int // Bias < 0: none
@@ -217,10 +218,18 @@ func (s TrainConvSpec) tileCount() int { return s.gemmTiles() }
 func (s TrainConvSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
-func (s TrainConvSpec) gen(g *builder) { s.genGemm(g) }
+func (s TrainConvSpec) gen(g *builder) {
+	if s.same() {
+		s.sameFwd().gen(g, g.arena, s.Wt, nil)
+		return
+	}
+	s.genGemm(g)
+}
 
 // TrainConvGradInputSpec is conv2d_grad_input: dx[n][c] = Σ_o Σ_kh,kw
-// w[o][c][kh][kw]·dy[n][o][rows mapping onto dx]. gen emits col2im(Wᵀ·dy)
+// w[o][c][kh][kw]·dy[n][o][rows mapping onto dx]. For a stride-1 "same"
+// convolution gen emits the forward kernel on dy with the flipped,
+// transposed weight (train_conv_same.go, no col2im); otherwise col2im(Wᵀ·dy)
 // (train_gemm.go, tile = image) when the O×32 dy panel fits its stack
 // budget, else genLoops: a tile per dx plane (n, c), zeroed, then each
 // output channel and tap scatters w·dy row by row.
@@ -237,6 +246,9 @@ func (s TrainConvGradInputSpec) Validate() error {
 	return extents("conv2d_grad_input", s.DY, s.N*s.O*s.OH*s.OW, s.Wt, s.O*s.C*s.KH*s.KW, s.DX, s.N*s.C*s.H*s.W)
 }
 func (s TrainConvGradInputSpec) tileCount() int {
+	if s.sameOK() {
+		return s.sameDgrad().tiles()
+	}
 	if s.gemmOK() {
 		return s.N
 	}
@@ -246,6 +258,10 @@ func (s TrainConvGradInputSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradInputSpec) gen(g *builder) {
+	if s.sameOK() {
+		s.genSame(g)
+		return
+	}
 	if s.gemmOK() {
 		s.genGemm(g)
 		return
@@ -279,7 +295,9 @@ func (s TrainConvGradInputSpec) genLoops(g *builder) {
 
 // TrainConvGradWeightSpec is conv2d_grad_weight: dw[o][c][kh][kw] =
 // Σ_n Σ_oh,ow dy[n][o][oh][ow]·x[n][c][oh·SH−PH+kh][ow·SW−PW+kw]. gen emits
-// Σ_n dy·colᵀ (train_gemm.go, tile = 32 columns of K × a channel group).
+// the dot-product kernel over p for stride-1 convolutions with rows as wide
+// as the input's (train_conv_same.go), else Σ_n dy·colᵀ (train_gemm.go,
+// tile = 32 columns of K × a channel group).
 type TrainConvGradWeightSpec struct {
 	ConvGeom
 	DY, X, DW int
@@ -292,11 +310,22 @@ func (s TrainConvGradWeightSpec) Validate() error {
 	}
 	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, s.O*s.C*s.KH*s.KW)
 }
-func (s TrainConvGradWeightSpec) tileCount() int { return s.gemmTiles() }
+func (s TrainConvGradWeightSpec) tileCount() int {
+	if s.sameOK() {
+		return s.sameTiles()
+	}
+	return s.gemmTiles()
+}
 func (s TrainConvGradWeightSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
-func (s TrainConvGradWeightSpec) gen(g *builder) { s.genGemm(g) }
+func (s TrainConvGradWeightSpec) gen(g *builder) {
+	if s.sameOK() {
+		s.genSame(g)
+		return
+	}
+	s.genGemm(g)
+}
 
 // ChannelSumSpec is bias_grad: out[c] = Σ_n Σ_i dy[n][c][i] over an
 // [Outer][C][Inner] value, accumulated in float64. A tile is one channel.
@@ -583,6 +612,10 @@ func (s TrainPoolSpec) Validate() error {
 func (s TrainPoolSpec) tileCount() int { return s.Planes }
 func (s TrainPoolSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
 func (s TrainPoolSpec) gen(g *builder) {
+	if s.fast() {
+		s.genFast(g)
+		return
+	}
 	g.tiles(func(p value.Value) {
 		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
 		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
@@ -629,6 +662,10 @@ func (s TrainPoolGradSpec) Validate() error {
 func (s TrainPoolGradSpec) tileCount() int { return s.Planes }
 func (s TrainPoolGradSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
 func (s TrainPoolGradSpec) gen(g *builder) {
+	if s.fast() {
+		s.genFast(g)
+		return
+	}
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))

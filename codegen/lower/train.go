@@ -274,6 +274,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			o, c, in := channelLayout(arg(0).Type.Shape)
 			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})
 		case ir.OpBatchNormTrain:
+			if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
+				return nil, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
+			}
 			o, c, in := channelLayout(arg(0).Type.Shape)
 			add(codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
 				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)})

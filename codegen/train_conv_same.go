@@ -1,0 +1,467 @@
+package codegen
+
+import (
+	"fmt"
+
+	"github.com/llir/llvm/ir"
+	"github.com/llir/llvm/ir/constant"
+	"github.com/llir/llvm/ir/enum"
+	"github.com/llir/llvm/ir/types"
+	"github.com/llir/llvm/ir/value"
+)
+
+// Stride-1 "same" training convolutions without im2col gathers (issue 9).
+//
+// For a stride-1 convolution whose output plane equals its input plane
+// (OH = H, OW = W: KH = 2·PH+1, KW = 2·PW+1, as every stride-1 convolution
+// of the Inception networks), column p = oh·W + ow of the im2col matrix row
+// k = (c, kh, kw) is x[c·H·W + p + (kh−PH)·W + (kw−PW)] wherever the input
+// pixel (oh+kh−PH, ow+kw−PW) is inside the image, else zero: a row of
+// 32 columns is a contiguous run of x shifted by a per-row constant, with a
+// mask. The packing of the B panel is then one masked vector load
+// (llvm.masked.load: vmaskmovps/AVX-512 masking; lanes outside the mask
+// are never read, so no access leaves the tensor) per vector instead of a
+// gather per element, with the masks built from per-tile vectors of
+// (oh, ow) and per-row offsets (dh, dw) held in constant tables; a 1x1
+// convolution's full 32-column blocks are not packed at all (the
+// micro-kernel reads x).
+//
+// The input gradient of such a convolution is the same kind of convolution
+// (the "full" correlation of dy with the flipped, transposed kernel, e.g.
+// Dumoulin and Visin, "A guide to convolution arithmetic for deep
+// learning", arXiv:1603.07285, §4.1; oneDNN's backward-by-data is the same
+// identity): dx[c] = Σ_o Σ_t′ W′[c][o][t′]·dy[o] shifted by t′ with
+// W′[c][o][t′] = W[o][c][T−1−t′] and the same padding, so it runs on the
+// same kernel with W′ built per call in a stack buffer (C·O·KH·KW ≤
+// sameWMax floats) — the col2im scatter of the general path, which cost
+// far more than the multiply for these layers, is gone.
+
+// sameWMax bounds the transposed dgrad weight kept on the stack (64 KiB).
+const sameWMax = 16 << 10
+
+// same reports a stride-1 convolution whose output plane is its input plane.
+func (s ConvGeom) same() bool {
+	return s.SH == 1 && s.SW == 1 && s.OH == s.H && s.OW == s.W
+}
+
+// sameConv is one stride-1 "same" convolution run by genSameConv: per image
+// n, out[n] (O×P) = A (O×K) · col(in[n]) + bias, K = C·KH·KW, P = H·W.
+type sameConv struct {
+	N, C, H, W, O  int
+	KH, KW, PH, PW int
+	In, Out, Bias  int // arena offsets; Bias < 0: none
+}
+
+func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
+
+// i32Vec returns the constant <lanes x i32> vector with lane l = f(l).
+func (g *builder) i32Vec(f func(l int) int) value.Value {
+	L := g.t.VectorLanes
+	el := make([]constant.Constant, L)
+	for l := range el {
+		el[l] = constant.NewInt(types.I32, int64(f(l)))
+	}
+	return constant.NewVector(types.NewVector(uint64(L), types.I32), el...)
+}
+
+// splatI32 broadcasts the i32 scalar x.
+func (g *builder) splatI32(x value.Value) value.Value {
+	vt := types.NewVector(uint64(g.t.VectorLanes), types.I32)
+	ins := g.b.NewInsertElement(constant.NewUndef(vt), x, ci(0))
+	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(vt))
+}
+
+// maskedLoad loads the vector at base+off floats, lanes where mask (a
+// <lanes x i1>) is false read nothing and are zero.
+func (g *builder) maskedLoad(base, off, mask value.Value) value.Value {
+	L := g.t.VectorLanes
+	name := fmt.Sprintf("llvm.masked.load.v%df32.p0", L)
+	f, ok := g.m.intr[name]
+	if !ok {
+		f = g.m.mod.NewFunc(name, g.vec,
+			ir.NewParam("", types.NewPointer(g.vec)), ir.NewParam("", types.I32),
+			ir.NewParam("", types.NewVector(uint64(L), types.I1)), ir.NewParam("", g.vec))
+		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
+		g.m.intr[name] = f
+	}
+	p := g.b.NewBitCast(g.gep(base, off), types.NewPointer(g.vec))
+	return g.b.NewCall(f, p, constant.NewInt(types.I32, 4), mask, g.vzero())
+}
+
+// i32Table defines a private constant [n x i32] table named after the
+// kernel function and returns a pointer to its first entry.
+func (g *builder) i32Table(suffix string, vals []int) value.Value {
+	el := make([]constant.Constant, len(vals))
+	for i, v := range vals {
+		el[i] = constant.NewInt(types.I32, int64(v))
+	}
+	at := types.NewArray(uint64(len(vals)), types.I32)
+	gl := g.m.mod.NewGlobalDef(g.f.Name()+"."+suffix, constant.NewArray(at, el...))
+	gl.Immutable = true
+	gl.Linkage = enum.LinkagePrivate
+	gl.Align = 64
+	return g.b.NewGetElementPtr(at, gl, ci(0), ci(0))
+}
+
+// genSameConv emits s with the weight matrix A (O×K, row-major) at
+// aBase+aOff floats. Tile (n, pb) computes out[n][:, 32·pb : 32·pb+32]:
+// per reduction block of gemmKC rows it packs the shifted, masked rows of x
+// into the zero-padded panel (not for a 1x1 convolution's full blocks) and
+// runs the micro-kernel (gemmTile) over the output channels; with one
+// reduction block the accumulators start at the bias, otherwise out is set
+// to the bias first and each block accumulates into it. prep, when not
+// nil, is emitted before the tile loop (after the stack buffers).
+func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
+	T := s.KH * s.KW
+	K, P := s.C*T, s.H*s.W
+	PB := ceilDiv(P, gemmNB)
+	L := g.t.VectorLanes
+	nvB := gemmNB / L
+	kc := min(K, gemmKC)
+	pw := T == 1
+	panel := g.stackBuf(kc * gemmNB)
+	var koffT, dhT, dwT value.Value
+	if !pw {
+		koff, dh, dw := make([]int, K), make([]int, K), make([]int, K)
+		for k := range koff {
+			c, t := k/T, k%T
+			kh, kw := t/s.KW, t%s.KW
+			dh[k], dw[k] = kh-s.PH, kw-s.PW
+			koff[k] = c*P + dh[k]*s.W + dw[k]
+		}
+		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
+	}
+	bias := func(o value.Value) value.Value {
+		if s.Bias < 0 {
+			return g.vzero()
+		}
+		return g.splat(g.ld(g.add(ci(s.Bias), o)))
+	}
+	if prep != nil {
+		prep()
+	}
+	g.tiles(func(t value.Value) {
+		n, pb := g.udiv(t, PB), g.urem(t, PB)
+		p0 := g.mul(pb, ci(gemmNB))
+		x := g.add(ci(s.In), g.mul(n, ci(s.C*P)))
+		y := g.add(ci(s.Out), g.add(g.mul(n, ci(s.O*P)), p0))
+		// (oh, ow) of the block's columns; columns past P get oh = colFar,
+		// outside every row range.
+		ohv, owv := make([]value.Value, nvB), make([]value.Value, nvB)
+		p0s := g.splatI32(g.b.NewTrunc(p0, types.I32))
+		for v := 0; v < nvB; v++ {
+			p := g.b.NewAdd(p0s, g.i32Vec(func(l int) int { return v*L + l }))
+			in := g.b.NewICmp(enum.IPredULT, p, g.i32Vec(func(int) int { return P }))
+			ohv[v] = g.b.NewSelect(in, g.b.NewUDiv(p, g.i32Vec(func(int) int { return s.W })), g.i32Vec(func(int) int { return colFar }))
+			owv[v] = g.b.NewURem(p, g.i32Vec(func(int) int { return s.W }))
+		}
+		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
+		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
+			direct := pw && w == gemmNB
+			single := K <= gemmKC
+			if !single {
+				g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+					bv := bias(o)
+					g.subBlocks(w, func(j0, nv, wl int) {
+						for v := 0; v < nv; v++ {
+							g.vstoreN(bv, g.arena, g.add(y, g.add(g.mul(o, ci(P)), ci(j0+v*L))), lanesOf(v, nv, wl, L))
+						}
+					})
+					return nil
+				})
+			}
+			g.blocks(K, gemmKC, func(k0 value.Value, kn int) {
+				if !direct {
+					g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
+						k := g.add(k0, kk)
+						for v := 0; v < nvB; v++ {
+							var off, mask value.Value
+							if pw {
+								off = g.add(x, g.add(g.mul(k, ci(P)), g.add(p0, ci(v*L))))
+								mask = g.b.NewICmp(enum.IPredULT, ohv[v], hv)
+							} else {
+								off = g.add(x, g.add(g.b.NewSExt(g.ldI(koffT, k), i64), g.add(p0, ci(v*L))))
+								ih := g.b.NewAdd(ohv[v], g.splatI32(g.ldI(dhT, k)))
+								iw := g.b.NewAdd(owv[v], g.splatI32(g.ldI(dwT, k)))
+								mask = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+							}
+							g.vstore(g.maskedLoad(g.arena, off, mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
+						}
+						return nil
+					})
+				}
+				g.subBlocks(w, func(j0, nv, wl int) {
+					g.blocks(s.O, balancedMR(g.t, s.O), func(o0 value.Value, mr int) {
+						yo := g.add(y, g.mul(o0, ci(P)))
+						cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
+						acc := g.gemmTile(mr, nv, kn,
+							func(r, v int) value.Value {
+								if single {
+									return bias(g.add(o0, ci(r)))
+								}
+								return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+							},
+							func(r int, kk value.Value) value.Value {
+								return g.load(aBase, g.add(ci(aOff), g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(k0, kk))))
+							},
+							func(v int, kk value.Value) value.Value {
+								if direct {
+									return g.vload(g.arena, g.add(x, g.add(g.mul(g.add(k0, kk), ci(P)), g.add(p0, ci(j0+v*L)))))
+								}
+								return g.vload(panel, g.add(g.mul(kk, ci(gemmNB)), ci(j0+v*L)))
+							})
+						for r := 0; r < mr; r++ {
+							for v := 0; v < nv; v++ {
+								g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+							}
+						}
+					})
+				})
+			})
+		})
+	})
+}
+
+// sameFwd is the forward convolution of s as a sameConv.
+func (s TrainConvSpec) sameFwd() sameConv {
+	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
+		In: s.X, Out: s.Out, Bias: s.Bias}
+}
+
+// sameOK reports whether the input gradient runs as a sameConv.
+func (s TrainConvGradInputSpec) sameOK() bool {
+	return s.same() && s.O*s.C*s.KH*s.KW <= sameWMax
+}
+
+// sameDgrad is the input gradient of s as a sameConv: input dy (O
+// channels), output dx (C channels), weight W′ (C×O·T).
+func (s TrainConvGradInputSpec) sameDgrad() sameConv {
+	return sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
+		In: s.DY, Out: s.DX, Bias: -1}
+}
+
+// genSame runs sameDgrad with W′ (transposeFlip) in a stack buffer built
+// per call.
+func (s TrainConvGradInputSpec) genSame(g *builder) {
+	T := s.KH * s.KW
+	wt := g.stackBuf(s.C * s.O * T)
+	s.sameDgrad().gen(g, wt, 0, func() { s.transposeFlip(g, wt) })
+}
+
+// transposeFlip stores W′[c][o·T + t′] = W[o][c][T−1−t′] at wt.
+func (s TrainConvGradInputSpec) transposeFlip(g *builder, wt value.Value) {
+	T := s.KH * s.KW
+	g.loopN(s.C, nil, func(c value.Value, _ []value.Value) []value.Value {
+		g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+			src := g.add(ci(s.Wt+T-1), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(T)))
+			dst := g.mul(g.add(g.mul(c, ci(s.O)), o), ci(T))
+			g.loopN(T, nil, func(t value.Value, _ []value.Value) []value.Value {
+				g.store(g.ld(g.sub(src, t)), wt, g.add(dst, t))
+				return nil
+			})
+			return nil
+		})
+		return nil
+	})
+}
+
+// The weight gradient of a stride-1 "same" convolution, dW[o][k] =
+// Σ_n Σ_p dy[n][o][p]·col[n][k][p], runs in dot-product form: both operands
+// are read along p, where they are contiguous (dy rows as they are; col
+// rows as the shifted, masked rows of x, so nothing is packed or
+// transposed). The register tile is wgMR output channels × wgNR rows of K,
+// each accumulator a vector of partial sums over p; per vector of p the
+// kernel loads wgMR dy vectors (folded into the FMAs) and wgNR masked x
+// vectors for wgMR·wgNR FMAs. A tile owns wgMR channels × a group of
+// wgNR-row blocks of K and reduces over the whole batch: per image it keeps
+// the image's dy rows in L1 across the group's blocks, and the group's
+// partial sums live in a stack buffer between images, so dy is streamed
+// once per group rather than once per block. At the end each accumulator is
+// summed across its lanes into dW (one writer per element, no zeroing).
+// The (oh, ow) of every p are a per-call stack table (planes up to
+// wgMaxP pixels; larger ones use the im2col kernel).
+
+const wgMaxP = 4096
+
+func (s TrainConvGradWeightSpec) sameOK() bool {
+	return s.contiguous() && s.OH*s.OW <= wgMaxP
+}
+
+// contiguous reports a stride-1 convolution whose output rows are as wide
+// as its input rows: column p of an im2col row is then x at the row's
+// offset + p (masked), for every padding.
+func (s ConvGeom) contiguous() bool { return s.SH == 1 && s.SW == 1 && s.OW == s.W }
+
+// wgShape returns the register tile (channels, rows of K) for target t.
+func wgShape(t Target) (mr, nr int) {
+	if t.Registers >= 32 {
+		return 8, 3
+	}
+	return 4, 2
+}
+
+// wgTO is the channels of a weight-gradient tile (a multiple of every
+// target's wgShape channels, so that tiles are target independent).
+const wgTO = 8
+
+// wgGroup returns the rows of K per tile and the number of such groups:
+// up to 24 rows (a multiple of every wgShape row count), fewer when that
+// leaves fewer than 8 tiles.
+func (s TrainConvGradWeightSpec) wgGroup() (rows, groups int) {
+	K := s.C * s.KH * s.KW
+	want := ceilDiv(8, ceilDiv(s.O, wgTO)) // groups for 8 tiles
+	rows = min(24, max(6, ceilDiv(ceilDiv(K, want), 6)*6))
+	return rows, ceilDiv(K, rows)
+}
+
+func (s TrainConvGradWeightSpec) sameTiles() int {
+	_, groups := s.wgGroup()
+	return ceilDiv(s.O, wgTO) * groups
+}
+
+// genSame emits the dot-product weight gradient (see above).
+func (s TrainConvGradWeightSpec) genSame(g *builder) {
+	T := s.KH * s.KW
+	K, Pin, P := s.C*T, s.H*s.W, s.OH*s.OW
+	L := g.t.VectorLanes
+	MR, NR := wgShape(g.t)
+	KG, G := s.wgGroup()
+	OB := ceilDiv(s.O, wgTO)
+	PV, tail := P/L, P%L
+	pw := T == 1
+	accBuf := g.stackBuf(KG * wgTO * L)
+	var ohT, owT value.Value
+	var koffT, dhT, dwT value.Value
+	if !pw {
+		n := ceilDiv(P, L) * L
+		ohT, owT = g.stackI32(n), g.stackI32(n)
+		koff, dh, dw := make([]int, K), make([]int, K), make([]int, K)
+		for k := range koff {
+			c, t := k/T, k%T
+			kh, kw := t/s.KW, t%s.KW
+			dh[k], dw[k] = kh-s.PH, kw-s.PW
+			koff[k] = c*Pin + dh[k]*s.W + dw[k]
+		}
+		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
+		// Per column p: its row (colFar past P) and column.
+		g.loopN(n, nil, func(p value.Value, _ []value.Value) []value.Value {
+			in := g.icmp(enum.IPredULT, p, ci(P))
+			g.stI(g.sel(in, g.udiv(p, s.OW), ci(colFar)), ohT, p)
+			g.stI(g.urem(p, s.OW), owT, p)
+			return nil
+		})
+	}
+	hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
+	tailMask := func() value.Value {
+		el := make([]constant.Constant, L)
+		for l := range el {
+			el[l] = constant.NewBool(l < tail)
+		}
+		return constant.NewVector(types.NewVector(uint64(L), types.I1), el...)
+	}
+	ldVecI := func(tab, p value.Value) value.Value {
+		pt := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, tab, p), types.NewPointer(types.NewVector(uint64(L), types.I32)))
+		l := g.b.NewLoad(types.NewVector(uint64(L), types.I32), pt)
+		l.Align = 4
+		return l
+	}
+	g.tiles(func(t value.Value) {
+		ob, kg := g.udiv(t, G), g.urem(t, G)
+		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
+		g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
+			g.lastOr(kg, G, KG, K-(G-1)*KG, func(kn int) {
+				g.fillBuf(accBuf, KG*wgTO*L)
+				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
+					x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
+					dyn := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(o0, ci(P))))
+					g.blocks(osz, MR, func(oo value.Value, mr int) {
+						dy := g.add(dyn, g.mul(oo, ci(P)))
+						g.blocks(kn, NR, func(kb value.Value, nr int) {
+							k0 := g.add(kg0, kb)
+							// Per row of the block: its x offset and mask shifts.
+							xoff, dhv, dwv := make([]value.Value, nr), make([]value.Value, nr), make([]value.Value, nr)
+							for c := 0; c < nr; c++ {
+								k := g.add(k0, ci(c))
+								if pw {
+									xoff[c] = g.add(x, g.mul(k, ci(Pin)))
+								} else {
+									xoff[c] = g.add(x, g.b.NewSExt(g.ldI(koffT, k), i64))
+									dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
+								}
+							}
+							accAt := func(r, c int) value.Value {
+								return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
+							}
+							acc := make([]value.Value, mr*nr)
+							for r := 0; r < mr; r++ {
+								for c := 0; c < nr; c++ {
+									acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
+								}
+							}
+							step := func(p value.Value, last bool, a []value.Value) []value.Value {
+								colv := make([]value.Value, nr)
+								for c := 0; c < nr; c++ {
+									switch {
+									case pw && !last:
+										colv[c] = g.vload(g.arena, g.add(xoff[c], p))
+									case pw:
+										colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
+									default:
+										ih := g.b.NewAdd(ldVecI(ohT, p), dhv[c])
+										iw := g.b.NewAdd(ldVecI(owT, p), dwv[c])
+										m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+										colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
+									}
+								}
+								out := make([]value.Value, len(a))
+								for r := 0; r < mr; r++ {
+									var d value.Value
+									if last {
+										d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
+									} else {
+										d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
+									}
+									for c := 0; c < nr; c++ {
+										out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
+									}
+								}
+								return out
+							}
+							if PV > 0 {
+								acc = g.loopNoUnroll(ci(0), ci(PV), acc, func(v value.Value, a []value.Value) []value.Value {
+									return step(g.mul(v, ci(L)), false, a)
+								})
+							}
+							if tail > 0 {
+								acc = step(ci(PV*L), true, acc)
+							}
+							for r := 0; r < mr; r++ {
+								for c := 0; c < nr; c++ {
+									g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+								}
+							}
+						})
+					})
+					return nil
+				})
+				// dW[o0+r][kg0+kk] = Σ lanes of the partial sums.
+				g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
+					for r := 0; r < osz; r++ {
+						v := g.vload(accBuf, g.mul(g.add(g.mul(kk, ci(wgTO)), ci(r)), ci(L)))
+						sum := g.hreduce(v, g.radd)
+						g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(kg0, kk))))
+					}
+					return nil
+				})
+			})
+		})
+	})
+}
+
+// fillBuf zeroes n floats of a stack buffer.
+func (g *builder) fillBuf(buf value.Value, n int) {
+	g.loopN(n, nil, func(i value.Value, _ []value.Value) []value.Value {
+		g.store(cf(0), buf, i)
+		return nil
+	})
+}

@@ -1,0 +1,271 @@
+package codegen
+
+import (
+	"fmt"
+
+	"github.com/llir/llvm/ir"
+	"github.com/llir/llvm/ir/constant"
+	"github.com/llir/llvm/ir/enum"
+	"github.com/llir/llvm/ir/types"
+	"github.com/llir/llvm/ir/value"
+)
+
+// Tap-major pooling kernels for training (issue 9).
+//
+// A pooling window is a convolution with one input and one output channel
+// and no weights, so the pooling kernels walk it tap by tap, with the tap
+// (kh, kw) resolved at generation time, instead of scanning each output's
+// window with run-time bounds (about 8 cycles per window element before).
+// A tile owns one plane, so no two threads write the same element.
+//
+//   - Average pooling whose output plane is its input plane (stride 1,
+//     "same" padding: the Inception pooling branches) runs as explicit
+//     vectors over the flattened plane (sameTaps): per vector of outputs,
+//     the sum over taps of masked loads of the input shifted by the tap
+//     (llvm.masked.load; lanes whose pixel is outside the image read
+//     nothing). The forward adds the taps in row-major window order from 0,
+//     the interpreter's order, then divides by the window's divisor
+//     (divisorVec); the gradient first stores dy/divisor in a scratch plane,
+//     then gathers dx[q] = Σ_taps scratch[q − δ(tap)] — no scatter of
+//     overlapping windows, no atomics.
+//   - Other average pools and all max pools loop over each tap's output
+//     rectangle (ConvGeom.taps and rows). maxpool and maxpool_grad keep a
+//     running maximum and its in-plane index per output, updated tap by tap
+//     in the interpreter's row-major scan order with its rule (the first
+//     in-bounds pixel, then a strictly greater value or the first NaN, and
+//     nothing replaces a NaN), so the chosen pixel is the interpreter's; the
+//     gradient then adds each dy to its pixel in output order.
+//
+// The scratch planes are stack buffers of OH·OW floats (and i32 indexes for
+// max), so planes up to poolFastMax outputs use these kernels and larger
+// ones the per-window loops of train_kernels.go.
+
+// poolFastMax bounds the output plane (floats) of the tap-major kernels'
+// stack scratch: 64 KiB.
+const poolFastMax = 16 << 10
+
+func (s PoolGeom) fast() bool { return s.OH*s.OW <= poolFastMax }
+
+// conv is the pooling window as a one-channel convolution geometry.
+func (s PoolGeom) conv() ConvGeom {
+	return ConvGeom{N: 1, C: 1, H: s.H, W: s.W, O: 1, KH: s.KH, KW: s.KW,
+		SH: s.SH, SW: s.SW, PH: s.PH, PW: s.PW, OH: s.OH, OW: s.OW}
+}
+
+// divisorAt is the average's divisor of output (oh, ow), a float.
+func (s PoolGeom) divisorAt(g *builder, oh, ow value.Value) value.Value {
+	if s.IncludePad {
+		return cf(float64(s.KH * s.KW))
+	}
+	y0, y1, x0, x1 := s.window(g, oh, ow)
+	return s.divisor(g, y0, y1, x0, x1)
+}
+
+// forOutputs calls f(i, oh, ow) for every output of a plane, i = oh·OW+ow.
+func (s PoolGeom) forOutputs(g *builder, f func(i, oh, ow value.Value)) {
+	g.loopN(s.OH, nil, func(oh value.Value, _ []value.Value) []value.Value {
+		g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
+			f(g.add(g.mul(oh, ci(s.OW)), ow), oh, ow)
+			return nil
+		})
+		return nil
+	})
+}
+
+// maxTaps computes, for every output of the plane at arena offset x, the
+// window maximum into best (base pointer, output index) and, when idx is
+// not nil, its in-plane input index into idx (an i32 stack table). The
+// tables start at "none" (idx −1, or a first-tap flag kept in idx).
+func (s PoolGeom) maxTaps(g *builder, x, best, idx value.Value) {
+	c := s.conv()
+	g.loopN(s.OH*s.OW, nil, func(i value.Value, _ []value.Value) []value.Value {
+		g.stI(ci(-1), idx, i)
+		return nil
+	})
+	c.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+		origin := (kh-s.PH)*s.W + kw - s.PW
+		xt := g.add(x, ci(origin))
+		c.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+			v := g.ld(g.add(xt, j))
+			b := g.load(best, i)
+			id := g.ldI(idx, i)
+			first := g.b.NewICmp(enum.IPredSLT, id, c32(0))
+			better := g.b.NewAnd(g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, v, b), g.isNaN(v)), g.b.NewXor(g.isNaN(b), constant.True))
+			repl := g.b.NewOr(first, better)
+			g.store(g.sel(repl, v, b), best, i)
+			at := g.b.NewTrunc(g.add(j, ci(origin)), types.I32)
+			g.b.NewStore(g.sel(repl, at, id), g.b.NewGetElementPtr(types.I32, idx, i)).Align = 4
+			return nil
+		})
+	})
+}
+
+// samePlane reports a stride-1 window whose output plane is its input
+// plane (3x3, padding 1: the Inception pooling branches). Such planes run
+// as explicit vectors over the flattened plane (sameTaps).
+func (s PoolGeom) samePlane() bool {
+	return s.SH == 1 && s.SW == 1 && s.OH == s.H && s.OW == s.W
+}
+
+// planeVec holds the flattened plane positions of one vector: p (i64, the
+// first lane's), oh and ow per lane (i32 vectors; lanes past the plane get
+// oh = colFar) and the lanes' validity mask.
+type planeVec struct {
+	p      value.Value
+	oh, ow value.Value
+	in     value.Value
+	hv, wv value.Value
+}
+
+// planeVecs calls f for every vector of an H×W plane.
+func (s PoolGeom) planeVecs(g *builder, f func(pv planeVec)) {
+	L := g.t.VectorLanes
+	P := s.H * s.W
+	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
+	g.loopN(ceilDiv(P, L), nil, func(v value.Value, _ []value.Value) []value.Value {
+		p0 := g.mul(v, ci(L))
+		p := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return l }))
+		in := g.b.NewICmp(enum.IPredULT, p, vi(P))
+		oh := g.b.NewSelect(in, g.b.NewUDiv(p, vi(s.W)), vi(colFar))
+		f(planeVec{p: p0, oh: oh, ow: g.b.NewURem(p, vi(s.W)), in: in, hv: vi(s.H), wv: vi(s.W)})
+		return nil
+	})
+}
+
+// sameTaps returns Σ over the window's taps, in row-major order from 0, of
+// base[off + p + sign·δ] for the lanes of pv, δ = (kh−PH)·W + kw−PW, zero
+// where the pixel (oh + sign·(kh−PH), ow + sign·(kw−PW)) is outside the
+// plane (masked loads: nothing outside is read).
+func (s PoolGeom) sameTaps(g *builder, pv planeVec, base, off value.Value, sign int) value.Value {
+	acc := g.vzero()
+	for kh := 0; kh < s.KH; kh++ {
+		for kw := 0; kw < s.KW; kw++ {
+			dh, dw := sign*(kh-s.PH), sign*(kw-s.PW)
+			ih := g.b.NewAdd(pv.oh, g.i32Vec(func(int) int { return dh }))
+			iw := g.b.NewAdd(pv.ow, g.i32Vec(func(int) int { return dw }))
+			mask := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, pv.hv), g.b.NewICmp(enum.IPredULT, iw, pv.wv))
+			acc = g.fadd(acc, g.maskedLoad(base, g.add(off, g.add(pv.p, ci(dh*s.W+dw))), mask))
+		}
+	}
+	return acc
+}
+
+// divisorVec is the average's divisor of the outputs of pv, a float vector.
+func (s PoolGeom) divisorVec(g *builder, pv planeVec) value.Value {
+	if s.IncludePad {
+		return g.vconst(float64(s.KH * s.KW))
+	}
+	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
+	span := func(o value.Value, pad, k, n int) value.Value {
+		var lo, hi value.Value = g.b.NewSub(o, vi(pad)), nil
+		hi = g.b.NewAdd(lo, vi(k))
+		lo = g.b.NewSelect(g.b.NewICmp(enum.IPredSLT, lo, vi(0)), vi(0), lo)
+		hi = g.b.NewSelect(g.b.NewICmp(enum.IPredSGT, hi, vi(n)), vi(n), hi)
+		return g.b.NewSub(hi, lo)
+	}
+	oh := g.b.NewSelect(pv.in, pv.oh, vi(0))
+	return g.b.NewSIToFP(g.b.NewMul(span(oh, s.PH, s.KH, s.H), span(pv.ow, s.PW, s.KW, s.W)), g.vec)
+}
+
+// maskedStore stores the lanes of v where mask is true at base+off floats.
+func (g *builder) maskedStore(v, base, off, mask value.Value) {
+	L := g.t.VectorLanes
+	name := fmt.Sprintf("llvm.masked.store.v%df32.p0", L)
+	f, ok := g.m.intr[name]
+	if !ok {
+		f = g.m.mod.NewFunc(name, types.Void, ir.NewParam("", g.vec),
+			ir.NewParam("", types.NewPointer(g.vec)), ir.NewParam("", types.I32),
+			ir.NewParam("", types.NewVector(uint64(L), types.I1)))
+		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
+		g.m.intr[name] = f
+	}
+	p := g.b.NewBitCast(g.gep(base, off), types.NewPointer(g.vec))
+	g.b.NewCall(f, v, p, constant.NewInt(types.I32, 4), mask)
+}
+
+// genFast is the tap-major pooling forward (see the file comment).
+func (s TrainPoolSpec) genFast(g *builder) {
+	c := s.conv()
+	var idx value.Value
+	if s.Max {
+		idx = g.stackI32(s.OH * s.OW)
+	}
+	g.tiles(func(p value.Value) {
+		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
+		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
+		if s.Max {
+			s.maxTaps(g, x, g.gep(g.arena, out), idx)
+			return
+		}
+		if s.samePlane() {
+			s.planeVecs(g, func(pv planeVec) {
+				v := g.fdiv(s.sameTaps(g, pv, g.arena, x, 1), s.divisorVec(g, pv))
+				g.maskedStore(v, g.arena, g.add(out, pv.p), pv.in)
+			})
+			return
+		}
+		g.fillN(cf(0), out, s.OH*s.OW)
+		c.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+			xt := g.add(x, ci((kh-s.PH)*s.W+kw-s.PW))
+			c.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+				o := g.add(out, i)
+				g.st(g.fadd(g.ld(o), g.ld(g.add(xt, j))), o)
+				return nil
+			})
+		})
+		s.forOutputs(g, func(i, oh, ow value.Value) {
+			o := g.add(out, i)
+			g.st(g.fdiv(g.ld(o), s.divisorAt(g, oh, ow)), o)
+		})
+	})
+}
+
+// genFast is the tap-major pooling gradient (see the file comment).
+func (s TrainPoolGradSpec) genFast(g *builder) {
+	c := s.conv()
+	scratch := g.stackBuf(s.OH * s.OW)
+	var idx value.Value
+	if s.Max {
+		idx = g.stackI32(s.OH * s.OW)
+	}
+	g.tiles(func(p value.Value) {
+		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
+		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
+		if !s.Max && s.samePlane() {
+			// scratch = dy/divisor, then dx[q] = Σ_taps scratch[q − δ].
+			s.planeVecs(g, func(pv planeVec) {
+				d := g.maskedLoad(g.arena, g.add(dy, pv.p), pv.in)
+				g.maskedStore(g.fdiv(d, s.divisorVec(g, pv)), scratch, pv.p, pv.in)
+			})
+			s.planeVecs(g, func(pv planeVec) {
+				g.maskedStore(s.sameTaps(g, pv, scratch, ci(0), -1), g.arena, g.add(dx, pv.p), pv.in)
+			})
+			return
+		}
+		g.fillN(cf(0), dx, s.H*s.W)
+		if s.Max {
+			s.maxTaps(g, g.add(ci(s.X), g.mul(p, ci(s.H*s.W))), scratch, idx)
+			// Outputs without an in-bounds pixel (none for PyTorch's
+			// padding ≤ kernel/2) keep index −1 and add nothing.
+			g.loopN(s.OH*s.OW, nil, func(i value.Value, _ []value.Value) []value.Value {
+				id := g.ldI(idx, i)
+				none := g.b.NewICmp(enum.IPredSLT, id, c32(0))
+				o := g.add(dx, g.sel(none, ci(0), g.b.NewSExt(id, i64)))
+				g.st(g.fadd(g.ld(o), g.sel(none, cf(0), g.ld(g.add(dy, i)))), o)
+				return nil
+			})
+			return
+		}
+		s.forOutputs(g, func(i, oh, ow value.Value) {
+			g.store(g.fdiv(g.ld(g.add(dy, i)), s.divisorAt(g, oh, ow)), scratch, i)
+		})
+		c.taps(func(kh, kw, oh0, oh1, ow0, ow1 int) {
+			xt := g.add(dx, ci((kh-s.PH)*s.W+kw-s.PW))
+			c.rows(g, oh0, oh1, ow0, ow1, nil, func(i, j value.Value, _ []value.Value) []value.Value {
+				o := g.add(xt, j)
+				g.st(g.fadd(g.ld(o), g.load(scratch, i)), o)
+				return nil
+			})
+		})
+	})
+}
