@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sync"
 
 	"github.com/kiln-dev/kiln/codegen"
 	"github.com/kiln-dev/kiln/codegen/lower"
@@ -26,7 +27,9 @@ import (
 // schedule does not rebuild anything, and so are the dropout seeds
 // (lower.SeedState), so a network with dropout does not rebuild per step; a
 // graph that differs otherwise is compiled again (the object cache makes
-// that cheap when it was seen before). Evaluation (Infer) runs in the reference interpreter.
+// that cheap when it was seen before). Evaluation (Infer, InferKeep in
+// compiled_infer.go) runs the inference graph as native code too, compiled
+// once per graph and reloaded with new weights only when they change.
 //
 // A Compiled holds a loaded model and a temporary directory: Close it.
 type Compiled struct {
@@ -37,7 +40,8 @@ type Compiled struct {
 	Targets []codegen.Target
 	// ISA forces one of them (rt.Options.ISA).
 	ISA string
-	// Interp runs Infer.
+	// Interp is unused: Infer runs compiled code (kept for callers that
+	// set it).
 	Interp Interpreter
 
 	tc   *codegen.Toolchain
@@ -47,6 +51,9 @@ type Compiled struct {
 	sg   *train.StepGraph
 	out  []float32
 	mine map[string]*tensor.Tensor // the tensors the last Step returned, by name
+
+	inferMu sync.Mutex               // guards infer
+	infer   map[[32]byte]*inferModel // compiled inference graphs, by inferKey
 }
 
 // lrAttr matches the learning-rate attribute in a printed graph.
@@ -210,17 +217,15 @@ func (e *Compiled) Step(sg *train.StepGraph, params, inputs map[string]*tensor.T
 	return loss[0], ups, nil
 }
 
-// Infer implements Executor with the interpreter.
-func (e *Compiled) Infer(g *ir.Graph, params, inputs map[string]*tensor.Tensor) (*tensor.Tensor, error) {
-	return e.Interp.Infer(g, params, inputs)
-}
-
 // Close releases the model and the temporary directory.
 func (e *Compiled) Close() error {
 	var err error
 	if e.m != nil {
 		err = e.m.Close()
 		e.m = nil
+	}
+	if cerr := e.closeInfer(); err == nil {
+		err = cerr
 	}
 	if e.dir != "" {
 		os.RemoveAll(e.dir)
