@@ -139,16 +139,18 @@ var (
 		VectorLanes: 4, Registers: 32, Block: 4,
 	}
 	// CUDASM80 and CUDASM90 are NVIDIA Ampere and Hopper through LLVM's
-	// NVPTX back end. Listed so the table has the shape GPUs need; their
-	// kernels come with issue 12. VectorLanes is the warp width.
+	// NVPTX back end; codegen/cuda generates their kernels (issue 12).
+	// VectorLanes is the warp width. Block 32: activations are NCHW32c, so
+	// a pixel's 32-channel chunk is one 128-byte line (a coalesced warp
+	// load) and the implicit-GEMM K step of 32 is two mma k16 steps.
 	CUDASM80 = Target{
 		Name: "cuda-sm80", Kind: GPU, Arch: "nvptx64", Triple: "nvptx64-nvidia-cuda",
-		CPU: "sm_80", Features: []string{"ptx78"}, VectorLanes: 32, Registers: 255,
+		CPU: "sm_80", Features: []string{"ptx78"}, VectorLanes: 32, Registers: 255, Block: 32,
 		NotImplemented: "GPU code generation is not implemented yet (issue 12)",
 	}
 	CUDASM90 = Target{
 		Name: "cuda-sm90", Kind: GPU, Arch: "nvptx64", Triple: "nvptx64-nvidia-cuda",
-		CPU: "sm_90", Features: []string{"ptx78"}, VectorLanes: 32, Registers: 255,
+		CPU: "sm_90", Features: []string{"ptx78"}, VectorLanes: 32, Registers: 255, Block: 32,
 		NotImplemented: "GPU code generation is not implemented yet (issue 12)",
 	}
 )

@@ -74,8 +74,8 @@ func TestBuilds(t *testing.T) {
 		{"avx512", "avx512", 16, "amd64", false},
 		{"avx2", "avx2", 16, "amd64", false},
 		{"arm64-neon", "neon", 4, "arm64", false},
-		{"cuda-sm80", "cuda-sm80", 0, "nvptx64", true},
-		{"cuda-sm90", "cuda-sm90", 0, "nvptx64", true},
+		{"cuda-sm80", "cuda-sm80", 32, "nvptx64", true},
+		{"cuda-sm90", "cuda-sm90", 32, "nvptx64", true},
 	}
 	for _, c := range cases {
 		b, err := LookupBuild(c.name)

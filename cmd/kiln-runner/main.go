@@ -47,6 +47,9 @@ func main() {
 // executable) with the command-line args and returns the exit status. name
 // is the program name used in messages and usage.
 func run(name, exe string, args []string, stdout, stderr io.Writer) int {
+	if code, ok := runGPU(name, exe, args, stdout, stderr); ok { // a GPU artifact (gpu.go)
+		return code
+	}
 	bundle, found, err := rt.FindBundle(exe)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)

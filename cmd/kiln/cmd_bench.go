@@ -53,6 +53,9 @@ func init() {
 				"the report gives median, p10 and p90 latency and GFLOP/s = 2 x MACs / median latency\n"+
 				"(MACs of the conv and dense kernels, as kiln stats counts them)")
 			warmup := fs.Int("warmup", 3, "untimed warm-up inferences `N` before timing (at least 3)")
+			gpuTarget := fs.String("target", "", "time on an NVIDIA GPU instead: `TARGET` cuda-sm80 or cuda-sm90 (with --precision; --layers gives per-kernel times; bench_cuda.go)")
+			var gf gpuFlags
+			gf.register(fs, false)
 			peak := fs.Bool("peak", false, "measure this CPU's FMA peak instead of a network (no FILE): for every ISA the CPU runs\n"+
 				"(avx512 and avx2 on x86-64, neon on arm64) and 1..T threads: the fastest of 0.5 s of runs of\n"+
 				"2^18 iterations of independent vector FMA chains in registers (24 zmm, 12 ymm or 24 q per\n"+
@@ -94,6 +97,17 @@ func init() {
 				file, err := oneFile(args)
 				if err != nil {
 					return err
+				}
+				if *gpuTarget != "" {
+					gb, ok := gpuBuild(*gpuTarget)
+					if !ok {
+						return usagef("--target %q: kiln bench takes a GPU target (cuda-sm80, cuda-sm90); CPU benchmarks run for this machine", *gpuTarget)
+					}
+					g, err := nf.load(file)
+					if err != nil {
+						return err
+					}
+					return benchGPU(e, gb, g, gf.precision, *weights, *stripPrefix, *layers, *warmup, *minTime, *format)
 				}
 				b := &benchRun{weights: *weights, stripPrefix: *stripPrefix, isa: *isa, threads: *threads,
 					layers: *layers, minTime: *minTime, warmup: *warmup}

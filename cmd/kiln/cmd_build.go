@@ -27,13 +27,16 @@ func init() {
 			pf.registerPassFlags(fs)
 			weights := fs.String("weights", "", "safetensors `file` with the network's weights (timm names); default: procedural weights")
 			stripPrefix := fs.String("strip-prefix", "", "remove `PREFIX` from every --weights name that starts with it (e.g. module. from a DataParallel state dict)")
-			target := fs.String("target", hostTarget(), "code generation `target`: x86-64 (AVX-512 and AVX2 in one binary), avx512, avx2 or arm64-neon")
+			target := fs.String("target", hostTarget(), "code generation `target`: x86-64 (AVX-512 and AVX2 in one binary), avx512, avx2, arm64-neon, or an NVIDIA GPU: cuda-sm80, cuda-sm90 (docs/GPU.md)")
 			out := fs.String("o", "", "output executable `OUT`")
 			var taps listFlag
 			fs.Var(&taps, "tap", "also compile the output of marked module `NAME` (e.g. features.5) into the binary, for its --tap (repeatable)")
 			var imf imageFlags
 			imf.register(fs)
-			format := fs.String("format", "exe", "output `FORMAT`: exe (a standalone executable) or lib (a C shared library, with kiln.h written next to it)")
+			format := fs.String("format", "exe", "output `FORMAT`: exe (a standalone executable) or lib (a C shared library, with kiln.h written next to it);\n"+
+				"GPU targets: exe, program (the GPU program without the runner, for kiln-runner --program FILE) or weights (the weights blob alone)")
+			var gf gpuFlags
+			gf.register(fs, true)
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -41,6 +44,9 @@ func init() {
 				}
 				if *out == "" {
 					return usagef("-o OUT is required")
+				}
+				if b, ok := gpuBuild(*target); ok { // cuda-sm80, cuda-sm90: build_cuda.go
+					return buildGPU(e, b, &nf, &gf, &imf, file, *weights, *stripPrefix, *out, *format, taps)
 				}
 				bt, err := lookupBuildTarget(*target)
 				if err != nil {

@@ -52,7 +52,7 @@ func TestTargetFlag(t *testing.T) {
 		{[]string{"plan", "--target", "arm64-neon", "tiny"}, 0, "target arm64-neon", ""},
 		{[]string{"plan", "--target", "cuda-sm90", "tiny"}, 1, "", "--target cuda-sm90: target cuda-sm90: GPU code generation is not implemented yet (issue 12)"},
 		{[]string{"plan", "--target", "riscv64", "tiny"}, 2, "", `--target: unknown target "riscv64"`},
-		{[]string{"build", "--target", "cuda-sm80", "-o", "x", "tiny"}, 1, "", "target cuda-sm80: GPU code generation is not implemented yet (issue 12)"},
+		{[]string{"build", "--target", "cuda-sm80", "--format", "lib", "-o", "x", "tiny"}, 2, "", "--format lib: a GPU target builds exe, program or weights"}, // GPU builds: build_cuda_test.go
 		{[]string{"build", "--target", "riscv64", "-o", "x", "tiny"}, 2, "", `unsupported --target "riscv64"`},
 	}
 	for _, c := range cases {
