@@ -66,8 +66,11 @@ type Recipe struct {
 	Optimizer     train.Optimizer
 	LRDecay       float64
 	LRDecayEpochs int
-	Smoothing     float64
-	Augment       data.Augment
+	// LRDecayEvery, when positive, decays by LRDecay every LRDecayEvery
+	// epochs, per step (trainer.Settings.LRDecayEvery).
+	LRDecayEvery float64
+	Smoothing    float64
+	Augment      data.Augment
 }
 
 // Experiment is one question and the runs that answer it.
@@ -81,6 +84,9 @@ type Experiment struct {
 	Thresholds []float64
 	// Ensembles, if set, are evaluated after training (EnsembleSpec).
 	Ensembles []EnsembleSpec
+	// Compare lists pairs of network labels whose final test top-1 over
+	// seeds is compared by Welch's t-test (Significance).
+	Compare [][2]string
 }
 
 // EnsembleSpec is an ensemble of trained models: the averaged softmax of
@@ -98,14 +104,12 @@ type Member struct {
 
 // paperRecipe is the paper's recipe as issue 13 gives it for RQ1: RMSProp
 // (decay 0.9, ε 1.0, momentum 0.9), label smoothing 0.1, random crop
-// (pad 2) and flip, batch 128. The PyTorch reference used lr 0.09 decayed
-// by 0.94 every 0.2 epoch; the trainer decays per whole epoch, so the rate
-// is decayed by 0.94^5 ≈ 0.73 every epoch instead (the same rate at every
-// epoch boundary).
+// (pad 2) and flip, batch 128, and the PyTorch reference's schedule: lr
+// 0.09 decayed by 0.94 every 0.2 epoch, per step.
 var paperRecipe = Recipe{
 	Epochs: 10, Batch: 128,
 	Optimizer: train.Optimizer{Kind: "rmsprop", LR: 0.09, Alpha: 0.9, Eps: 1.0, Momentum: 0.9},
-	LRDecay:   0.7339, LRDecayEpochs: 1, Smoothing: 0.1,
+	LRDecay:   0.94, LRDecayEpochs: 1, LRDecayEvery: 0.2, Smoothing: 0.1,
 	Augment: data.Augment{Pad: 2, Flip: true},
 }
 
@@ -127,7 +131,7 @@ func Experiments() map[string]*Experiment {
 		Nets: []Net{
 			inc("inception", map[string]float64{"drop": drop}),
 			res("resnet", map[string]float64{"drop": drop}),
-		}, Recipe: paperRecipe, Thresholds: thr}
+		}, Recipe: paperRecipe, Thresholds: thr, Compare: [][2]string{{"resnet", "inception"}}}
 	depth := &Experiment{Name: "depth",
 		Question: "Does the residual advantage appear as depth grows (2x and 4x the A/B blocks), and does it depend on the residual scale?",
 		Recipe:   paperRecipe, Thresholds: thr}
@@ -136,6 +140,9 @@ func Experiments() map[string]*Experiment {
 			inc(fmt.Sprintf("inception-d%g", d), map[string]float64{"depth": d, "drop": drop}),
 			res(fmt.Sprintf("resnet-d%g-s0.2", d), map[string]float64{"depth": d, "drop": drop, "scale": 0.2}),
 			res(fmt.Sprintf("resnet-d%g-s1", d), map[string]float64{"depth": d, "drop": drop, "scale": 1}))
+		depth.Compare = append(depth.Compare,
+			[2]string{fmt.Sprintf("resnet-d%g-s0.2", d), fmt.Sprintf("inception-d%g", d)},
+			[2]string{fmt.Sprintf("resnet-d%g-s1", d), fmt.Sprintf("inception-d%g", d)})
 	}
 	m["depth"] = depth
 	// The residual net at width 6 has 1056 channels in its Inception-B
@@ -156,11 +163,12 @@ func Experiments() map[string]*Experiment {
 		size.Nets = append(size.Nets,
 			inc(fmt.Sprintf("inception-w%g", w), map[string]float64{"w": w, "drop": drop}),
 			res(fmt.Sprintf("resnet-w%g", w), map[string]float64{"w": w, "drop": drop}))
+		size.Compare = append(size.Compare, [2]string{fmt.Sprintf("resnet-w%g", w), fmt.Sprintf("inception-w%g", w)})
 	}
 	m["size"] = size
 	ens := &Experiment{Name: "ensemble",
 		Question: "Is an ensemble (averaged softmax) of three residual and one non-residual model more accurate than the best single model (RQ3)?",
-		Nets:     m["rq1"].Nets, Recipe: paperRecipe, Thresholds: thr,
+		Nets:     m["rq1"].Nets, Recipe: paperRecipe, Thresholds: thr, Compare: m["rq1"].Compare,
 		Ensembles: []EnsembleSpec{
 			{Label: "3 resnet", Members: []Member{{"resnet", 1}, {"resnet", 2}, {"resnet", 3}}},
 			{Label: "3 resnet + 1 inception", Members: []Member{{"resnet", 1}, {"resnet", 2}, {"resnet", 3}, {"inception", 1}}},
@@ -195,6 +203,22 @@ type Options struct {
 	// Exec runs the graphs (nil: the interpreter).
 	Exec trainer.Executor
 	Log  io.Writer
+	// Nets, when set, restricts the experiment to the networks of these
+	// labels (to split an experiment over processes or sessions).
+	Nets []string
+	// Width, when positive, sets the width constant w of every network
+	// that has one (the scaling experiment's), and the label's "-w<k>".
+	Width float64
+	// LR, when positive, overrides the recipe's learning rate;
+	// DecayEvery, when positive, its LRDecayEvery.
+	LR, DecayEvery float64
+	// Thresholds, when set, replace the experiment's accuracy thresholds
+	// (fractions), for runs too short to reach the paper's.
+	Thresholds []float64
+	// Summarize trains nothing: it reads the runs already in Out (their
+	// metrics, dead-unit fractions and status files) and writes the
+	// curves, summary, significance tests, ensembles and plots.
+	Summarize bool
 }
 
 // Quick mode's sizes.
@@ -267,6 +291,19 @@ func Run(ctx context.Context, name string, opts Options) ([]*Result, error) {
 	if opts.Epochs > 0 {
 		rec.Epochs = opts.Epochs
 	}
+	if opts.LR > 0 {
+		rec.Optimizer.LR = opts.LR
+	}
+	if opts.DecayEvery > 0 {
+		rec.LRDecayEvery = opts.DecayEvery
+	}
+	ex, err := selectNets(ex, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(opts.Thresholds) > 0 {
+		ex.Thresholds = opts.Thresholds
+	}
 	if opts.Data == "" {
 		opts.Data = "fashion-mnist"
 	}
@@ -284,6 +321,16 @@ func Run(ctx context.Context, name string, opts Options) ([]*Result, error) {
 			n = quickNet(n)
 		}
 		for s := 1; s <= seeds; s++ {
+			if opts.Summarize {
+				r, err := readResult(opts.Out, n.Label, uint64(s))
+				if err != nil {
+					return results, err
+				}
+				if r != nil {
+					results = append(results, r)
+				}
+				continue
+			}
 			r, err := trainOne(ctx, n, uint64(s), rec, trainSet, testSet, opts)
 			if err != nil {
 				return results, err
@@ -303,6 +350,9 @@ func Run(ctx context.Context, name string, opts Options) ([]*Result, error) {
 		rows = append(rows, ens...)
 	}
 	if err := WriteSummary(opts.Out, ex, rows); err != nil {
+		return results, err
+	}
+	if err := WriteSignificance(opts.Out, ex, results); err != nil {
 		return results, err
 	}
 	if err := Plots(opts.Out, ex, results); err != nil {
@@ -347,7 +397,7 @@ func trainOne(ctx context.Context, n Net, seed uint64, rec Recipe, tr, te data.D
 	run := &trainer.Run{
 		Settings: trainer.Settings{
 			Network: n.File, Data: opts.Data, Batch: rec.Batch,
-			Optimizer: rec.Optimizer, LRDecay: rec.LRDecay, LRDecayEpochs: rec.LRDecayEpochs,
+			Optimizer: rec.Optimizer, LRDecay: rec.LRDecay, LRDecayEpochs: rec.LRDecayEpochs, LRDecayEvery: rec.LRDecayEvery,
 			Smoothing: rec.Smoothing, BNMomentum: train.DefaultMomentum, Augment: rec.Augment, Seed: seed,
 		},
 		Net: g, Train: tr, Test: te, Epochs: rec.Epochs, Dir: dir, Init: init, Exec: dead, Log: io.Discard,
@@ -361,6 +411,14 @@ func trainOne(ctx context.Context, n Net, seed uint64, rec Recipe, tr, te data.D
 	switch {
 	case errors.As(err, &nf):
 		res.Status = fmt.Sprintf("diverged at epoch %d step %d", nf.Epoch+1, nf.Step+1)
+	case errors.Is(err, trainer.ErrInterrupted):
+		// Keep what the run measured, so that --summarize reports it as
+		// a partial run.
+		res.Status = "interrupted (partial)"
+		if werr := writeRunFiles(dir, res, dead.fractions()); werr != nil {
+			return nil, werr
+		}
+		return nil, fmt.Errorf("%s seed %d: %w", n.Label, seed, err)
 	case err != nil:
 		return nil, fmt.Errorf("%s seed %d: %w", n.Label, seed, err)
 	}
@@ -369,19 +427,10 @@ func trainOne(ctx context.Context, n Net, seed uint64, rec Recipe, tr, te data.D
 		return nil, err
 	}
 	fracs := dead.fractions()
-	elapsed := 0.0
-	for i := range eps {
-		elapsed += eps[i].WallS
-		eps[i].ElapsedS = elapsed
-		eps[i].DeadFrac = nan
-		if i < len(fracs) {
-			eps[i].DeadFrac = fracs[i]
-			if fracs[i] == 1 && res.Status == "ok" {
-				res.Status = fmt.Sprintf("died at epoch %d", eps[i].Epoch)
-			}
-		}
+	res.setEpochs(eps, fracs)
+	if err := writeRunFiles(dir, res, fracs); err != nil {
+		return nil, err
 	}
-	res.Epochs = eps
 	last := "no epoch completed"
 	if len(eps) > 0 {
 		e := eps[len(eps)-1]

@@ -16,7 +16,6 @@ import (
 
 	"github.com/kiln-dev/kiln/experiment"
 	"github.com/kiln-dev/kiln/ir"
-	"github.com/kiln-dev/kiln/ir/interp"
 	"github.com/kiln-dev/kiln/ir/tensor"
 	"github.com/kiln-dev/kiln/train/trainer"
 )
@@ -31,18 +30,14 @@ var experimentBackends = map[string]func(threads int) (trainer.Executor, error){
 }
 
 // compiledKeep is the compiled training backend (trainer.Compiled, whose
-// evaluation runs in the interpreter) with experiment.KeepInferer, so that
-// the dead-unit fraction is measured during its evaluations too.
+// evaluation runs compiled too) with experiment.KeepInferer, so that the
+// dead-unit fraction is measured during its evaluations too.
 type compiledKeep struct{ *trainer.Compiled }
 
-// InferKeep implements experiment.KeepInferer in the interpreter, as
-// trainer.Compiled.Infer does.
+// InferKeep implements experiment.KeepInferer with the compiled model: the
+// kept values are compiled as extra outputs (trainer.Compiled.InferKeep).
 func (c compiledKeep) InferKeep(g *ir.Graph, params, inputs map[string]*tensor.Tensor, keep []int) (*tensor.Tensor, map[int]*tensor.Tensor, error) {
-	res, err := interp.Run(g, params, inputs, interp.Options{Threads: c.Interp.Threads, Keep: keep})
-	if err != nil {
-		return nil, nil, err
-	}
-	return res.Outputs[0], res.Values, nil
+	return c.Compiled.InferKeep(g, params, inputs, keep)
 }
 
 func init() {
@@ -61,6 +56,12 @@ func init() {
 			batch := fs.Int("batch", 32, "precision: images in the fixed batch")
 			depths := fs.String("depths", "1,2,4", "precision: depth multipliers, comma-separated")
 			replot := fs.Bool("replot", false, "precision: only redraw DIR/precision.png from DIR/precision_tensors.csv")
+			nets := fs.String("nets", "", "train only the networks with these `labels`, comma-separated (see kiln experiment nets)")
+			width := fs.Float64("width", 0, "set the width constant w of the networks that have one to `W` (the scaling experiment's)")
+			lr := fs.Float64("lr", 0, "learning `rate` instead of the recipe's")
+			decayEvery := fs.Float64("decay-every", 0, "decay the learning rate by 0.94 every `F` epochs instead of the recipe's 0.2")
+			thresholds := fs.String("thresholds", "", "report epochs and seconds to these test accuracies, in `percent`, comma-separated (default 88,90,91,92)")
+			summarize := fs.Bool("summarize", false, "train nothing: rebuild curves, summary, significance tests, ensembles and plots from the runs in DIR")
 			return func(args []string) error {
 				if len(args) != 1 {
 					return usagef("want one experiment name (%s, precision or nets)", strings.Join(experiment.Names(), ", "))
@@ -77,6 +78,17 @@ func init() {
 				}
 				if *seeds < 0 || *epochs < 0 || *limitTrain < 0 || *limitTest < 0 {
 					return usagef("--seeds, --epochs, --limit-train and --limit-test must not be negative")
+				}
+				if !(*width >= 0 && *lr >= 0 && *decayEvery >= 0) {
+					return usagef("--width, --lr and --decay-every must not be negative")
+				}
+				var thr []float64
+				for _, f := range splitList(*thresholds) {
+					v, err := strconv.ParseFloat(f, 64)
+					if err != nil || !(v > 0 && v <= 100) {
+						return usagef("--thresholds %q: want percentages in (0, 100] separated by commas", *thresholds)
+					}
+					thr = append(thr, v/100)
 				}
 				if name == "precision" && *replot {
 					all, err := experiment.ReadPrecisionTensors(filepath.Join(*out, "precision_tensors.csv"))
@@ -117,6 +129,7 @@ func init() {
 				results, err := experiment.Run(ctx, name, experiment.Options{
 					Out: *out, Data: *dataDir, Quick: *quick, Seeds: *seeds, Epochs: *epochs,
 					LimitTrain: *limitTrain, LimitTest: *limitTest, Exec: ex, Log: e.stdout,
+					Nets: splitList(*nets), Width: *width, LR: *lr, DecayEvery: *decayEvery, Summarize: *summarize, Thresholds: thr,
 				})
 				if err != nil {
 					return err
@@ -125,6 +138,17 @@ func init() {
 				return nil
 			}
 		}})
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func backendNames() []string {

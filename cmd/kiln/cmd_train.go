@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-dev/kiln/dist"
 	"github.com/kiln-dev/kiln/dsl"
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/ir/interp"
@@ -44,6 +45,7 @@ func init() {
 			smoothing := fs.Float64("label-smoothing", 0.1, "label smoothing of the cross-entropy loss")
 			bnm := fs.Float64("bn-momentum", train.DefaultMomentum, "BatchNorm running-statistics momentum (PyTorch's convention)")
 			tf := registerTrainFlags(fs)
+			df := registerDistFlags(fs) // train_dist.go
 			return func(args []string) error {
 				file, err := oneFile(args)
 				if err != nil {
@@ -52,6 +54,15 @@ func init() {
 				if err := (train.Optimizer{ClipGradNorm: *clipNorm, ClipGradValue: *clipValue}).CheckClip(); err != nil {
 					return usagef("%v", strings.TrimPrefix(err.Error(), "train: "))
 				}
+				if err := df.check(0); err != nil {
+					return err
+				}
+				comm, err := openComm()
+				if err != nil {
+					return err
+				}
+				defer comm.Close()
+				tf.comm, tf.dist = comm, df
 				if tf.data != "" || tf.resume != "" {
 					if *bx != "" || *by != "" || *steps != 0 {
 						return usagef("--batches-x, --batches-y and --steps replay fixture batches; they do not combine with --data or --resume")
@@ -59,9 +70,10 @@ func init() {
 					s := trainer.Settings{
 						Network: file, Batch: tf.batch, LimitTrain: tf.limitTrain, LimitTest: tf.limitTest,
 						Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd, ClipGradNorm: *clipNorm, ClipGradValue: *clipValue},
-						LRDecay:   tf.lrDecay, LRDecayEpochs: tf.lrDecayEpochs, Smoothing: *smoothing, BNMomentum: *bnm,
+						LRDecay:   tf.lrDecay, LRDecayEpochs: tf.lrDecayEpochs, LRDecayEvery: tf.lrDecayEvery, Smoothing: *smoothing, BNMomentum: *bnm,
 						Augment: data.Augment{Pad: tf.cropPad, Flip: tf.flip}, Seed: tf.seed, EMA: tf.ema,
 					}
+					s.GhostBatch, s.SyncBN = df.ghost, df.syncBN
 					return trainRun(e, fs, file, *initW, *out, s, tf)
 				}
 				if *bx == "" || *by == "" || *out == "" {
@@ -91,12 +103,20 @@ func init() {
 				if *steps > k {
 					return fmt.Errorf("--steps %d: %s holds only %d batches", *steps, *bx, k)
 				}
+				if comm.Size() > 1 {
+					if err := os.MkdirAll(*out, 0o755); err != nil {
+						return err
+					}
+					return runStepsDist(e, comm, file, *initW, train.StepOptions{Forward: train.Options{Momentum: *bnm}, Smoothing: *smoothing,
+						Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd, ClipGradNorm: *clipNorm, ClipGradValue: *clipValue}},
+						xs, ys.Data, *steps, *out, df)
+				}
 				g, err := loadNet(file, dsl.Options{Batch: b, InputShape: xs.Shape[2:]})
 				if err != nil {
 					return err
 				}
 				sg, err := train.Step(g, train.StepOptions{
-					Forward:   train.Options{Momentum: *bnm},
+					Forward:   train.Options{Momentum: *bnm, GhostBatch: df.ghost},
 					Smoothing: *smoothing,
 					Optimizer: train.Optimizer{Kind: *opt, LR: *lr, Alpha: *alpha, Eps: *eps, Momentum: *momentum, WeightDecay: *wd, ClipGradNorm: *clipNorm, ClipGradValue: *clipValue},
 				})
@@ -196,6 +216,7 @@ type trainFlags struct {
 	epochs, batch         int
 	lrDecay               float64
 	lrDecayEpochs         int
+	lrDecayEvery          float64
 	seed                  uint64
 	limitTrain, limitTest int
 	cropPad               int
@@ -204,6 +225,8 @@ type trainFlags struct {
 	threads               int
 	progress              string
 	backend               string // interp or compiled (trainer.Compiled)
+	comm                  dist.Comm
+	dist                  *distFlags
 }
 
 func registerTrainFlags(fs *flag.FlagSet) *trainFlags {
@@ -211,9 +234,10 @@ func registerTrainFlags(fs *flag.FlagSet) *trainFlags {
 	fs.StringVar(&f.data, "data", "", "train on `DATA`: fashion-mnist (Debian's dataset-fashion-mnist), a directory of IDX files, or an image folder DIR with train/ and val/ (or test/) holding one subdirectory per class")
 	fs.StringVar(&f.resume, "resume", "", "continue the run in `RUN` from its checkpoint, with its settings (only --epochs, --threads and --progress may be given)")
 	fs.IntVar(&f.epochs, "epochs", 10, "train until `E` epochs are complete")
-	fs.IntVar(&f.batch, "batch", 32, "batch size `B` (a partial last batch of an epoch is dropped)")
+	fs.IntVar(&f.batch, "batch", 32, "batch size `B`, per rank under mpirun -np N (global batch N·B; a partial last global batch of an epoch is dropped)")
 	fs.Float64Var(&f.lrDecay, "lr-decay", 0.94, "multiply the learning rate by `F` every --lr-decay-epochs epochs (the paper's schedule)")
 	fs.IntVar(&f.lrDecayEpochs, "lr-decay-epochs", 2, "decay the learning rate every `K` epochs")
+	fs.Float64Var(&f.lrDecayEvery, "lr-decay-every", 0, "decay the learning rate every `F` epochs, a fraction allowed, per step (e.g. 0.2; replaces --lr-decay-epochs; 0: off)")
 	fs.Uint64Var(&f.seed, "seed", 1, "`seed` of the shuffles, augmentations and dropout masks: the same seed gives the same run")
 	fs.IntVar(&f.limitTrain, "limit-train", 0, "use the first `N` training images only (0: all)")
 	fs.IntVar(&f.limitTest, "limit-test", 0, "evaluate on the first `M` test images only (0: all)")
@@ -222,13 +246,13 @@ func registerTrainFlags(fs *flag.FlagSet) *trainFlags {
 	fs.Float64Var(&f.ema, "ema", 0, "evaluate and deploy an exponential moving average of the parameters with decay `D` (e.g. 0.9999; 0: off)")
 	fs.IntVar(&f.threads, "threads", 0, "interpreter threads (0: all CPUs; results do not depend on it)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress `style`: auto (a redrawn line on a terminal), line (plain lines) or none")
-	fs.StringVar(&f.backend, "backend", "interp", "training steps on `B`: interp (the reference interpreter) or compiled (native kernels through LLVM, rebuilt when a dropout seed changes the step; evaluation stays in the interpreter)")
+	fs.StringVar(&f.backend, "backend", "interp", "training steps on `B`: interp (the reference interpreter) or compiled (native kernels through LLVM, rebuilt when a dropout seed changes the step; evaluation compiled too)")
 	return f
 }
 
 // resumeFlags are the flags a resumed run may be given: the others are the
 // run's settings, read from its checkpoint.
-var resumeFlags = map[string]bool{"resume": true, "epochs": true, "threads": true, "progress": true, "out": true, "backend": true}
+var resumeFlags = map[string]bool{"bucket-mb": true, "profile-dist": true, "resume": true, "epochs": true, "threads": true, "progress": true, "out": true, "backend": true}
 
 // trainRun is the training mode of kiln train: load the data and the
 // network, then train.Run (see train/trainer). Ctrl-C writes a checkpoint
@@ -326,8 +350,20 @@ func trainRun(e *env, fs *flag.FlagSet, file, initW, out string, s trainer.Setti
 	if tf.progress == "none" {
 		log = io.Discard
 	}
-	fmt.Fprintf(e.stdout, "training %s on %s: %d training images, %d test images, batch %d, %s, epochs %d\n",
-		g.Name, s.Data, trainSet.Len(), testSet.Len(), s.Batch, s.Optimizer.Kind, tf.epochs)
+	lead := tf.comm == nil || tf.comm.Rank() == 0
+	if !lead {
+		log = io.Discard
+	}
+	if lead {
+		fmt.Fprintf(e.stdout, "training %s on %s: %d training images, %d test images, batch %d, %s, epochs %d\n",
+			g.Name, s.Data, trainSet.Len(), testSet.Len(), s.Batch, s.Optimizer.Kind, tf.epochs)
+	}
+	if tf.comm != nil && tf.comm.Size() > 1 && lead {
+		fmt.Fprintf(e.stdout, "data-parallel: %d ranks × batch %d = global batch %d; evaluation on rank 0\n", tf.comm.Size(), s.Batch, tf.comm.Size()*s.Batch)
+	}
+	if err := tf.dist.check(s.Batch); err != nil {
+		return err
+	}
 	var exec trainer.Executor = trainer.Interpreter{Threads: tf.threads}
 	switch tf.backend {
 	case "interp":
@@ -339,7 +375,8 @@ func trainRun(e *env, fs *flag.FlagSet, file, initW, out string, s trainer.Setti
 		return usagef("--backend %q: interp or compiled", tf.backend)
 	}
 	r := &trainer.Run{Settings: s, Net: g, Train: trainSet, Test: testSet, Epochs: tf.epochs, Dir: out,
-		Init: init, Resume: resume, Exec: exec, Log: log, TTY: tty}
+		Init: init, Resume: resume, Exec: exec, Log: log, TTY: tty,
+		Comm: tf.comm, BucketBytes: tf.dist.bucketBytes(), ProfileDist: tf.dist.profileDist}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = r.Do(ctx)
@@ -349,6 +386,9 @@ func trainRun(e *env, fs *flag.FlagSet, file, initW, out string, s trainer.Setti
 	}
 	if err != nil {
 		return err
+	}
+	if !lead {
+		return nil
 	}
 	fmt.Fprintf(e.stdout, "weights: %s (kiln build %s --batch N --weights %s)\n", filepath.Join(out, trainer.WeightsFile), file, filepath.Join(out, trainer.WeightsFile))
 	return nil

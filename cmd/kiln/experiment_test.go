@@ -19,6 +19,9 @@ func TestExperimentCommand(t *testing.T) {
 		{[]string{"experiment", "--out", t.TempDir(), "--backend", "gpu", "rq1"}, 2, "--backend gpu: have compiled, interp"},
 		{[]string{"experiment", "--out", t.TempDir(), "--depths", "1,x", "precision"}, 2, `--depths "1,x"`},
 		{[]string{"experiment", "nets"}, 0, "resnet-w6-s0.1"},
+		{[]string{"experiment", "--out", t.TempDir(), "--thresholds", "80,x", "rq1"}, 2, `--thresholds "80,x"`},
+		{[]string{"experiment", "--out", t.TempDir(), "--lr", "-1", "rq1"}, 2, "must not be negative"},
+		{[]string{"experiment", "--out", t.TempDir(), "--nets", "nope", "rq1"}, 1, "no network among"},
 	} {
 		var out, errb strings.Builder
 		code := run(tc.args, &out, &errb)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-dev/kiln/dist"
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/ir/tensor"
 	"github.com/kiln-dev/kiln/train"
@@ -39,6 +40,18 @@ type Settings struct {
 	// EMA is the decay of the parameters' exponential moving average
 	// (0: none).
 	EMA float64 `json:"ema,omitempty"`
+	// LRDecayEvery, when positive, replaces LRDecayEpochs by a decay
+	// every LRDecayEvery epochs, possibly a fraction, applied per step:
+	// step k of n of epoch e runs at LR·LRDecay^⌊(e+k/n)/LRDecayEvery⌋
+	// (the PyTorch reference of issue 13: 0.94 every 0.2 epoch).
+	LRDecayEvery float64 `json:"lr_decay_every,omitempty"`
+	// GhostBatch K > 0 computes BatchNorm statistics over each group of K
+	// images of the (per-replica) batch (train.Options.GhostBatch); SyncBN
+	// all-reduces them across the data-parallel replicas instead
+	// (train.Options.SyncBN). Batch is per replica: the global batch of N
+	// replicas is N·Batch (see Run.Comm).
+	GhostBatch int  `json:"ghost_batch,omitempty"`
+	SyncBN     bool `json:"sync_bn,omitempty"`
 }
 
 // LR returns the learning rate of epoch e (from 0).
@@ -47,6 +60,18 @@ func (s *Settings) LR(e int) float64 {
 		return s.Optimizer.LR
 	}
 	return s.Optimizer.LR * math.Pow(s.LRDecay, float64(e/s.LRDecayEpochs))
+}
+
+// StepLR returns the learning rate of step k (from 0) of epoch e (from 0)
+// of n steps: LR(e) unless LRDecayEvery is set.
+func (s *Settings) StepLR(e, k, n int) float64 {
+	if !(s.LRDecayEvery > 0) || n <= 0 {
+		return s.LR(e)
+	}
+	// The small slack keeps a boundary such as 0.2·100 = 20 steps exact
+	// under rounding.
+	periods := math.Floor(float64(e*n+k)/(s.LRDecayEvery*float64(n)) + 1e-9)
+	return s.Optimizer.LR * math.Pow(s.LRDecay, periods)
 }
 
 // Check reports settings that cannot train.
@@ -60,6 +85,8 @@ func (s *Settings) Check() error {
 		return fmt.Errorf("lr decay %v: must be in (0, 1]", s.LRDecay)
 	case s.LRDecayEpochs <= 0:
 		return fmt.Errorf("lr decay epochs %d: must be positive", s.LRDecayEpochs)
+	case !(s.LRDecayEvery >= 0) || math.IsInf(s.LRDecayEvery, 0):
+		return fmt.Errorf("lr decay every %v epochs: must be positive and finite, or 0 for per-epoch decay", s.LRDecayEvery)
 	case !(s.EMA >= 0 && s.EMA < 1):
 		return fmt.Errorf("EMA decay %v: must be in [0, 1)", s.EMA)
 	case s.Augment.Pad < 0:
@@ -92,6 +119,16 @@ type Run struct {
 	// AfterStep, if set, is called after each step (tests use it to
 	// interrupt a run at a given step).
 	AfterStep func(globalStep int)
+	// Comm, when it has more than one rank, makes the run data-parallel
+	// (distrun.go): each rank trains on its shard of every global batch,
+	// the gradients are averaged, and rank 0 alone writes the run
+	// directory. BucketBytes is Replicas.BucketBytes; after each epoch
+	// rank 0 logs the step time split when ProfileDist is set.
+	Comm        dist.Comm
+	BucketBytes int
+	ProfileDist bool
+	// Profile is the data-parallel step time split of the last Do.
+	Profile DistProfile
 }
 
 // ErrInterrupted is returned (wrapped) when the context is cancelled: a
@@ -139,6 +176,9 @@ func (r *Run) Do(ctx context.Context) error {
 	if err := s.Check(); err != nil {
 		return err
 	}
+	if (r.Comm != nil && r.Comm.Size() > 1) || s.GhostBatch > 0 || s.SyncBN || r.ProfileDist {
+		return r.doDist(ctx) // distrun.go
+	}
 	n := r.Train.Len() / s.Batch
 	if n == 0 {
 		return fmt.Errorf("the training set has %d images, fewer than one batch of %d", r.Train.Len(), s.Batch)
@@ -169,7 +209,7 @@ func (r *Run) Do(ctx context.Context) error {
 	sgLR, sgSeed := math.NaN(), -1
 	for e := st.pos.Epoch; e < r.Epochs; e++ {
 		wall := time.Now()
-		lr := s.LR(e)
+		lr := s.StepLR(e, 0, n) // the epoch's first rate, for the metrics
 		order := data.Order(s.Seed, e, r.Train.Len())
 		lossSum, trainSec := 0.0, 0.0
 		first := 0
@@ -186,13 +226,14 @@ func (r *Run) Do(ctx context.Context) error {
 			if dropout {
 				seed = int(data.Hash(s.Seed, 3, uint64(st.pos.GlobalStep)) >> 33)
 			}
-			if sg == nil || lr != sgLR || seed != sgSeed {
+			stepLR := s.StepLR(e, k, n)
+			if sg == nil || stepLR != sgLR || seed != sgSeed {
 				o := s.Optimizer
-				o.LR = lr
+				o.LR = stepLR
 				if sg, err = train.Step(r.Net, train.StepOptions{Forward: train.Options{Momentum: s.BNMomentum, Seed: seed}, Smoothing: s.Smoothing, Optimizer: o}); err != nil {
 					return err
 				}
-				sgLR, sgSeed = lr, seed
+				sgLR, sgSeed = stepLR, seed
 			}
 			for i := range target.Data {
 				target.Data[i] = 0
@@ -395,6 +436,11 @@ func (r *Run) evaluate(ctx context.Context, params map[string]*tensor.Tensor) (t
 	for b0 := 0; b0 < r.Test.Len(); b0 += s.Batch {
 		if ctx.Err() != nil {
 			return 0, 0, ErrInterrupted
+		}
+		if r.Comm != nil {
+			// Rank 0 evaluates alone while the other ranks wait in a
+			// collective: tell the hang detector this rank is busy.
+			dist.KeepAlive(r.Comm)
 		}
 		m := min(s.Batch, r.Test.Len()-b0)
 		for i := range x.Data {
