@@ -55,6 +55,18 @@ peers-corpus:
 peers-onnx:
 	bash bench/onnx/run.sh
 
+# Issue 12's GPU check: gpu-bundle prepares here (Go, LLVM) what
+# scripts/gpu-check.sh needs on a GPU machine without them: the runner, kiln
+# (to regenerate weights there), GPU programs for every network, precision
+# and batch, the fixture inputs and the CPU backend's outputs, packed into
+# out/gpu-bundle.tar.gz (scripts/gpu-bundle.sh; about 10 minutes).
+# gpu-check runs the check on this machine's GPU.
+.PHONY: gpu-bundle gpu-check
+gpu-bundle: build
+	bash scripts/gpu-bundle.sh
+gpu-check:
+	bash out/gpu-bundle/gpu-check.sh
+
 # Training throughput, Kiln's kiln train vs PyTorch 1.13 (Debian's
 # python3-torch) on the two mini networks, same recipe, batch 128, 2 threads,
 # alternating rounds with img/s and the ratio (bench/train/run.sh; minutes).
@@ -66,6 +78,25 @@ peers-train: build
 peers-train-smoke: build
 	bash bench/train/run.sh -smoke
 
+# Issue 14's scaling benchmark (docs/DISTRIBUTED.md): the all-reduce of
+# Inception-v4's 171 MB of gradients with 1, 2 and 4 MPI ranks on this
+# machine, its overlap with computation, and kiln train's per-step split of
+# the mini nets under mpirun (bench/dist/run.sh; minutes). bench-dist-smoke is
+# the same with 1 M floats and 1-2 ranks (seconds; make test runs it).
+.PHONY: bench-dist bench-dist-smoke
+bench-dist: build
+	bash bench/dist/run.sh
+bench-dist-smoke: build
+	bash bench/dist/run.sh -smoke
+
+# Issue 9: one compiled training step of Inception-v4 and
+# Inception-ResNet-v2 at batch 2, 299x299, against the interpreter's
+# (tests/train_full_test.go; about 4 GiB and many minutes with a cold object
+# cache). make test runs the small variant (Inception-ResNet-v1, 107x107).
+.PHONY: train-full-check
+train-full-check:
+	KILN_TRAIN_FULL=1 $(GO) test -count=1 -timeout 120m -v -run '^TestFullNetworkTrainStepCompiled$$' ./tests/
+
 # kiln train end to end on real Fashion-MNIST (make install-deps installs
 # it): one tiny epoch of the residual mini network in the interpreter, then a
 # second from its checkpoint with --resume (seconds).
@@ -76,7 +107,7 @@ train-smoke: build
 	cat bin/train-smoke/metrics.csv
 
 # unit runs last so that CI's log ends with its "N passed, M failed, K skipped".
-test: fmt-check vet race fuzz peers-smoke train-smoke peers-train-smoke unit
+test: fmt-check vet race fuzz peers-smoke train-smoke peers-train-smoke bench-dist-smoke unit
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -93,9 +124,11 @@ unit:
 	@mkdir -p bin
 	$(GO) run ./internal/cmd/testsummary -json bin/unit-tests.json -- $(GO) test -json -count=1 -timeout 40m ./...
 
-# Concurrent inference from many goroutines, under the race detector.
+# Concurrent inference from many goroutines, and dist's in-process ranks,
+# under the race detector.
 race:
-	$(GO) test -count=1 -race ./runtime/
+	$(GO) test -count=1 -race ./runtime/ ./runtime/cuda/
+	$(GO) test -count=1 -race -run 'TestLoopback' ./dist/
 
 # Every parser gets a short fuzz run: no panic, no hang.
 fuzz:
