@@ -308,7 +308,12 @@ func TestMPIAbort(t *testing.T) {
 	if !ok || ee.ExitCode() != 5 {
 		t.Errorf("mpirun: %v, want exit status 5", err)
 	}
-	if !strings.Contains(out, "kiln: rank 1: deliberate abort at step 1") || !strings.Contains(out, "MPI_ABORT was invoked on rank 1") {
+	// Kiln's own message is what the user must see. Open MPI's
+	// "MPI_ABORT was invoked on rank 1" banner goes through its show_help
+	// machinery, which can fail under load ("ORTE_ERROR_LOG: Out of
+	// resource in file show_help.c") while the abort itself works, so it is
+	// not required.
+	if !strings.Contains(out, "kiln: rank 1: deliberate abort at step 1") {
 		t.Errorf("output lacks the abort message:\n%s", out)
 	}
 }
