@@ -389,6 +389,7 @@ func TestBucketsOverlapBackward(t *testing.T) {
 	}
 	xs, ys := batches(t, g, 1, 4)
 	wait := map[int]time.Duration{}
+	prof := map[int]DistProfile{}
 	for _, bucket := range []int{64 << 20, 64 << 10} {
 		rep := &Replicas{Comm: &linkComm{Comm: dist.Local(), bytesPerSec: 1.27e6 / 0.5}, BucketBytes: bucket}
 		params := initParams(t, g, ss.State)
@@ -396,10 +397,23 @@ func TestBucketsOverlapBackward(t *testing.T) {
 			t.Fatal(err)
 		}
 		wait[bucket] = rep.Profile.Wait
+		prof[bucket] = rep.Profile
 		t.Logf("%d-byte buckets: %s", bucket, rep.Profile)
 	}
-	if !(wait[64<<10] < wait[64<<20]/2) {
-		t.Errorf("wait after backward: %v with 64 KB buckets, %v with one bucket; want less than half", wait[64<<10], wait[64<<20])
+	// The structural property, independent of how fast this machine
+	// computes: one bucket starts only after backward; with small buckets
+	// all but the last start during backward, ahead of its end. How much of
+	// the link time that hides depends on compute speed (a benchmark's
+	// question, bench/dist), so the wait is only required to shrink.
+	one, small := prof[64<<20], prof[64<<10]
+	if one.Buckets != 1 || one.EarlyBytes != 0 {
+		t.Errorf("one 64 MB bucket: %d buckets, %d bytes started during backward; want 1 and 0", one.Buckets, one.EarlyBytes)
+	}
+	if small.Buckets < 2 || small.EarlyBytes < small.Bytes*(int64(small.Buckets)-2)/int64(small.Buckets) || small.Ahead <= 0 {
+		t.Errorf("64 KB buckets: %d buckets, %d of %d bytes started during backward, %v ahead of its end; want all buckets but the last started early", small.Buckets, small.EarlyBytes, small.Bytes, small.Ahead)
+	}
+	if !(wait[64<<10] < wait[64<<20]) {
+		t.Errorf("wait after backward: %v with 64 KB buckets, %v with one bucket; want less", wait[64<<10], wait[64<<20])
 	}
 }
 
