@@ -353,13 +353,13 @@ func init() {
 	register(&OpDef{
 		Name: OpBatchNorm, Operands: []string{"x", "weight", "bias", "running_mean", "running_var"}, MinArgs: 5, MaxArgs: 5,
 		Layouts: firstSameRestPlain, DTypes: floatDTypes,
-		Doc: "inference batch normalization over channel axis 1: (x-mean)/sqrt(var+eps)*weight+bias",
+		Doc: "inference batch normalization over channel axis 1: (x-mean)/sqrt(var+eps)*weight+bias, then max(·, 0) when relu is set (fuse-epilogue sets it)",
 		Attrs: []AttrDef{{Name: "eps", Kind: AttrFloat, Default: 1e-5, Check: func(v any) error {
 			if v.(float64) <= 0 {
 				return fmt.Errorf("must be positive")
 			}
 			return nil
-		}}},
+		}}, {Name: "relu", Kind: AttrBool, Default: false}},
 		Infer: func(n *Node, a []Type) (Type, error) {
 			if a[0].Rank() < 2 {
 				return Type{}, fmt.Errorf("input must have rank >= 2, got %s", a[0])

@@ -17,6 +17,11 @@ import "github.com/kiln-dev/kiln/ir"
 // conv then reads the block's mixed branches and the block input and writes the
 // block output relu(x + conv(mixed)) in one op.
 //
+// A standalone batchnorm (one fold-bn left: a pre-activation block's
+// BN -> ReLU -> conv, or BN after a concat) followed by its only user, a
+// relu, becomes one batchnorm with relu set: one pass over the tensor
+// instead of two (DenseNet's and pre-activation ResNet's BN-ReLU pairs).
+//
 // An add fed by two convs (a ResNet projection shortcut: conv+BN on both
 // paths, then add) is absorbed by one of them only, the first in graph
 // order; the other conv stays a fused_conv of its own and its result is the
@@ -24,7 +29,7 @@ import "github.com/kiln-dev/kiln/ir"
 // one conv.
 var fuseEpilogue = &Pass{
 	Name:  "fuse-epilogue",
-	Doc:   "fuse bias, residual add, ReLU and a relu6/clip containing 0 into the producing conv",
+	Doc:   "fuse bias, residual add, ReLU and a relu6/clip containing 0 into the producing conv; a ReLU into a standalone batchnorm",
 	After: []string{"fold-bn", "fold-residual-scale"},
 	Run: func(s *State) error {
 		g := s.Graph
@@ -44,7 +49,15 @@ var fuseEpilogue = &Pass{
 			}
 			return -1, false
 		}
+		bnRelu := map[int]int{} // relu -> the standalone batchnorm it follows
 		for i, n := range g.Nodes {
+			if n.Op == ir.OpBatchNorm {
+				if u, ok := single(i); ok && g.Nodes[u].Op == ir.OpReLU {
+					bnRelu[u] = i
+					absorbed[i] = true
+				}
+				continue
+			}
 			if n.Op != ir.OpConv2D {
 				continue
 			}
@@ -99,6 +112,18 @@ var fuseEpilogue = &Pass{
 					fc.Attrs["clip_lo"], fc.Attrs["clip_hi"] = f.clip.Attrs.Float("lo"), f.clip.Attrs.Float("hi")
 				}
 				r.m[i] = r.emit(fc)
+				continue
+			}
+			if bi, ok := bnRelu[i]; ok {
+				bn := cloneNode(g.Nodes[bi])
+				for k, a := range bn.Args {
+					bn.Args[k] = r.arg(a)
+				}
+				if bn.Attrs == nil {
+					bn.Attrs = ir.Attrs{}
+				}
+				bn.Attrs["relu"] = true
+				r.m[i] = r.emit(bn)
 				continue
 			}
 			if absorbed[i] {

@@ -208,3 +208,66 @@ network m(image: f32[N, 3, 16, 16]) {
 		}
 	}
 }
+
+// TestBatchNormReLUFusion checks that fuse-epilogue folds a ReLU into the
+// standalone BatchNorm before it (pre-activation blocks, DenseNet) when the
+// BatchNorm's only user is that ReLU, and leaves both when the BatchNorm
+// result is used elsewhere too.
+func TestBatchNormReLUFusion(t *testing.T) {
+	cases := []struct {
+		name         string
+		src          string
+		relus, fused int
+	}{
+		{"pre-activation", `
+block pre(x) {
+    b = batchnorm(x)
+    a = relu(b)
+    return conv2d(a, 8, 3, pad=1, bias=false)
+}
+network r(image: f32[N, 8, 16, 16]) {
+    y = pre(image)
+    return y
+}`, 0, 1},
+		{"batchnorm used twice", `
+block pre(x) {
+    b = batchnorm(x)
+    a = relu(b)
+    return conv2d(a, 8, 3, pad=1, bias=false) + b
+}
+network r(image: f32[N, 8, 16, 16]) {
+    y = pre(image)
+    return y
+}`, 1, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			g := loadSrc(t, c.src)
+			s, err := Run(g, Options{Target: Targets[0], VerifyEach: true, StopAfter: "fuse-epilogue"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			relus, fused := 0, 0
+			for _, n := range s.Graph.Nodes {
+				switch {
+				case n.Op == ir.OpReLU:
+					relus++
+				case n.Op == ir.OpBatchNorm && n.Attrs.Bool("relu"):
+					fused++
+				}
+			}
+			if relus != c.relus || fused != c.fused {
+				t.Fatalf("after fuse-epilogue: %d relu, %d batchnorm with relu; want %d and %d\n%s", relus, fused, c.relus, c.fused, s.Graph)
+			}
+			for _, n := range g.Nodes {
+				if n.Op == ir.OpBatchNorm && n.Attrs.Bool("relu") {
+					t.Fatal("the pass changed the input graph's batchnorm")
+				}
+			}
+			sameOutput(t, g, s.Graph)
+			if _, err := Run(g, Options{Target: Targets[0], VerifyEach: true, Consumer: Codegen}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

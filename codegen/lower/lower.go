@@ -430,7 +430,8 @@ func lowerNodes(g *ir.Graph, plan *passes.Plan, build []bool, B int, weight weig
 			}
 			specs = append(specs, kernelSpec{name: name, node: i, spec: codegen.ChannelAffineSpec{
 				N: sh[0], C: sh[1], HW: hw, Blocked: blocked,
-				InOff: off(n.Args[0]), OutOff: off(i), ScaleOff: sOff, ShiftOff: tOff}})
+				InOff: off(n.Args[0]), OutOff: off(i), ScaleOff: sOff, ShiftOff: tOff,
+				Relu: n.Attrs.Bool("relu")}})
 		case ir.OpReLU, ir.OpAdd, ir.OpMul:
 			// Standalone elementwise ops (not fused into a conv): one
 			// pass over the physical elements, padding lanes included.

@@ -311,8 +311,10 @@ func TestFold(t *testing.T) {
 				}
 				bnAttrs := ir.Attrs{"eps": eps}
 				unfolded := b.op(ir.OpReLU, nil, b.op(ir.OpBatchNorm, bnAttrs, append([]int{b.op(ir.OpConv2D, pad, cargs...)}, gamma, beta, mean, vr)...))
-				fw := b.op(ir.OpFoldBNWeight, bnAttrs, w, gamma, vr)
-				fb := b.op(ir.OpFoldBNBias, bnAttrs, bargs...)
+				// Own maps: creating the batchnorm fills its defaults
+				// (relu) into bnAttrs, which the fold ops do not have.
+				fw := b.op(ir.OpFoldBNWeight, ir.Attrs{"eps": eps}, w, gamma, vr)
+				fb := b.op(ir.OpFoldBNBias, ir.Attrs{"eps": eps}, bargs...)
 				folded := b.op(ir.OpFusedConv, ir.Attrs{"pad": []int{1, 1}, "bias": true, "relu": true}, x, fw, fb)
 
 				// fold_scale: mul(conv(x, w) + b, c) = conv(x, c*w) + c*b.

@@ -234,6 +234,7 @@ func evalBatchNorm(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Ten
 		shift[c] = float32(float64(bs[c]) - float64(mean[c])*s)
 	}
 	out := newOut(n)
+	relu := n.Attrs.Bool("relu")
 	parallelRange(e.threads, outer*ch, max(1, elementwiseGrain/inner), func(lo, hi int) {
 		for p := lo; p < hi; p++ {
 			s, t := scale[p%ch], shift[p%ch]
@@ -241,6 +242,13 @@ func evalBatchNorm(e *evaluator, n *ir.Node, args []*tensor.Tensor) (*tensor.Ten
 			dst := out.Data[p*inner : (p+1)*inner]
 			for i, v := range src {
 				dst[i] = v*s + t
+			}
+			if relu {
+				for i, v := range dst {
+					if v < 0 {
+						dst[i] = 0 // NaN stays NaN, as in evalReLU
+					}
+				}
 			}
 		}
 	})
