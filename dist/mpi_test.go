@@ -351,8 +351,11 @@ func TestMPIHungRankTimesOut(t *testing.T) {
 			if err == nil {
 				t.Fatalf("job with a hung rank succeeded:\n%s", out)
 			}
-			if !strings.Contains(out, tc.want) || !strings.Contains(out, "MPI_ABORT was invoked") {
-				t.Errorf("output lacks %q and MPI_ABORT:\n%s", tc.want, out)
+			// The job failed (above) with Kiln's message naming the rank;
+			// Open MPI's "MPI_ABORT was invoked" banner is not required, as
+			// its show_help machinery can fail under load (TestMPIAbort).
+			if !strings.Contains(out, tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, out)
 			}
 		})
 	}
