@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,7 +75,7 @@ func compileGPU(g *ir.Graph, params map[string]*tensor.Tensor, b target.Build, p
 			return nil, err
 		}
 	}
-	return gpuProgram(m.Program)
+	return m.Program, nil
 }
 
 // uncoveredOps names the ops of g's nodes at the source position of a
@@ -108,20 +107,6 @@ func checkPrecision(prec string) error {
 		return nil
 	}
 	return usagef("--precision %q: want fp32, tf32 or bf16", prec)
-}
-
-// gpuProgram converts codegen/cuda's program into the runtime's.
-func gpuProgram(cp *cudagen.Program) (*gpurt.Program, error) {
-	js, err := json.Marshal(cp)
-	if err != nil {
-		return nil, err
-	}
-	p := &gpurt.Program{}
-	if err := json.Unmarshal(js, p); err != nil {
-		return nil, err
-	}
-	p.Weights = cp.Weights
-	return p, nil
 }
 
 // gpuManifest is the manifest of a GPU artifact for g: the image

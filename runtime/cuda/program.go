@@ -6,12 +6,11 @@ import (
 	"strings"
 )
 
-// The program types below decode the JSON of codegen/cuda's Program (the
-// contract between GPU code generation and this runtime, codegen/cuda
-// kernels.go): the field tags are the same, and cmd/kiln converts one into
-// the other through JSON, so a field added there and not here is noticed by
-// its test (TestProgramMirrorsCodegen). The runtime cannot import
-// codegen/cuda: a built executable carries no compiler.
+// The program types below are the contract between GPU code generation and
+// this runtime: codegen/cuda aliases them (kernels.go) and builds them; the
+// runtime decodes them from an artifact's payload (JSON, the field tags are
+// part of the format). They live here because a built executable carries
+// no compiler, so the runtime cannot import codegen/cuda.
 
 // Precision is the arithmetic of the convolutions and dense layers: fp32
 // (exact, no tensor cores), tf32 or bf16 (tensor cores, f32 accumulation).
@@ -85,6 +84,15 @@ type Arg struct {
 	Kind   ArgKind `json:"kind"`
 	Offset int64   `json:"offset,omitempty"`
 	Value  int64   `json:"value,omitempty"`
+}
+
+// ParamBytes returns the size of the kernel parameter a in the .param
+// space: 8 for pointers, 4 for i32.
+func (a Arg) ParamBytes() int {
+	if a.Kind == ArgI32 {
+		return 4
+	}
+	return 8
 }
 
 // Numel is the product of shape.
