@@ -364,6 +364,16 @@ func trainRun(e *env, fs *flag.FlagSet, file, initW, out string, s trainer.Setti
 	if err := tf.dist.check(s.Batch); err != nil {
 		return err
 	}
+	ranks := 1
+	if tf.comm != nil {
+		ranks = tf.comm.Size()
+	}
+	if b, note := bnBackend(tf.backend, g, s, ranks); note != "" { // train_bn_backend.go
+		if lead {
+			fmt.Fprintln(e.stderr, note)
+		}
+		tf.backend = b
+	}
 	var exec trainer.Executor = trainer.Interpreter{Threads: tf.threads}
 	switch tf.backend {
 	case "interp":
