@@ -16,7 +16,11 @@ package rt
 // compared with the manifest version); 2 adds kiln_arena_bytes and
 // kiln_weights_bytes; 3 separates kernels by completion counting instead of
 // a barrier: the runtime writes the inference number at byte 256 of a
-// 384-byte barrier block before each multi-threaded inference.
+// 384-byte barrier block before each multi-threaded inference. Within 3,
+// the runtime also writes it before single-threaded inferences and reads
+// the driver's completion word at byte 320 (RunProgress, progress.go); a
+// shared object that ignores the one and keeps the other only when
+// multi-threaded still works (its progress is then reported at the end).
 const ABIVersion = 3
 
 // BarrierBytes is the size of the barrier block the runtime allocates (64-byte

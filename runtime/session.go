@@ -179,6 +179,10 @@ func (s *session) run(in, out []float32, profile bool) {
 				w.wake <- struct{}{}
 			}
 		}
+	} else {
+		// Numbered too: a training step's driver publishes its progress
+		// from it (progress.go).
+		atomic.AddUint64(s.runWord, 1)
 	}
 	callRun(m.runFn, s.arenaPtr, m.weightsPtr, 0, int32(m.threads), s.barrier, s.curTimings)
 	// A worker that has not started inference gen by now is not needed:

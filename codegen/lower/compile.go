@@ -63,7 +63,7 @@ func (p *Program) Compile(ctx context.Context, tc *codegen.Toolchain, out string
 	if err != nil {
 		return err
 	}
-	drv, err := compileC(ctx, tc, driverSource(p.Targets, infos, p.Manifest.ArenaBytes, p.Manifest.WeightsBytes), t)
+	drv, err := compileC(ctx, tc, driverSourceOpts(p.Targets, infos, p.Manifest.ArenaBytes, p.Manifest.WeightsBytes, p.progress), t)
 	if err != nil {
 		return err
 	}
@@ -139,6 +139,9 @@ func (p *Program) cacheKey(tc *codegen.Toolchain) (string, error) {
 	fmt.Fprintf(h, "arena %d weights %d\x00", p.Manifest.ArenaBytes, p.Manifest.WeightsBytes)
 	for _, t := range p.Targets {
 		fmt.Fprintf(h, "%+v\x00", t)
+	}
+	if p.progress {
+		fmt.Fprintf(h, "progress\x00") // a different driver (progress.go)
 	}
 	for _, k := range p.specs {
 		fmt.Fprintf(h, "%s %d %T%+v\x00", k.name, k.macs, k.spec, k.spec)

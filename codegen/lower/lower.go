@@ -32,8 +32,15 @@ type Program struct {
 	// Targets are the ISA variants compiled.
 	Targets []codegen.Target
 
-	specs []kernelSpec
-	graph *ir.Graph
+	// OutputReady, for a training step (LowerTraining), holds for each
+	// graph output k how many kernels (Manifest.Kernels order) are complete
+	// when its value is final: no later kernel writes its buffer, so it may
+	// be read while the step runs (rt.Model.RunProgress; progress.go).
+	OutputReady []int
+
+	specs    []kernelSpec
+	graph    *ir.Graph
+	progress bool // the driver publishes progress in single-threaded runs too (progress.go)
 }
 
 // kernelsPerModule bounds the size of one LLVM module.

@@ -96,7 +96,7 @@ func LowerTraining(s *passes.State, params map[string]*tensor.Tensor, targets []
 		return nil, err
 	}
 	var wb blob
-	p := &Program{Targets: targets, specs: specs, graph: g}
+	p := &Program{Targets: targets, specs: specs, graph: g, progress: true, OutputReady: outputReady(g, plan, specs)}
 	info := func(id int) rt.TensorInfo {
 		n := g.Nodes[id]
 		return rt.TensorInfo{Name: n.Name, Shape: append([]int(nil), n.Type.Shape...),

@@ -51,6 +51,12 @@ type Compiled struct {
 	sg   *train.StepGraph
 	out  []float32
 	mine map[string]*tensor.Tensor // the tensors the last Step returned, by name
+	// ready is the loaded step's lower.Program.OutputReady; progress, when
+	// set, is called as its kernels complete (rt.Model.RunProgress), by
+	// Replicas to start gradient all-reduces during backward
+	// (replicas_compiled.go).
+	ready    []int
+	progress func(done int, arena []float32)
 
 	inferMu sync.Mutex               // guards infer
 	infer   map[[32]byte]*inferModel // compiled inference graphs, by inferKey
@@ -132,6 +138,7 @@ func (e *Compiled) build(sg *train.StepGraph, params map[string]*tensor.Tensor, 
 		e.m.Close()
 	}
 	e.m, e.sg = m, sg
+	e.ready = p.OutputReady
 	n := 1
 	for _, d := range p.Manifest.Output.Shape {
 		n *= d
@@ -199,7 +206,7 @@ func (e *Compiled) Step(sg *train.StepGraph, params, inputs map[string]*tensor.T
 			return 0, nil, err
 		}
 	}
-	if err := e.m.Run(x.Data, e.out); err != nil {
+	if err := e.m.RunProgress(x.Data, e.out, 0, e.progress); err != nil {
 		return 0, nil, err
 	}
 	ups := map[string]*tensor.Tensor{}

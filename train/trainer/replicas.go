@@ -47,13 +47,15 @@ type Replicas struct {
 	// Profile accumulates the time split of the steps run.
 	Profile DistProfile
 	// Compiled, when set, runs the gradient graph as native code
-	// (replicas_compiled.go). Its gradients are read after the whole
-	// backward, so the buckets' all-reduces do not overlap it.
+	// (replicas_compiled.go). The buckets overlap its backward too: each
+	// gradient is copied in from the running step's arena as soon as the
+	// kernels computing it are complete (rt.Model.RunProgress).
 	Compiled *Compiled
 
 	plan   *bucketPlan
 	cgraph *train.StepGraph // Compiled's form of cfor.Grad
 	cfor   *train.SplitStep
+	crun   compiledRun // the last compiled gradient step's timeline
 }
 
 // DistProfile is where a replica's step time went.
@@ -69,7 +71,8 @@ type DistProfile struct {
 	Bytes   int64
 	Buckets int
 	// EarlyBytes are the gradient bytes whose all-reduce started before
-	// the last gradient was computed (every bucket but the last), and
+	// the last gradient was computed (every bucket but the last; with
+	// Compiled, the buckets issued before its last kernel completed), and
 	// Ahead the sum over buckets of how long before the end of backward
 	// each all-reduce started: the time communication could hide behind
 	// computation.
@@ -176,14 +179,9 @@ func (d *Replicas) Step(ss *train.SplitStep, params, inputs map[string]*tensor.T
 	var localLoss float32
 	var bufUps map[string]*tensor.Tensor
 	if d.Compiled != nil {
-		loss, bufs, grads, err := d.compiledGrads(ss, params, inputs)
+		loss, bufs, err := d.compiledGrads(ss, params, inputs, onValue)
 		if err != nil {
 			return nil, err
-		}
-		for k, name := range ss.Params {
-			if err := onValue(ss.Grads[name], &tensor.Tensor{Data: grads[k]}); err != nil {
-				return nil, err
-			}
 		}
 		localLoss, bufUps = loss, bufs
 	} else {
@@ -197,14 +195,7 @@ func (d *Replicas) Step(ss *train.SplitStep, params, inputs map[string]*tensor.T
 		localLoss, bufUps = res.Outputs[0].Data[0], res.Updates
 	}
 	t1 := time.Now()
-	for b, at := range issued {
-		if !at.IsZero() {
-			d.Profile.Ahead += t1.Sub(at)
-		}
-		if b < len(p.buckets)-1 {
-			d.Profile.EarlyBytes += 4 * int64(len(p.buckets[b]))
-		}
-	}
+	d.countEarly(issued, t1)
 	// Loss, stop flag and buffers: one more (small) all-reduce.
 	var bufNames []string
 	small := []float32{localLoss, 0}
