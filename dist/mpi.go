@@ -10,8 +10,10 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -22,13 +24,37 @@ import (
 // goroutine) locked to its OS thread, which initialized MPI with
 // MPI_THREAD_FUNNELED. Callers hand it operations over a channel; it
 // starts them as nonblocking collectives (MPI_Iallreduce, MPI_Ibcast,
-// MPI_Ibarrier) and polls them with MPI_Test until they complete: while a
-// caller is blocked in Wait, back to back (256 tests, then 20 µs apart);
-// while collectives are only outstanding, with a back-off from 20 µs to
-// 1 ms (KILN_DIST_MAX_POLL), leaving the cores to the computation. Open
+// MPI_Ibarrier) and polls them with MPI_Test until they complete. Open
 // MPI's nonblocking collectives (libnbc) advance only inside MPI calls, so
 // this polling is what makes an IallreduceSum progress while the caller
 // computes (the scheme of Horovod's background thread).
+//
+// Chunking: a sum is split into chunks of at most 4 MB
+// (KILN_DIST_CHUNK_BYTES), each its own MPI_Iallreduce, with at most
+// `window` (2) chunks in flight; the chunks of every op wait in one FIFO
+// queue, so every rank starts the same collectives in the same order (as
+// MPI requires) however their timing differs. Large all-reduces are thus
+// pipelined (as NCCL and Horovod do), Open MPI's temporary buffers stay a
+// chunk's size (reused by malloc instead of mmapped, page-faulted and
+// unmapped on every call: at 171 MB that alone cost Open MPI's own
+// blocking MPI_Allreduce 0.9 s here instead of 0.1 s), and a chunk
+// completing is the progress signal for the polling policy:
+//
+//   - a caller blocked in Wait, and a chunk started or completed within
+//     the last spinFor (20 ms): MPI_Test back to back, with sched_yield
+//     after every 32 fruitless rounds so that ranks oversubscribing the
+//     cores still run (Open MPI's mpi_yield_when_idle);
+//   - a caller blocked, but nothing completed for spinFor (a peer is
+//     late): rounds of burst tests 50 µs apart, so an idle wait for a
+//     slow rank costs little CPU;
+//   - collectives only outstanding (the caller computes): a round of burst
+//     tests with a back-off from 20 µs to 1 ms (KILN_DIST_MAX_POLL),
+//     leaving the cores to the computation.
+//
+// Before chunking and with 20 µs sleeps after 256 fruitless tests, one
+// MPI_Test moved only a few of vader's 32 KB fragments per sleep: a 16 MB
+// all-reduce of 2 ranks took 525 ms, against 3–5 ms for Open MPI's own
+// MPI_Allreduce (BENCHMARKS.md, issue 14).
 //
 // Failure detection: before each collective, every rank r > 0 sends a
 // 16-byte heartbeat (collective number, training step) to rank 0
@@ -38,7 +64,15 @@ import (
 // than the timeout is hung (or dead without exiting): rank 0 prints
 // "rank 2 did not reach step 14 within 30s" and calls MPI_Abort, which
 // ends every process of the job. If every rank reached a collective that
-// still does not complete within the timeout, rank 0 aborts saying so.
+// still does not complete within the timeout, rank 0 aborts saying so,
+// naming the ranks it has not heard from for half the timeout: every rank
+// > 0 answers each of rank 0's pings (below) with a pong (a heartbeat of
+// collective number pongSeq), so a rank stopped inside a collective
+// (SIGSTOP, a debugger, a frozen machine), which has announced it and
+// then falls silent, is named too ("rank 2 has not answered for 3s inside
+// AllreduceSum64 #136 (step 2)"). Synchronized BatchNorm makes this the
+// common case: it runs about a hundred small collectives per step, inside
+// forward and backward.
 //
 // Rank-local work longer than the timeout (rank 0 evaluating or writing a
 // checkpoint while the others wait in the next collective) is announced
@@ -62,6 +96,7 @@ const (
 	heartbeatBytes = 16
 	closingSeq     = -2
 	keepAliveSeq   = -3
+	pongSeq        = -4 // an answer to rank 0's ping
 )
 
 // maxPollEnv overrides the longest interval between two MPI_Test rounds
@@ -72,6 +107,40 @@ const maxPollEnv = "KILN_DIST_MAX_POLL"
 // maxCount is the largest element count passed to one MPI call (MPI counts
 // are C ints); larger buffers are split into several collectives.
 const maxCount = 1 << 30
+
+// Chunking and polling (see the comment at the top of this file).
+const (
+	// chunkEnv overrides the chunk size in bytes (tests use tiny chunks).
+	chunkEnv = "KILN_DIST_CHUNK_BYTES"
+	// defaultChunkBytes: Open MPI's shared-memory all-reduce of 2 ranks
+	// reaches its best bus bandwidth at 1–16 MB (bench/dist -sweep).
+	defaultChunkBytes = 4 << 20
+	// window is the number of chunks in flight: two, so that one chunk's
+	// reduction overlaps the next one's transfer.
+	window = 2
+	// spinFor is how long after a chunk last started or completed a
+	// blocked caller's collectives are tested back to back.
+	spinFor = 20 * time.Millisecond
+	// yieldAfter is the number of fruitless MPI_Test rounds a spinning
+	// progress goroutine makes between two sched_yield calls: a small
+	// all-reduce completes within a few rounds without giving the core
+	// away; a long one lets the other ranks run.
+	yieldAfter = 32
+	// burst is the number of MPI_Test rounds per wake-up when not
+	// spinning (each round moves a few fragments).
+	burst = 16
+)
+
+// chunkElems returns the elements per chunk for elements of elem bytes:
+// KILN_DIST_CHUNK_BYTES or defaultChunkBytes, at least one element and at
+// most maxCount.
+func chunkElems(elem int) int {
+	b := defaultChunkBytes
+	if v, err := strconv.Atoi(os.Getenv(chunkEnv)); err == nil && v > 0 {
+		b = v
+	}
+	return min(max(b/elem, 1), maxCount)
+}
 
 type mpiComm struct {
 	rank, size int
@@ -117,8 +186,10 @@ type mpiOp struct {
 	start time.Time
 
 	// owned by the progress goroutine
-	seq  int64
-	reqs []uintptr
+	seq     int64
+	reqs    []uintptr // one per started chunk; 0 once complete
+	next    int       // elements whose chunks have been started
+	started bool      // every chunk has been started
 
 	// waited is set once a caller blocks in Wait on the op.
 	waited atomic.Bool
@@ -339,6 +410,13 @@ type progressState struct {
 	active  []*mpiOp
 	nextSeq int64
 
+	// queue holds the ops (in submission order) with chunks not yet
+	// started; inflight counts chunks started and not complete.
+	queue    []*mpiOp
+	inflight int
+	// lastDone is when a chunk was last started or completed.
+	lastDone time.Time
+
 	// rank 0: heartbeats
 	hbBuf  unsafe.Pointer // size × heartbeatBytes of C memory
 	hbReq  []uintptr      // per rank; 0 when not posted
@@ -352,10 +430,13 @@ type progressState struct {
 	closing []bool
 	pinged  time.Time // last ping to the other ranks
 
+	heard []time.Time // when rank r last sent anything (heartbeat, keep-alive, pong)
+
 	// ranks > 0: rank 0's pings
 	pingBuf  unsafe.Pointer
 	pingReq  uintptr
 	lastPing time.Time
+	closed   bool // in close: no more pongs (rank 0 stops receiving after the closing notice)
 
 	// sends in flight (heartbeats; pings on rank 0)
 	sends []pendingSend
@@ -388,8 +469,10 @@ func (c *mpiComm) progress(ready chan<- error) {
 		s.behind = make([]time.Time, size)
 		s.alive = make([]time.Time, size)
 		s.closing = make([]bool, size)
+		s.heard = make([]time.Time, size)
 		for r := range s.seen {
 			s.seen[r] = -1
+			s.heard[r] = time.Now()
 		}
 		s.minSeen = -1
 		for r := 1; r < size; r++ {
@@ -414,32 +497,53 @@ func (c *mpiComm) progress(ready chan<- error) {
 	if d, err := time.ParseDuration(os.Getenv(maxPollEnv)); err == nil && d >= minPoll {
 		maxPoll = d
 	}
-	const spinSteps = 256
-	poll, spins := minPoll, 0
+	const latePoll = 50 * time.Microsecond
+	poll, fruitless := minPoll, 0
 	timer := time.NewTimer(idlePoll)
 	for {
-		progressed, err := s.poll()
-		if err != nil {
-			s.fatal(3, err.Error())
+		waited := s.waited()
+		spinning := waited && time.Since(s.lastDone) < spinFor
+		rounds := burst
+		if spinning {
+			rounds = 1
+		}
+		progressed := false
+		for i := 0; i < rounds && !progressed && len(s.active)+len(s.sends) > 0; i++ {
+			p, err := s.poll()
+			if err != nil {
+				s.fatal(3, err.Error())
+			}
+			progressed = p
+		}
+		if len(s.active)+len(s.sends) == 0 {
+			// Still check the heartbeats and timeouts while idle.
+			if _, err := s.poll(); err != nil {
+				s.fatal(3, err.Error())
+			}
 		}
 		if progressed {
-			poll, spins = minPoll, 0
-		} else if poll < maxPoll {
-			poll *= 2
+			poll, fruitless = minPoll, 0
+		} else {
+			fruitless++
+			if poll < maxPoll {
+				poll *= 2
+			}
 		}
 		wait := poll
-		if len(s.active) == 0 && len(s.sends) == 0 {
+		switch {
+		case len(s.active) == 0 && len(s.sends) == 0:
 			wait = idlePoll
-		} else if s.waited() {
-			// A caller is blocked: drive MPI without pausing, but after
-			// spinSteps fruitless tests sleep minPoll between tests, so
-			// that ranks sharing cores (oversubscribed) are not starved
-			// of the CPU by ranks waiting for them.
-			wait = minPoll
-			if spins < spinSteps {
-				wait = 0
-				spins++
+		case spinning:
+			// A caller is blocked and chunks complete: drive MPI
+			// without pausing, yielding the core to other processes
+			// (ranks oversubscribing the cores) after every yieldAfter
+			// fruitless rounds.
+			wait = 0
+			if fruitless%yieldAfter == yieldAfter-1 {
+				syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 			}
+		case waited:
+			wait = latePoll
 		}
 		var tick <-chan time.Time
 		if wait > 0 {
@@ -530,7 +634,10 @@ func (s *progressState) send(dest, tag int, a, b int64) error {
 
 // record notes (on rank 0) that rank r reached collective seq.
 func (s *progressState) record(r int, seq, step int64) {
+	s.heard[r] = time.Now()
 	switch seq {
+	case pongSeq:
+		return
 	case closingSeq:
 		s.closing[r] = true
 		return
@@ -551,10 +658,26 @@ func (s *progressState) startOp(op *mpiOp) error {
 	if err := s.heartbeat(op.seq, op.step); err != nil {
 		return err
 	}
-	elem := map[mpiOpKind]int{mpiSum32: 4, mpiSum64: 8, mpiBcast: 1}[op.kind]
-	for off := 0; off < op.count || (op.count == 0 && off == 0); off += maxCount {
-		n := min(op.count-off, maxCount)
-		p := op.ptr + uintptr(off*elem)
+	s.active = append(s.active, op)
+	s.queue = append(s.queue, op)
+	if err := s.launch(); err != nil {
+		// The op is queued and other ranks may have started it: no
+		// way back but ending the job.
+		s.fatal(3, err.Error())
+	}
+	return nil
+}
+
+// launch starts queued chunks, oldest op first, while fewer than window
+// are in flight. Every rank submits the same ops in the same order and
+// splits them alike, so every rank starts the same MPI collectives in the
+// same order.
+func (s *progressState) launch() error {
+	for s.inflight < window && len(s.queue) > 0 {
+		op := s.queue[0]
+		elem := map[mpiOpKind]int{mpiSum32: 4, mpiSum64: 8, mpiBcast: 1, mpiBarrier: 1}[op.kind]
+		n := min(op.count-op.next, chunkElems(elem))
+		p := op.ptr + uintptr(op.next*elem)
 		var req uintptr
 		var err error
 		switch op.kind {
@@ -571,11 +694,14 @@ func (s *progressState) startOp(op *mpiOp) error {
 			return err
 		}
 		op.reqs = append(op.reqs, req)
-		if op.count == 0 {
-			break
+		s.inflight++
+		s.lastDone = time.Now()
+		op.next += n
+		if op.next >= op.count {
+			op.started = true
+			s.queue = s.queue[1:]
 		}
 	}
-	s.active = append(s.active, op)
 	return nil
 }
 
@@ -598,12 +724,14 @@ func (s *progressState) poll() (bool, error) {
 			}
 			if ok {
 				op.reqs[i] = 0
+				s.inflight--
+				s.lastDone = now
 				progressed = true
 			} else {
 				done = false
 			}
 		}
-		if done {
+		if done && op.started {
 			// MPI is done with the buffer: unpin it here, not in Wait,
 			// so that a request never waited for leaks no pin.
 			op.pin.Unpin()
@@ -616,6 +744,11 @@ func (s *progressState) poll() (bool, error) {
 		}
 	}
 	s.active = keep
+	if progressed {
+		if err := s.launch(); err != nil {
+			return false, err
+		}
+	}
 
 	sends := s.sends[:0]
 	for _, ps := range s.sends {
@@ -671,6 +804,11 @@ func (s *progressState) poll() (bool, error) {
 			return progressed, err
 		}
 		s.lastPing = now
+		if !s.closed {
+			if err := s.send(0, heartbeatTag, pongSeq, 0); err != nil {
+				return false, err
+			}
+		}
 		if s.pingReq, err = mpiIrecv(uintptr(s.pingBuf), heartbeatBytes, 0, pingTag); err != nil {
 			return false, err
 		}
@@ -744,6 +882,16 @@ func (s *progressState) timedOut(op *mpiOp, now time.Time) {
 		// Every rank has reached op: give the collective the full
 		// timeout from the moment the last one arrived.
 		if !busy && now.Sub(s.allAt) > c.timeout {
+			var silent []int // pings go out every timeout/4
+			for r := 1; r < c.size; r++ {
+				if !s.closing[r] && now.Sub(s.heard[r]) > c.timeout/2 {
+					silent = append(silent, r)
+				}
+			}
+			if len(silent) > 0 {
+				s.fatal(4, fmt.Sprintf("%s has not answered for %v inside %v #%d (step %d), which every rank reached (stopped, frozen or stuck in MPI)",
+					ranksPhrase(silent), now.Sub(s.heard[silent[0]]).Round(time.Millisecond), op.kind, op.seq, op.step))
+			}
 			s.fatal(4, fmt.Sprintf("%v #%d (step %d) did not complete within %v although every rank reached it", op.kind, op.seq, op.step, c.timeout))
 		}
 		return
@@ -761,6 +909,7 @@ func (s *progressState) timedOut(op *mpiOp, now time.Time) {
 // sends to complete, then finalizes.
 func (s *progressState) close() error {
 	c := s.c
+	s.closed = true
 	deadline := time.Now().Add(c.timeout)
 	if c.timeout <= 0 {
 		deadline = time.Now().Add(100 * 365 * 24 * time.Hour)

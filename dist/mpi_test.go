@@ -58,6 +58,9 @@ func worker(mode string) error {
 	if err := backgroundProgress(c); err != nil {
 		return err
 	}
+	if err := overlapping(c); err != nil {
+		return err
+	}
 	bad, _ := strconv.Atoi(os.Getenv(badRankEnv))
 	badStep, _ := strconv.Atoi(os.Getenv(badStepEnv))
 	for step := 0; step < workerSteps; step++ {
@@ -72,6 +75,14 @@ func worker(mode string) error {
 			case "freeze":
 				// The whole process stops, MPI progress included.
 				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+			case "freeze-inside":
+				// Start the step's first sum (announcing it to rank 0),
+				// then stop inside it: the others join it later.
+				if _, err := c.IallreduceSum(rankData(r, 100003)); err != nil {
+					return err
+				}
+				time.Sleep(200 * time.Millisecond)
+				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
 			case "abort":
 				c.Abort(5, fmt.Sprintf("deliberate abort at step %d", step))
 			case "busy":
@@ -81,6 +92,14 @@ func worker(mode string) error {
 					KeepAlive(c)
 					time.Sleep(50 * time.Millisecond)
 				}
+			}
+		}
+		if mode == "freeze-inside" && step == badStep && r != bad {
+			// Join the bad rank's sum once it has stopped inside it (a
+			// blocking sum, as synchronized BatchNorm's): it never ends.
+			time.Sleep(time.Second)
+			if err := c.AllreduceSum(rankData(r, 100003)); err != nil {
+				return err
 			}
 		}
 		// Overlap: start a sum, compute, then a second, then wait.
@@ -204,6 +223,58 @@ func backgroundProgress(c Comm) error {
 	return c.Barrier()
 }
 
+// overlapping starts all-reduces of several sizes around the chunk size
+// (KILN_DIST_CHUNK_BYTES; TestMPIChunked sets 4 KB = 1024 float32s) and a
+// broadcast, all outstanding at once, then waits in reverse order: their
+// chunks share one queue and window, so a chunk started out of order on
+// one rank would mix two collectives. Values are small integers, so every
+// sum is exact whatever the order of additions.
+func overlapping(c Comm) error {
+	r, n := c.Rank(), c.Size()
+	sizes := []int{1, 1023, 1024, 1025, 5000, 3 * 1024}
+	bufs := make([][]float32, len(sizes))
+	var reqs []Request
+	for k, size := range sizes {
+		bufs[k] = make([]float32, size)
+		for i := range bufs[k] {
+			bufs[k][i] = float32((r+1)*(i%97) + k)
+		}
+		q, err := c.IallreduceSum(bufs[k])
+		if err != nil {
+			return err
+		}
+		reqs = append(reqs, q)
+	}
+	for k := len(reqs) - 1; k >= 0; k-- {
+		if err := reqs[k].Wait(); err != nil {
+			return err
+		}
+	}
+	for k, b := range bufs {
+		for i, v := range b {
+			if want := float32(n*(n+1)/2*(i%97) + n*k); v != want {
+				return fmt.Errorf("rank %d: overlapping all-reduce %d (%d floats): [%d] = %v, want %v", r, k, len(b), i, v, want)
+			}
+		}
+	}
+	msg := make([]byte, 10000)
+	for i := range msg {
+		msg[i] = byte(i % 251)
+		if r != 1%n {
+			msg[i] = 0
+		}
+	}
+	if err := c.Bcast(msg, 1%n); err != nil {
+		return err
+	}
+	for i, v := range msg {
+		if v != byte(i%251) {
+			return fmt.Errorf("rank %d: chunked Bcast: [%d] = %d, want %d", r, i, v, i%251)
+		}
+	}
+	return nil
+}
+
 var nilPtr *int
 
 // nilDeref dereferences a nil pointer and returns the recovered panic.
@@ -284,6 +355,46 @@ func TestMPICollectives(t *testing.T) {
 	}
 }
 
+// TestMPIChunked runs the collectives worker with 4 KB chunks, so that its
+// all-reduces (up to 400 KB) and broadcasts are split into many chunks, several
+// ops' chunks queue at once, and the window of chunks in flight is full.
+func TestMPIChunked(t *testing.T) {
+	t.Parallel()
+	for _, np := range []int{2, 3} {
+		t.Run(fmt.Sprint(np), func(t *testing.T) {
+			t.Parallel()
+			out, err := mpirun(t, np, "collectives", chunkEnv+"=4096")
+			if err != nil {
+				t.Fatalf("mpirun -np %d: %v\n%s", np, err, out)
+			}
+			if got := len(regexp.MustCompile(`rank \d+ sum [0-9a-f]+`).FindAllString(out, -1)); got != np {
+				t.Fatalf("want %d ranks' sums, got output:\n%s", np, out)
+			}
+		})
+	}
+}
+
+func TestChunkElems(t *testing.T) {
+	for _, tc := range []struct {
+		env        string
+		elem, want int
+	}{
+		{"", 4, defaultChunkBytes / 4},
+		{"", 1, defaultChunkBytes},
+		{"4096", 4, 1024},
+		{"4096", 8, 512},
+		{"3", 4, 1}, // at least one element
+		{"junk", 4, defaultChunkBytes / 4},
+		{"-5", 4, defaultChunkBytes / 4},
+		{"99999999999", 1, maxCount},
+	} {
+		t.Setenv(chunkEnv, tc.env)
+		if got := chunkElems(tc.elem); got != tc.want {
+			t.Errorf("%s=%q: chunkElems(%d) = %d, want %d", chunkEnv, tc.env, tc.elem, got, tc.want)
+		}
+	}
+}
+
 func TestMPIRankExitEndsJob(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
@@ -344,6 +455,9 @@ func TestMPIHungRankTimesOut(t *testing.T) {
 		{"hang", 2, 0, 1, "kiln: rank 0 did not reach step 1 within 2s"},
 		// Rank 0 frozen (SIGSTOP): rank 1 gives up on its own.
 		{"freeze", 2, 0, 1, "rank 0 has not been heard from since"},
+		// Rank 2 stopped inside a sum every rank reached: named as the
+		// rank that stopped answering rank 0's pings.
+		{"freeze-inside", 3, 2, 1, "kiln: rank 2 has not answered for"},
 	} {
 		t.Run(fmt.Sprintf("%s%d", tc.mode, tc.bad), func(t *testing.T) {
 			t.Parallel()

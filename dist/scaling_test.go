@@ -20,14 +20,14 @@ func TestScalingPredict(t *testing.T) {
 		bf16, overlap bool
 		ar, exposed   float64 // seconds
 	}{
-		// 2(N-1)/N·S/B + 2(N-1)·α
-		{2, false, false, 1 + 0.002, 1.002},
-		{4, false, false, 1.5 + 0.006, 1.506},
-		{4, true, false, 0.75 + 0.006, 0.756},
-		// overlap: max(T_ar − β·T_c, T_ar·bucket/S)
-		{4, false, true, 1.506, 1.006},
-		{4, true, true, 0.756, 0.256},
-		{2, true, true, 0.502, 0.0502}, // the last bucket: 0.502·50/500
+		// 2(N-1)/N·S/B + k·2(N-1)·α, k = 10 buckets (fp32 and bf16)
+		{2, false, false, 1 + 10*0.002, 1.02},
+		{4, false, false, 1.5 + 10*0.006, 1.56},
+		{4, true, false, 0.75 + 10*0.006, 0.81},
+		// overlap: max(T_ar − β·T_c, T_last), T_last = 2(N-1)/N·s_b/B + 2(N-1)·α
+		{4, false, true, 1.56, 1.06},
+		{4, true, true, 0.81, 0.31},
+		{2, true, true, 0.52, 0.5*0.1 + 0.002}, // the last bucket
 	} {
 		p := m.Predict(mc, l, tc.n, tc.bf16, tc.overlap)
 		if math.Abs(p.Allreduce.Seconds()-tc.ar) > 1e-9 || math.Abs(p.Exposed.Seconds()-tc.exposed) > 1e-9 {
@@ -35,6 +35,28 @@ func TestScalingPredict(t *testing.T) {
 		}
 		if want := 1 / (1 + tc.exposed); math.Abs(p.Efficiency-want) > 1e-9 {
 			t.Errorf("N=%d: efficiency %v, want %v", tc.n, p.Efficiency, want)
+		}
+	}
+}
+
+// TestScalingPredictBuckets checks the bucket count: ⌈S/s_b⌉, one bucket
+// when s_b is zero or exceeds S.
+func TestScalingPredictBuckets(t *testing.T) {
+	var m ScalingModel
+	m.Net.Params = 250e6 // 1 GB of fp32 gradients
+	mc := Machine{Image: 100 * time.Millisecond, Batch: 10}
+	l := Link{Bandwidth: 1e9, Latency: time.Millisecond}
+	for _, tc := range []struct {
+		bucket, ar float64
+	}{
+		{0, 1 + 0.002},
+		{2e9, 1 + 0.002},
+		{1e9, 1 + 0.002},
+		{300e6, 1 + 4*0.002}, // ⌈1000/300⌉ = 4
+	} {
+		m.Bucket = tc.bucket
+		if p := m.Predict(mc, l, 2, false, false); math.Abs(p.Allreduce.Seconds()-tc.ar) > 1e-9 {
+			t.Errorf("bucket %g: T_ar %v, want %vs", tc.bucket, p.Allreduce, tc.ar)
 		}
 	}
 }

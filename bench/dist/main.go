@@ -1,11 +1,17 @@
 // Command bench-dist measures Kiln's MPI collectives on this machine: the
 // time of one all-reduce of a gradient-sized buffer with 1, 2 and 4 ranks,
-// and how much of it a nonblocking all-reduce hides behind computation.
+// and how much of it a nonblocking all-reduce hides behind computation;
+// with -sweep, the all-reduce throughput from 4 KB up (sweep.go; Open
+// MPI's own, for comparison, is testdata/allreduce.c); with -nets, the
+// data-parallel training step of networks on the compiled backend split
+// into compute, exposed wait and update (nets.go).
 //
 // Usage (bench/dist/run.sh builds it and runs it):
 //
 //	bench-dist [-ranks 1,2,4] [-floats 42700000] [-reps 3]
-//	bench-dist -model   # print the scaling-model table (dist.ScalingTable)
+//	bench-dist -model [-img 222ms]  # print the scaling-model table (dist.ScalingTable)
+//	bench-dist -sweep [-floats N]   # all-reduce throughput, 4 KB to 4·N bytes, 2 ranks
+//	bench-dist -nets inception_v4:2 [-ranks 1,2,4] [-steps 3]  # data-parallel training steps (nets.go)
 //	bench-dist -mpirun N  # print the mpirun command line for N ranks
 //
 // For each rank count the launcher starts itself under mpirun
@@ -47,6 +53,13 @@ func main() {
 	reps := flag.Int("reps", 3, "alternating rounds per rank count")
 	worker := flag.Bool("worker", false, "run as one rank (under mpirun)")
 	model := flag.Bool("model", false, "print the scaling-model table and exit")
+	img := flag.Duration("img", 0, "-model: this machine's compute (forward, backward, update) per Inception-v4 image, e.g. from -nets inception_v4:2 (0: dist.DefaultScalingModel's estimate); the servers are 16x faster")
+	sweep := flag.Bool("sweep", false, "measure AllreduceSum throughput from 4 KB to -floats×4 bytes instead (with 2 ranks unless -ranks says otherwise)")
+	nets := flag.String("nets", "", "instead, time data-parallel training steps (compiled backend) of these networks: comma-separated `NAME:BATCH[:CxHxW]`, batch per rank")
+	net := flag.String("net", "", "worker: the -nets entry to run")
+	steps := flag.Int("steps", 3, "-nets: timed steps")
+	warmup := flag.Int("warmup", 1, "-nets: untimed steps first (the first compiles)")
+	threads := flag.Int("threads", 0, "-nets: runtime threads per rank (0: the cores divided among the ranks, at least 1)")
 	launch := flag.Int("mpirun", 0, "print the mpirun command line (dist.MpirunCommand) for `N` ranks, without the program, and exit")
 	flag.Parse()
 	if *launch > 0 {
@@ -58,7 +71,32 @@ func main() {
 		return
 	}
 	if *model {
-		fmt.Print(dist.ScalingTable(dist.DefaultScalingModel()))
+		m := dist.DefaultScalingModel()
+		if *img > 0 {
+			m.Machines[0].Image = *img
+			for i := 1; i < len(m.Machines); i++ {
+				m.Machines[i].Image = *img / 16
+			}
+		}
+		fmt.Print(dist.ScalingTable(m))
+		return
+	}
+	if *worker && *net != "" {
+		specs, err := parseNets(*net)
+		if err != nil {
+			fatal(err)
+		}
+		if err := stepWorker(specs[0], *steps, *warmup, *threads); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-dist worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *worker && *sweep {
+		if err := sweepWorker(*floats, *reps); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-dist worker:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	if *worker {
@@ -72,13 +110,23 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	fmt.Printf("| ranks | MB per all-reduce | all-reduce ms | bus GB/s | compute ms | overlapped ms | hidden |\n|---|---|---|---|---|---|---|\n")
+	if *nets != "" {
+		if err := runNets(self, *nets, *ranks, *steps, *warmup, *threads); err != nil {
+			fatal(err)
+		}
+		return
+	}
+	if *sweep {
+		fmt.Print(sweepHeader)
+	} else {
+		fmt.Printf("| ranks | MB per all-reduce | all-reduce ms | bus GB/s | compute ms | overlapped ms | hidden |\n|---|---|---|---|---|---|---|\n")
+	}
 	for _, s := range strings.Split(*ranks, ",") {
 		np, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || np < 1 {
 			fatal(fmt.Errorf("-ranks: bad rank count %q", s))
 		}
-		argv, err := dist.MpirunCommand(np, self, "-worker", "-floats", strconv.Itoa(*floats), "-reps", strconv.Itoa(*reps))
+		argv, err := dist.MpirunCommand(np, self, "-worker", "-sweep="+strconv.FormatBool(*sweep), "-floats", strconv.Itoa(*floats), "-reps", strconv.Itoa(*reps))
 		if err != nil {
 			fatal(err)
 		}
