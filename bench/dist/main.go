@@ -60,6 +60,7 @@ func main() {
 	steps := flag.Int("steps", 3, "-nets: timed steps")
 	warmup := flag.Int("warmup", 1, "-nets: untimed steps first (the first compiles)")
 	threads := flag.Int("threads", 0, "-nets: runtime threads per rank (0: the cores divided among the ranks, at least 1)")
+	flag.StringVar(&updateModes, "update", "compiled", "-nets: where the optimizer update runs: compiled, interp (trainer.Replicas.InterpUpdate), or a comma-separated list, run one after the other per rank count (interp,compiled: an A/B comparison)")
 	launch := flag.Int("mpirun", 0, "print the mpirun command line (dist.MpirunCommand) for `N` ranks, without the program, and exit")
 	flag.Parse()
 	if *launch > 0 {

@@ -67,6 +67,10 @@ func (n netSpec) String() string {
 	return s
 }
 
+// updateModes is the -update flag: where the optimizer update runs,
+// "compiled" or "interp", or a comma-separated list of them for runNets.
+var updateModes = "compiled"
+
 // stepHeader heads stepWorker's rows.
 const stepHeader = "| network | ranks | batch per rank | threads per rank | step ms | compute ms | exposed wait ms | update ms | MB all-reduced per step (buckets) | all-reduce alone ms | peak RSS MiB (rank 0) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
 
@@ -74,8 +78,9 @@ const stepHeader = "| network | ranks | batch per rank | threads per rank | step
 // compiled backend as kiln train --backend compiled does under mpirun
 // (trainer.Replicas with trainer.Compiled: forward and backward as native
 // code, gradients all-reduced in 4 MB buckets started while backward runs,
-// the update in the interpreter), on a fixed pseudo-random batch per rank
-// with procedural parameters, so no data loading is timed.
+// the update as native code too, or in the interpreter with -update
+// interp), on a fixed pseudo-random batch per rank with procedural
+// parameters, so no data loading is timed.
 //
 // After warmup untimed steps (the first compiles through LLVM or loads
 // from the object cache) it times steps steps, and rank 0 prints their
@@ -135,7 +140,14 @@ func stepWorker(spec netSpec, steps, warmup, threads int) error {
 		ce.Targets = []codegen.Target{isa} // one ISA: half the compile time
 	}
 	defer ce.Close()
-	rep := &trainer.Replicas{Comm: c, Compiled: ce}
+	if updateModes != "compiled" && updateModes != "interp" {
+		return fmt.Errorf("-update %q: want compiled or interp", updateModes)
+	}
+	rep := &trainer.Replicas{Comm: c, Compiled: ce, InterpUpdate: updateModes == "interp"}
+	label := spec.name
+	if rep.InterpUpdate {
+		label += " (update in the interpreter)"
+	}
 	var wall time.Duration
 	for k := 0; k < warmup+steps; k++ {
 		if k == warmup {
@@ -181,7 +193,7 @@ func stepWorker(spec netSpec, steps, warmup, threads int) error {
 		per := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(p.Steps) }
 		a := median(alone).Seconds() * 1000
 		fmt.Printf("| %s | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f (%d) | %.1f | %d |\n",
-			spec.name, size, spec.batch, threads, per(wall), per(p.Compute), per(p.Wait), per(p.Update),
+			label, size, spec.batch, threads, per(wall), per(p.Compute), per(p.Wait), per(p.Update),
 			float64(p.Bytes)/1e6, p.Buckets, a, peakRSS())
 	}
 	return c.Close()
@@ -262,24 +274,26 @@ func runNets(self, nets, ranks string, steps, warmup, threads int) error {
 			if th <= 0 {
 				th = max(1, runtime.NumCPU()/np)
 			}
-			argv, err := dist.MpirunCommand(np, self, "-worker", "-net", spec.String(), "-steps", strconv.Itoa(steps),
-				"-warmup", strconv.Itoa(warmup), "-threads", strconv.Itoa(th))
-			if err != nil {
-				return err
-			}
-			cmd := exec.Command(argv[0], argv[1:]...)
-			cmd.Env = env
-			cmd.Stderr = os.Stderr
-			out, err := cmd.Output()
-			if err != nil {
-				return fmt.Errorf("%s: %v", strings.Join(argv, " "), err)
-			}
-			for _, l := range strings.Split(string(out), "\n") {
-				if strings.HasPrefix(l, "| ") {
-					fmt.Println(l)
-					f := strings.Split(strings.Trim(l, "| "), " | ")
-					if v, err := strconv.Atoi(f[len(f)-1]); err == nil {
-						perRank = v
+			for _, mode := range strings.Split(updateModes, ",") {
+				argv, err := dist.MpirunCommand(np, self, "-worker", "-net", spec.String(), "-steps", strconv.Itoa(steps),
+					"-warmup", strconv.Itoa(warmup), "-threads", strconv.Itoa(th), "-update", strings.TrimSpace(mode))
+				if err != nil {
+					return err
+				}
+				cmd := exec.Command(argv[0], argv[1:]...)
+				cmd.Env = env
+				cmd.Stderr = os.Stderr
+				out, err := cmd.Output()
+				if err != nil {
+					return fmt.Errorf("%s: %v", strings.Join(argv, " "), err)
+				}
+				for _, l := range strings.Split(string(out), "\n") {
+					if strings.HasPrefix(l, "| ") {
+						fmt.Println(l)
+						f := strings.Split(strings.Trim(l, "| "), " | ")
+						if v, err := strconv.Atoi(f[len(f)-1]); err == nil {
+							perRank = v
+						}
 					}
 				}
 			}

@@ -57,6 +57,11 @@ type Compiled struct {
 	// (replicas_compiled.go).
 	ready    []int
 	progress func(done int, arena []float32)
+	// skipRead names updated state Step does not read back (the params
+	// of Replicas' gradient step, which it leaves unchanged).
+	skipRead map[string]bool
+	// update runs Replicas' optimizer update graph (replicas_update.go).
+	update *Compiled
 
 	inferMu sync.Mutex               // guards infer
 	infer   map[[32]byte]*inferModel // compiled inference graphs, by inferKey
@@ -212,6 +217,9 @@ func (e *Compiled) Step(sg *train.StepGraph, params, inputs map[string]*tensor.T
 	ups := map[string]*tensor.Tensor{}
 	for _, u := range g.Updates {
 		pn := g.Nodes[u.Param]
+		if e.skipRead[pn.Name] {
+			continue
+		}
 		v, ok := e.m.State(pn.Name)
 		if !ok {
 			return 0, nil, fmt.Errorf("trainer: the compiled step has no state %s", pn.Name)
@@ -230,6 +238,12 @@ func (e *Compiled) Close() error {
 	if e.m != nil {
 		err = e.m.Close()
 		e.m = nil
+	}
+	if e.update != nil {
+		if cerr := e.update.Close(); err == nil {
+			err = cerr
+		}
+		e.update = nil
 	}
 	if cerr := e.closeInfer(); err == nil {
 		err = cerr

@@ -49,12 +49,20 @@ type Replicas struct {
 	// Compiled, when set, runs the gradient graph as native code
 	// (replicas_compiled.go). The buckets overlap its backward too: each
 	// gradient is copied in from the running step's arena as soon as the
-	// kernels computing it are complete (rt.Model.RunProgress).
+	// kernels computing it are complete (rt.Model.RunProgress). The
+	// update graph runs as native code too, in a second model that keeps
+	// the params and optimizer state (replicas_update.go).
 	Compiled *Compiled
+	// InterpUpdate runs the update graph in the interpreter even with
+	// Compiled set (for comparisons); by default Compiled runs it too
+	// (replicas_update.go).
+	InterpUpdate bool
 
 	plan   *bucketPlan
 	cgraph *train.StepGraph // Compiled's form of cfor.Grad
 	cfor   *train.SplitStep
+	ugraph *compiledUpdateGraph // Compiled's form of ufor.Update
+	ufor   *train.SplitStep
 	crun   compiledRun // the last compiled gradient step's timeline
 }
 
@@ -240,15 +248,28 @@ func (d *Replicas) Step(ss *train.SplitStep, params, inputs map[string]*tensor.T
 		}
 		uin[train.GradPrefix+name] = g
 	}
-	ures, err := interp.Run(ss.Update, params, uin, interp.Options{Threads: d.Threads})
-	if err != nil {
-		return nil, err
-	}
-	for name, v := range ures.Updates {
-		out.Updates[name] = v
-	}
-	for k, name := range ss.Params {
-		out.Grads[name] = ures.Outputs[k]
+	if d.Compiled != nil && !d.InterpUpdate {
+		ups, grads, err := d.compiledUpdateStep(ss, params, uin)
+		if err != nil {
+			return nil, err
+		}
+		for name, v := range ups {
+			out.Updates[name] = v
+		}
+		for k, name := range ss.Params {
+			out.Grads[name] = grads[k]
+		}
+	} else {
+		ures, err := interp.Run(ss.Update, params, uin, interp.Options{Threads: d.Threads})
+		if err != nil {
+			return nil, err
+		}
+		for name, v := range ures.Updates {
+			out.Updates[name] = v
+		}
+		for k, name := range ss.Params {
+			out.Grads[name] = ures.Outputs[k]
+		}
 	}
 	d.Profile.Steps++
 	d.Profile.Compute += t1.Sub(t0)

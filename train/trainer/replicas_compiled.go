@@ -15,9 +15,12 @@ import (
 // compiled backend runs (lower.LowerTraining): a copy of ss.Grad whose
 // outputs are [loss, logits, the gradients in ss.Params order] (the
 // gradients are read back as lower.OutputState(2+k)), and in which every
-// learnable param is also "updated" to a copy of itself (mul by 1), since
-// the compiled step keeps only updated params in the arena as run-time
-// state (a param nothing updates would be a build-time constant).
+// learnable param is also "updated" to itself (ir.Update{Param: p, Value:
+// p}), since the compiled step keeps only updated params in the arena as
+// run-time state (a param nothing updates would be a build-time constant).
+// The update costs no kernel and no copy: the state's update offset is its
+// own offset, so it is a settable input, and compiledGrads does not read
+// it back (Compiled.skipRead).
 func compiledGrad(ss *train.SplitStep) (*train.StepGraph, error) {
 	g, err := ir.Parse(ss.Grad.Name+".grad", ss.Grad.String()) // an independent copy
 	if err != nil {
@@ -32,11 +35,7 @@ func compiledGrad(ss *train.SplitStep) (*train.StepGraph, error) {
 	outs := g.Outputs[:2:2]
 	for _, name := range ss.Params {
 		p := idx[name]
-		c, err := g.Add(&ir.Node{Op: ir.OpMul, Name: name, Args: []int{p}, Attrs: ir.Attrs{"c": 1.0}, Pos: g.Nodes[p].Pos})
-		if err != nil {
-			return nil, fmt.Errorf("trainer: %w", err)
-		}
-		g.Updates = append(g.Updates, ir.Update{Param: p, Value: c})
+		g.Updates = append(g.Updates, ir.Update{Param: p, Value: p})
 		outs = append(outs, ss.Grads[name])
 	}
 	g.Outputs = outs
@@ -137,8 +136,12 @@ func (d *Replicas) compiledGrads(ss *train.SplitStep, params, inputs map[string]
 			}
 		}
 	}
+	e.skipRead = map[string]bool{}
+	for _, name := range ss.Params {
+		e.skipRead[name] = true
+	}
 	loss, ups, err := e.Step(d.cgraph, params, inputs)
-	e.progress = nil
+	e.progress, e.skipRead = nil, nil
 	d.crun.returned = time.Now()
 	if err != nil {
 		return 0, nil, err
