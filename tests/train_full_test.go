@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -44,17 +45,21 @@ type fullTrainCase struct {
 	net   string
 	batch int
 	input []int // C, H, W (nil: the network's)
+	// ref checks against a PyTorch float64 step (train_full_ref.py)
+	// instead of the interpreter alone (checkRef).
+	ref bool
 }
 
 // fullTrainCases are the networks `make train-full-check` runs
 // (KILN_TRAIN_FULL=1): one RMSProp step of Inception-v4 and
 // Inception-ResNet-v2 at batch 2, 299×299, as issue 9 asks. Each compiles
 // the whole step graph (thousands of kernels: many minutes with a cold
-// object cache) and needs about 4 GiB; the small variant below runs in
-// make test.
+// object cache) and needs up to 6 GiB (Inception-ResNet-v2: 5,991 MiB
+// peak RSS), and the float64 reference runs PyTorch twice (minutes each);
+// the small variant below runs in make test.
 var fullTrainCases = []fullTrainCase{
-	{"inception_v4", 2, nil},
-	{"inception_resnet_v2", 2, nil},
+	{"inception_v4", 2, nil, true},
+	{"inception_resnet_v2", 2, nil, true},
 }
 
 // smallFullTrainCases run in make test: Inception-ResNet-v1 (every block
@@ -68,16 +73,70 @@ var fullTrainCases = []fullTrainCase{
 // real arithmetic, so both sides compute rounding noise (measured: loss
 // 3.6e-4 apart, median tensor 0.27).
 var smallFullTrainCases = []fullTrainCase{
-	{"inception_resnet_v1", 2, []int{3, 107, 107}},
+	{"inception_resnet_v1", 2, []int{3, 107, 107}, false},
 }
 
 // TestFullNetworkTrainStepCompiled runs one compiled training step
 // (trainer.Compiled: passes.RunTraining, lower.LowerTraining, LLVM) of a
 // full Inception network from procedural weights and zero optimizer state,
-// and the interpreter's step on the same batch: the loss and every update
-// must agree (bounds above). With KILN_TRAIN_FULL=1 it runs
-// fullTrainCases (make train-full-check), otherwise smallFullTrainCases.
-// KILN_TRAIN_FULL_NETS=a,b restricts the full cases to those networks.
+// and the interpreter's step on the same batch. With KILN_TRAIN_FULL=1 it
+// runs fullTrainCases (make train-full-check), otherwise
+// smallFullTrainCases. KILN_TRAIN_FULL_NETS=a,b restricts the full cases
+// to those networks.
+//
+// The small case must agree with the interpreter (bounds above). The full
+// cases cannot be held to that: at 299×299 and batch 2, float32 itself does
+// not determine Inception-v4's step to better than about 10%. Against a
+// float64 step (PyTorch float64, train_full_ref.py, the same weights and
+// batch widened exactly), the float32 interpreter's median updated tensor
+// is 11.4% off (‖Δ−Δref‖/‖Δref‖, Δ the change the step made; worst 41%),
+// the compiled step's 12.1% (worst 30%) and PyTorch's own float32 step's
+// 10.7% (worst 33%): the compiled step is no worse than the interpreter
+// (median per-tensor error ratio 1.07), so the 10.6%
+// compiled-vs-interpreter distance is the conditioning of ~150
+// training-mode BatchNorms in a deep non-residual stack at batch 2 (the
+// training fixtures' README §4 finds the same on their non-residual mini
+// network), not a kernel. Inception-ResNet-v2 is better conditioned:
+// median interpreter 0.95%, PyTorch float32 1.17%, compiled 1.42%; its
+// block8.conv2d.bias (and that bias's optimizer state) is zero in real
+// arithmetic (BatchNorm after conv2d_7b removes any per-channel shift), so
+// every implementation computes rounding noise there (relative errors
+// ~1e16) and the rule below must not divide by it.
+//
+// The full cases therefore use the README §4 rule with a float64
+// reference (checkRef): per updated tensor, with c, i, p the compiled,
+// interpreter and PyTorch float32 distances ‖Δ−Δref‖₂ and m the larger of
+// the interpreter's and PyTorch float32's median relative distance,
+//
+//	c ≤ 4·max(i, p, m·‖Δref‖₂) + 1e-6·√n·rms(kind)
+//
+// where rms(kind) is the median RMS element of Δref over the tensors of the
+// same kind (weight, bias, running_mean, running_var, square_avg,
+// momentum_buffer): a tensor may be as far from float64 as 4× what two
+// independent float32 implementations get there, or 4× the network's
+// typical float32 error, and a tensor zero in real arithmetic is bounded
+// absolutely, never relatively. The compiled median must be within 2× m
+// and each loss within 1e-3 of float64's (and 1e-4 of the interpreter's).
+// A wrong kernel is O(1) on the tensors upstream of it (the lowering bugs
+// found on the mini networks were 0.2 to 2.8 relative): it fails the
+// per-tensor bound wherever float32 determines the step well (most of
+// Inception-ResNet-v2, Inception-v4's last blocks), and the median bound
+// if it reaches most of the network.
+//
+// Measured by make train-full-check (13 min, 2 cores shared with other
+// work, load 5–7; the float64 figures of the rule above). Inception-v4:
+// loss compiled 7.3561511, interpreter 7.3561268, PyTorch float32
+// 7.3560166, float64 7.3558474; largest c/bound 0.41
+// (features.3.conv.bn.bias: compiled 24%, interpreter 13%, PyTorch float32
+// 15%); interpreter step 53 s, compiled first step 25 s with a warm object
+// cache, compiled step 1.3 s, PyTorch float32/float64 55/183 s; peak RSS
+// 4,521 MiB. Inception-ResNet-v2: loss compiled 6.6373491, interpreter
+// 6.6373487, PyTorch float32 6.6373472, float64 6.6373480; largest c/bound
+// 0.62 (repeat_2.7.branch1.1.bn.bias: compiled 3.0%, interpreter 0.88%,
+// PyTorch float32 1.2%); interpreter step 78 s, compiled first step 82 s,
+// compiled step 3.9 s, PyTorch float32/float64 46/162 s; peak RSS
+// 5,991 MiB. The PyTorch runs need python3-torch (a missing-tool skip
+// otherwise, through internal/testenv).
 func TestFullNetworkTrainStepCompiled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skipping whole-network training steps")
@@ -106,6 +165,14 @@ func TestFullNetworkTrainStepCompiled(t *testing.T) {
 			name += fmt.Sprintf("/%dx%d", tc.input[1], tc.input[2])
 		}
 		t.Run(name, func(t *testing.T) {
+			if tc.ref {
+				// The full cases hold the params, the reference, two
+				// steps' updates and the interpreter's activations:
+				// a lower GC target and returning the previous case's
+				// memory keep the process near 6 GiB.
+				defer debug.SetGCPercent(debug.SetGCPercent(50))
+				debug.FreeOSMemory()
+			}
 			fullTrainStep(t, tc)
 		})
 	}
@@ -144,6 +211,10 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 		target.Data[b*classes+(317*b+11)%classes] = 1
 	}
 	inputs := map[string]*tensor.Tensor{in.Name: x, sg.Target: target}
+	var ref *refResult
+	if tc.ref {
+		ref = refStep(t, tc.net, params, x, target)
+	}
 
 	t0 := time.Now()
 	wantLoss, want, err := trainer.Interpreter{}.Step(sg, params, inputs)
@@ -168,6 +239,9 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 	}
 	tStep := time.Since(t0)
 
+	if tc.ref {
+		checkRef(t, params, want, got, ref, float64(loss), float64(wantLoss))
+	}
 	if d := math.Abs(float64(loss-wantLoss)) / max(math.Abs(float64(wantLoss)), 1e-6); d > fullTrainLossTol {
 		t.Errorf("loss %v, interpreter %v (rel %.2g)", loss, wantLoss, d)
 	}
@@ -204,12 +278,12 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 		if rel > worst {
 			worst, wname = rel, name
 		}
-		if rel > fullTrainTol {
+		if rel > fullTrainTol && !tc.ref {
 			t.Errorf("%s differs: ‖d‖/‖ref‖ %.3g", name, rel)
 		}
 	}
 	med := median(rels)
-	if med > fullTrainMedianTol {
+	if med > fullTrainMedianTol && !tc.ref {
 		t.Errorf("median ‖d‖/‖ref‖ over %d tensors %.3g > %g", len(rels), med, fullTrainMedianTol)
 	}
 	var ms runtime.MemStats
