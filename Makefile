@@ -78,11 +78,24 @@ peers-train: build
 peers-train-smoke: build
 	bash bench/train/run.sh -smoke
 
-# Issue 14's scaling benchmark (docs/DISTRIBUTED.md): the all-reduce of
-# Inception-v4's 171 MB of gradients with 1, 2 and 4 MPI ranks on this
-# machine, its overlap with computation, and kiln train's per-step split of
-# the mini nets under mpirun (bench/dist/run.sh; minutes). bench-dist-smoke is
-# the same with 1 M floats and 1-2 ranks (seconds; make test runs it).
+# Issue 9: Inception-v4's training step at batch 16, 299x299, 2 threads,
+# Kiln's compiled step (bench/train/kilnstep) vs PyTorch (timm's module tree
+# in bench/train/torch_inception_v4.py), alternating rounds: img/s, the
+# ratio, Kiln's arena and both peak RSS (about 6 GiB; a cold object cache
+# adds many minutes to the first round).
+.PHONY: peers-train-inception
+peers-train-inception:
+	GO=$(GO) bash bench/train/run.sh -nets inception_v4 -batch 16 -steps 3 -warmup 2 -rounds 2
+
+# Issue 14's scaling benchmark (docs/DISTRIBUTED.md): dist's all-reduce
+# throughput against Open MPI's own (4 KB to 171 MB, 2 ranks), the all-reduce
+# of Inception-v4's 171 MB of gradients with 1, 2 and 4 MPI ranks on this
+# machine and its overlap with computation, and the compiled data-parallel
+# step of the mini nets (8 images per rank) and Inception-v4 (2 per rank)
+# split into compute, exposed wait and update (bench/dist/run.sh; tens of
+# minutes, about 4 GiB per Inception-v4 rank). bench-dist-smoke is the same
+# with 1 M floats, 1-2 ranks and mini_inception at batch 2 (about a minute on
+# a loaded machine with a warm object cache; make test runs it).
 .PHONY: bench-dist bench-dist-smoke
 bench-dist: build
 	bash bench/dist/run.sh
@@ -90,9 +103,11 @@ bench-dist-smoke: build
 	bash bench/dist/run.sh -smoke
 
 # Issue 9: one compiled training step of Inception-v4 and
-# Inception-ResNet-v2 at batch 2, 299x299, against the interpreter's
-# (tests/train_full_test.go; about 4 GiB and many minutes with a cold object
-# cache). make test runs the small variant (Inception-ResNet-v1, 107x107).
+# Inception-ResNet-v2 at batch 2, 299x299, against the interpreter's and a
+# PyTorch float64 step (tests/train_full_ref.py, python3-torch; the rule is
+# in tests/train_full_test.go; about 6 GiB and many minutes with a cold
+# object cache). make test runs the small variant (Inception-ResNet-v1,
+# 107x107).
 .PHONY: train-full-check
 train-full-check:
 	KILN_TRAIN_FULL=1 $(GO) test -count=1 -timeout 120m -v -run '^TestFullNetworkTrainStepCompiled$$' ./tests/

@@ -14,8 +14,21 @@
 # or compiled, caches filled; the learning rate, and so the step graph, is
 # the same in both). PyTorch: --warmup 2 untimed steps, then STEPS timed ones.
 #
+# Inception-v4 (-nets inception_v4; make peers-train-inception): Kiln's side
+# is bench/train/kilnstep (the compiled training step that kiln train
+# --backend compiled runs, on one fixed synthetic batch of -input, procedural
+# weights, the same recipe; -warmup steps untimed, the first of them the
+# compile), PyTorch's torch_inception_v4.py (timm's module tree) on a
+# synthetic batch of the same shape, channels_last, the same warm-up. Each
+# round also prints both processes' peak resident sets (VmHWM; Kiln's
+# includes the LLVM build), their peaks over the steps after the first
+# (VmHWM reset after the first warm-up step, Kiln's compile), and Kiln's
+# arena (activations, gradients, parameters and optimizer state, the plan's
+# size: kiln plan --train prints it too).
+#
 # usage: bench/train/run.sh [-nets "inc res"] [-rounds 3] [-steps 10]
 #        [-batch 128] [-threads 2] [-backend auto|interp|compiled] [-smoke]
+#        [-input 3x299x299] [-warmup 2]
 # -backend auto uses `--backend compiled` when kiln train offers it, else
 # the interpreter. -smoke (make peers-train-smoke, seconds): checks the
 # PyTorch networks against ../shared/fixtures/training (when present), then
@@ -25,7 +38,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 kiln="${KILN:-$root/bin/kiln}"
 torch_py="$root/bench/train/torch_train.py"
-nets="inc res" rounds=3 steps=10 batch=128 threads=2 backend=auto smoke=0
+nets="inc res" rounds=3 steps=10 batch=128 threads=2 backend=auto smoke=0 input=3x299x299 warmup=2
 while [ $# -gt 0 ]; do
   case "$1" in
     -nets) nets="$2"; shift 2 ;;
@@ -34,6 +47,8 @@ while [ $# -gt 0 ]; do
     -batch) batch="$2"; shift 2 ;;
     -threads) threads="$2"; shift 2 ;;
     -backend) backend="$2"; shift 2 ;;
+    -input) input="$2"; shift 2 ;;
+    -warmup) warmup="$2"; shift 2 ;;
     -smoke) smoke=1 rounds=1 steps=2 batch=8; shift ;;
     -h|-help|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see -h)" >&2; exit 2 ;;
@@ -65,6 +80,12 @@ if [ "$smoke" = 1 ]; then
   else
     echo "no training fixtures at $fx: skipping the PyTorch networks' check"
   fi
+  tsv="${KILN_SHARED:-$root/../shared}/timm_state_dict_inception_v4.tsv"
+  if [ -e "$tsv" ]; then
+    "$PYTHON" "$torch_py" --check-names "$tsv"
+  else
+    echo "no $tsv: skipping the PyTorch Inception-v4's check"
+  fi
 fi
 
 work="$(mktemp -d)"
@@ -86,6 +107,44 @@ torch_ips() {
   "$PYTHON" "$torch_py" --net "$1" --batch "$batch" --threads "$threads" --steps "$steps" --warmup 2 |
     "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["img_per_s"])'
 }
+
+# Inception-v4: kilnstep and torch_train.py, each one JSON line.
+v4_round() { # v4_round R: prints one round's line, records the figures
+  local kj tj
+  if [ $(($1 % 2)) = 1 ]; then kj=$(kiln_v4); tj=$(torch_v4); else tj=$(torch_v4); kj=$(kiln_v4); fi
+  "$PYTHON" - "$1" "$kj" "$tj" "$work/v4.tsv" <<'PY'
+import json, sys
+r, k, t, path = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+ratio = k["img_per_s"] / t["img_per_s"]
+print(f"round {r}  inception_v4 kiln {k['img_per_s']:7.2f} img/s (native step alone {k['run_img_per_s']:.2f}; compile {k['compile_s']:.0f} s)"
+      f"  pytorch {t['img_per_s']:7.2f} img/s  kiln/pytorch {ratio:.2f}")
+print(f"         memory: kiln arena {k['arena_bytes'] / 2**20:.0f} MiB, peak RSS {k['peak_rss_mib']:.0f} MiB (with the compile),"
+      f" {k['step_peak_rss_mib']:.0f} MiB after the first step;"
+      f"  pytorch peak RSS {t['peak_rss_mib']:.0f} MiB, {t['step_peak_rss_mib']:.0f} MiB after the first step")
+with open(path, "a") as f:
+    f.write(f"{k['img_per_s']}\t{t['img_per_s']}\t{ratio}\t{k['arena_bytes']}\t{k['step_peak_rss_mib']}\t{t['step_peak_rss_mib']}\n")
+PY
+}
+kiln_v4() {
+  "$work/kilnstep" -net inception_v4 -batch "$batch" -input "$input" -steps "$steps" -warmup "$warmup" -threads "$threads" 2>"$work/kilnstep.log" ||
+    { cat "$work/kilnstep.log" >&2; exit 1; }
+}
+torch_v4() {
+  "$PYTHON" "$torch_py" --net inception_v4 --input "$input" --batch "$batch" --threads "$threads" --steps "$steps" --warmup "$warmup"
+}
+if [ "$nets" = inception_v4 ]; then
+  (cd "$root" && ${GO:-go} build -o "$work/kilnstep" ./bench/train/kilnstep)
+  echo "Inception-v4 training step, Kiln compiled vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, input $input, $threads threads, $warmup warm-up + $steps timed steps, $rounds rounds"
+  for r in $(seq 1 "$rounds"); do v4_round "$r"; done
+  "$PYTHON" - "$work/v4.tsv" <<'PY'
+import statistics, sys
+rows = [[float(v) for v in l.split()] for l in open(sys.argv[1])]
+m = [statistics.median(c) for c in zip(*rows)]
+print(f"median inception_v4 kiln {m[0]:.2f} img/s  pytorch {m[1]:.2f} img/s  kiln/pytorch {m[2]:.2f};"
+      f"  kiln arena {m[3] / 2**20:.0f} MiB; peak RSS after the first step kiln {m[4]:.0f} MiB vs pytorch {m[5]:.0f} MiB")
+PY
+  exit 0
+fi
 
 echo "kiln train (backend $backend) vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, $threads threads, $steps timed steps, $rounds rounds"
 declare -A all

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch side of `make peers-train`: the two mini networks of Kiln's training
-fixtures, trained with the same recipe, timed.
+fixtures (and, for make peers-train-inception, Inception-v4), trained with
+the same recipe, timed.
 
 The networks mirror archs/mini_inception.kiln ("inc") and
 archs/mini_inception_resnet.kiln ("res"), which are the PyTorch models that
@@ -19,6 +20,13 @@ Images are Fashion-MNIST's training set, normalised (p/255 - 0.2860)/0.3530 as
 kiln train does, without augmentation (the driver runs kiln train with
 --crop-pad 0 --flip=false to match). Timing: --warmup steps untimed, then
 --steps steps between two time.perf_counter() calls; one JSON line out.
+
+--net inception_v4 (torch_inception_v4.py, timm's module tree) trains on
+one fixed synthetic batch of --input (uniform [-1, 1) images, labels i mod
+1000), reused every step, as bench/train/kilnstep does on Kiln's side; the
+JSON line then also carries each timed step's seconds and the resident set
+after the steps. `--check-names TSV` compares its state_dict with timm's
+(../shared/timm_state_dict_inception_v4.tsv).
 
 Needs python3-torch (PyTorch 1.13 in Debian) and numpy; no other package.
 """
@@ -147,11 +155,15 @@ class Mini(nn.Module):
 
 
 def net(name):
+    if name in ("inception_v4", "v4"):
+        sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+        from torch_inception_v4 import InceptionV4
+        return InceptionV4()
     if name in ("inc", "mini_inception"):
         return Mini(residual=False)
     if name in ("res", "mini_inception_resnet"):
         return Mini(residual=True)
-    raise SystemExit(f"unknown network {name!r}: inc (mini_inception) or res (mini_inception_resnet)")
+    raise SystemExit(f"unknown network {name!r}: inc (mini_inception), res (mini_inception_resnet) or inception_v4")
 
 
 def read_safetensors(path):
@@ -227,22 +239,57 @@ def check_fixtures(d):
         sys.exit(1)
 
 
+def status_mib(key):
+    """Field key of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0
+
+
+def rss_mib():
+    """The current resident set (VmRSS) in MiB."""
+    return status_mib("VmRSS")
+
+
+def check_names(tsv):
+    """Compares InceptionV4's state_dict (keys, shapes, order) with timm's,
+    as listed in TSV (key, shape); exits 1 at the first difference."""
+    want = [line.split("\t")[:2] for line in open(tsv).read().splitlines()[1:]]
+    got = [[k, str(list(v.shape)).replace(" ", "")] for k, v in net("inception_v4").state_dict().items()]
+    for i in range(max(len(got), len(want))):
+        g = got[i] if i < len(got) else None
+        w = want[i] if i < len(want) else None
+        if g != w:
+            raise SystemExit(f"inception_v4: state_dict entry {i} is {g}, {tsv} has {w}")
+    n = sum(v.numel() for v in net("inception_v4").parameters())
+    print(f"inception_v4: {len(got)} state_dict entries match {tsv}; {n} parameters")
+
+
 def bench(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    images = read_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz"))
-    need = (a.warmup + a.steps) * a.batch
-    idx = np.arange(need) % len(images)
-    x_all = torch.from_numpy(((images[idx].astype(np.float32) / 255 - MEAN) / STD)[:, None])
-    y_all = torch.from_numpy(labels[idx].astype(np.int64))
     model = net(a.net)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     model.train()
     opt, lossf = recipe(model)
-    batches = [(x_all[i * a.batch:(i + 1) * a.batch].contiguous(memory_format=fmt), y_all[i * a.batch:(i + 1) * a.batch])
-               for i in range(a.warmup + a.steps)]
+    if a.net in ("inception_v4", "v4"):
+        # One fixed synthetic batch, reused every step, as bench/train/kilnstep
+        # does: uniform [-1, 1) images of --input, labels i mod 1000.
+        c, h, w = (int(v) for v in a.input.split("x"))
+        x = (torch.rand(a.batch, c, h, w) * 2 - 1).contiguous(memory_format=fmt)
+        y = torch.arange(a.batch, dtype=torch.int64) % 1000
+        batches = [(x, y)] * (a.warmup + a.steps)
+    else:
+        images = read_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz"))
+        labels = read_idx(os.path.join(a.data, "train-labels-idx1-ubyte.gz"))
+        need = (a.warmup + a.steps) * a.batch
+        idx = np.arange(need) % len(images)
+        x_all = torch.from_numpy(((images[idx].astype(np.float32) / 255 - MEAN) / STD)[:, None])
+        y_all = torch.from_numpy(labels[idx].astype(np.int64))
+        batches = [(x_all[i * a.batch:(i + 1) * a.batch].contiguous(memory_format=fmt), y_all[i * a.batch:(i + 1) * a.batch])
+                   for i in range(a.warmup + a.steps)]
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
@@ -251,18 +298,36 @@ def bench(a):
         opt.step()
         return loss
 
-    for x, y in batches[:a.warmup]:
+    def reset_peak():
+        # Restart VmHWM (proc(5), /proc/self/clear_refs; ru_maxrss is not
+        # reset) so that step_peak_rss_mib is the peak of the steps after the
+        # first, as bench/train/kilnstep measures it after its compile.
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    reset = a.warmup == 0 and reset_peak()
+    for i, (x, y) in enumerate(batches[:a.warmup]):
         step(x, y)
+        if i == 0:
+            reset = reset_peak()
     t0 = time.perf_counter()
+    times = []
     for x, y in batches[a.warmup:]:
+        t = time.perf_counter()
         loss = step(x, y)
+        times.append(time.perf_counter() - t)
     loss = loss.item()
     sec = time.perf_counter() - t0
     print(json.dumps({
         "framework": "pytorch", "torch": torch.__version__, "net": a.net, "batch": a.batch, "threads": a.threads,
         "channels_last": a.channels_last, "steps": a.steps, "warmup": a.warmup, "seconds": round(sec, 4),
-        "img_per_s": round(a.steps * a.batch / sec, 2), "last_loss": round(loss, 5),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "img_per_s": round(a.steps * a.batch / sec, 2), "step_s": [round(t, 4) for t in times], "last_loss": round(loss, 5),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "rss_mib": rss_mib(),
+        "step_peak_rss_mib": status_mib("VmHWM") if reset else -1,
     }))
 
 
@@ -276,10 +341,16 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=FASHION, help="directory of Fashion-MNIST's gzipped IDX files")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--input", default="3x299x299", help="per-sample input CxHxW of inception_v4's synthetic batch")
+    p.add_argument("--check-names", metavar="TSV", help="compare inception_v4's state_dict keys and shapes with TSV "
+                   "(../shared/timm_state_dict_inception_v4.tsv) and exit")
     p.add_argument("--check-fixtures", metavar="DIR", help="verify the networks against the training fixtures in DIR and exit")
     a = p.parse_args()
     if a.check_fixtures:
         check_fixtures(a.check_fixtures)
+        return
+    if a.check_names:
+        check_names(a.check_names)
         return
     if a.batch <= 0 or a.steps <= 0 or a.warmup < 0 or a.threads <= 0:
         raise SystemExit("--batch, --steps and --threads must be positive, --warmup not negative")
