@@ -103,8 +103,17 @@ kiln_ips() {
   rm -rf "$out"
 }
 
+# PyTorch runs with glibc's malloc told to keep freed memory (no trim, no
+# mmap for big blocks): by default glibc returns each step's freed
+# activations to the kernel and page-faults them back in the next step,
+# which made PyTorch's steps vary 4x and its median 1.5-2x slower here
+# (measured 2026-11-30, quiet: mini_inception 390 vs 658-702 img/s); Intel's
+# PyTorch CPU tuning guide recommends the same (or tcmalloc, which measured
+# the same as these settings). PEER_MALLOC_ENV= (empty) turns it off.
+read -r -a torch_env <<<"${PEER_MALLOC_ENV-MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824}"
+
 torch_ips() {
-  "$PYTHON" "$torch_py" --net "$1" --batch "$batch" --threads "$threads" --steps "$steps" --warmup 2 |
+  env ${torch_env[@]+"${torch_env[@]}"} "$PYTHON" "$torch_py" --net "$1" --batch "$batch" --threads "$threads" --steps "$steps" --warmup 2 |
     "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["img_per_s"])'
 }
 
@@ -130,11 +139,11 @@ kiln_v4() {
     { cat "$work/kilnstep.log" >&2; exit 1; }
 }
 torch_v4() {
-  "$PYTHON" "$torch_py" --net inception_v4 --input "$input" --batch "$batch" --threads "$threads" --steps "$steps" --warmup "$warmup"
+  env ${torch_env[@]+"${torch_env[@]}"} "$PYTHON" "$torch_py" --net inception_v4 --input "$input" --batch "$batch" --threads "$threads" --steps "$steps" --warmup "$warmup"
 }
 if [ "$nets" = inception_v4 ]; then
   (cd "$root" && ${GO:-go} build -o "$work/kilnstep" ./bench/train/kilnstep)
-  echo "Inception-v4 training step, Kiln compiled vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, input $input, $threads threads, $warmup warm-up + $steps timed steps, $rounds rounds"
+  echo "Inception-v4 training step, Kiln compiled vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, input $input, $threads threads, $warmup warm-up + $steps timed steps, $rounds rounds; PyTorch env: ${torch_env[*]:-none}"
   for r in $(seq 1 "$rounds"); do v4_round "$r"; done
   "$PYTHON" - "$work/v4.tsv" <<'PY'
 import statistics, sys
@@ -146,7 +155,7 @@ PY
   exit 0
 fi
 
-echo "kiln train (backend $backend) vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, $threads threads, $steps timed steps, $rounds rounds"
+echo "kiln train (backend $backend) vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)'): batch $batch, $threads threads, $steps timed steps, $rounds rounds; PyTorch env: ${torch_env[*]:-none}"
 declare -A all
 for r in $(seq 1 "$rounds"); do
   for n in $nets; do
