@@ -27,6 +27,7 @@ Needs python3-torch (PyTorch 1.13 in Debian) and numpy; no other package.
 """
 import argparse
 import json
+import os
 import struct
 import sys
 import time
@@ -35,145 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-
-class BasicConv2d(nn.Module):
-    def __init__(self, cin, cout, k, stride=1, padding=0):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(cout, eps=0.001)
-        self.relu = nn.ReLU(inplace=False)
-
-    def forward(self, x):
-        return self.relu(self.bn(self.conv(x)))
+# Inception-v4 and timm's BasicConv2d (conv, BatchNorm eps 1e-3, in-place
+# ReLU) come from the peer benchmark's definition, so the two never drift
+# apart; make peers-train-smoke checks its state_dict against timm's.
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "train"))
+from torch_inception_v4 import BasicConv2d, InceptionV4  # noqa: E402
 
 
 def avgpool():
     return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-
-
-# ---------------------------------------------------------------- Inception-v4
-
-class Mixed3a(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.maxpool = nn.MaxPool2d(3, stride=2)
-        self.conv = BasicConv2d(64, 96, 3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.maxpool(x), self.conv(x)), 1)
-
-
-class Mixed4a(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = nn.Sequential(BasicConv2d(160, 64, 1), BasicConv2d(64, 96, 3))
-        self.branch1 = nn.Sequential(
-            BasicConv2d(160, 64, 1), BasicConv2d(64, 64, (1, 7), padding=(0, 3)),
-            BasicConv2d(64, 64, (7, 1), padding=(3, 0)), BasicConv2d(64, 96, 3))
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x)), 1)
-
-
-class Mixed5a(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = BasicConv2d(192, 192, 3, stride=2)
-        self.maxpool = nn.MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.conv(x), self.maxpool(x)), 1)
-
-
-class InceptionA(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = BasicConv2d(384, 96, 1)
-        self.branch1 = nn.Sequential(BasicConv2d(384, 64, 1), BasicConv2d(64, 96, 3, padding=1))
-        self.branch2 = nn.Sequential(BasicConv2d(384, 64, 1), BasicConv2d(64, 96, 3, padding=1),
-                                     BasicConv2d(96, 96, 3, padding=1))
-        self.branch3 = nn.Sequential(avgpool(), BasicConv2d(384, 96, 1))
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class ReductionA(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = BasicConv2d(384, 384, 3, stride=2)
-        self.branch1 = nn.Sequential(BasicConv2d(384, 192, 1), BasicConv2d(192, 224, 3, padding=1),
-                                     BasicConv2d(224, 256, 3, stride=2))
-        self.branch2 = nn.MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-
-
-class InceptionB(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = BasicConv2d(1024, 384, 1)
-        self.branch1 = nn.Sequential(
-            BasicConv2d(1024, 192, 1), BasicConv2d(192, 224, (1, 7), padding=(0, 3)),
-            BasicConv2d(224, 256, (7, 1), padding=(3, 0)))
-        self.branch2 = nn.Sequential(
-            BasicConv2d(1024, 192, 1), BasicConv2d(192, 192, (7, 1), padding=(3, 0)),
-            BasicConv2d(192, 224, (1, 7), padding=(0, 3)), BasicConv2d(224, 224, (7, 1), padding=(3, 0)),
-            BasicConv2d(224, 256, (1, 7), padding=(0, 3)))
-        self.branch3 = nn.Sequential(avgpool(), BasicConv2d(1024, 128, 1))
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)), 1)
-
-
-class ReductionB(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = nn.Sequential(BasicConv2d(1024, 192, 1), BasicConv2d(192, 192, 3, stride=2))
-        self.branch1 = nn.Sequential(
-            BasicConv2d(1024, 256, 1), BasicConv2d(256, 256, (1, 7), padding=(0, 3)),
-            BasicConv2d(256, 320, (7, 1), padding=(3, 0)), BasicConv2d(320, 320, 3, stride=2))
-        self.branch2 = nn.MaxPool2d(3, stride=2)
-
-    def forward(self, x):
-        return torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1)
-
-
-class InceptionC(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.branch0 = BasicConv2d(1536, 256, 1)
-        self.branch1_0 = BasicConv2d(1536, 384, 1)
-        self.branch1_1a = BasicConv2d(384, 256, (1, 3), padding=(0, 1))
-        self.branch1_1b = BasicConv2d(384, 256, (3, 1), padding=(1, 0))
-        self.branch2_0 = BasicConv2d(1536, 384, 1)
-        self.branch2_1 = BasicConv2d(384, 448, (3, 1), padding=(1, 0))
-        self.branch2_2 = BasicConv2d(448, 512, (1, 3), padding=(0, 1))
-        self.branch2_3a = BasicConv2d(512, 256, (1, 3), padding=(0, 1))
-        self.branch2_3b = BasicConv2d(512, 256, (3, 1), padding=(1, 0))
-        self.branch3 = nn.Sequential(avgpool(), BasicConv2d(1536, 256, 1))
-
-    def forward(self, x):
-        x1 = self.branch1_0(x)
-        x2 = self.branch2_2(self.branch2_1(self.branch2_0(x)))
-        return torch.cat((self.branch0(x), self.branch1_1a(x1), self.branch1_1b(x1),
-                          self.branch2_3a(x2), self.branch2_3b(x2), self.branch3(x)), 1)
-
-
-class InceptionV4(nn.Module):
-    def __init__(self, classes=1000):
-        super().__init__()
-        self.features = nn.Sequential(
-            BasicConv2d(3, 32, 3, stride=2), BasicConv2d(32, 32, 3), BasicConv2d(32, 64, 3, padding=1),
-            Mixed3a(), Mixed4a(), Mixed5a(),
-            InceptionA(), InceptionA(), InceptionA(), InceptionA(), ReductionA(),
-            *[InceptionB() for _ in range(7)], ReductionB(),
-            InceptionC(), InceptionC(), InceptionC())
-        self.last_linear = nn.Linear(1536, classes)
-
-    def forward(self, x):
-        return self.last_linear(self.features(x).mean((2, 3)))
 
 
 # ---------------------------------------------------------- Inception-ResNet-v2
