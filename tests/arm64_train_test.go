@@ -83,11 +83,7 @@ func TestTrainStepNEONUnderQEMU(t *testing.T) {
 		}
 	}
 	for _, s := range sg.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	input := g.Inputs()[0]
 

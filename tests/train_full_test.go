@@ -194,11 +194,7 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 		}
 	}
 	for _, s := range sg.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	in := g.Inputs()[0]
 	x, err := tensor.Generate("input", in.Type.Shape)

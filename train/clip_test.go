@@ -66,11 +66,7 @@ func (cs *clipStep) run(t *testing.T, opt train.Optimizer) (float32, map[string]
 		params[n] = v
 	}
 	for _, s := range sg.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	var keep []int
 	var names []string

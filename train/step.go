@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
 // Optimizer names an update rule and its hyperparameters.
@@ -56,6 +57,16 @@ type StateTensor struct {
 	// Init is the initial value of every element (0, or 1 for TensorFlow's
 	// RMSProp square average).
 	Init float32
+}
+
+// Initial returns a new tensor of the state's shape holding its initial
+// value, what a run starts from before its first step.
+func (s StateTensor) Initial() *tensor.Tensor {
+	v := tensor.New(s.Shape...)
+	for i := range v.Data {
+		v.Data[i] = s.Init
+	}
+	return v
 }
 
 // StepGraph is one training step as a graph.

@@ -55,11 +55,7 @@ func TestStepFixture(t *testing.T) {
 			}
 			params := readST(t, tc.fixture+".init.safetensors")
 			for _, s := range sg.State {
-				v := tensor.New(s.Shape...)
-				for i := range v.Data {
-					v.Data[i] = s.Init
-				}
-				params[s.Name] = v
+				params[s.Name] = s.Initial()
 			}
 			var keep []int
 			var gradNames []string

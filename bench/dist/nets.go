@@ -114,11 +114,7 @@ func stepWorker(spec netSpec, steps, warmup, threads int) error {
 		params[p.Name] = v
 	}
 	for _, s := range ss.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	in := g.Inputs()[0]
 	x := tensor.New(in.Type.Shape...)

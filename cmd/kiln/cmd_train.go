@@ -128,11 +128,7 @@ func init() {
 					return err
 				}
 				for _, s := range sg.State {
-					v := tensor.New(s.Shape...)
-					for i := range v.Data {
-						v.Data[i] = s.Init
-					}
-					params[s.Name] = v
+					params[s.Name] = s.Initial()
 				}
 				if err := os.MkdirAll(*out, 0o755); err != nil {
 					return err

@@ -88,11 +88,7 @@ func runStepsDist(e *env, comm dist.Comm, file string, initW string, so train.St
 		return err
 	}
 	for _, s := range ss.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	classes := ss.Grad.Nodes[ss.Grad.Outputs[1]].Type.Shape[1]
 	input := g.Inputs()[0].Name

@@ -82,11 +82,7 @@ func stepFixture(t *testing.T, net string, batch int, opt train.Optimizer) (*tra
 		params[p.Name] = v
 	}
 	for _, s := range sg.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	in := g.Inputs()[0]
 	x := tensor.New(in.Type.Shape...)

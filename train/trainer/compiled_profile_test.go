@@ -46,11 +46,7 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 				params[p.Name] = v
 			}
 			for _, s := range sg.State {
-				v := tensor.New(s.Shape...)
-				for i := range v.Data {
-					v.Data[i] = s.Init
-				}
-				params[s.Name] = v
+				params[s.Name] = s.Initial()
 			}
 			input := g.Inputs()[0]
 			x := tensor.New(input.Type.Shape...)

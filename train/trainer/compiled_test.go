@@ -79,11 +79,7 @@ func TestCompiledStepMatchesInterpreter(t *testing.T) {
 					params[p.Name] = v
 				}
 				for _, s := range sg.State {
-					v := tensor.New(s.Shape...)
-					for i := range v.Data {
-						v.Data[i] = s.Init
-					}
-					params[s.Name] = v
+					params[s.Name] = s.Initial()
 				}
 				input := g.Inputs()[0]
 				ce := &Compiled{Threads: 2, ISA: isa}

@@ -58,11 +58,7 @@ func initParams(t *testing.T, g *ir.Graph, state []train.StateTensor) map[string
 		m[p.Name] = w
 	}
 	for _, s := range state {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		m[s.Name] = v
+		m[s.Name] = s.Initial()
 	}
 	return m
 }

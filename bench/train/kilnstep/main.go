@@ -122,11 +122,7 @@ func run(net string, batch int, inputShape string, steps, warmup, threads int, p
 		params[p.Name] = v
 	}
 	for _, s := range sg.State {
-		v := tensor.New(s.Shape...)
-		for i := range v.Data {
-			v.Data[i] = s.Init
-		}
-		params[s.Name] = v
+		params[s.Name] = s.Initial()
 	}
 	in := g.Inputs()[0]
 	x := tensor.New(in.Type.Shape...)
