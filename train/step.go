@@ -87,6 +87,47 @@ type StepGraph struct {
 	State []StateTensor
 }
 
+// SetRun changes, in place, the two values of a step graph that a
+// training loop changes from step to step: the learning rate of every
+// optimizer update (the schedule's rate) and the base seed of the dropout
+// masks (a fresh seed per step). Forward numbers a graph's dropout seeds
+// base, base+1, … in graph order; SetRun keeps those offsets and moves the
+// base to seed. The result is the graph Step would build with these
+// options, so the loop builds the graph once and calls SetRun before each
+// step instead of rebuilding it (an executor that compiled the graph may
+// rely on this: SetRun changes nothing else).
+func (sg *StepGraph) SetRun(lr float64, seed int) {
+	g := sg.Graph
+	base, found := 0, false
+	for _, n := range g.Nodes {
+		if n.Op == ir.OpDropoutTrain {
+			if v := n.Attrs.Int("seed"); !found || v < base {
+				base, found = v, true
+			}
+		}
+	}
+	// New attribute maps: a node's map may be shared with another graph
+	// (or node), which must not change.
+	for _, n := range g.Nodes {
+		switch n.Op {
+		case ir.OpRMSPropUpdate, ir.OpRMSPropTFUpdate, ir.OpSGDUpdate:
+			n.Attrs = withAttr(n.Attrs, "lr", lr)
+		case ir.OpDropoutTrain:
+			n.Attrs = withAttr(n.Attrs, "seed", seed+n.Attrs.Int("seed")-base)
+		}
+	}
+}
+
+// withAttr returns a copy of a with key set to v.
+func withAttr(a ir.Attrs, key string, v any) ir.Attrs {
+	b := make(ir.Attrs, len(a)+1)
+	for k, x := range a {
+		b[k] = x
+	}
+	b[key] = v
+	return b
+}
+
 // TargetInput is the name of the one-hot target input Step adds.
 const TargetInput = "target"
 

@@ -132,6 +132,10 @@ func (r *Run) doDist(ctx context.Context) error {
 				seed = int(h >> 33)
 			}
 			stepLR := s.StepLR(e, k, n)
+			if sg != nil && (stepLR != sgLR || seed != sgSeed) {
+				sg.SetRun(stepLR, seed) // one rank: as Run.Do
+				sgLR, sgSeed = stepLR, seed
+			}
 			if (sg == nil && ss == nil) || stepLR != sgLR || seed != sgSeed {
 				o := s.Optimizer
 				o.LR = stepLR

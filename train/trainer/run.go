@@ -227,12 +227,18 @@ func (r *Run) Do(ctx context.Context) error {
 				seed = int(data.Hash(s.Seed, 3, uint64(st.pos.GlobalStep)) >> 33)
 			}
 			stepLR := s.StepLR(e, k, n)
-			if sg == nil || stepLR != sgLR || seed != sgSeed {
+			// The graph is built once; the schedule's rate and the
+			// dropout seed change in place (StepGraph.SetRun), so an
+			// executor that compiled it keeps its code.
+			if sg == nil {
 				o := s.Optimizer
 				o.LR = stepLR
 				if sg, err = train.Step(r.Net, train.StepOptions{Forward: train.Options{Momentum: s.BNMomentum, Seed: seed}, Smoothing: s.Smoothing, Optimizer: o}); err != nil {
 					return err
 				}
+				sgLR, sgSeed = stepLR, seed
+			} else if stepLR != sgLR || seed != sgSeed {
+				sg.SetRun(stepLR, seed)
 				sgLR, sgSeed = stepLR, seed
 			}
 			for i := range target.Data {
