@@ -447,6 +447,22 @@ func (m *Model) State(name string) ([]float32, bool) {
 	return nil, false
 }
 
+// StateView is State without the copy: it returns the model's own buffer
+// of the mutable parameter name. The next run and SetState(name) overwrite
+// it in place, so the view always shows the current value between runs; a
+// caller that needs an earlier value copies it, and never writes to the
+// view (SetState does that) nor reads it while a run is in progress. A
+// training loop uses it to avoid copying every parameter and optimizer
+// state tensor out of the model after each step (trainer.Compiled).
+func (m *Model) StateView(name string) ([]float32, bool) {
+	for i, st := range m.man.State {
+		if st.Name == name {
+			return m.state[i], true
+		}
+	}
+	return nil, false
+}
+
 // SetState replaces the value of the mutable parameter name (for example
 // to restore a checkpoint); v must have exactly its size.
 func (m *Model) SetState(name string, v []float32) error {

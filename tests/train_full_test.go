@@ -226,6 +226,11 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 		t.Fatal(err)
 	}
 	tFirst := time.Since(t0)
+	// The compiled step's results alias its model's state, which the next
+	// Step overwrites: keep a copy.
+	for name, v := range got {
+		got[name] = &tensor.Tensor{Shape: v.Shape, Data: append([]float32(nil), v.Data...)}
+	}
 	// A second step from the same state times the compiled step alone
 	// (the model keeps no state the caller does not pass back: it is
 	// given the same params again).

@@ -153,7 +153,11 @@ func (e *Compiled) build(sg *train.StepGraph, params map[string]*tensor.Tensor, 
 	return nil
 }
 
-// Step implements Executor.
+// Step implements Executor. The tensors it returns share memory with the
+// model's state (rt.Model.StateView): no parameter or optimizer state is
+// copied out after a step, and passing them back as params copies nothing
+// in. They are valid until the next Step, which updates them in place; a
+// caller that keeps a step's values longer copies them.
 func (e *Compiled) Step(sg *train.StepGraph, params, inputs map[string]*tensor.Tensor) (float32, map[string]*tensor.Tensor, error) {
 	g := sg.Graph
 	lr, err := stepLR(g)
@@ -220,13 +224,16 @@ func (e *Compiled) Step(sg *train.StepGraph, params, inputs map[string]*tensor.T
 		if e.skipRead[pn.Name] {
 			continue
 		}
-		v, ok := e.m.State(pn.Name)
-		if !ok {
-			return 0, nil, fmt.Errorf("trainer: the compiled step has no state %s", pn.Name)
+		t := e.mine[pn.Name]
+		if t == nil {
+			v, ok := e.m.StateView(pn.Name)
+			if !ok {
+				return 0, nil, fmt.Errorf("trainer: the compiled step has no state %s", pn.Name)
+			}
+			t = &tensor.Tensor{Shape: append([]int(nil), pn.Type.Shape...), Data: v}
+			e.mine[pn.Name] = t
 		}
-		t := &tensor.Tensor{Shape: append([]int(nil), pn.Type.Shape...), Data: v}
 		ups[pn.Name] = t
-		e.mine[pn.Name] = t
 	}
 	loss, _ := e.m.State(lower.LossState)
 	return loss[0], ups, nil

@@ -24,7 +24,10 @@ type Executor interface {
 	// BatchNorm buffers and optimizer state, by name) and inputs (the images
 	// under the network's input name, the one-hot targets under sg.Target).
 	// It returns the loss and the new value of every param the step updates
-	// (sg.Graph.Updates), by name; params is not modified.
+	// (sg.Graph.Updates), by name; params is not modified, except that an
+	// executor may return tensors it updates in place at its next Step
+	// (Compiled does: its model's state), so a caller that keeps a step's
+	// values past the next Step copies them.
 	Step(sg *train.StepGraph, params, inputs map[string]*tensor.Tensor) (loss float32, updates map[string]*tensor.Tensor, err error)
 	// Infer runs the inference graph g and returns its first output.
 	Infer(g *ir.Graph, params, inputs map[string]*tensor.Tensor) (*tensor.Tensor, error)
