@@ -293,3 +293,58 @@ func TestDeadUnitsKeepInferer(t *testing.T) {
 		t.Errorf("%d InferKeep calls, fractions %v; want 1 and [0.75]", k.calls, got)
 	}
 }
+
+// TestQuickExperiments runs the quick mode of every other training
+// experiment end to end (`kiln experiment NAME --quick`, here on 32 training
+// and test images: one step and one evaluation per network) so that each
+// experiment's path stays working: one run per network, a summary row per
+// network (and the ensemble that quick mode's single seed can form), and
+// the plots.
+func TestQuickExperiments(t *testing.T) {
+	needFashionMNIST(t)
+	for _, tc := range []struct {
+		name     string
+		ensemble string // a summary row that must exist, if any
+	}{
+		{"depth", ""},
+		{"scaling", ""},
+		{"size", ""},
+		{"ensemble", "ensemble: 3 resnet + 1 inception,"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := t.TempDir()
+			var log strings.Builder
+			results, err := Run(context.Background(), tc.name, Options{Out: out, Quick: true, LimitTrain: 32, LimitTest: 32, Log: &log})
+			if err != nil {
+				t.Fatalf("%v\n%s", err, log.String())
+			}
+			ex := Experiments()[tc.name]
+			if len(results) != len(ex.Nets) {
+				t.Fatalf("%d runs, want %d (one per network, one seed)", len(results), len(ex.Nets))
+			}
+			for _, r := range results {
+				if r.Status != "ok" || len(r.Epochs) != 1 {
+					t.Errorf("%s seed %d: status %q, %d epochs", r.Net, r.Seed, r.Status, len(r.Epochs))
+				}
+			}
+			lines := readLines(t, filepath.Join(out, "summary.csv"))
+			for _, n := range ex.Nets {
+				found := false
+				for _, l := range lines[1:] {
+					found = found || strings.HasPrefix(l, n.Label+",1,")
+				}
+				if !found {
+					t.Errorf("summary.csv has no row for %s:\n%s", n.Label, strings.Join(lines, "\n"))
+				}
+			}
+			if tc.ensemble != "" && !strings.Contains(strings.Join(lines, "\n"), tc.ensemble) {
+				t.Errorf("summary.csv has no row %q:\n%s", tc.ensemble, strings.Join(lines, "\n"))
+			}
+			for _, f := range PlotFiles {
+				if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+					t.Errorf("plot %s missing or empty (%v)", f, err)
+				}
+			}
+		})
+	}
+}
