@@ -268,3 +268,18 @@ func (l ErrorList) Error() string {
 	}
 	return s
 }
+
+// DropoutSeed returns the smallest "seed" attribute of g's dropout_train
+// nodes (train.Forward numbers them base, base+1, … in graph order, so
+// this is the step's base seed), and false when g has none.
+func (g *Graph) DropoutSeed() (int, bool) {
+	s, found := 0, false
+	for _, n := range g.Nodes {
+		if n.Op == OpDropoutTrain {
+			if v := n.Attrs.Int("seed"); !found || v < s {
+				s, found = v, true
+			}
+		}
+	}
+	return s, found
+}

@@ -98,14 +98,7 @@ type StepGraph struct {
 // rely on this: SetRun changes nothing else).
 func (sg *StepGraph) SetRun(lr float64, seed int) {
 	g := sg.Graph
-	base, found := 0, false
-	for _, n := range g.Nodes {
-		if n.Op == ir.OpDropoutTrain {
-			if v := n.Attrs.Int("seed"); !found || v < base {
-				base, found = v, true
-			}
-		}
-	}
+	base, _ := g.DropoutSeed()
 	// New attribute maps: a node's map may be shared with another graph
 	// (or node), which must not change.
 	for _, n := range g.Nodes {

@@ -26,19 +26,11 @@ const SeedState = "kiln.seed"
 // seedSlot is SeedState's offset from LRState's, in floats.
 const seedSlot = 2
 
-// DropoutSeed returns the smallest seed of g's dropout_train nodes, and
-// false when it has none.
+// DropoutSeed is g's base dropout seed (ir.Graph.DropoutSeed) as SeedValue
+// takes it, and false when g has no dropout_train node.
 func DropoutSeed(g *ir.Graph) (uint64, bool) {
-	var s uint64
-	found := false
-	for _, n := range g.Nodes {
-		if n.Op == ir.OpDropoutTrain {
-			if v := uint64(n.Attrs.Int("seed")); !found || v < s {
-				s, found = v, true
-			}
-		}
-	}
-	return s, found
+	s, found := g.DropoutSeed()
+	return uint64(s), found
 }
 
 // SeedValue is seed as SeedState holds it.
