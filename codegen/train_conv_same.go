@@ -50,6 +50,11 @@ type sameConv struct {
 	N, C, H, W, O  int
 	KH, KW, PH, PW int
 	In, Out, Bias  int // arena offsets; Bias < 0: none
+	// Phased, when set, makes this the stride-2 convolution of phased():
+	// In is then the C×H0×W0 input, H×W the output plane, and each tile (an
+	// image) first splits its input into phase planes (see phaseSplit).
+	Phased bool
+	H0, W0 int
 }
 
 func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
@@ -118,8 +123,12 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 	L := g.t.VectorLanes
 	nvB := gemmNB / L
 	kc := min(K, gemmKC)
-	pw := T == 1
+	pw := T == 1 && !s.Phased
 	panel := g.stackBuf(kc * gemmNB)
+	var phases value.Value
+	if s.Phased {
+		phases = g.stackBuf(4 * s.C * P)
+	}
 	var koffT, dhT, dwT value.Value
 	if !pw {
 		koff, dh, dw := make([]int, K), make([]int, K), make([]int, K)
@@ -127,7 +136,14 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 			c, t := k/T, k%T
 			kh, kw := t/s.KW, t%s.KW
 			dh[k], dw[k] = kh-s.PH, kw-s.PW
-			koff[k] = c*P + dh[k]*s.W + dw[k]
+			plane := c
+			if s.Phased {
+				// Input row 2·oh + kh − PH is row oh + dh of phase a.
+				a, b := (dh[k]+2)%2, (dw[k]+2)%2
+				dh[k], dw[k] = (dh[k]-a)/2, (dw[k]-b)/2
+				plane = 4*c + 2*a + b
+			}
+			koff[k] = plane*P + dh[k]*s.W + dw[k]
 		}
 		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
 	}
@@ -140,10 +156,16 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 	if prep != nil {
 		prep()
 	}
-	g.tiles(func(t value.Value) {
-		n, pb := g.udiv(t, PB), g.urem(t, PB)
+	src := g.arena
+	if s.Phased {
+		src = phases
+	}
+	block := func(n, pb value.Value) {
 		p0 := g.mul(pb, ci(gemmNB))
 		x := g.add(ci(s.In), g.mul(n, ci(s.C*P)))
+		if s.Phased {
+			x = ci(0)
+		}
 		y := g.add(ci(s.Out), g.add(g.mul(n, ci(s.O*P)), p0))
 		// (oh, ow) of the block's columns; columns past P get oh = colFar,
 		// outside every row range.
@@ -185,7 +207,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 								iw := g.b.NewAdd(owv[v], g.splatI32(g.ldI(dwT, k)))
 								mask = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
 							}
-							g.vstore(g.maskedLoad(g.arena, off, mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
+							g.vstore(g.maskedLoad(src, off, mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
 						}
 						return nil
 					})
@@ -219,7 +241,101 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 				})
 			})
 		})
+	}
+	g.tiles(func(t value.Value) {
+		if !s.Phased {
+			block(g.udiv(t, PB), g.urem(t, PB))
+			return
+		}
+		s.phaseSplit(g, phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))))
+		g.loopN(PB, nil, func(pb value.Value, _ []value.Value) []value.Value {
+			block(t, pb)
+			return nil
+		})
 	})
+}
+
+// phased reports a stride-2 convolution that runs as a stride-1 one over
+// the four phase planes of its input (x_ab[i][j] = x[2i+a][2j+b]): every
+// tap (kh, kw) reads phase ((kh−PH) mod 2, (kw−PW) mod 2) shifted by
+// ⌊(kh−PH)/2⌋ ∈ {−1, 0} rows (and likewise columns), and every phase plane
+// fits the output plane (OH = ⌈H/2⌉, OW = ⌈W/2⌉): the 3x3 stride-2 "same"
+// convolutions of the mini networks and any 1x1 stride-2 one. The split
+// costs one pass over the image; the convolution then packs its panels by
+// masked vector loads instead of gathers. The phase planes of one image
+// (4·C·OH·OW floats) live in a stack buffer, bounded by phaseMax.
+func (s ConvGeom) phased() bool {
+	return s.SH == 2 && s.SW == 2 && s.OH == ceilDiv(s.H, 2) && s.OW == ceilDiv(s.W, 2) &&
+		s.PH <= 2 && s.KH-1-s.PH <= 1 && s.PW <= 2 && s.KW-1-s.PW <= 1 &&
+		4*s.C*s.OH*s.OW <= phaseMax
+}
+
+// phaseMax bounds the phase planes kept on the stack (128 KiB).
+const phaseMax = 32 << 10
+
+// phaseSplit stores the phase planes of the C×H0×W0 image at arena offset
+// x into buf: buf[((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero
+// where 2i+a ≥ H0 or 2j+b ≥ W0. Per input row it loads the row's pairs of
+// columns as vectors and separates even and odd columns with two shuffles.
+func (s sameConv) phaseSplit(g *builder, buf, x value.Value) {
+	g.phaseSplit(buf, ci(0), x, ci(s.C), s.H, s.W, s.H0, s.W0)
+}
+
+// phaseSplit stores the phase planes (H×W each) of the nch channels of
+// H0×W0 planes at arena offset x into buf from offset dst:
+// buf[dst + ((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero where
+// 2i+a ≥ H0 or 2j+b ≥ W0 (H = ⌈H0/2⌉, W = ⌈W0/2⌉).
+func (g *builder) phaseSplit(buf, dst, x, nch value.Value, H, W, H0, W0 int) {
+	L := g.t.VectorLanes
+	P := H * W
+	g.loop(ci(0), nch, nil, func(c value.Value, _ []value.Value) []value.Value {
+		g.loopN(2*H, nil, func(r value.Value, _ []value.Value) []value.Value {
+			i, a := g.udiv(r, 2), g.urem(r, 2)
+			plane := g.add(g.mul(c, ci(4)), g.mul(a, ci(2)))
+			dst0 := g.add(dst, g.add(g.mul(plane, ci(P)), g.mul(i, ci(W))))
+			inRow := g.icmp(enum.IPredULT, r, ci(H0))
+			src := g.add(x, g.add(g.mul(c, ci(H0*W0)), g.mul(r, ci(W0))))
+			for j0 := 0; j0 < W; j0 += L {
+				// Output columns j0..j0+L read input columns 2·j0 .. 2·j0+2L.
+				lo := g.loadRow(src, 2*j0, W0, inRow)
+				hi := g.loadRow(src, 2*j0+L, W0, inRow)
+				ev := g.b.NewShuffleVector(lo, hi, g.i32Vec(func(l int) int { return 2 * l }))
+				od := g.b.NewShuffleVector(lo, hi, g.i32Vec(func(l int) int { return 2*l + 1 }))
+				w := min(L, W-j0)
+				g.vstoreN(ev, buf, g.add(dst0, ci(j0)), w)
+				g.vstoreN(od, buf, g.add(dst0, ci(P+j0)), w)
+			}
+			return nil
+		})
+		return nil
+	})
+}
+
+// loadRow loads the vector of row[col : col+lanes] (row at arena offset
+// src, w columns), zero past column w or when inRow (an i1) is false;
+// lanes outside are never read.
+func (g *builder) loadRow(src value.Value, col, w int, inRow value.Value) value.Value {
+	L := g.t.VectorLanes
+	el := make([]constant.Constant, L)
+	for l := range el {
+		el[l] = constant.NewBool(col+l < w)
+	}
+	m := g.b.NewAnd(constant.NewVector(types.NewVector(uint64(L), types.I1), el...), g.splatBool(inRow))
+	return g.maskedLoad(g.arena, g.add(src, ci(col)), m)
+}
+
+// splatBool broadcasts the i1 b to a <lanes x i1> vector.
+func (g *builder) splatBool(b value.Value) value.Value {
+	vt := types.NewVector(uint64(g.t.VectorLanes), types.I1)
+	ins := g.b.NewInsertElement(constant.NewUndef(vt), b, ci(0))
+	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), types.I32)))
+}
+
+// phasedFwd is the forward convolution of s (phased()) as a sameConv over
+// its phase planes.
+func (s TrainConvSpec) phasedFwd() sameConv {
+	return sameConv{N: s.N, C: s.C, H: s.OH, W: s.OW, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
+		In: s.X, Out: s.Out, Bias: s.Bias, Phased: true, H0: s.H, W0: s.W}
 }
 
 // sameFwd is the forward convolution of s as a sameConv.
@@ -273,15 +389,34 @@ func (s TrainConvGradInputSpec) transposeFlip(g *builder, wt value.Value) {
 // each accumulator a vector of partial sums over p; per vector of p the
 // kernel loads wgMR dy vectors (folded into the FMAs) and wgNR masked x
 // vectors for wgMR·wgNR FMAs. A tile owns wgMR channels × a group of
-// wgNR-row blocks of K and reduces over the whole batch: per image it keeps
-// the image's dy rows in L1 across the group's blocks, and the group's
-// partial sums live in a stack buffer between images, so dy is streamed
-// once per group rather than once per block. At the end each accumulator is
-// summed across its lanes into dW (one writer per element, no zeroing).
+// wgNR-row blocks of K and reduces over the whole batch in chunks of
+// images (wgChunk): within a chunk each register block's accumulators stay
+// in registers across the chunk's images, and the chunk's dy rows (sized to
+// fit L1 with one block's x rows) stay in L1 across the group's blocks; the
+// group's partial sums live in a stack buffer between chunks (none with one
+// chunk), so dy is streamed once per group rather than once per block. At
+// the end each accumulator is summed across its lanes into dW (one writer
+// per element, no zeroing).
 // The (oh, ow) of every p are a per-call stack table (planes up to
 // wgMaxP pixels; larger ones use the im2col kernel).
 
 const wgMaxP = 4096
+
+// wgNC is the most images per chunk of the weight gradient: a register
+// tile's accumulators stay in registers over a chunk's images and go
+// through the stack buffer only between chunks.
+const wgNC = 16
+
+// wgL1 is the L1 budget of a weight-gradient chunk (bytes): the dy rows of
+// a tile's channels and the x rows of one register block for the chunk's
+// images, so that dy stays in L1 while the tile's blocks of K take turns.
+const wgL1 = 32 << 10
+
+// wgChunk returns the images per chunk: as many as fit wgL1, 1 to wgNC.
+func (s TrainConvGradWeightSpec) wgChunk() int {
+	per := (wgTO + 3) * s.OH * s.OW * 4
+	return max(1, min(wgNC, wgL1/per))
+}
 
 func (s TrainConvGradWeightSpec) sameOK() bool {
 	return s.contiguous() && s.OH*s.OW <= wgMaxP
@@ -328,6 +463,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	KG, G := s.wgGroup()
 	OB := ceilDiv(s.O, wgTO)
 	PV, tail := P/L, P%L
+	NC := s.wgChunk()
 	pw := T == 1
 	accBuf := g.stackBuf(KG * wgTO * L)
 	var ohT, owT value.Value
@@ -370,22 +506,23 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
 		g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
 			g.lastOr(kg, G, KG, K-(G-1)*KG, func(kn int) {
-				g.fillBuf(accBuf, KG*wgTO*L)
-				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
-					x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
-					dyn := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(o0, ci(P))))
+				chunks := ceilDiv(s.N, NC)
+				if chunks > 1 {
+					g.fillBuf(accBuf, KG*wgTO*L)
+				}
+				g.blocks(s.N, NC, func(n0 value.Value, nc int) {
 					g.blocks(osz, MR, func(oo value.Value, mr int) {
-						dy := g.add(dyn, g.mul(oo, ci(P)))
 						g.blocks(kn, NR, func(kb value.Value, nr int) {
 							k0 := g.add(kg0, kb)
-							// Per row of the block: its x offset and mask shifts.
-							xoff, dhv, dwv := make([]value.Value, nr), make([]value.Value, nr), make([]value.Value, nr)
+							// Per row of the block: its x offset within an
+							// image and its mask shifts.
+							koff, dhv, dwv := make([]value.Value, nr), make([]value.Value, nr), make([]value.Value, nr)
 							for c := 0; c < nr; c++ {
 								k := g.add(k0, ci(c))
 								if pw {
-									xoff[c] = g.add(x, g.mul(k, ci(Pin)))
+									koff[c] = g.mul(k, ci(Pin))
 								} else {
-									xoff[c] = g.add(x, g.b.NewSExt(g.ldI(koffT, k), i64))
+									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 									dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
 								}
 							}
@@ -395,55 +532,76 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 							acc := make([]value.Value, mr*nr)
 							for r := 0; r < mr; r++ {
 								for c := 0; c < nr; c++ {
-									acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
-								}
-							}
-							step := func(p value.Value, last bool, a []value.Value) []value.Value {
-								colv := make([]value.Value, nr)
-								for c := 0; c < nr; c++ {
-									switch {
-									case pw && !last:
-										colv[c] = g.vload(g.arena, g.add(xoff[c], p))
-									case pw:
-										colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
-									default:
-										ih := g.b.NewAdd(ldVecI(ohT, p), dhv[c])
-										iw := g.b.NewAdd(ldVecI(owT, p), dwv[c])
-										m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-										colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
-									}
-								}
-								out := make([]value.Value, len(a))
-								for r := 0; r < mr; r++ {
-									var d value.Value
-									if last {
-										d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
+									if chunks > 1 {
+										acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
 									} else {
-										d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
-									}
-									for c := 0; c < nr; c++ {
-										out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
+										acc[r*nr+c] = g.vzero()
 									}
 								}
-								return out
 							}
-							if PV > 0 {
-								acc = g.loopNoUnroll(ci(0), ci(PV), acc, func(v value.Value, a []value.Value) []value.Value {
-									return step(g.mul(v, ci(L)), false, a)
-								})
-							}
-							if tail > 0 {
-								acc = step(ci(PV*L), true, acc)
-							}
+							acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
+								n := g.add(n0, ni)
+								x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
+								dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
+								xoff := make([]value.Value, nr)
+								for c := range xoff {
+									xoff[c] = g.add(x, koff[c])
+								}
+								step := func(p value.Value, last bool, a []value.Value) []value.Value {
+									colv := make([]value.Value, nr)
+									for c := 0; c < nr; c++ {
+										switch {
+										case pw && !last:
+											colv[c] = g.vload(g.arena, g.add(xoff[c], p))
+										case pw:
+											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
+										default:
+											ih := g.b.NewAdd(ldVecI(ohT, p), dhv[c])
+											iw := g.b.NewAdd(ldVecI(owT, p), dwv[c])
+											m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
+										}
+									}
+									out := make([]value.Value, len(a))
+									for r := 0; r < mr; r++ {
+										var d value.Value
+										if last {
+											d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
+										} else {
+											d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
+										}
+										for c := 0; c < nr; c++ {
+											out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
+										}
+									}
+									return out
+								}
+								if PV > 0 {
+									acc = g.loopNoUnroll(ci(0), ci(PV), acc, func(v value.Value, a []value.Value) []value.Value {
+										return step(g.mul(v, ci(L)), false, a)
+									})
+								}
+								if tail > 0 {
+									acc = step(ci(PV*L), true, acc)
+								}
+								return acc
+							})
 							for r := 0; r < mr; r++ {
 								for c := 0; c < nr; c++ {
-									g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+									if chunks > 1 {
+										g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+										continue
+									}
+									sum := g.hreduce(acc[r*nr+c], g.radd)
+									g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
 								}
 							}
 						})
 					})
-					return nil
 				})
+				if chunks == 1 {
+					return
+				}
 				// dW[o0+r][kg0+kk] = Σ lanes of the partial sums.
 				g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
 					for r := 0; r < osz; r++ {

@@ -214,13 +214,22 @@ func (s TrainConvSpec) Validate() error {
 	}
 	return extents("conv2d", s.X, s.N*s.C*s.H*s.W, s.Wt, s.O*s.C*s.KH*s.KW, s.Bias, s.O, s.Out, s.N*s.O*s.OH*s.OW)
 }
-func (s TrainConvSpec) tileCount() int { return s.gemmTiles() }
+func (s TrainConvSpec) tileCount() int {
+	if s.phased() {
+		return s.N
+	}
+	return s.gemmTiles()
+}
 func (s TrainConvSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvSpec) gen(g *builder) {
 	if s.same() {
 		s.sameFwd().gen(g, g.arena, s.Wt, nil)
+		return
+	}
+	if s.phased() {
+		s.phasedFwd().gen(g, g.arena, s.Wt, nil)
 		return
 	}
 	s.genGemm(g)
@@ -249,7 +258,7 @@ func (s TrainConvGradInputSpec) tileCount() int {
 	if s.sameOK() {
 		return s.sameDgrad().tiles()
 	}
-	if s.gemmOK() {
+	if s.phasedDgradOK() || s.gemmOK() {
 		return s.N
 	}
 	return s.N * s.C
@@ -260,6 +269,10 @@ func (s TrainConvGradInputSpec) flops() int64 {
 func (s TrainConvGradInputSpec) gen(g *builder) {
 	if s.sameOK() {
 		s.genSame(g)
+		return
+	}
+	if s.phasedDgradOK() {
+		s.genPhased(g)
 		return
 	}
 	if s.gemmOK() {

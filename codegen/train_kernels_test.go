@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"testing"
 
+	"github.com/kiln-dev/kiln/codegen/internal/ktest"
 	"github.com/kiln-dev/kiln/ir/interp"
 )
 
@@ -66,6 +67,16 @@ func TestTrainConvKernels(t *testing.T) {
 		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 1, KW: 7, SH: 1, SW: 1, PH: 0, PW: 3},
 		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 7, KW: 1, SH: 1, SW: 1, PH: 3, PW: 0},
 		{N: 1, C: 31, H: 9, W: 9, O: 15, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		// Stride 2 over phase planes (ConvGeom.phased): rows of several
+		// vectors, odd and even input sizes, a 1x1 and a 2x2 kernel.
+		{N: 2, C: 2, H: 40, W: 70, O: 3, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 1, C: 3, H: 17, W: 69, O: 4, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 2, C: 3, H: 10, W: 34, O: 5, KH: 2, KW: 2, SH: 2, SW: 2},
+		// More images than a weight-gradient chunk (wgChunk: 16 images of
+		// 5x5, 3 of 14x14 with a ragged last chunk, 1 of 28x28).
+		{N: 17, C: 3, H: 9, W: 9, O: 9, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 7, C: 3, H: 14, W: 14, O: 9, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		{N: 3, C: 2, H: 28, W: 28, O: 9, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 2, C: 3, H: 5, W: 5, O: 40, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 1, C: 2, H: 3, W: 2, O: 3, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 2, C: 2, H: 5, W: 5, O: 97, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
@@ -84,7 +95,11 @@ func TestTrainConvKernels(t *testing.T) {
 		s := &geoms[gi]
 		s.OH, s.OW = (s.H+2*s.PH-s.KH)/s.SH+1, (s.W+2*s.PW-s.KW)/s.SW+1
 	}
-	for _, ts := range x86Targets(t) {
+	targets := x86Targets(t)
+	if ktest.HasAVX2() {
+		targets = append(targets, x86Block4) // NEON's 4-lane vectors
+	}
+	for _, ts := range targets {
 		for gi, s := range geoms {
 			t.Run(fmt.Sprintf("%s/%dx%d_s%d_p%dx%d", ts.Name, s.KH, s.KW, s.SH, s.PH, s.PW), func(t *testing.T) {
 				r := rand.New(rand.NewSource(int64(gi)))
@@ -169,6 +184,30 @@ func TestDropoutTrainKernel(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestPhased checks which stride-2 convolutions run over phase planes.
+func TestPhased(t *testing.T) {
+	for _, tc := range []struct {
+		g    ConvGeom
+		want bool
+	}{
+		{ConvGeom{C: 32, H: 28, W: 28, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1}, true},
+		{ConvGeom{C: 3, H: 17, W: 69, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1}, true},
+		{ConvGeom{C: 3, H: 10, W: 34, KH: 2, KW: 2, SH: 2, SW: 2}, true},
+		{ConvGeom{C: 33, H: 9, W: 7, KH: 1, KW: 1, SH: 2, SW: 2}, true},
+		{ConvGeom{C: 2, H: 12, W: 10, KH: 3, KW: 3, SH: 2, SW: 2}, false},                  // unpadded: OH < ⌈H/2⌉
+		{ConvGeom{C: 2, H: 12, W: 10, KH: 5, KW: 5, SH: 2, SW: 2, PH: 2, PW: 2}, false},    // shift +1 row
+		{ConvGeom{C: 3, H: 10, W: 33, KH: 2, KW: 2, SH: 2, SW: 2}, false},                  // OW = 16 < 17
+		{ConvGeom{C: 1024, H: 28, W: 28, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1}, false}, // over phaseMax
+		{ConvGeom{C: 2, H: 12, W: 12, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1}, false},    // stride 1
+	} {
+		g := tc.g
+		g.OH, g.OW = (g.H+2*g.PH-g.KH)/g.SH+1, (g.W+2*g.PW-g.KW)/g.SW+1
+		if got := g.phased(); got != tc.want {
+			t.Errorf("%+v: phased() = %v, want %v", g, got, tc.want)
 		}
 	}
 }
