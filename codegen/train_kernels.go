@@ -391,12 +391,15 @@ func (g *builder) channelFor(outer, ch, inner int, c value.Value, f func(i value
 // the interpreter computes it (ir/interp evalBatchNormTrain): per channel
 // the batch mean and biased variance (two passes, float64 sums), then
 // y = x·s + t with s = w/√(var+eps), t = b − mean·s. A tile is one channel.
-// Results whose offset is negative are not written.
+// Results whose offset is negative are not written. With ReLU the kernel
+// writes relu(y) at Y instead (the lowering fuses a relu that is y's only
+// user: one pass over the activations fewer).
 type BatchNormTrainSpec struct {
 	Outer, C, Inner int
 	Eps             float64
 	X, Wt, B        int
 	Y, Mean, Var    int
+	ReLU            bool
 }
 
 func (s BatchNormTrainSpec) Kind() string { return "batchnorm_train" }
@@ -430,7 +433,11 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		sc32, sh32 := g.trunc(sc), g.trunc(sh)
 		if s.Y >= 0 {
 			g.channelFor(s.Outer, s.C, s.Inner, c, func(i value.Value) {
-				g.st(g.fadd(g.fmul(g.ld(g.add(ci(s.X), i)), sc32), sh32), g.add(ci(s.Y), i))
+				y := g.fadd(g.fmul(g.ld(g.add(ci(s.X), i)), sc32), sh32)
+				if s.ReLU {
+					y = g.relu(y)
+				}
+				g.st(y, g.add(ci(s.Y), i))
 			})
 		}
 	})
@@ -440,12 +447,17 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 // evalBatchNormTrainGrad): per channel, with M values, σ⁻¹ = 1/√(var+eps)
 // and x̂ = (x − mean)·σ⁻¹: db = Σ dy, dw = Σ dy·x̂ (float64 sums) and
 // dx = w·σ⁻¹/M·(M·dy − db − x̂·dw). A tile is one channel; results with a
-// negative offset are not written.
+// negative offset are not written. With ReLU the gradient arriving at the
+// BatchNorm is relu_grad's, dy where R > 0 else 0 (R the relu's output),
+// computed on the fly: the lowering fuses a relu_grad whose only user this
+// is (one pass over the activations fewer).
 type BatchNormTrainGradSpec struct {
 	Outer, C, Inner      int
 	Eps                  float64
 	DY, X, Wt, Mean, Var int
 	DX, DW, DB           int
+	ReLU                 bool
+	R                    int
 }
 
 func (s BatchNormTrainGradSpec) Kind() string { return "batchnorm_train_grad" }
@@ -454,7 +466,11 @@ func (s BatchNormTrainGradSpec) Validate() error {
 		return err
 	}
 	n := s.Outer * s.C * s.Inner
-	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C)
+	r := -1
+	if s.ReLU {
+		r = s.R
+	}
+	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n)
 }
 func (s BatchNormTrainGradSpec) tileCount() int { return s.C }
 func (s BatchNormTrainGradSpec) flops() int64   { return 8 * int64(s.Outer*s.C*s.Inner) }
@@ -465,7 +481,13 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		mu := g.ext(g.ld(g.add(ci(s.Mean), c)))
 		// x̂ in float32 from float32 mean and σ⁻¹ (vectorizes in the dx loop).
 		mu32, inv32 := g.trunc(mu), g.trunc(inv)
-		dy := func(i value.Value) value.Value { return g.ld(g.add(ci(s.DY), i)) }
+		dy := func(i value.Value) value.Value {
+			v := g.ld(g.add(ci(s.DY), i))
+			if s.ReLU { // relu_grad's kernel (EltReLUGrad)
+				v = g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, g.ld(g.add(ci(s.R), i)), cf(0)), v, cf(0))
+			}
+			return v
+		}
 		xhat := func(i value.Value) value.Value {
 			return g.fmul(g.fsub(g.ld(g.add(ci(s.X), i)), mu32), inv32)
 		}

@@ -181,14 +181,9 @@ func LowerTraining(s *passes.State, params map[string]*tensor.Tensor, targets []
 	return p, nil
 }
 
-// lowerTrainNodes builds the kernel specs of a training step graph: every
-// run-time node in schedule order, all operands in the arena (a step graph
-// has no build-time values: its params are all updated).
-func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, error) {
-	build := passes.BuildTime(g)
-	users := g.Users()
-	// results[m][k] are the nodes of result k of multi-result node m with
-	// a buffer (a graph may take one result several times).
+// trainResults returns results[m][k]: the nodes of result k of multi-result
+// node m with a buffer (a graph may take one result several times).
+func trainResults(g *ir.Graph, plan *passes.Plan) map[int]map[int][]int {
 	results := map[int]map[int][]int{}
 	for i, n := range g.Nodes {
 		if n.Op == ir.OpResult && plan.BufferOf[i] >= 0 {
@@ -199,6 +194,16 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			results[n.Args[0]][k] = append(results[n.Args[0]][k], i)
 		}
 	}
+	return results
+}
+
+// lowerTrainNodes builds the kernel specs of a training step graph: every
+// run-time node in schedule order, all operands in the arena (a step graph
+// has no build-time values: its params are all updated).
+func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, error) {
+	build := passes.BuildTime(g)
+	users := g.Users()
+	results := trainResults(g, plan)
 	off := func(i int) int { return int(offsetOf(plan, i, g.Nodes[i].Type.DType)) }
 	// res is where multi-result node m's kernel writes result k: its
 	// first result node's buffer (-1: unused).
@@ -208,8 +213,19 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		}
 		return -1
 	}
+	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
+	fused := map[int]bool{}
+	for _, j := range fwdReLU {
+		fused[j] = true
+	}
+	for _, j := range bwdReLU {
+		fused[j] = true
+	}
 	var specs []kernelSpec
 	for i, n := range g.Nodes {
+		if fused[i] {
+			continue // computed by its BatchNorm's kernel
+		}
 		if build[i] {
 			if n.Op == ir.OpParam && len(users[i]) > 0 {
 				return nil, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
@@ -270,13 +286,22 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				return nil, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
 			}
 			o, c, in := channelLayout(arg(0).Type.Shape)
-			add(codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
-				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)})
+			s := codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
+				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)}
+			if j, ok := fwdReLU[i]; ok {
+				s.Y, s.ReLU = off(j), true
+			}
+			add(s)
 		case ir.OpBatchNormTrainGrad:
 			o, c, in := channelLayout(arg(1).Type.Shape)
-			add(codegen.BatchNormTrainGradSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
+			s := codegen.BatchNormTrainGradSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
 				DY: off(n.Args[0]), X: off(n.Args[1]), Wt: off(n.Args[2]), Mean: off(n.Args[3]), Var: off(n.Args[4]),
-				DX: res(i, 0), DW: res(i, 1), DB: res(i, 2)})
+				DX: res(i, 0), DW: res(i, 1), DB: res(i, 2)}
+			if j, ok := bwdReLU[i]; ok {
+				rg := g.Nodes[j]
+				s.DY, s.ReLU, s.R = off(rg.Args[0]), true, off(rg.Args[1])
+			}
+			add(s)
 		case ir.OpReLUGrad, ir.OpMul2, ir.OpScaleBy:
 			op := map[string]codegen.EltTrainOp{ir.OpReLUGrad: codegen.EltReLUGrad, ir.OpMul2: codegen.EltMul2, ir.OpScaleBy: codegen.EltScaleBy}[n.Op]
 			add(codegen.EltTrainSpec{Op: op, Elems: n.Type.Numel(), A: off(n.Args[0]), B: off(n.Args[1]), Out: off(i)})
@@ -427,4 +452,121 @@ func channelLayout(shape []int) (int, int, int) {
 		inner *= d
 	}
 	return shape[0], shape[1], inner
+}
+
+// fuseTrainReLU finds the ReLUs that the BatchNorm kernels compute (see
+// codegen.BatchNormTrainSpec.ReLU and BatchNormTrainGradSpec.ReLU):
+// fwd[i] = j when relu j is the only user of batchnorm_train i's output y,
+// and bwd[k] = j when relu_grad j's only user is batchnorm_train_grad k, as
+// its gradient operand. A fused kernel writes the relu's output at the
+// BatchNorm's step instead of the relu's, and reads relu_grad's operands
+// at the BatchNorm gradient's step instead of the relu_grad's, so each
+// fusion is taken only when the plan makes that move harmless: no value
+// between the two steps occupies (is written or read in) the bytes
+// written early, nothing between them overwrites the bytes read late, and
+// the BatchNorm's own operands and results overlap neither (but for an
+// elementwise in-place result, which covers exactly the same bytes).
+func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
+	fwd, bwd = map[int]int{}, map[int]int{}
+	// Values the caller reads (outputs, updates) must be computed.
+	visible := map[int]bool{}
+	for _, o := range g.Outputs {
+		visible[o] = true
+	}
+	for _, u := range g.Updates {
+		visible[u.Value] = true
+	}
+	type span struct{ lo, hi int64 }
+	at := func(v int) (span, bool) {
+		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
+			return span{}, false
+		}
+		b := plan.Buffers[plan.BufferOf[v]]
+		return span{b.Offset, b.Offset + b.Size}, true
+	}
+	overlaps := func(v int, r span) bool {
+		s, ok := at(v)
+		return ok && s.lo < r.hi && r.lo < s.hi
+	}
+	same := func(v int, r span) bool {
+		s, ok := at(v)
+		return ok && s == r
+	}
+	for i, n := range g.Nodes {
+		switch n.Op {
+		case ir.OpBatchNormTrain:
+			ys := results[i][0]
+			if len(ys) != 1 || len(users[ys[0]]) != 1 {
+				continue
+			}
+			y, j := ys[0], users[ys[0]][0]
+			if r := g.Nodes[j]; r.Op != ir.OpReLU || len(r.Args) != 1 || j < i || visible[y] {
+				continue
+			}
+			out, ok := at(j)
+			if !ok {
+				continue
+			}
+			safe := true
+			for _, a := range n.Args {
+				safe = safe && !overlaps(a, out)
+			}
+			for m := i + 1; m < j && safe; m++ {
+				if m != y && overlaps(m, out) {
+					safe = false
+				}
+				for _, a := range g.Nodes[m].Args {
+					if a != y && a != i && overlaps(a, out) {
+						safe = false
+					}
+				}
+			}
+			for k, rs := range results[i] {
+				for _, r := range rs {
+					if k != 0 && overlaps(r, out) {
+						safe = false
+					}
+				}
+			}
+			if safe {
+				fwd[i] = j
+			}
+		case ir.OpReLUGrad:
+			if len(users[i]) != 1 || visible[i] {
+				continue
+			}
+			k := users[i][0]
+			bn := g.Nodes[k]
+			if bn.Op != ir.OpBatchNormTrainGrad || bn.Args[0] != i || k < i {
+				continue
+			}
+			dy, okd := at(n.Args[0])
+			r, okr := at(n.Args[1])
+			if !okd || !okr {
+				continue
+			}
+			safe := true
+			for _, a := range bn.Args[1:] {
+				safe = safe && a != i
+			}
+			for m := i + 1; m < k && safe; m++ {
+				if overlaps(m, dy) || overlaps(m, r) {
+					safe = false
+				}
+			}
+			for idx, rs := range results[k] {
+				for _, o := range rs {
+					for _, s := range []span{dy, r} {
+						if overlaps(o, s) && !(idx == 0 && same(o, s)) {
+							safe = false
+						}
+					}
+				}
+			}
+			if safe {
+				bwd[k] = i
+			}
+		}
+	}
+	return fwd, bwd
 }

@@ -228,3 +228,69 @@ func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
 		}
 	}
 }
+
+// TestFuseTrainReLU checks that in the mini networks' training steps the
+// BatchNorm kernels compute their ReLU (forward) and relu_grad (backward)
+// where the plan allows it (fuseTrainReLU), in at least half of the pairs,
+// and that a value the caller reads is never fused away.
+func TestFuseTrainReLU(t *testing.T) {
+	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
+		t.Run(net, func(t *testing.T) {
+			g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sg, err := train.Step(g, train.StepOptions{Smoothing: 0.1, Optimizer: train.PaperRMSProp})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := passes.RunTraining(sg.Graph, passes.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var bn, bnReLU, bnGrad, bnGradReLU, relu, reluGrad int
+			for _, k := range specs {
+				switch s := k.spec.(type) {
+				case codegen.BatchNormTrainSpec:
+					bn++
+					if s.ReLU {
+						bnReLU++
+					}
+				case codegen.BatchNormTrainGradSpec:
+					bnGrad++
+					if s.ReLU {
+						bnGradReLU++
+					}
+				case codegen.ElementwiseSpec:
+					if s.Op == codegen.EltReLU {
+						relu++
+					}
+				case codegen.EltTrainSpec:
+					if s.Op == codegen.EltReLUGrad {
+						reluGrad++
+					}
+				}
+			}
+			t.Logf("%s: %d of %d batchnorm_train kernels compute their relu (%d relu kernels left), %d of %d gradients their relu_grad (%d left)",
+				net, bnReLU, bn, relu, bnGradReLU, bnGrad, reluGrad)
+			if 2*bnReLU < bn || 2*bnGradReLU < bnGrad {
+				t.Errorf("fewer than half of the pairs fused")
+			}
+			// With every value an output, nothing may be fused.
+			sg2 := *st.Graph
+			for i, n := range sg2.Nodes {
+				if !n.IsMulti() && n.Type.Rank() > 0 {
+					sg2.Outputs = append(sg2.Outputs, i)
+				}
+			}
+			fwd, bwd := fuseTrainReLU(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan))
+			if len(fwd)+len(bwd) != 0 {
+				t.Errorf("%d + %d fusions of values the caller reads", len(fwd), len(bwd))
+			}
+		})
+	}
+}
