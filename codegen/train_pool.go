@@ -76,7 +76,11 @@ func (s PoolGeom) forOutputs(g *builder, f func(i, oh, ow value.Value)) {
 // window maximum into best (base pointer, output index) and, when idx is
 // not nil, its in-plane input index into idx (an i32 stack table). The
 // tables start at "none" (idx −1, or a first-tap flag kept in idx).
-func (s PoolGeom) maxTaps(g *builder, x, best, idx value.Value) {
+func (s PoolGeom) maxTaps(g *builder, x, best, idx, phases value.Value) {
+	if phases != nil {
+		s.maxTapsPhased(g, x, best, idx, phases)
+		return
+	}
 	c := s.conv()
 	g.loopN(s.OH*s.OW, nil, func(i value.Value, _ []value.Value) []value.Value {
 		g.stI(ci(-1), idx, i)
@@ -98,6 +102,72 @@ func (s PoolGeom) maxTaps(g *builder, x, best, idx value.Value) {
 			return nil
 		})
 	})
+}
+
+// maxScratch allocates a max pool's stack tables: the window maxima's
+// input indexes (padded to whole vectors) and, for a stride-2 window over
+// phase planes (ConvGeom.phased), the planes (else nil).
+func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
+	L := g.t.VectorLanes
+	idx = g.stackI32(ceilDiv(s.OH*s.OW, L) * L)
+	if s.conv().phased() {
+		phases = g.stackBuf(4 * s.OH * s.OW)
+	}
+	return idx, phases
+}
+
+// maxTapsPhased is maxTaps for a stride-2 window over the phase planes of
+// the input (ConvGeom.phased: the 3x3 stride-2 max pool with padding 1):
+// the plane is split once into phases, then every vector of outputs takes
+// its taps in row-major window order as masked vector loads from the
+// tap's phase, shifted by −1 or 0 rows and columns, with maxTaps's rule
+// per lane (first in-bounds pixel, then a strictly greater value or the
+// first NaN; nothing replaces a NaN). Lanes are valid only where the
+// pixel exists (a phase plane of an odd-sized input has a zero row or
+// column that is not a pixel).
+func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
+	L := g.t.VectorLanes
+	P := s.OH * s.OW
+	g.phaseSplit(phases, ci(0), x, ci(1), s.OH, s.OW, s.H, s.W)
+	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
+	vt := types.NewVector(uint64(L), types.I1)
+	g.loopN(ceilDiv(P, L), nil, func(v value.Value, _ []value.Value) []value.Value {
+		p0 := g.mul(v, ci(L))
+		p := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return l }))
+		in := g.b.NewICmp(enum.IPredULT, p, vi(P))
+		oh, ow := g.b.NewUDiv(p, vi(s.OW)), g.b.NewURem(p, vi(s.OW))
+		var bv, iv, have value.Value = g.vzero(), vi(-1), constant.NewZeroInitializer(vt)
+		for kh := 0; kh < s.KH; kh++ {
+			for kw := 0; kw < s.KW; kw++ {
+				a, b := (kh-s.PH+2)%2, (kw-s.PW+2)%2
+				dh, dw := (kh-s.PH-a)/2, (kw-s.PW-b)/2
+				// Input pixel (2·ih + a, 2·iw + b).
+				r := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(oh, vi(dh)), vi(2)), vi(a))
+				c := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(ow, vi(dw)), vi(2)), vi(b))
+				ok := g.b.NewAnd(in, g.b.NewAnd(g.b.NewICmp(enum.IPredULT, r, vi(s.H)), g.b.NewICmp(enum.IPredULT, c, vi(s.W))))
+				val := g.maskedLoad(phases, g.add(p0, ci((2*a+b)*P+dh*s.OW+dw)), ok)
+				better := g.b.NewAnd(g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, val, bv), g.b.NewFCmp(enum.FPredUNO, val, val)),
+					g.b.NewXor(g.b.NewFCmp(enum.FPredUNO, bv, bv), constant.NewVector(vt, trues(L)...)))
+				repl := g.b.NewAnd(ok, g.b.NewOr(g.b.NewXor(have, constant.NewVector(vt, trues(L)...)), better))
+				bv = g.b.NewSelect(repl, val, bv)
+				iv = g.b.NewSelect(repl, g.b.NewAdd(g.b.NewMul(r, vi(s.W)), c), iv)
+				have = g.b.NewOr(have, ok)
+			}
+		}
+		g.maskedStore(bv, best, p0, in)
+		pt := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, idx, p0), types.NewPointer(types.NewVector(uint64(L), types.I32)))
+		g.b.NewStore(iv, pt).Align = 4
+		return nil
+	})
+}
+
+// trues returns n true i1 constants.
+func trues(n int) []constant.Constant {
+	t := make([]constant.Constant, n)
+	for i := range t {
+		t[i] = constant.True
+	}
+	return t
 }
 
 // samePlane reports a stride-1 window whose output plane is its input
@@ -186,15 +256,15 @@ func (g *builder) maskedStore(v, base, off, mask value.Value) {
 // genFast is the tap-major pooling forward (see the file comment).
 func (s TrainPoolSpec) genFast(g *builder) {
 	c := s.conv()
-	var idx value.Value
+	var idx, phases value.Value
 	if s.Max {
-		idx = g.stackI32(s.OH * s.OW)
+		idx, phases = s.maxScratch(g)
 	}
 	g.tiles(func(p value.Value) {
 		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
 		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
 		if s.Max {
-			s.maxTaps(g, x, g.gep(g.arena, out), idx)
+			s.maxTaps(g, x, g.gep(g.arena, out), idx, phases)
 			return
 		}
 		if s.samePlane() {
@@ -224,9 +294,9 @@ func (s TrainPoolSpec) genFast(g *builder) {
 func (s TrainPoolGradSpec) genFast(g *builder) {
 	c := s.conv()
 	scratch := g.stackBuf(s.OH * s.OW)
-	var idx value.Value
+	var idx, phases value.Value
 	if s.Max {
-		idx = g.stackI32(s.OH * s.OW)
+		idx, phases = s.maxScratch(g)
 	}
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
@@ -244,7 +314,7 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 		}
 		g.fillN(cf(0), dx, s.H*s.W)
 		if s.Max {
-			s.maxTaps(g, g.add(ci(s.X), g.mul(p, ci(s.H*s.W))), scratch, idx)
+			s.maxTaps(g, g.add(ci(s.X), g.mul(p, ci(s.H*s.W))), scratch, idx, phases)
 			// Outputs without an in-bounds pixel (none for PyTorch's
 			// padding ≤ kernel/2) keep index −1 and add nothing.
 			g.loopN(s.OH*s.OW, nil, func(i value.Value, _ []value.Value) []value.Value {

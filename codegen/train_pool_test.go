@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/rand"
 	"testing"
+
+	"github.com/kiln-dev/kiln/codegen/internal/ktest"
 )
 
 // poolRef computes a pooling forward and its gradient for dy in float64 by
@@ -72,6 +74,11 @@ func TestTrainPoolKernels(t *testing.T) {
 		{planes: 2, h: 6, w: 6, kh: 1, kw: 1, sh: 1, sw: 1},
 		{planes: 2, h: 1, w: 9, kh: 1, kw: 3, sh: 1, sw: 1, ph: 0, pw: 1},
 		{planes: 4, h: 9, w: 9, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1, specials: true},
+		// Stride 2 over phase planes (maxTapsPhased): odd sizes (phase
+		// planes with a row and a column that are not pixels), NaN and
+		// ±Inf, rows of several vectors.
+		{planes: 3, h: 13, w: 11, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1, specials: true},
+		{planes: 2, h: 15, w: 40, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1},
 		{planes: 1, h: 129, w: 129, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1},
 	}
 	type pcase struct {
@@ -112,7 +119,11 @@ func TestTrainPoolKernels(t *testing.T) {
 		}
 		return TrainPoolSpec{PoolGeom: s, X: X, Out: Y}, TrainPoolGradSpec{PoolGeom: s, DY: DY, X: xg, DX: DX}
 	}
-	for _, ts := range x86Targets(t) {
+	targets := x86Targets(t)
+	if ktest.HasAVX2() {
+		targets = append(targets, x86Block4) // NEON's 4-lane vectors
+	}
+	for _, ts := range targets {
 		// One library per target holds every case's two kernels.
 		lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 			for ci, c := range cases {
