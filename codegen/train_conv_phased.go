@@ -2,7 +2,6 @@ package codegen
 
 import (
 	"github.com/llir/llvm/ir/enum"
-	"github.com/llir/llvm/ir/types"
 	"github.com/llir/llvm/ir/value"
 )
 
@@ -99,12 +98,8 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 			g.loopN(PB, nil, func(pb value.Value, _ []value.Value) []value.Value {
 				p0 := g.mul(pb, ci(gemmNB))
 				ohv, owv := make([]value.Value, nvB), make([]value.Value, nvB)
-				p0s := g.splatI32(g.b.NewTrunc(p0, types.I32))
 				for v := 0; v < nvB; v++ {
-					p := g.b.NewAdd(p0s, g.i32Vec(func(l int) int { return v*L + l }))
-					in := g.b.NewICmp(enum.IPredULT, p, g.i32Vec(func(int) int { return P }))
-					ohv[v] = g.b.NewSelect(in, g.b.NewUDiv(p, wv), g.i32Vec(func(int) int { return colFar }))
-					owv[v] = g.b.NewURem(p, wv)
+					_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, OW)
 				}
 				out := g.add(ci(base), p0)
 				g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {

@@ -170,12 +170,8 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		// (oh, ow) of the block's columns; columns past P get oh = colFar,
 		// outside every row range.
 		ohv, owv := make([]value.Value, nvB), make([]value.Value, nvB)
-		p0s := g.splatI32(g.b.NewTrunc(p0, types.I32))
 		for v := 0; v < nvB; v++ {
-			p := g.b.NewAdd(p0s, g.i32Vec(func(l int) int { return v*L + l }))
-			in := g.b.NewICmp(enum.IPredULT, p, g.i32Vec(func(int) int { return P }))
-			ohv[v] = g.b.NewSelect(in, g.b.NewUDiv(p, g.i32Vec(func(int) int { return s.W })), g.i32Vec(func(int) int { return colFar }))
-			owv[v] = g.b.NewURem(p, g.i32Vec(func(int) int { return s.W }))
+			_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, s.W)
 		}
 		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {

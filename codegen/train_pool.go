@@ -131,11 +131,8 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 	g.phaseSplit(phases, ci(0), x, ci(1), s.OH, s.OW, s.H, s.W)
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
 	vt := types.NewVector(uint64(L), types.I1)
-	g.loopN(ceilDiv(P, L), nil, func(v value.Value, _ []value.Value) []value.Value {
-		p0 := g.mul(v, ci(L))
-		p := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return l }))
-		in := g.b.NewICmp(enum.IPredULT, p, vi(P))
-		oh, ow := g.b.NewUDiv(p, vi(s.OW)), g.b.NewURem(p, vi(s.OW))
+	g.planeVecs(s.OH, s.OW, func(pv planeVec) {
+		p0, in, oh, ow := pv.p, pv.in, pv.oh, pv.ow
 		var bv, iv, have value.Value = g.vzero(), vi(-1), constant.NewZeroInitializer(vt)
 		for kh := 0; kh < s.KH; kh++ {
 			for kw := 0; kw < s.KW; kw++ {
@@ -157,7 +154,6 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 		g.maskedStore(bv, best, p0, in)
 		pt := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, idx, p0), types.NewPointer(types.NewVector(uint64(L), types.I32)))
 		g.b.NewStore(iv, pt).Align = 4
-		return nil
 	})
 }
 
@@ -188,18 +184,26 @@ type planeVec struct {
 }
 
 // planeVecs calls f for every vector of an H×W plane.
-func (s PoolGeom) planeVecs(g *builder, f func(pv planeVec)) {
+func (g *builder) planeVecs(H, W int, f func(pv planeVec)) {
 	L := g.t.VectorLanes
-	P := s.H * s.W
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
-	g.loopN(ceilDiv(P, L), nil, func(v value.Value, _ []value.Value) []value.Value {
+	g.loopN(ceilDiv(H*W, L), nil, func(v value.Value, _ []value.Value) []value.Value {
 		p0 := g.mul(v, ci(L))
-		p := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return l }))
-		in := g.b.NewICmp(enum.IPredULT, p, vi(P))
-		oh := g.b.NewSelect(in, g.b.NewUDiv(p, vi(s.W)), vi(colFar))
-		f(planeVec{p: p0, oh: oh, ow: g.b.NewURem(p, vi(s.W)), in: in, hv: vi(s.H), wv: vi(s.W)})
+		in, oh, ow := g.pixelVec(p0, 0, H*W, W)
+		f(planeVec{p: p0, oh: oh, ow: ow, in: in, hv: vi(H), wv: vi(W)})
 		return nil
 	})
+}
+
+// pixelVec returns the in-plane mask and the (oh, ow) of the lanes of the
+// vector of flattened pixels p0+off+[0, lanes) of a plane of P pixels W
+// wide, as i32 vectors; lanes past P get oh = colFar, outside every row
+// range.
+func (g *builder) pixelVec(p0 value.Value, off, P, W int) (in, oh, ow value.Value) {
+	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
+	p := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return off + l }))
+	in = g.b.NewICmp(enum.IPredULT, p, vi(P))
+	return in, g.b.NewSelect(in, g.b.NewUDiv(p, vi(W)), vi(colFar)), g.b.NewURem(p, vi(W))
 }
 
 // sameTaps returns Σ over the window's taps, in row-major order from 0, of
@@ -268,7 +272,7 @@ func (s TrainPoolSpec) genFast(g *builder) {
 			return
 		}
 		if s.samePlane() {
-			s.planeVecs(g, func(pv planeVec) {
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
 				v := g.fdiv(s.sameTaps(g, pv, g.arena, x, 1), s.divisorVec(g, pv))
 				g.maskedStore(v, g.arena, g.add(out, pv.p), pv.in)
 			})
@@ -303,11 +307,11 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
 		if !s.Max && s.samePlane() {
 			// scratch = dy/divisor, then dx[q] = Σ_taps scratch[q − δ].
-			s.planeVecs(g, func(pv planeVec) {
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
 				d := g.maskedLoad(g.arena, g.add(dy, pv.p), pv.in)
 				g.maskedStore(g.fdiv(d, s.divisorVec(g, pv)), scratch, pv.p, pv.in)
 			})
-			s.planeVecs(g, func(pv planeVec) {
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
 				g.maskedStore(s.sameTaps(g, pv, scratch, ci(0), -1), g.arena, g.add(dx, pv.p), pv.in)
 			})
 			return
