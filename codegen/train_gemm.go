@@ -275,8 +275,10 @@ func (s ConvGeom) colAt(g *builder, x value.Value, kt colTab, kk value.Value, pt
 	ih := g.b.NewAdd(g.ldI(kt.h, kk), g.ldI(pt.h, j))
 	iw := g.b.NewAdd(g.ldI(kt.w, kk), g.ldI(pt.w, j))
 	ok := g.and(g.b.NewICmp(enum.IPredULT, ih, c32(s.H)), g.b.NewICmp(enum.IPredULT, iw, c32(s.W)))
-	// An i32 index from the image's base pointer, so that the vectorized
-	// loop gathers with 32-bit indices (vgatherdps: 16 lanes, not 8).
+	// An i32 index from the image's base pointer, meant to let the
+	// vectorized loop gather with 32-bit indices; LLVM 19 folds the clamp
+	// into a sign extension and gathers with 64-bit ones (vgatherqps, 8
+	// lanes) all the same, which is why the forward packs with colGather.
 	idx := g.sel(ok, g.b.NewAdd(g.ldI(kt.off, kk), g.ldI(pt.off, j)), c32(0))
 	l := g.b.NewLoad(f32, g.b.NewGetElementPtr(f32, g.gep(g.arena, x), idx))
 	l.Align = 4
