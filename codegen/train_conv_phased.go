@@ -26,23 +26,19 @@ import (
 // planes go to a stack buffer and are then interleaved into dx with two
 // shuffles per pair of vectors — no col2im scatter.
 
-// phasedDgradOK reports whether the input gradient runs over phase planes.
-func (s TrainConvGradInputSpec) phasedDgradOK() bool {
-	return s.phased()
-}
-
 // phaseTaps returns, for phase (a, b), the taps t = kh·KW + kw whose rows
 // and columns fall in it and their shifts −dh, −dw.
 func (s ConvGeom) phaseTaps(a, b int) (taps, sh, sw []int) {
 	for kh := 0; kh < s.KH; kh++ {
 		for kw := 0; kw < s.KW; kw++ {
-			dh, dw := kh-s.PH, kw-s.PW
-			if (dh+2)%2 != a || (dw+2)%2 != b {
+			ka, dh := phaseOf(kh - s.PH)
+			kb, dw := phaseOf(kw - s.PW)
+			if ka != a || kb != b {
 				continue
 			}
 			taps = append(taps, kh*s.KW+kw)
-			sh = append(sh, -((dh - a) / 2))
-			sw = append(sw, -((dw - b) / 2))
+			sh = append(sh, -dh)
+			sw = append(sw, -dw)
 		}
 	}
 	return taps, sh, sw

@@ -52,7 +52,7 @@ type sameConv struct {
 	In, Out, Bias  int // arena offsets; Bias < 0: none
 	// Phased, when set, makes this the stride-2 convolution of phased():
 	// In is then the C×H0×W0 input, H×W the output plane, and each tile (an
-	// image) first splits its input into phase planes (see phaseSplit).
+	// image) first splits its input into phase planes (builder.phaseSplit).
 	Phased bool
 	H0, W0 int
 }
@@ -138,9 +138,9 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 			dh[k], dw[k] = kh-s.PH, kw-s.PW
 			plane := c
 			if s.Phased {
-				// Input row 2·oh + kh − PH is row oh + dh of phase a.
-				a, b := (dh[k]+2)%2, (dw[k]+2)%2
-				dh[k], dw[k] = (dh[k]-a)/2, (dw[k]-b)/2
+				var a, b int
+				a, dh[k] = phaseOf(dh[k])
+				b, dw[k] = phaseOf(dw[k])
 				plane = 4*c + 2*a + b
 			}
 			koff[k] = plane*P + dh[k]*s.W + dw[k]
@@ -243,7 +243,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 			block(g.udiv(t, PB), g.urem(t, PB))
 			return
 		}
-		s.phaseSplit(g, phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))))
+		g.phaseSplit(phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))), s.C, s.H0, s.W0)
 		g.loopN(PB, nil, func(pb value.Value, _ []value.Value) []value.Value {
 			block(t, pb)
 			return nil
@@ -269,26 +269,28 @@ func (s ConvGeom) phased() bool {
 // phaseMax bounds the phase planes kept on the stack (128 KiB).
 const phaseMax = 32 << 10
 
-// phaseSplit stores the phase planes of the C×H0×W0 image at arena offset
-// x into buf: buf[((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero
-// where 2i+a ≥ H0 or 2j+b ≥ W0. Per input row it loads the row's pairs of
-// columns as vectors and separates even and odd columns with two shuffles.
-func (s sameConv) phaseSplit(g *builder, buf, x value.Value) {
-	g.phaseSplit(buf, ci(0), x, ci(s.C), s.H, s.W, s.H0, s.W0)
+// phaseOf returns the phase a = d mod 2 and the shift ⌊d/2⌋ of a window
+// offset d = k − pad (−2 ≤ d): input row 2·o + d of output row o is row
+// o + shift of phase a.
+func phaseOf(d int) (a, shift int) {
+	a = (d + 2) % 2
+	return a, (d - a) / 2
 }
 
-// phaseSplit stores the phase planes (H×W each) of the nch channels of
-// H0×W0 planes at arena offset x into buf from offset dst:
-// buf[dst + ((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero where
-// 2i+a ≥ H0 or 2j+b ≥ W0 (H = ⌈H0/2⌉, W = ⌈W0/2⌉).
-func (g *builder) phaseSplit(buf, dst, x, nch value.Value, H, W, H0, W0 int) {
+// phaseSplit stores the phase planes (H×W each, H = ⌈H0/2⌉, W = ⌈W0/2⌉)
+// of the C planes H0×W0 at arena offset x into buf:
+// buf[((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero where 2i+a ≥
+// H0 or 2j+b ≥ W0. Per input row it loads the row's pairs of columns as
+// vectors and separates even and odd columns with two shuffles.
+func (g *builder) phaseSplit(buf, x value.Value, C, H0, W0 int) {
 	L := g.t.VectorLanes
+	H, W := ceilDiv(H0, 2), ceilDiv(W0, 2)
 	P := H * W
-	g.loop(ci(0), nch, nil, func(c value.Value, _ []value.Value) []value.Value {
+	g.loopN(C, nil, func(c value.Value, _ []value.Value) []value.Value {
 		g.loopN(2*H, nil, func(r value.Value, _ []value.Value) []value.Value {
 			i, a := g.udiv(r, 2), g.urem(r, 2)
 			plane := g.add(g.mul(c, ci(4)), g.mul(a, ci(2)))
-			dst0 := g.add(dst, g.add(g.mul(plane, ci(P)), g.mul(i, ci(W))))
+			dst0 := g.add(g.mul(plane, ci(P)), g.mul(i, ci(W)))
 			inRow := g.icmp(enum.IPredULT, r, ci(H0))
 			src := g.add(x, g.add(g.mul(c, ci(H0*W0)), g.mul(r, ci(W0))))
 			for j0 := 0; j0 < W; j0 += L {
@@ -491,12 +493,6 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 		}
 		return constant.NewVector(types.NewVector(uint64(L), types.I1), el...)
 	}
-	ldVecI := func(tab, p value.Value) value.Value {
-		pt := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, tab, p), types.NewPointer(types.NewVector(uint64(L), types.I32)))
-		l := g.b.NewLoad(types.NewVector(uint64(L), types.I32), pt)
-		l.Align = 4
-		return l
-	}
 	g.tiles(func(t value.Value) {
 		ob, kg := g.udiv(t, G), g.urem(t, G)
 		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
@@ -552,8 +548,8 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 										case pw:
 											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
 										default:
-											ih := g.b.NewAdd(ldVecI(ohT, p), dhv[c])
-											iw := g.b.NewAdd(ldVecI(owT, p), dwv[c])
+											ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
+											iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
 											m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
 											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
 										}

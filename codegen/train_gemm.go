@@ -287,25 +287,26 @@ func (s ConvGeom) colAt(g *builder, x value.Value, kt colTab, kk value.Value, pt
 
 // colGather returns the vector col[k][p0+j0 : p0+j0+lanes] of the image at
 // arena offset x from the tables (kt at row kk, pt from column j0) as one
-// masked gather with 32-bit offsets from the image's base (vgatherdps on
-// AVX-512: 16 lanes per instruction; left to the loop vectorizer, the
-// select that clamps invalid offsets was folded into a sign extension and
-// the gathers took 64-bit indices, 8 lanes each).
+// masked gather with 32-bit offsets from the image's base (left to the loop
+// vectorizer, the select that clamps invalid offsets was folded into a
+// sign extension and the gathers took 64-bit indices, 8 lanes each; the
+// explicit gather measured within noise of that on stem.c2's forward).
 func (s ConvGeom) colGather(g *builder, x value.Value, kt colTab, kk value.Value, pt colTab, j0 int) value.Value {
-	L := g.t.VectorLanes
-	vi := types.NewVector(uint64(L), types.I32)
-	ldv := func(tab value.Value) value.Value {
-		p := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, tab, ci(j0)), types.NewPointer(vi))
-		l := g.b.NewLoad(vi, p)
-		l.Align = 4
-		return l
-	}
+	ldv := func(tab value.Value) value.Value { return g.ldI32Vec(tab, ci(j0)) }
 	ih := g.b.NewAdd(g.splatI32(g.ldI(kt.h, kk)), ldv(pt.h))
 	iw := g.b.NewAdd(g.splatI32(g.ldI(kt.w, kk)), ldv(pt.w))
 	ok := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, g.i32Vec(func(int) int { return s.H })),
 		g.b.NewICmp(enum.IPredULT, iw, g.i32Vec(func(int) int { return s.W })))
 	off := g.b.NewAdd(g.splatI32(g.ldI(kt.off, kk)), ldv(pt.off))
 	return g.maskedGather(g.gep(g.arena, x), off, ok)
+}
+
+// ldI32Vec loads the i32 vector at entry i of an i32 table.
+func (g *builder) ldI32Vec(tab, i value.Value) value.Value {
+	vt := types.NewVector(uint64(g.t.VectorLanes), types.I32)
+	l := g.b.NewLoad(vt, g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, tab, i), types.NewPointer(vt)))
+	l.Align = 4
+	return l
 }
 
 // maskedGather loads base[off[l]] for the lanes l where mask is true (the

@@ -258,7 +258,7 @@ func (s TrainConvGradInputSpec) tileCount() int {
 	if s.sameOK() {
 		return s.sameDgrad().tiles()
 	}
-	if s.phasedDgradOK() || s.gemmOK() {
+	if s.phased() || s.gemmOK() {
 		return s.N
 	}
 	return s.N * s.C
@@ -271,7 +271,7 @@ func (s TrainConvGradInputSpec) gen(g *builder) {
 		s.genSame(g)
 		return
 	}
-	if s.phasedDgradOK() {
+	if s.phased() {
 		s.genPhased(g)
 		return
 	}

@@ -128,7 +128,7 @@ func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
 func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 	L := g.t.VectorLanes
 	P := s.OH * s.OW
-	g.phaseSplit(phases, ci(0), x, ci(1), s.OH, s.OW, s.H, s.W)
+	g.phaseSplit(phases, x, 1, s.H, s.W)
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
 	vt := types.NewVector(uint64(L), types.I1)
 	g.planeVecs(s.OH, s.OW, func(pv planeVec) {
@@ -136,8 +136,8 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 		var bv, iv, have value.Value = g.vzero(), vi(-1), constant.NewZeroInitializer(vt)
 		for kh := 0; kh < s.KH; kh++ {
 			for kw := 0; kw < s.KW; kw++ {
-				a, b := (kh-s.PH+2)%2, (kw-s.PW+2)%2
-				dh, dw := (kh-s.PH-a)/2, (kw-s.PW-b)/2
+				a, dh := phaseOf(kh - s.PH)
+				b, dw := phaseOf(kw - s.PW)
 				// Input pixel (2·ih + a, 2·iw + b).
 				r := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(oh, vi(dh)), vi(2)), vi(a))
 				c := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(ow, vi(dw)), vi(2)), vi(b))
