@@ -196,6 +196,10 @@ type Options struct {
 	// images, batch QuickBatch, one epoch, one seed, width at most 1.
 	Quick bool
 	Seeds int // number of seeds (1..Seeds); 0: 3, or 1 when Quick
+	// FirstSeed, when above 1, trains only seeds FirstSeed..Seeds (to add
+	// seeds to an experiment directory without rerunning the others);
+	// Summarize still reads seeds 1..Seeds.
+	FirstSeed int
 	// Epochs, when positive, overrides the recipe's.
 	Epochs int
 	// LimitTrain and LimitTest, when positive, override the data sizes.
@@ -321,7 +325,7 @@ func Run(ctx context.Context, name string, opts Options) ([]*Result, error) {
 			n = quickNet(n)
 		}
 		for s := 1; s <= seeds; s++ {
-			if opts.Summarize {
+			if opts.Summarize || s < opts.FirstSeed {
 				r, err := readResult(opts.Out, n.Label, uint64(s))
 				if err != nil {
 					return results, err

@@ -13,7 +13,8 @@ import (
 // one of several processes sharing a directory would, then rebuilds the
 // experiment's outputs from the run files (Options.Summarize): the run,
 // with its accuracy, dead-unit fraction and status, must be read back, and
-// the network not trained yet left out.
+// the network not trained yet left out; Options.FirstSeed adds a seed
+// without retraining the others.
 func TestSplitAndSummarize(t *testing.T) {
 	needFashionMNIST(t)
 	out := t.TempDir()
@@ -52,6 +53,26 @@ func TestSplitAndSummarize(t *testing.T) {
 	}
 	if _, err := Run(context.Background(), "rq1", Options{Out: out, Quick: true, Nets: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "have inception, resnet") {
 		t.Errorf("unknown network: %v", err)
+	}
+	// FirstSeed 2 trains seed 2 only and reads seed 1 back unchanged.
+	m1 := filepath.Join(out, "resnet", "seed1", "metrics.csv")
+	before, err := os.ReadFile(m1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both, err := Run(context.Background(), "rq1", Options{Out: out, Quick: true, LimitTrain: 32, LimitTest: 32, Nets: []string{"resnet"}, Seeds: 2, FirstSeed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(m1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(both) != 2 || both[0].Seed != 1 || both[1].Seed != 2 || both[0].Epochs[0].Top1 != trained[0].Epochs[0].Top1 || string(after) != string(before) {
+		t.Errorf("FirstSeed 2: %d runs, seed 1 file changed %v", len(both), string(after) != string(before))
+	}
+	if _, err := os.Stat(filepath.Join(out, "resnet", "seed2", StatusFile)); err != nil {
+		t.Errorf("FirstSeed 2 did not train seed 2: %v", err)
 	}
 	// A run stopped before it ended has metrics but no status file.
 	if err := os.Remove(filepath.Join(out, "resnet", "seed1", StatusFile)); err != nil {

@@ -47,6 +47,7 @@ func init() {
 			out := fs.String("out", "", "write the runs, curves.csv, summary.csv/.md and the PNG plots to `DIR`")
 			quick := fs.Bool("quick", false, fmt.Sprintf("smoke mode: %d training and %d test images, batch %d, 1 epoch, 1 seed, width and depth at most 1", experiment.QuickTrain, experiment.QuickTest, experiment.QuickBatch))
 			seeds := fs.Int("seeds", 0, "train seeds 1..`N` of every network (default 3; 1 with --quick)")
+			firstSeed := fs.Int("first-seed", 1, "train only seeds `K`..N (the others are read from --out for the summary)")
 			epochs := fs.Int("epochs", 0, "train `E` epochs instead of the experiment's recipe")
 			dataDir := fs.String("data", "fashion-mnist", "`DATA`: fashion-mnist or a directory of Fashion-MNIST IDX files")
 			limitTrain := fs.Int("limit-train", 0, "use the first `N` training images only (0: all, or the quick mode's)")
@@ -78,6 +79,9 @@ func init() {
 				}
 				if *seeds < 0 || *epochs < 0 || *limitTrain < 0 || *limitTest < 0 {
 					return usagef("--seeds, --epochs, --limit-train and --limit-test must not be negative")
+				}
+				if *firstSeed < 1 {
+					return usagef("--first-seed %d: seeds start at 1", *firstSeed)
 				}
 				if !(*width >= 0 && *lr >= 0 && *decayEvery >= 0) {
 					return usagef("--width, --lr and --decay-every must not be negative")
@@ -127,7 +131,7 @@ func init() {
 				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
 				results, err := experiment.Run(ctx, name, experiment.Options{
-					Out: *out, Data: *dataDir, Quick: *quick, Seeds: *seeds, Epochs: *epochs,
+					Out: *out, Data: *dataDir, Quick: *quick, Seeds: *seeds, FirstSeed: *firstSeed, Epochs: *epochs,
 					LimitTrain: *limitTrain, LimitTest: *limitTest, Exec: ex, Log: e.stdout,
 					Nets: splitList(*nets), Width: *width, LR: *lr, DecayEvery: *decayEvery, Summarize: *summarize, Thresholds: thr,
 				})
