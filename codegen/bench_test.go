@@ -3,6 +3,7 @@ package codegen
 import (
 	"fmt"
 	"math/rand"
+	"sync"
 	"testing"
 	"time"
 
@@ -160,4 +161,86 @@ func BenchmarkPool(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchWgrads are weight gradients of the mini nets' training step (batch
+// 128 and, to separate cache effects from the kernel's own speed, batch 8,
+// whose operands fit in L2).
+var benchWgrads = []struct {
+	name string
+	s    ConvGeom
+}{
+	{"1x1_64to16_14x14_n128", ConvGeom{N: 128, C: 64, H: 14, W: 14, O: 16, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14}},
+	{"1x1_64to16_14x14_n8", ConvGeom{N: 8, C: 64, H: 14, W: 14, O: 16, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14}},
+	{"1x1_64to48_14x14_n128", ConvGeom{N: 128, C: 64, H: 14, W: 14, O: 48, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14}},
+	{"3x3_16to16_14x14_n128", ConvGeom{N: 128, C: 16, H: 14, W: 14, O: 16, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14}},
+	{"3x3_16to16_14x14_n8", ConvGeom{N: 8, C: 16, H: 14, W: 14, O: 16, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14}},
+	{"1x1_176to48_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 48, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
+	{"1x7_32to32_7x7_n128", ConvGeom{N: 128, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7}},
+}
+
+// BenchmarkTrainConvGradWeight reports the single-threaded GFLOP/s of the
+// weight-gradient kernels on the mini nets' shapes next to the FMA peak,
+// and their GFLOP/s on two threads splitting the tiles as the runtime does
+// (GFLOP/s-2t), where both threads compete for memory bandwidth.
+func BenchmarkTrainConvGradWeight(b *testing.B) {
+	const X, DY, DW = 0, 8 << 20, 12 << 20
+	lib := buildLibFor(b, []Target{AVX512}, func(m *Module) error {
+		if _, _, err := m.Peak("peak", benchPeak); err != nil {
+			return err
+		}
+		for i, c := range benchWgrads {
+			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), TrainConvGradWeightSpec{ConvGeom: c.s, DY: DY, X: X, DW: DW}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := ktest.Aligned(13 << 20)
+	r := rand.New(rand.NewSource(1))
+	for i := range arena {
+		arena[i] = float32(r.NormFloat64())
+	}
+	if !ktest.HasAVX512() {
+		b.Skip("no AVX-512")
+	}
+	pk := kernel(b, lib, "peak", AVX512)
+	for i, c := range benchWgrads {
+		s := c.s
+		k := kernel(b, lib, fmt.Sprintf("wg%d", i), AVX512)
+		tiles := TrainConvGradWeightSpec{ConvGeom: s}.tileCount()
+		flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				k.Run(arena, nil, 0, tiles)
+			}
+			b.StopTimer()
+			gf := measure(k, arena, nil, tiles, flops)
+			peak := measure(pk, arena, nil, benchPeak.Tiles, benchPeak.TileFlops(AVX512))
+			b.ReportMetric(gf, "GFLOP/s")
+			b.ReportMetric(100*gf/peak, "%peak")
+			b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
+		})
+	}
+}
+
+// measure2 returns the GFLOP/s of the fastest of 20 runs of k on two
+// goroutines, each calling it on its half of [0, tiles) as the runtime's
+// threads do.
+func measure2(k ktest.Kernel, arena []float32, tiles int, flops int64) float64 {
+	best := time.Duration(1 << 62)
+	for rep := 0; rep < 20; rep++ {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for t := 0; t < 2; t++ {
+			wg.Add(1)
+			go func(t int) {
+				defer wg.Done()
+				k.Run(arena, nil, tiles*t/2, tiles*(t+1)/2)
+			}(t)
+		}
+		wg.Wait()
+		best = min(best, time.Since(start))
+	}
+	return float64(flops) / best.Seconds() * 1e-9
 }

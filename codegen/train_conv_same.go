@@ -313,13 +313,17 @@ func (g *builder) phaseSplit(buf, x value.Value, C, H0, W0 int) {
 // src, w columns), zero past column w or when inRow (an i1) is false;
 // lanes outside are never read.
 func (g *builder) loadRow(src value.Value, col, w int, inRow value.Value) value.Value {
-	L := g.t.VectorLanes
-	el := make([]constant.Constant, L)
-	for l := range el {
-		el[l] = constant.NewBool(col+l < w)
-	}
-	m := g.b.NewAnd(constant.NewVector(types.NewVector(uint64(L), types.I1), el...), g.splatBool(inRow))
+	m := g.b.NewAnd(g.prefixMask(w-col), g.splatBool(inRow))
 	return g.maskedLoad(g.arena, g.add(src, ci(col)), m)
+}
+
+// prefixMask is the constant lane mask whose first w lanes are set.
+func (g *builder) prefixMask(w int) value.Value {
+	el := make([]constant.Constant, g.t.VectorLanes)
+	for l := range el {
+		el[l] = constant.NewBool(l < w)
+	}
+	return constant.NewVector(types.NewVector(uint64(len(el)), types.I1), el...)
 }
 
 // splatBool broadcasts the i1 b to a <lanes x i1> vector.
@@ -486,13 +490,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 		})
 	}
 	hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
-	tailMask := func() value.Value {
-		el := make([]constant.Constant, L)
-		for l := range el {
-			el[l] = constant.NewBool(l < tail)
-		}
-		return constant.NewVector(types.NewVector(uint64(L), types.I1), el...)
-	}
+	tailMask := func() value.Value { return g.prefixMask(tail) }
 	g.tiles(func(t value.Value) {
 		ob, kg := g.udiv(t, G), g.urem(t, G)
 		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))

@@ -375,21 +375,66 @@ func (g *builder) channelSum(outer, ch, inner int, c value.Value, f func(i value
 	return r[0]
 }
 
-// channelFor calls f(i) for every element index i of channel c.
-func (g *builder) channelFor(outer, ch, inner int, c value.Value, f func(i value.Value)) {
-	g.loopN(outer, nil, func(n value.Value, _ []value.Value) []value.Value {
+// channelVecs runs f over channel c of an [outer][ch][inner] value in
+// vectors: i is the element index of the vector's first lane and m its
+// lane mask (nil for a full vector; the last vector of each row of inner
+// values is masked when inner is not a multiple of the lanes). f returns
+// the new carried values.
+func (g *builder) channelVecs(outer, ch, inner int, c value.Value, carried []value.Value, f func(i, m value.Value, a []value.Value) []value.Value) []value.Value {
+	L := g.t.VectorLanes
+	full, tail := inner/L, inner%L
+	return g.loopN(outer, carried, func(n value.Value, a []value.Value) []value.Value {
 		base := g.mul(g.add(g.mul(n, ci(ch)), c), ci(inner))
-		g.loopN(inner, nil, func(i value.Value, _ []value.Value) []value.Value {
-			f(g.add(base, i))
-			return nil
-		})
-		return nil
+		if full > 0 {
+			a = g.loopN(full, a, func(v value.Value, a []value.Value) []value.Value {
+				return f(g.add(base, g.mul(v, ci(L))), nil, a)
+			})
+		}
+		if tail > 0 {
+			a = f(g.add(base, ci(full*L)), g.prefixMask(tail), a)
+		}
+		return a
 	})
+}
+
+// vld loads the vector at arena index i, masked by m when m is not nil
+// (masked-off lanes are zero and not read).
+func (g *builder) vld(i, m value.Value) value.Value {
+	if m == nil {
+		return g.vload(g.arena, i)
+	}
+	return g.maskedLoad(g.arena, i, m)
+}
+
+// vst stores v at arena index i, only the lanes of m when m is not nil.
+func (g *builder) vst(v, i, m value.Value) {
+	if m == nil {
+		g.vstore(v, g.arena, i)
+		return
+	}
+	g.maskedStore(v, g.arena, i, m)
+}
+
+// vext widens a float vector to doubles; vzero64 is the zero double vector.
+func (g *builder) vext(v value.Value) value.Value {
+	return g.b.NewFPExt(v, types.NewVector(uint64(g.t.VectorLanes), f64))
+}
+
+func (g *builder) vzero64() value.Value {
+	return constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), f64))
+}
+
+// vsplat64 broadcasts the double x.
+func (g *builder) vsplat64(x value.Value) value.Value {
+	vt := types.NewVector(uint64(g.t.VectorLanes), f64)
+	ins := g.b.NewInsertElement(constant.NewUndef(vt), x, ci(0))
+	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), types.I32)))
 }
 
 // BatchNormTrainSpec is batchnorm_train on an [Outer][C][Inner] value, as
 // the interpreter computes it (ir/interp evalBatchNormTrain): per channel
-// the batch mean and biased variance (two passes, float64 sums), then
+// the batch mean and biased variance (float64 sums; one shifted pass, see
+// gen), then
 // y = x·s + t with s = w/√(var+eps), t = b − mean·s. A tile is one channel.
 // Results whose offset is negative are not written. With ReLU the kernel
 // writes relu(y) at Y instead (the lowering fuses a relu that is y's only
@@ -415,13 +460,23 @@ func (s BatchNormTrainSpec) flops() int64   { return 5 * int64(s.Outer*s.C*s.Inn
 func (s BatchNormTrainSpec) gen(g *builder) {
 	count := float64(s.Outer * s.Inner)
 	g.tiles(func(c value.Value) {
-		x := func(i value.Value) value.Value { return g.ext(g.ld(g.add(ci(s.X), i))) }
-		mu := g.fdiv(g.channelSum(s.Outer, s.C, s.Inner, c, x), cd(count))
-		ss := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value {
-			d := g.fsub(x(i), mu)
-			return g.fmul(d, d)
+		// One pass of float64 sums of d = x − K and d² with the shift K the
+		// channel's first value (so that the variance does not cancel:
+		// Chan, Golub and LeVeque, "Algorithms for computing the sample
+		// variance", The American Statistician 37(3), 1983), in vectors.
+		k := g.ext(g.ld(g.add(ci(s.X), g.mul(c, ci(s.Inner)))))
+		kv := g.vsplat64(k)
+		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
+			d := g.fsub(g.vext(g.vld(g.add(ci(s.X), i), m)), kv)
+			if m != nil {
+				d = g.sel(m, d, g.vzero64())
+			}
+			return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, d))}
 		})
-		v := g.fdiv(ss, cd(count))
+		s1 := g.fdiv(g.hreduce(sums[0], g.radd), cd(count))
+		mu := g.fadd(k, s1)
+		v := g.fsub(g.fdiv(g.hreduce(sums[1], g.radd), cd(count)), g.fmul(s1, s1))
+		v = g.sel(g.b.NewFCmp(enum.FPredOLT, v, cd(0)), cd(0), v)
 		if s.Mean >= 0 {
 			g.st(g.trunc(mu), g.add(ci(s.Mean), c))
 		}
@@ -430,14 +485,15 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		}
 		sc := g.fdiv(g.ext(g.ld(g.add(ci(s.Wt), c))), g.sqrt(g.fadd(v, cd(s.Eps))))
 		sh := g.fsub(g.ext(g.ld(g.add(ci(s.B), c))), g.fmul(mu, sc))
-		sc32, sh32 := g.trunc(sc), g.trunc(sh)
+		scv, shv := g.splat(g.trunc(sc)), g.splat(g.trunc(sh))
 		if s.Y >= 0 {
-			g.channelFor(s.Outer, s.C, s.Inner, c, func(i value.Value) {
-				y := g.fadd(g.fmul(g.ld(g.add(ci(s.X), i)), sc32), sh32)
+			g.channelVecs(s.Outer, s.C, s.Inner, c, nil, func(i, m value.Value, _ []value.Value) []value.Value {
+				y := g.fma(g.vld(g.add(ci(s.X), i), m), scv, shv)
 				if s.ReLU {
 					y = g.relu(y)
 				}
-				g.st(y, g.add(ci(s.Y), i))
+				g.vst(y, g.add(ci(s.Y), i), m)
+				return nil
 			})
 		}
 	})
@@ -479,22 +535,25 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 	g.tiles(func(c value.Value) {
 		inv := g.fdiv(cd(1), g.sqrt(g.fadd(g.ext(g.ld(g.add(ci(s.Var), c))), cd(s.Eps))))
 		mu := g.ext(g.ld(g.add(ci(s.Mean), c)))
-		// x̂ in float32 from float32 mean and σ⁻¹ (vectorizes in the dx loop).
-		mu32, inv32 := g.trunc(mu), g.trunc(inv)
-		dy := func(i value.Value) value.Value {
-			v := g.ld(g.add(ci(s.DY), i))
+		// x̂ in float32 from float32 mean and σ⁻¹.
+		mu32, inv32 := g.splat(g.trunc(mu)), g.splat(g.trunc(inv))
+		muv := g.vsplat64(mu)
+		dy := func(i, m value.Value) value.Value {
+			v := g.vld(g.add(ci(s.DY), i), m)
 			if s.ReLU { // relu_grad's kernel (EltReLUGrad)
-				v = g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, g.ld(g.add(ci(s.R), i)), cf(0)), v, cf(0))
+				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.vld(g.add(ci(s.R), i), m), g.vzero()), v, g.vzero())
 			}
 			return v
 		}
-		xhat := func(i value.Value) value.Value {
-			return g.fmul(g.fsub(g.ld(g.add(ci(s.X), i)), mu32), inv32)
-		}
-		sdy := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value { return g.ext(dy(i)) })
-		sdx := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value {
-			return g.fmul(g.ext(dy(i)), g.fmul(g.fsub(g.ext(g.ld(g.add(ci(s.X), i))), mu), inv))
+		// One pass of float64 sums Σ dy and Σ dy·(x − mean) in vectors
+		// (masked-off lanes load 0 for dy, so they add nothing).
+		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
+			d := g.vext(dy(i, m))
+			xc := g.fsub(g.vext(g.vld(g.add(ci(s.X), i), m)), muv)
+			return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, xc))}
 		})
+		sdy := g.hreduce(sums[0], g.radd)
+		sdx := g.fmul(g.hreduce(sums[1], g.radd), inv)
 		if s.DW >= 0 {
 			g.st(g.trunc(sdx), g.add(ci(s.DW), c))
 		}
@@ -504,12 +563,14 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		if s.DX >= 0 {
 			k := g.fdiv(g.fmul(g.ext(g.ld(g.add(ci(s.Wt), c))), inv), cd(m))
 			// dx = k·M·dy − k·db − x̂·(k·dw)
-			a := g.trunc(g.fmul(k, cd(m)))
-			b := g.trunc(g.fmul(k, sdy))
-			d := g.trunc(g.fmul(k, sdx))
-			g.channelFor(s.Outer, s.C, s.Inner, c, func(i value.Value) {
-				v := g.fsub(g.fsub(g.fmul(a, dy(i)), b), g.fmul(xhat(i), d))
-				g.st(v, g.add(ci(s.DX), i))
+			a := g.splat(g.trunc(g.fmul(k, cd(m))))
+			b := g.splat(g.trunc(g.fmul(k, sdy)))
+			d := g.splat(g.trunc(g.fmul(k, sdx)))
+			g.channelVecs(s.Outer, s.C, s.Inner, c, nil, func(i, m value.Value, _ []value.Value) []value.Value {
+				xhat := g.fmul(g.fsub(g.vld(g.add(ci(s.X), i), m), mu32), inv32)
+				v := g.fsub(g.fsub(g.fmul(a, dy(i, m)), b), g.fmul(xhat, d))
+				g.vst(v, g.add(ci(s.DX), i), m)
+				return nil
 			})
 		}
 	})

@@ -129,9 +129,9 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 				sort.SliceStable(idx, func(i, j int) bool { return byKernel[idx[i]] > byKernel[idx[j]] })
 				for _, i := range idx[:min(*profileTop, len(idx))] {
 					k := man.Kernels[i]
-					line := fmt.Sprintf("%-20s %-40s %7.2f ms", k.Op, k.Label+k.Name, float64(byKernel[i]/time.Duration(b.N))/1e6)
+					line := fmt.Sprintf("%-20s %-40s %7.2f ms  %4d tiles", k.Op, k.Label+k.Name, float64(byKernel[i]/time.Duration(b.N))/1e6, k.Tiles)
 					if k.MACs > 0 {
-						line += fmt.Sprintf("  %6.1f GFLOP/s", 2*float64(k.MACs)*float64(b.N)/byKernel[i].Seconds()/1e9)
+						line += fmt.Sprintf("  %6.1f GFLOP/s  %5.1f MMACs", 2*float64(k.MACs)*float64(b.N)/byKernel[i].Seconds()/1e9, float64(k.MACs)/1e6)
 					}
 					b.Log(line)
 				}
