@@ -185,10 +185,15 @@ func (g *builder) vconst(x float64) value.Value {
 
 // splat broadcasts scalar x into every lane (LLVM folds a splat of a load
 // into vbroadcastss or an embedded {1toN} operand, ld1r on NEON).
-func (g *builder) splat(x value.Value) value.Value {
-	ins := g.b.NewInsertElement(constant.NewUndef(g.vec), x, ci(0))
+func (g *builder) splat(x value.Value) value.Value { return g.broadcast(x) }
+
+// broadcast returns the vector of the target's lanes whose every lane is
+// the scalar x (of any element type).
+func (g *builder) broadcast(x value.Value) value.Value {
+	vt := types.NewVector(uint64(g.t.VectorLanes), x.Type())
+	ins := g.b.NewInsertElement(constant.NewUndef(vt), x, ci(0))
 	mask := constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), types.I32))
-	return g.b.NewShuffleVector(ins, constant.NewUndef(g.vec), mask)
+	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), mask)
 }
 
 // fma returns a*b+c with llvm.fma on the argument type (vector or float).

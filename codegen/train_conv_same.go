@@ -70,11 +70,7 @@ func (g *builder) i32Vec(f func(l int) int) value.Value {
 }
 
 // splatI32 broadcasts the i32 scalar x.
-func (g *builder) splatI32(x value.Value) value.Value {
-	vt := types.NewVector(uint64(g.t.VectorLanes), types.I32)
-	ins := g.b.NewInsertElement(constant.NewUndef(vt), x, ci(0))
-	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(vt))
-}
+func (g *builder) splatI32(x value.Value) value.Value { return g.broadcast(x) }
 
 // maskedLoad loads the vector at base+off floats, lanes where mask (a
 // <lanes x i1>) is false read nothing and are zero.
@@ -327,11 +323,7 @@ func (g *builder) prefixMask(w int) value.Value {
 }
 
 // splatBool broadcasts the i1 b to a <lanes x i1> vector.
-func (g *builder) splatBool(b value.Value) value.Value {
-	vt := types.NewVector(uint64(g.t.VectorLanes), types.I1)
-	ins := g.b.NewInsertElement(constant.NewUndef(vt), b, ci(0))
-	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), types.I32)))
-}
+func (g *builder) splatBool(b value.Value) value.Value { return g.broadcast(b) }
 
 // phasedFwd is the forward convolution of s (phased()) as a sameConv over
 // its phase planes.

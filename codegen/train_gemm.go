@@ -269,35 +269,23 @@ func (s ConvGeom) kTab(g *builder, t colTab, k0 value.Value, n int) {
 	})
 }
 
-// colAt returns col[k][p] of the image at arena offset x from the tables
-// (kt at row kk, pt at column j).
-func (s ConvGeom) colAt(g *builder, x value.Value, kt colTab, kk value.Value, pt colTab, j value.Value) value.Value {
-	ih := g.b.NewAdd(g.ldI(kt.h, kk), g.ldI(pt.h, j))
-	iw := g.b.NewAdd(g.ldI(kt.w, kk), g.ldI(pt.w, j))
-	ok := g.and(g.b.NewICmp(enum.IPredULT, ih, c32(s.H)), g.b.NewICmp(enum.IPredULT, iw, c32(s.W)))
-	// An i32 index from the image's base pointer, meant to let the
-	// vectorized loop gather with 32-bit indices; LLVM 19 folds the clamp
-	// into a sign extension and gathers with 64-bit ones (vgatherqps, 8
-	// lanes) all the same, which is why the forward packs with colGather.
-	idx := g.sel(ok, g.b.NewAdd(g.ldI(kt.off, kk), g.ldI(pt.off, j)), c32(0))
-	l := g.b.NewLoad(f32, g.b.NewGetElementPtr(f32, g.gep(g.arena, x), idx))
-	l.Align = 4
-	return g.sel(ok, l, cf(0))
-}
-
-// colGather returns the vector col[k][p0+j0 : p0+j0+lanes] of the image at
-// arena offset x from the tables (kt at row kk, pt from column j0) as one
-// masked gather with 32-bit offsets from the image's base (left to the loop
-// vectorizer, the select that clamps invalid offsets was folded into a
-// sign extension and the gathers took 64-bit indices, 8 lanes each; the
-// explicit gather measured within noise of that on stem.c2's forward).
-func (s ConvGeom) colGather(g *builder, x value.Value, kt colTab, kk value.Value, pt colTab, j0 int) value.Value {
-	ldv := func(tab value.Value) value.Value { return g.ldI32Vec(tab, ci(j0)) }
-	ih := g.b.NewAdd(g.splatI32(g.ldI(kt.h, kk)), ldv(pt.h))
-	iw := g.b.NewAdd(g.splatI32(g.ldI(kt.w, kk)), ldv(pt.w))
+// colGather returns a vector of consecutive entries of the im2col matrix
+// of the image at arena offset x as one masked gather with 32-bit offsets
+// from the image's base: along the entries vi.. of table vec, at entry oi
+// of table one. With vec the pixel table from column j0 and one the row
+// table at row kk it is col[k][p0+j0 : p0+j0+lanes] (the forward's panels);
+// with vec the row table and one the pixel table, a row of colᵀ (the
+// weight gradient's). Left to the loop vectorizer, the select that clamps
+// invalid offsets was folded into a sign extension and the gathers took
+// 64-bit indices, 8 lanes each; the explicit gather measured within noise
+// of that on stem.c2's forward.
+func (s ConvGeom) colGather(g *builder, x value.Value, vec colTab, vi value.Value, one colTab, oi value.Value) value.Value {
+	ldv := func(tab value.Value) value.Value { return g.ldI32Vec(tab, vi) }
+	ih := g.b.NewAdd(g.splatI32(g.ldI(one.h, oi)), ldv(vec.h))
+	iw := g.b.NewAdd(g.splatI32(g.ldI(one.w, oi)), ldv(vec.w))
 	ok := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, g.i32Vec(func(int) int { return s.H })),
 		g.b.NewICmp(enum.IPredULT, iw, g.i32Vec(func(int) int { return s.W })))
-	off := g.b.NewAdd(g.splatI32(g.ldI(kt.off, kk)), ldv(pt.off))
+	off := g.b.NewAdd(g.splatI32(g.ldI(one.off, oi)), ldv(vec.off))
 	return g.maskedGather(g.gep(g.arena, x), off, ok)
 }
 
@@ -406,7 +394,7 @@ func (s TrainConvSpec) genGemm(g *builder) {
 					k := g.add(k0, kk)
 					if !pw {
 						for v := 0; v < gemmNB/L; v++ {
-							g.vstore(s.colGather(g, x, kt, kk, pt, v*L), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
+							g.vstore(s.colGather(g, x, pt, ci(v*L), kt, kk), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
 						}
 						return nil
 					}
@@ -561,6 +549,13 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 	panel := g.stackBuf(min(P, gemmPC) * wgradNB)
 	pw := s.pointwise()
 	kt, pt := g.newColTab(wgradNB), g.newColTab(min(P, gemmPC))
+	// The pixel table depends on neither the tile nor the image: one for
+	// all P pixels per call where it is small, else one per chunk.
+	whole := !pw && P <= wgMaxP
+	if whole {
+		pt = g.newColTab(P)
+		s.pixTab(g, pt, ci(0), P)
+	}
 	g.tiles(func(t value.Value) {
 		kb, og := g.udiv(t, G), g.urem(t, G)
 		k0 := g.mul(kb, ci(wgradNB))
@@ -579,19 +574,24 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
 					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
 					g.blocks(P, gemmPC, func(p0 value.Value, pc int) {
-						if !pw {
+						if !pw && !whole {
 							s.pixTab(g, pt, p0, pc)
 						}
 						g.loopN(pc, nil, func(j value.Value, _ []value.Value) []value.Value {
 							p := g.add(p0, j)
-							g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
-								var v value.Value
-								if pw {
-									v = s.colLoad(g, x, g.add(k0, kk), p)
-								} else {
-									v = s.colAt(g, x, kt, kk, pt, j)
+							if !pw {
+								// A row of colᵀ: gathers along k.
+								pj := j
+								if whole {
+									pj = p
 								}
-								g.store(v, panel, g.add(g.mul(j, ci(wgradNB)), kk))
+								for v := 0; v < wgradNB/L; v++ {
+									g.vstore(s.colGather(g, x, kt, ci(v*L), pt, pj), panel, g.add(g.mul(j, ci(wgradNB)), ci(v*L)))
+								}
+								return nil
+							}
+							g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
+								g.store(s.colLoad(g, x, g.add(k0, kk), p), panel, g.add(g.mul(j, ci(wgradNB)), kk))
 								return nil
 							})
 							return nil

@@ -424,13 +424,6 @@ func (g *builder) vzero64() value.Value {
 	return constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), f64))
 }
 
-// vsplat64 broadcasts the double x.
-func (g *builder) vsplat64(x value.Value) value.Value {
-	vt := types.NewVector(uint64(g.t.VectorLanes), f64)
-	ins := g.b.NewInsertElement(constant.NewUndef(vt), x, ci(0))
-	return g.b.NewShuffleVector(ins, constant.NewUndef(vt), constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), types.I32)))
-}
-
 // BatchNormTrainSpec is batchnorm_train on an [Outer][C][Inner] value, as
 // the interpreter computes it (ir/interp evalBatchNormTrain): per channel
 // the batch mean and biased variance (float64 sums; one shifted pass, see
@@ -465,7 +458,7 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		// Chan, Golub and LeVeque, "Algorithms for computing the sample
 		// variance", The American Statistician 37(3), 1983), in vectors.
 		k := g.ext(g.ld(g.add(ci(s.X), g.mul(c, ci(s.Inner)))))
-		kv := g.vsplat64(k)
+		kv := g.broadcast(k)
 		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
 			d := g.fsub(g.vext(g.vld(g.add(ci(s.X), i), m)), kv)
 			if m != nil {
@@ -537,7 +530,7 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		mu := g.ext(g.ld(g.add(ci(s.Mean), c)))
 		// x̂ in float32 from float32 mean and σ⁻¹.
 		mu32, inv32 := g.splat(g.trunc(mu)), g.splat(g.trunc(inv))
-		muv := g.vsplat64(mu)
+		muv := g.broadcast(mu)
 		dy := func(i, m value.Value) value.Value {
 			v := g.vld(g.add(ci(s.DY), i), m)
 			if s.ReLU { // relu_grad's kernel (EltReLUGrad)
@@ -705,7 +698,7 @@ func (s TrainPoolSpec) Validate() error {
 	}
 	return extents(s.Kind(), s.X, s.Planes*s.H*s.W, s.Out, s.Planes*s.OH*s.OW)
 }
-func (s TrainPoolSpec) tileCount() int { return s.Planes }
+func (s TrainPoolSpec) tileCount() int { return ceilDiv(s.Planes, s.avgGroup()) }
 func (s TrainPoolSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
 func (s TrainPoolSpec) gen(g *builder) {
 	if s.fast() {
@@ -755,7 +748,7 @@ func (s TrainPoolGradSpec) Validate() error {
 	}
 	return extents(s.Kind(), s.DY, s.Planes*s.OH*s.OW, s.X, s.Planes*s.H*s.W, s.DX, s.Planes*s.H*s.W)
 }
-func (s TrainPoolGradSpec) tileCount() int { return s.Planes }
+func (s TrainPoolGradSpec) tileCount() int { return ceilDiv(s.Planes, s.avgGroup()) }
 func (s TrainPoolGradSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
 func (s TrainPoolGradSpec) gen(g *builder) {
 	if s.fast() {

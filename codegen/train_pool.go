@@ -16,7 +16,8 @@ import (
 // and no weights, so the pooling kernels walk it tap by tap, with the tap
 // (kh, kw) resolved at generation time, instead of scanning each output's
 // window with run-time bounds (about 8 cycles per window element before).
-// A tile owns one plane, so no two threads write the same element.
+// A tile owns one plane (a group of planes for same-plane average pools,
+// avgGroup), so no two threads write the same element.
 //
 //   - Average pooling whose output plane is its input plane (stride 1,
 //     "same" padding: the Inception pooling branches) runs as explicit
@@ -27,7 +28,9 @@ import (
 //     the interpreter's order, then divides by the window's divisor
 //     (divisorVec); the gradient first stores dy/divisor in a scratch plane,
 //     then gathers dx[q] = Σ_taps scratch[q − δ(tap)] — no scatter of
-//     overlapping windows, no atomics.
+//     overlapping windows, no atomics. The tap masks and divisors depend
+//     only on the position, so a tile runs them once per vector for a group
+//     of planes.
 //   - Other average pools and all max pools loop over each tap's output
 //     rectangle (ConvGeom.taps and rows). maxpool and maxpool_grad keep a
 //     running maximum and its in-plane index per output, updated tap by tap
@@ -209,19 +212,55 @@ func (g *builder) pixelVec(p0 value.Value, off, P, W int) (in, oh, ow value.Valu
 // sameTaps returns Σ over the window's taps, in row-major order from 0, of
 // base[off + p + sign·δ] for the lanes of pv, δ = (kh−PH)·W + kw−PW, zero
 // where the pixel (oh + sign·(kh−PH), ow + sign·(kw−PW)) is outside the
-// plane (masked loads: nothing outside is read).
-func (s PoolGeom) sameTaps(g *builder, pv planeVec, base, off value.Value, sign int) value.Value {
+// plane (masked loads with the masks of tapMasks: nothing outside is
+// read).
+func (s PoolGeom) sameTaps(g *builder, pv planeVec, masks []value.Value, base, off value.Value, sign int) value.Value {
 	acc := g.vzero()
+	for kh := 0; kh < s.KH; kh++ {
+		for kw := 0; kw < s.KW; kw++ {
+			dh, dw := sign*(kh-s.PH), sign*(kw-s.PW)
+			acc = g.fadd(acc, g.maskedLoad(base, g.add(off, g.add(pv.p, ci(dh*s.W+dw))), masks[kh*s.KW+kw]))
+		}
+	}
+	return acc
+}
+
+// tapMasks returns, per tap in row-major order, the lanes of pv whose
+// pixel (oh + sign·(kh−PH), ow + sign·(kw−PW)) is inside the plane.
+func (s PoolGeom) tapMasks(g *builder, pv planeVec, sign int) []value.Value {
+	var masks []value.Value
 	for kh := 0; kh < s.KH; kh++ {
 		for kw := 0; kw < s.KW; kw++ {
 			dh, dw := sign*(kh-s.PH), sign*(kw-s.PW)
 			ih := g.b.NewAdd(pv.oh, g.i32Vec(func(int) int { return dh }))
 			iw := g.b.NewAdd(pv.ow, g.i32Vec(func(int) int { return dw }))
-			mask := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, pv.hv), g.b.NewICmp(enum.IPredULT, iw, pv.wv))
-			acc = g.fadd(acc, g.maskedLoad(base, g.add(off, g.add(pv.p, ci(dh*s.W+dw))), mask))
+			masks = append(masks, g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, pv.hv), g.b.NewICmp(enum.IPredULT, iw, pv.wv)))
 		}
 	}
-	return acc
+	return masks
+}
+
+// avgGroup is the planes per tile of a same-plane average pool and its
+// gradient: their tap masks and divisors depend only on the position in
+// the plane, so a tile computes them once per vector for up to 8 planes
+// (the gradient's scratch holds the group's planes, within poolFastMax).
+// Other pools have one plane per tile.
+func (s PoolGeom) avgGroup() int {
+	if s.Max || !s.samePlane() || !s.fast() {
+		return 1
+	}
+	return max(1, min(8, poolFastMax/(s.OH*s.OW)))
+}
+
+// groupPlanes runs f(q, p) for the planes p = t·G + q of tile t (G =
+// avgGroup; the last tile may have fewer).
+func (s PoolGeom) groupPlanes(g *builder, t value.Value, f func(q, p value.Value)) {
+	G := s.avgGroup()
+	q0 := g.mul(t, ci(G))
+	g.loop(ci(0), g.smin(ci(G), g.sub(ci(s.Planes), q0)), nil, func(q value.Value, _ []value.Value) []value.Value {
+		f(q, g.add(q0, q))
+		return nil
+	})
 }
 
 // divisorVec is the average's divisor of the outputs of pv, a float vector.
@@ -264,18 +303,24 @@ func (s TrainPoolSpec) genFast(g *builder) {
 	if s.Max {
 		idx, phases = s.maxScratch(g)
 	}
+	if !s.Max && s.samePlane() {
+		g.tiles(func(t value.Value) {
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
+				masks, div := s.tapMasks(g, pv, 1), s.divisorVec(g, pv)
+				s.groupPlanes(g, t, func(_, p value.Value) {
+					x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
+					out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
+					g.maskedStore(g.fdiv(s.sameTaps(g, pv, masks, g.arena, x, 1), div), g.arena, g.add(out, pv.p), pv.in)
+				})
+			})
+		})
+		return
+	}
 	g.tiles(func(p value.Value) {
 		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
 		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
 		if s.Max {
 			s.maxTaps(g, x, g.gep(g.arena, out), idx, phases)
-			return
-		}
-		if s.samePlane() {
-			g.planeVecs(s.H, s.W, func(pv planeVec) {
-				v := g.fdiv(s.sameTaps(g, pv, g.arena, x, 1), s.divisorVec(g, pv))
-				g.maskedStore(v, g.arena, g.add(out, pv.p), pv.in)
-			})
 			return
 		}
 		g.fillN(cf(0), out, s.OH*s.OW)
@@ -297,7 +342,29 @@ func (s TrainPoolSpec) genFast(g *builder) {
 // genFast is the tap-major pooling gradient (see the file comment).
 func (s TrainPoolGradSpec) genFast(g *builder) {
 	c := s.conv()
-	scratch := g.stackBuf(s.OH * s.OW)
+	P := s.OH * s.OW
+	scratch := g.stackBuf(s.avgGroup() * P)
+	if !s.Max && s.samePlane() {
+		// Per plane q of the tile: scratch[q] = dy/divisor, then dx[i] =
+		// Σ_taps scratch[q][i − δ].
+		g.tiles(func(t value.Value) {
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
+				div := s.divisorVec(g, pv)
+				s.groupPlanes(g, t, func(q, p value.Value) {
+					d := g.maskedLoad(g.arena, g.add(ci(s.DY), g.add(g.mul(p, ci(P)), pv.p)), pv.in)
+					g.maskedStore(g.fdiv(d, div), scratch, g.add(g.mul(q, ci(P)), pv.p), pv.in)
+				})
+			})
+			g.planeVecs(s.H, s.W, func(pv planeVec) {
+				masks := s.tapMasks(g, pv, -1)
+				s.groupPlanes(g, t, func(q, p value.Value) {
+					dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
+					g.maskedStore(s.sameTaps(g, pv, masks, scratch, g.mul(q, ci(P)), -1), g.arena, g.add(dx, pv.p), pv.in)
+				})
+			})
+		})
+		return
+	}
 	var idx, phases value.Value
 	if s.Max {
 		idx, phases = s.maxScratch(g)
@@ -305,17 +372,6 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
-		if !s.Max && s.samePlane() {
-			// scratch = dy/divisor, then dx[q] = Σ_taps scratch[q − δ].
-			g.planeVecs(s.H, s.W, func(pv planeVec) {
-				d := g.maskedLoad(g.arena, g.add(dy, pv.p), pv.in)
-				g.maskedStore(g.fdiv(d, s.divisorVec(g, pv)), scratch, pv.p, pv.in)
-			})
-			g.planeVecs(s.H, s.W, func(pv planeVec) {
-				g.maskedStore(s.sameTaps(g, pv, scratch, ci(0), -1), g.arena, g.add(dx, pv.p), pv.in)
-			})
-			return
-		}
 		g.fillN(cf(0), dx, s.H*s.W)
 		if s.Max {
 			s.maxTaps(g, g.add(ci(s.X), g.mul(p, ci(s.H*s.W))), scratch, idx, phases)

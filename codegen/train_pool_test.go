@@ -68,6 +68,10 @@ func TestTrainPoolKernels(t *testing.T) {
 	}
 	geoms := []geom{
 		{planes: 3, h: 14, w: 14, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1},
+		// Same-plane average pools in groups of planes (avgGroup): 8 per
+		// tile with a ragged last tile, and 4 per tile for larger planes.
+		{planes: 19, h: 14, w: 14, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1},
+		{planes: 9, h: 60, w: 60, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1},
 		{planes: 3, h: 14, w: 14, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1},
 		{planes: 2, h: 7, w: 9, kh: 3, kw: 3, sh: 2, sw: 2},
 		{planes: 2, h: 8, w: 5, kh: 2, kw: 3, sh: 1, sw: 2, ph: 1, pw: 0},
