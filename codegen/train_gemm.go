@@ -550,7 +550,8 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 	pw := s.pointwise()
 	kt, pt := g.newColTab(wgradNB), g.newColTab(min(P, gemmPC))
 	// The pixel table depends on neither the tile nor the image: one for
-	// all P pixels per call where it is small, else one per chunk.
+	// all P pixels per call where it fits the stack (P ≤ wgMaxP, the bound
+	// of the dot-product kernel's tables too), else one per chunk.
 	whole := !pw && P <= wgMaxP
 	if whole {
 		pt = g.newColTab(P)
