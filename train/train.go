@@ -46,6 +46,9 @@ type Options struct {
 	// plain BatchNorm.
 	SyncBN   bool `json:",omitempty"`
 	Replicas int  `json:",omitempty"`
+	// KeepPoolConv keeps every average pool before the 1x1 convolution it
+	// feeds; by default Forward swaps such pairs (see poolConvSwaps).
+	KeepPoolConv bool `json:",omitempty"`
 }
 
 // Forward returns the training-mode forward graph of g, a graph as
@@ -75,7 +78,9 @@ type Options struct {
 //
 // Every other node is copied with its name, position and attributes; params
 // and inputs keep their order (checkpoint order), marks and outputs follow
-// their values. A dropout with p = 0 (the training fixtures' head) is the
+// their values. One reordering is made unless Options.KeepPoolConv: an
+// average pool that only feeds a 1x1 convolution with fewer outputs than
+// inputs moves after it (poolConvSwaps), so that it pools fewer channels. A dropout with p = 0 (the training fixtures' head) is the
 // identity in both modes and is copied as is; one with p > 0 becomes
 //
 //	%d = dropout_train (x) {p, seed}   results y = x·mask/(1−p) and the mask
@@ -121,6 +126,14 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 	}
 	var updates []ir.Update // in new indices
 	dropouts := 0           // dropouts with p > 0 so far
+	var swaps map[int]int   // avgpool → the 1x1 conv it feeds, emitted after it
+	if !opt.KeepPoolConv {
+		swaps = poolConvSwaps(g)
+	}
+	swapped := map[int]bool{} // convs whose pool is in swaps
+	for _, c := range swaps {
+		swapped[c] = true
+	}
 	add := func(n *ir.Node) (int, error) {
 		id, err := out.Add(n)
 		if err != nil {
@@ -129,6 +142,29 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 		return id, nil
 	}
 	for i, old := range g.Nodes {
+		if _, ok := swaps[i]; ok {
+			continue // emitted after its convolution
+		}
+		if swapped[i] {
+			pool := old.Args[0]
+			c := cloneNode(old)
+			c.Args[0] = mapped[g.Nodes[pool].Args[0]]
+			for k := 1; k < len(c.Args); k++ {
+				c.Args[k] = mapped[c.Args[k]]
+			}
+			c.Type, c.Results = ir.Type{Layout: c.Type.Layout}, nil
+			conv, err := add(c)
+			if err != nil {
+				return nil, err
+			}
+			p := cloneNode(g.Nodes[pool])
+			p.Args = []int{conv}
+			p.Type, p.Results = ir.Type{Layout: p.Type.Layout}, nil
+			if mapped[i], err = add(p); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch old.Op {
 		case ir.OpFoldBNWeight, ir.OpFoldBNBias:
 			return nil, ir.Errorf(old.Pos, "train: %%%d %s: BatchNorm is already folded; build the training graph from the graph as elaborated", i, old.Op)
@@ -181,6 +217,62 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 		return nil, fmt.Errorf("train: internal error: the training graph does not verify: %w", err)
 	}
 	return out, nil
+}
+
+// poolConvSwaps returns the average pools of g that Forward moves after
+// the 1x1 convolution they feed, mapped to that convolution: conv(avgpool(x))
+// = avgpool(conv(x)) for a 1x1, stride-1, unpadded, ungrouped convolution,
+// which is linear per pixel, and any average pool, which is linear per
+// channel with divisors that depend only on the position (a bias commutes
+// only when the divisor counts real pixels, count_include_pad false). Where
+// the convolution has fewer output than input channels the pool then runs
+// on fewer channels, forward and backward, and the pooled input need not be
+// kept for the weight gradient (the Inception pooling branches: 64 → 16
+// and 176 → 32 channels in the mini nets, 384 → 96 up to 1536 → 256 in
+// Inception-v4). A pool is moved only when the convolution is its one user
+// and it is neither an output nor marked. The result equals the original
+// up to float rounding.
+func poolConvSwaps(g *ir.Graph) map[int]int {
+	users := make([]int, len(g.Nodes))
+	for _, n := range g.Nodes {
+		for _, a := range n.Args {
+			users[a]++
+		}
+	}
+	for _, o := range g.Outputs {
+		users[o] += 2
+	}
+	for _, mk := range g.Marks {
+		users[mk.Node] += 2
+	}
+	all := func(v []int, want int) bool { // absent: the default, all 1 or all 0
+		for _, x := range v {
+			if x != want {
+				return false
+			}
+		}
+		return true
+	}
+	out := map[int]int{}
+	for i, n := range g.Nodes {
+		if n.Op != ir.OpConv2D || len(n.Args) < 2 {
+			continue
+		}
+		p, w := g.Nodes[n.Args[0]], g.Nodes[n.Args[1]].Type
+		if p.Op != ir.OpAvgPool || users[n.Args[0]] != 1 || p.Type.Rank() != 4 || w.Rank() != 4 {
+			continue
+		}
+		if w.Shape[2] != 1 || w.Shape[3] != 1 || w.Shape[0] >= w.Shape[1] || n.Attrs.Int("groups") > 1 ||
+			!all(n.Attrs.Ints("stride"), 1) || !all(n.Attrs.Ints("dilation"), 1) || !all(n.Attrs.Ints("pad"), 0) {
+			continue
+		}
+		include, set := p.Attrs["count_include_pad"].(bool)
+		if len(n.Args) > 2 && (include || !set) { // the default counts the padding
+			continue
+		}
+		out[n.Args[0]] = i
+	}
+	return out
 }
 
 // batchNorm emits the training form of batchnorm node i of g into out (see

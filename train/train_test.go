@@ -66,7 +66,9 @@ func TestForwardStructure(t *testing.T) {
 		t.Run(tt.net, func(t *testing.T) {
 			g := load(t, tt.net, tt.batch)
 			before := g.String()
-			tg, err := train.Forward(g, train.Options{Momentum: tt.momentum})
+			// The node-order contract holds without the pool/convolution
+			// swap (TestForwardPoolConvSwap covers that).
+			tg, err := train.Forward(g, train.Options{Momentum: tt.momentum, KeepPoolConv: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -492,5 +494,98 @@ func TestForwardDropout(t *testing.T) {
 	}
 	if same > 2248 {
 		t.Errorf("seeds 7 and 8 agree on %d of 4096 elements: the masks look equal", same)
+	}
+}
+
+// TestForwardPoolConvSwap checks Forward's swap of an average pool and the
+// 1x1 convolution it feeds: in the mini net every pooling branch's pool
+// follows its convolution and pools its 16 or 32 channels instead of 64 or
+// 176, the training forward's logits equal those without the swap
+// (Options.KeepPoolConv) to float rounding, the input graph is unchanged,
+// and that a convolution with a bias is swapped only past a pool that
+// divides by the real pixels, one with as many outputs as inputs or more
+// not at all, nor a pool that is marked (a named value).
+func TestForwardPoolConvSwap(t *testing.T) {
+	g := load(t, "mini_inception", 4)
+	before := g.String()
+	keep, err := train.Forward(g, train.Options{KeepPoolConv: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	swap, err := train.Forward(g, train.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.String() != before {
+		t.Error("Forward modified its input graph")
+	}
+	pools := func(tg *ir.Graph) (afterConv, channels int) {
+		for _, n := range tg.Nodes {
+			if n.Op == ir.OpAvgPool {
+				channels += n.Type.Shape[1]
+				if tg.Nodes[n.Args[0]].Op == ir.OpConv2D {
+					afterConv++
+				}
+			}
+		}
+		return
+	}
+	if a, c := pools(keep); a != 0 || c != 3*64+3*176 {
+		t.Errorf("KeepPoolConv: %d pools after a convolution, %d pooled channels", a, c)
+	}
+	if a, c := pools(swap); a != 6 || c != 3*16+3*32 {
+		t.Errorf("swapped: %d pools after a convolution (want 6), %d pooled channels (want %d)", a, c, 3*16+3*32)
+	}
+	if diff := cmp.Diff(paramList(keep), paramList(swap)); diff != "" {
+		t.Errorf("params and inputs differ:\n%s", diff)
+	}
+	params := map[string]*tensor.Tensor{}
+	for _, p := range g.Params() {
+		v, err := tensor.Generate(p.Name, p.Type.Shape)
+		if err != nil {
+			t.Fatal(err)
+		}
+		params[p.Name] = v
+	}
+	rng := rand.New(rand.NewSource(3))
+	x := tensor.New(g.Inputs()[0].Type.Shape...)
+	for i := range x.Data {
+		x.Data[i] = float32(rng.NormFloat64())
+	}
+	in := map[string]*tensor.Tensor{g.Inputs()[0].Name: x}
+	rk, err := interp.Run(keep, params, in, interp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := interp.Run(swap, params, in, interp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := tensor.MaxAbsDiff(rs.Outputs[0], rk.Outputs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mx := tensor.MaxAbs(rk.Outputs[0]); !(d <= 1e-5*mx) {
+		t.Errorf("logits differ by %.3g (max|ref| %.3g)", d, mx)
+	}
+	for _, tc := range []struct {
+		body string
+		swap bool
+	}{
+		{"return conv2d(avgpool(x, 3, stride=1, pad=1), 2, kernel=1)", false},
+		{"return conv2d(avgpool(x, 3, stride=1, pad=1, count_include_pad=true), 2, kernel=1)", false},
+		{"return conv2d(avgpool(x, 3, stride=1, pad=1, count_include_pad=false), 2, kernel=1)", true},
+		{"return conv2d(avgpool(x, 3, stride=1, pad=1), 2, kernel=1, bias=false)", true},
+		{"p = avgpool(x, 3, stride=1, pad=1, count_include_pad=false)\n    return conv2d(p, 2, kernel=1)", false},
+		{"return conv2d(avgpool(x, 3, stride=1, pad=1), 8, kernel=1, bias=false)", false},
+	} {
+		src := "network t(x: f32[N, 4, 6, 6]) {\n    " + tc.body + "\n}\n"
+		tg, err := train.Forward(loadSrc(t, src, 2), train.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, _ := pools(tg); (a == 1) != tc.swap {
+			t.Errorf("%s: swapped %v, want %v", tc.body, a == 1, tc.swap)
+		}
 	}
 }
