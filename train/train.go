@@ -230,8 +230,8 @@ func Forward(g *ir.Graph, opt Options) (*ir.Graph, error) {
 // kept for the weight gradient (the Inception pooling branches: 64 → 16
 // and 176 → 32 channels in the mini nets, 384 → 96 up to 1536 → 256 in
 // Inception-v4). A pool is moved only when the convolution is its one user
-// and it is neither an output nor marked. The result equals the original
-// up to float rounding.
+// and it is neither an output, nor marked, nor an update's value. The
+// result equals the original up to float rounding.
 func poolConvSwaps(g *ir.Graph) map[int]int {
 	users := make([]int, len(g.Nodes))
 	for _, n := range g.Nodes {
@@ -244,6 +244,9 @@ func poolConvSwaps(g *ir.Graph) map[int]int {
 	}
 	for _, mk := range g.Marks {
 		users[mk.Node] += 2
+	}
+	for _, u := range g.Updates {
+		users[u.Value] += 2
 	}
 	all := func(v []int, want int) bool { // absent: the default, all 1 or all 0
 		for _, x := range v {
