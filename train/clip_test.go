@@ -24,14 +24,7 @@ func newClipStep(t *testing.T) *clipStep {
 	t.Helper()
 	const batch = 2
 	g := loadMini(t, "mini_inception", batch)
-	cs := &clipStep{g: g, params: map[string]*tensor.Tensor{}, inputs: map[string]*tensor.Tensor{}}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs.params[p.Name] = v
-	}
+	cs := &clipStep{g: g, params: generatedParams(t, g), inputs: map[string]*tensor.Tensor{}}
 	r := rand.New(rand.NewSource(9))
 	in := g.Inputs()[0]
 	x := tensor.New(in.Type.Shape...)

@@ -28,6 +28,21 @@ func load(t *testing.T, name string, batch int) *ir.Graph {
 	return g
 }
 
+// generatedParams returns procedural values (tensor.Generate) for every
+// param of g.
+func generatedParams(t *testing.T, g *ir.Graph) map[string]*tensor.Tensor {
+	t.Helper()
+	params := map[string]*tensor.Tensor{}
+	for _, p := range g.Params() {
+		v, err := tensor.Generate(p.Name, p.Type.Shape)
+		if err != nil {
+			t.Fatal(err)
+		}
+		params[p.Name] = v
+	}
+	return params
+}
+
 func loadSrc(t *testing.T, src string, batch int) *ir.Graph {
 	t.Helper()
 	g, err := dsl.Load("t.kiln", []byte(src), dsl.Options{Batch: batch})
@@ -539,14 +554,7 @@ func TestForwardPoolConvSwap(t *testing.T) {
 	if diff := cmp.Diff(paramList(keep), paramList(swap)); diff != "" {
 		t.Errorf("params and inputs differ:\n%s", diff)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = v
-	}
+	params := generatedParams(t, g)
 	rng := rand.New(rand.NewSource(3))
 	x := tensor.New(g.Inputs()[0].Type.Shape...)
 	for i := range x.Data {
