@@ -179,11 +179,18 @@ func (s TrainConvGradInputSpec) phaseMerge(g *builder, planes, dx value.Value) {
 				// Columns 2·j0 .. 2·j0+2L of the row, as far as they exist.
 				x0 := g.b.NewShuffleVector(ev, od, lo)
 				x1 := g.b.NewShuffleVector(ev, od, hi)
+				store := func(x value.Value, col, n int) {
+					at := g.add(row, ci(col))
+					if s.Acc >= 0 {
+						x = g.fadd(x, g.vloadN(g.arena, g.add(at, ci(s.Acc-s.DX)), n))
+					}
+					g.vstoreN(x, g.arena, at, n)
+				}
 				if n := min(L, s.W-2*j0); n > 0 {
-					g.vstoreN(x0, g.arena, g.add(row, ci(2*j0)), n)
+					store(x0, 2*j0, n)
 				}
 				if n := min(L, s.W-2*j0-L); n > 0 {
-					g.vstoreN(x1, g.arena, g.add(row, ci(2*j0+L)), n)
+					store(x1, 2*j0+L, n)
 				}
 			}
 			return nil

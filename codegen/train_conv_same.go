@@ -50,6 +50,10 @@ type sameConv struct {
 	N, C, H, W, O  int
 	KH, KW, PH, PW int
 	In, Out, Bias  int // arena offsets; Bias < 0: none
+	// Acc, when ≥ 0, is the arena offset of an addend shaped like Out:
+	// out = Acc + A·col(in) + bias (an input gradient accumulated into the
+	// sum of its value's other gradients; Acc may equal Out).
+	Acc int
 	// Phased, when set, makes this the stride-2 convolution of phased():
 	// In is then the C×H0×W0 input, H×W the output plane, and each tile (an
 	// image) first splits its input into phase planes (builder.phaseSplit).
@@ -149,6 +153,18 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		}
 		return g.splat(g.ld(g.add(ci(s.Bias), o)))
 	}
+	// initial is out's value before the products for channel o at output
+	// offset at (w lanes): the bias, plus the addend Acc at the same place.
+	initial := func(o, at value.Value, w int) value.Value {
+		if s.Acc < 0 {
+			return bias(o)
+		}
+		a := g.vloadN(g.arena, g.add(at, ci(s.Acc-s.Out)), w)
+		if s.Bias < 0 {
+			return a
+		}
+		return g.fadd(a, bias(o))
+	}
 	if prep != nil {
 		prep()
 	}
@@ -173,12 +189,12 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
 			direct := pw && w == gemmNB
 			single := K <= gemmKC
-			if !single {
+			if !single && !(s.Acc == s.Out && s.Bias < 0) {
 				g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
-					bv := bias(o)
 					g.subBlocks(w, func(j0, nv, wl int) {
 						for v := 0; v < nv; v++ {
-							g.vstoreN(bv, g.arena, g.add(y, g.add(g.mul(o, ci(P)), ci(j0+v*L))), lanesOf(v, nv, wl, L))
+							at := g.add(g.mul(o, ci(P)), ci(j0+v*L))
+							g.vstoreN(initial(o, g.add(y, at), lanesOf(v, nv, wl, L)), g.arena, g.add(y, at), lanesOf(v, nv, wl, L))
 						}
 					})
 					return nil
@@ -211,7 +227,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 						acc := g.gemmTile(mr, nv, kn,
 							func(r, v int) value.Value {
 								if single {
-									return bias(g.add(o0, ci(r)))
+									return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L))
 								}
 								return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
 							},
@@ -329,13 +345,13 @@ func (g *builder) splatBool(b value.Value) value.Value { return g.broadcast(b) }
 // its phase planes.
 func (s TrainConvSpec) phasedFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.OH, W: s.OW, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Phased: true, H0: s.H, W0: s.W}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Phased: true, H0: s.H, W0: s.W}
 }
 
 // sameFwd is the forward convolution of s as a sameConv.
 func (s TrainConvSpec) sameFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1}
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.
@@ -347,7 +363,7 @@ func (s TrainConvGradInputSpec) sameOK() bool {
 // channels), output dx (C channels), weight W′ (C×O·T).
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	return sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc}
 }
 
 // genSame runs sameDgrad with W′ (transposeFlip) in a stack buffer built
@@ -430,8 +446,13 @@ func wgShape(t Target) (mr, nr int) {
 }
 
 // wgTO is the channels of a weight-gradient tile (a multiple of every
-// target's wgShape channels, so that tiles are target independent).
-const wgTO = 8
+// target's wgShape channels, so that tiles are target independent). 16
+// rather than 8 reads x half as often for the same L1-sized chunks: in
+// alternating rounds of BenchmarkTrainConvGradWeight (2 threads) the 1x1
+// gradients of the mini nets went from 127–135 to 143–153 GFLOP/s (64 → 16
+// channels) and from 179–214 to 213–250 (176 → 32); 32 and 64 were slower
+// than 16 (the chunk's dy rows no longer fit L1).
+const wgTO = 16
 
 // wgGroup returns the rows of K per tile and the number of such groups:
 // up to 24 rows (a multiple of every wgShape row count), fewer when that

@@ -454,7 +454,7 @@ func (s TrainConvGradInputSpec) genGemm(g *builder) {
 		dx := g.add(ci(s.DX), g.mul(n, ci(s.C*s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(n, ci(s.O*P)))
 		if !pw {
-			g.fillN(cf(0), dx, s.C*s.H*s.W)
+			s.initDX(g, dx, s.C*s.H*s.W)
 		}
 		g.blocks(P, gemmNB, func(p0 value.Value, w int) {
 			if !pw {
@@ -489,7 +489,11 @@ func (s TrainConvGradInputSpec) genGemm(g *builder) {
 						for r := 0; r < mr; r++ {
 							for v := 0; v < nv; v++ {
 								off := g.add(dx, g.add(g.mul(g.add(k0, ci(r)), ci(P)), g.add(p0, ci(j0+v*L))))
-								g.vstoreN(acc[r*nv+v], g.arena, off, lanesOf(v, nv, wl, L))
+								a := acc[r*nv+v]
+								if s.Acc >= 0 {
+									a = g.fadd(a, g.vloadN(g.arena, g.add(off, ci(s.Acc-s.DX)), lanesOf(v, nv, wl, L)))
+								}
+								g.vstoreN(a, g.arena, off, lanesOf(v, nv, wl, L))
 							}
 						}
 						return

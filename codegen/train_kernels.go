@@ -83,6 +83,14 @@ func (g *builder) fillN(v, off value.Value, n int) {
 	})
 }
 
+// copyN copies n floats from arena offset src to dst (disjoint or equal).
+func (g *builder) copyN(src, dst value.Value, n int) {
+	g.loopN(n, nil, func(i value.Value, _ []value.Value) []value.Value {
+		g.st(g.ld(g.add(src, i)), g.add(dst, i))
+		return nil
+	})
+}
+
 // intrinsicT is intrinsic for float and double scalars too.
 func (m *Module) intrinsicT(base string, t types.Type, n int) *ir.Func {
 	if t.Equal(f64) {
@@ -242,9 +250,15 @@ func (s TrainConvSpec) gen(g *builder) {
 // (train_gemm.go, tile = image) when the O×32 dy panel fits its stack
 // budget, else genLoops: a tile per dx plane (n, c), zeroed, then each
 // output channel and tap scatters w·dy row by row.
+//
+// Acc, when ≥ 0, is the arena offset of an addend shaped like dx: the
+// kernel then writes dx = Acc + (the input gradient), folding the sum of a
+// value's gradient contributions (an add node) into the convolution's
+// stores; Acc may equal DX (accumulate in place).
 type TrainConvGradInputSpec struct {
 	ConvGeom
 	DY, Wt, DX int
+	Acc        int
 }
 
 func (s TrainConvGradInputSpec) Kind() string { return "conv2d_grad_input" }
@@ -252,7 +266,24 @@ func (s TrainConvGradInputSpec) Validate() error {
 	if err := s.validate("conv2d_grad_input"); err != nil {
 		return err
 	}
-	return extents("conv2d_grad_input", s.DY, s.N*s.O*s.OH*s.OW, s.Wt, s.O*s.C*s.KH*s.KW, s.DX, s.N*s.C*s.H*s.W)
+	if err := extents("conv2d_grad_input", s.DY, s.N*s.O*s.OH*s.OW, s.Wt, s.O*s.C*s.KH*s.KW, s.DX, s.N*s.C*s.H*s.W); err != nil {
+		return err
+	}
+	if s.Acc >= 0 {
+		return extents("conv2d_grad_input", s.Acc, s.N*s.C*s.H*s.W)
+	}
+	return nil
+}
+
+// initDX sets the n floats of dx at arena offset dx to the addend (Acc at
+// the same position) or to zero.
+func (s TrainConvGradInputSpec) initDX(g *builder, dx value.Value, n int) {
+	switch {
+	case s.Acc < 0:
+		g.fillN(cf(0), dx, n)
+	case s.Acc != s.DX:
+		g.copyN(g.add(dx, ci(s.Acc-s.DX)), dx, n)
+	}
 }
 func (s TrainConvGradInputSpec) tileCount() int {
 	if s.sameOK() {
@@ -288,7 +319,7 @@ func (s TrainConvGradInputSpec) genLoops(g *builder) {
 	g.tiles(func(t value.Value) {
 		n, c := g.udiv(t, s.C), g.urem(t, s.C)
 		dx := g.add(ci(s.DX), g.mul(t, ci(s.H*s.W)))
-		g.fillN(cf(0), dx, s.H*s.W)
+		s.initDX(g, dx, s.H*s.W)
 		g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
 			dy := g.add(ci(s.DY), g.mul(g.add(g.mul(n, ci(s.O)), o), ci(s.OH*s.OW)))
 			w := g.add(ci(s.Wt), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(s.KH*s.KW)))

@@ -104,28 +104,39 @@ func TestTrainConvKernels(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%dx%d_s%d_p%dx%d", ts.Name, s.KH, s.KW, s.SH, s.PH, s.PW), func(t *testing.T) {
 				r := rand.New(rand.NewSource(int64(gi)))
 				nx, nw, ny := s.N*s.C*s.H*s.W, s.O*s.C*s.KH*s.KW, s.N*s.O*s.OH*s.OW
-				// Arena: x | w | bias | dy | gap | y | gap | dx | gap | dw | gap
+				// Arena: x | w | bias | dy | addend | gap | y | gap | dx |
+				// gap | dw | gap | dx + addend | gap | addend, then dx +
+				// addend in place | gap
 				const gap = 16
 				X, W, B, DY := 0, nx, nx+nw, nx+nw+s.O
-				Y := DY + ny + gap
+				ACC := DY + ny
+				Y := ACC + nx + gap
 				DX := Y + ny + gap
 				DW := DX + nx + gap
-				size := DW + nw + gap
+				DXA := DW + nw + gap
+				DXI := DXA + nx + gap
+				size := DXI + nx + gap
 				arena := make([]float32, size)
 				fill(arena, sentinel)
-				x, w, bias, dy := randn(r, nx), randn(r, nw), randn(r, s.O), randn(r, ny)
+				x, w, bias, dy, addend := randn(r, nx), randn(r, nw), randn(r, s.O), randn(r, ny), randn(r, nx)
 				copy(arena[X:], x)
 				copy(arena[W:], w)
 				copy(arena[B:], bias)
 				copy(arena[DY:], dy)
+				copy(arena[ACC:], addend)
+				copy(arena[DXI:], addend)
 				fwd := TrainConvSpec{ConvGeom: s, X: X, Wt: W, Bias: B, Out: Y}
-				dgrad := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DX}
+				dgrad := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DX, Acc: -1}
+				// The input gradient added to another value's, into a
+				// third buffer and in place.
+				dgradAcc := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DXA, Acc: ACC}
+				dgradIn := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DXI, Acc: DXI}
 				wgrad := TrainConvGradWeightSpec{ConvGeom: s, DY: DY, X: X, DW: DW}
 				lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 					for _, k := range []struct {
 						n string
 						s TrainKernel
-					}{{"fwd", fwd}, {"dgrad", dgrad}, {"wgrad", wgrad}} {
+					}{{"fwd", fwd}, {"dgrad", dgrad}, {"wgrad", wgrad}, {"dgradacc", dgradAcc}, {"dgradin", dgradIn}} {
 						if _, _, err := m.Train(k.n, k.s); err != nil {
 							return err
 						}
@@ -135,6 +146,8 @@ func TestTrainConvKernels(t *testing.T) {
 				a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
 				a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
 				a = runChecked(t, kernel(t, lib, "wgrad", ts), a, nil, wgrad.tileCount())
+				a = runChecked(t, kernel(t, lib, "dgradacc", ts), a, nil, dgradAcc.tileCount())
+				a = runChecked(t, kernel(t, lib, "dgradin", ts), a, nil, dgradIn.tileCount())
 				ry, rdx, rdw := convRef(s, x, w, dy)
 				for i := range ry {
 					ry[i] += float64(bias[i/(s.OH*s.OW)%s.O])
@@ -142,8 +155,15 @@ func TestTrainConvKernels(t *testing.T) {
 				compare(t, "conv2d", a[Y:Y+ny], ry)
 				compare(t, "conv2d_grad_input", a[DX:DX+nx], rdx)
 				compare(t, "conv2d_grad_weight", a[DW:DW+nw], rdw)
+				rdxa := make([]float64, nx)
+				for i := range rdxa {
+					rdxa[i] = rdx[i] + float64(addend[i])
+				}
+				compare(t, "conv2d_grad_input + addend", a[DXA:DXA+nx], rdxa)
+				compare(t, "conv2d_grad_input + addend in place", a[DXI:DXI+nx], rdxa)
 				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
-					return (i >= Y && i < Y+ny) || (i >= DX && i < DX+nx) || (i >= DW && i < DW+nw)
+					in := func(o, n int) bool { return i >= o && i < o+n }
+					return in(Y, ny) || in(DX, nx) || in(DW, nw) || in(DXA, nx) || in(DXI, nx)
 				})
 			})
 		}

@@ -67,7 +67,11 @@ func ValueBytes(t ir.Type) int64 {
 //   - a fused_conv's result reuses its residual operand's buffer when this
 //     conv is the residual's last user, the residual is not a network input,
 //     and both have the same physical size (each output element reads only the
-//     residual element it overwrites).
+//     residual element it overwrites);
+//   - in a training step, the sum add(o, d) of two gradient contributions
+//     reuses the buffer of d, an input gradient of a convolution (accAdd), so
+//     that the compiled step can write the sum at d's step (the kernel adds o
+//     in its stores; codegen/lower fuseTrainAcc) with no add kernel.
 //
 // It returns the class representative of every node (-1 for build-time values
 // and for multi-result nodes, whose results live in their result nodes'
@@ -117,6 +121,10 @@ func aliasClasses(g *ir.Graph, build []bool) []int {
 		switch {
 		case n.Op == ir.OpDropout || ((n.Op == ir.OpFlatten || n.Op == ir.OpReshape) && g.Nodes[n.Args[0]].Type.Layout.IsPlain()):
 			rep[i] = find(n.Args[0])
+		case n.Op == ir.OpAdd:
+			if d := accAdd(g, users, outputs, i); d >= 0 {
+				rep[i] = find(d)
+			}
 		case n.Op == ir.OpFusedConv && n.Attrs.Bool("residual"):
 			_, r, _ := ir.FusedConvOperands(n)
 			res := n.Args[r]
@@ -132,6 +140,60 @@ func aliasClasses(g *ir.Graph, build []bool) []int {
 		}
 	}
 	return rep
+}
+
+// accAdd returns the operand d of add node i that the training step's
+// kernel for d can accumulate into (d + the other operand o, written at d's
+// step): d is a conv2d_grad_input of i's type whose only user is i and
+// which is not an output, and o is computed before d (so that it exists
+// when d's kernel runs) and is not d. Of two such operands the later one is
+// taken. It returns -1 when there is none.
+func accAdd(g *ir.Graph, users [][]int, outputs map[int]bool, i int) int {
+	n := g.Nodes[i]
+	if n.Op != ir.OpAdd || len(n.Args) != 2 || n.Args[0] == n.Args[1] {
+		return -1
+	}
+	best := -1
+	for k, d := range n.Args {
+		o := n.Args[1-k]
+		dn := g.Nodes[d]
+		if dn.Op == ir.OpConv2DGradInput && len(users[d]) == 1 && !outputs[d] && o < d &&
+			ir.ShapeEqual(dn.Type.Shape, n.Type.Shape) && dn.Type.DType == n.Type.DType {
+			best = max(best, d)
+		}
+	}
+	return best
+}
+
+// AccAdd reports the operand of add node i that a training step
+// accumulates into (see aliasClasses), or -1.
+func AccAdd(g *ir.Graph, i int) int {
+	outputs := map[int]bool{}
+	for _, o := range g.Outputs {
+		outputs[o] = true
+	}
+	return accAdd(g, g.Users(), outputs, i)
+}
+
+// fusedReadEnd returns, for the values read by a relu_grad node whose only
+// user is the batchnorm_train_grad that takes it as its gradient, that
+// node: the compiled step reads them there (codegen/lower fuseTrainReLU),
+// so they stay live up to it.
+func fusedReadEnd(g *ir.Graph, users [][]int) map[int]int {
+	end := map[int]int{}
+	for j, n := range g.Nodes {
+		if n.Op != ir.OpReLUGrad || len(users[j]) != 1 {
+			continue
+		}
+		k := users[j][0]
+		if bn := g.Nodes[k]; bn.Op != ir.OpBatchNormTrainGrad || bn.Args[0] != j {
+			continue
+		}
+		for _, a := range n.Args {
+			end[a] = max(end[a], k)
+		}
+	}
+	return end
 }
 
 // MakePlan computes liveness intervals over the graph's node order and places
@@ -159,6 +221,7 @@ func MakePlan(g *ir.Graph) *Plan {
 	for _, u := range g.Updates {
 		outputs[u.Value] = true
 	}
+	readEnd := fusedReadEnd(g, users)
 	for i := range g.Nodes {
 		p.BufferOf[i] = -1
 		if rep[i] < 0 {
@@ -186,7 +249,7 @@ func MakePlan(g *ir.Graph) *Plan {
 			// Written by the multi-result producer, so live from there.
 			buf.Start = min(buf.Start, g.Nodes[i].Args[0])
 		}
-		buf.End = max(buf.End, i)
+		buf.End = max(buf.End, i, readEnd[i])
 		for _, u := range users[i] {
 			buf.End = max(buf.End, u)
 		}

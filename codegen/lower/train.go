@@ -214,7 +214,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		return -1
 	}
 	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
+	accOf, accSum := fuseTrainAcc(g, plan)
 	fused := map[int]bool{}
+	for _, a := range accOf {
+		fused[a] = true
+	}
 	for _, j := range fwdReLU {
 		fused[j] = true
 	}
@@ -271,7 +275,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if err != nil {
 				return nil, err
 			}
-			add(codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i)})
+			s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i), Acc: -1}
+			if a, ok := accOf[i]; ok {
+				s.DX, s.Acc = off(a), off(accSum[a])
+			}
+			add(s)
 		case ir.OpConv2DGradWeight:
 			geo, err := convGeom(n, arg(1).Type.Shape, sh, arg(0).Type.Shape)
 			if err != nil {
@@ -452,6 +460,35 @@ func channelLayout(shape []int) (int, int, int) {
 		inner *= d
 	}
 	return shape[0], shape[1], inner
+}
+
+// fuseTrainAcc finds the adds of gradient contributions that an input
+// gradient's kernel computes (codegen.TrainConvGradInputSpec.Acc): acc[d] =
+// a when add a = d + o shares d's buffer (the plan aliases them, see
+// passes.AccAdd), so that d's kernel, writing o + its gradient at d's step,
+// leaves nothing for the add; other[a] = o. The plan keeps a's buffer live
+// from d on, so nothing else occupies it in between; o must be another
+// buffer (it is live at a, so it is).
+func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
+	acc, other = map[int]int{}, map[int]int{}
+	for a, n := range g.Nodes {
+		if n.Op != ir.OpAdd {
+			continue
+		}
+		d := passes.AccAdd(g, a)
+		if d < 0 || plan.BufferOf[a] < 0 || plan.BufferOf[a] != plan.BufferOf[d] {
+			continue
+		}
+		o := n.Args[0]
+		if o == d {
+			o = n.Args[1]
+		}
+		if plan.BufferOf[o] < 0 || plan.BufferOf[o] == plan.BufferOf[a] {
+			continue
+		}
+		acc[d], other[a] = a, o
+	}
+	return acc, other
 }
 
 // fuseTrainReLU finds the ReLUs that the BatchNorm kernels compute (see

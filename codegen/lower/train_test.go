@@ -231,8 +231,10 @@ func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
 
 // TestFuseTrainReLU checks that in the mini networks' training steps the
 // BatchNorm kernels compute their ReLU (forward) and relu_grad (backward)
-// where the plan allows it (fuseTrainReLU), in at least half of the pairs,
-// and that a value the caller reads is never fused away.
+// where the plan allows it (fuseTrainReLU), in at least half of the pairs
+// (every relu_grad pair), that input-gradient kernels compute most sums of
+// gradients (fuseTrainAcc), and that a value the caller reads is never
+// fused away.
 func TestFuseTrainReLU(t *testing.T) {
 	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
 		t.Run(net, func(t *testing.T) {
@@ -252,9 +254,13 @@ func TestFuseTrainReLU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var bn, bnReLU, bnGrad, bnGradReLU, relu, reluGrad int
+			var bn, bnReLU, bnGrad, bnGradReLU, relu, reluGrad, adds, accs int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
+				case codegen.TrainConvGradInputSpec:
+					if s.Acc >= 0 {
+						accs++
+					}
 				case codegen.BatchNormTrainSpec:
 					bn++
 					if s.ReLU {
@@ -266,8 +272,13 @@ func TestFuseTrainReLU(t *testing.T) {
 						bnGradReLU++
 					}
 				case codegen.ElementwiseSpec:
-					if s.Op == codegen.EltReLU {
+					switch s.Op {
+					case codegen.EltReLU:
 						relu++
+					case codegen.EltAdd:
+						if st.Graph.Nodes[k.node].Type.Rank() == 4 { // not a running statistic's
+							adds++
+						}
 					}
 				case codegen.EltTrainSpec:
 					if s.Op == codegen.EltReLUGrad {
@@ -277,8 +288,29 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			t.Logf("%s: %d of %d batchnorm_train kernels compute their relu (%d relu kernels left), %d of %d gradients their relu_grad (%d left)",
 				net, bnReLU, bn, relu, bnGradReLU, bnGrad, reluGrad)
+			t.Logf("%s: %d adds of gradients computed by input-gradient kernels, %d adds of activation gradients left", net, accs, adds)
 			if 2*bnReLU < bn || 2*bnGradReLU < bnGrad {
 				t.Errorf("fewer than half of the pairs fused")
+			}
+			// Every relu_grad whose only user is a BatchNorm gradient is
+			// fused (the plan keeps its operands live to that gradient).
+			users := st.Graph.Users()
+			pairs := 0
+			for j, n := range st.Graph.Nodes {
+				if n.Op == ir.OpReLUGrad && len(users[j]) == 1 {
+					if u := st.Graph.Nodes[users[j][0]]; u.Op == ir.OpBatchNormTrainGrad && u.Args[0] == j {
+						pairs++
+					}
+				}
+			}
+			if bnGradReLU != pairs {
+				t.Errorf("%d of %d relu_grad + BatchNorm gradient pairs fused", bnGradReLU, pairs)
+			}
+			// Each Inception block's branches start with 1x1 convolutions
+			// of the block input (three or four): their input gradients
+			// sum into the input's gradient inside the kernels.
+			if accs < 2*adds {
+				t.Errorf("only %d of %d gradient sums accumulated by input-gradient kernels", accs, accs+adds)
 			}
 			// With every value an output, nothing may be fused.
 			sg2 := *st.Graph
@@ -290,6 +322,9 @@ func TestFuseTrainReLU(t *testing.T) {
 			fwd, bwd := fuseTrainReLU(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan))
 			if len(fwd)+len(bwd) != 0 {
 				t.Errorf("%d + %d fusions of values the caller reads", len(fwd), len(bwd))
+			}
+			if acc, _ := fuseTrainAcc(&sg2, st.Plan); len(acc) != 0 {
+				t.Errorf("%d input gradients that the caller reads accumulated into sums", len(acc))
 			}
 		})
 	}
