@@ -196,6 +196,27 @@ func fusedReadEnd(g *ir.Graph, users [][]int) map[int]int {
 	return end
 }
 
+// fusedWriteStart returns, for a relu node whose operand is the normalized
+// output of a batchnorm_train (result 0, used only by it), that
+// batchnorm_train: the compiled step writes the relu's output there
+// (codegen/lower fuseTrainReLU), so its buffer is live from there.
+func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
+	start := map[int]int{}
+	for j, n := range g.Nodes {
+		if n.Op != ir.OpReLU || len(n.Args) != 1 {
+			continue
+		}
+		y := g.Nodes[n.Args[0]]
+		if y.Op != ir.OpResult || y.Attrs.Int("index") != 0 || len(users[n.Args[0]]) != 1 {
+			continue
+		}
+		if bn := y.Args[0]; g.Nodes[bn].Op == ir.OpBatchNormTrain && bn < j {
+			start[j] = bn
+		}
+	}
+	return start
+}
+
 // MakePlan computes liveness intervals over the graph's node order and places
 // buffers in one arena.
 //
@@ -221,7 +242,7 @@ func MakePlan(g *ir.Graph) *Plan {
 	for _, u := range g.Updates {
 		outputs[u.Value] = true
 	}
-	readEnd := fusedReadEnd(g, users)
+	readEnd, writeStart := fusedReadEnd(g, users), fusedWriteStart(g, users)
 	for i := range g.Nodes {
 		p.BufferOf[i] = -1
 		if rep[i] < 0 {
@@ -240,6 +261,9 @@ func MakePlan(g *ir.Graph) *Plan {
 		buf.Values = append(buf.Values, i)
 		buf.Size = max(buf.Size, size)
 		buf.Start = min(buf.Start, i)
+		if w, ok := writeStart[i]; ok {
+			buf.Start = min(buf.Start, w)
+		}
 		if op := g.Nodes[i].Op; op == ir.OpInput || op == ir.OpParam {
 			// Written by the runtime before the run (inputs, and params
 			// that are mutable state): live from the first step.
