@@ -551,6 +551,17 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 									xoff[c] = g.add(x, koff[c])
 								}
 								step := func(p value.Value, last bool, a []value.Value) []value.Value {
+									// Prefetch the same x and dy rows of the
+									// next image: a row is a short run, one
+									// image (C·H·W or O·OH·OW floats) from the
+									// next, which the hardware prefetchers
+									// find too late (see channelVecs).
+									for c := 0; c < nr; c++ {
+										g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
+									}
+									for r := 0; r < mr; r++ {
+										g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
+									}
 									colv := make([]value.Value, nr)
 									for c := 0; c < nr; c++ {
 										switch {
