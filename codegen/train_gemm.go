@@ -575,9 +575,28 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 					g.fillN(cf(0), g.add(dw, g.mul(o, ci(K))), w)
 					return nil
 				})
+				T := s.KH * s.KW
+				chans := min(s.C, (w-1)/T+2) // channels rows [k0, k0+w) can touch
 				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
 					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
 					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
+					// Prefetch the next image's planes of the tile's channels
+					// and its dy rows of the tile's channel group (a few
+					// planes one image apart: see channelVecs). Measured on
+					// the mini nets' stride-2 gradients: 7-10% faster.
+					c0 := g.udiv(k0, T)
+					g.loopN(chans, nil, func(j value.Value, _ []value.Value) []value.Value {
+						plane := g.add(x, g.add(ci(s.C*s.H*s.W), g.mul(g.add(c0, j), ci(s.H*s.W))))
+						g.loopN(ceilDiv(s.H*s.W, 16), nil, func(l value.Value, _ []value.Value) []value.Value {
+							g.prefetch(g.add(plane, g.mul(l, ci(16))))
+							return nil
+						})
+						return nil
+					})
+					g.loopN(ceilDiv(osz*P, 16), nil, func(l value.Value, _ []value.Value) []value.Value {
+						g.prefetch(g.add(dy, g.add(ci(s.O*P), g.mul(l, ci(16)))))
+						return nil
+					})
 					g.blocks(P, gemmPC, func(p0 value.Value, pc int) {
 						if !pw && !whole {
 							s.pixTab(g, pt, p0, pc)
