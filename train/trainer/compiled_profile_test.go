@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,11 +21,19 @@ import (
 // the slowest kernels one by one.
 var profileTop = flag.Int("profile-top", 0, "list the `n` slowest kernels of BenchmarkCompiledStepProfile")
 
+// profileNets and profileBatch choose BenchmarkCompiledStepProfile's
+// networks (archs/ names) and batch.
+var (
+	profileNets  = flag.String("profile-nets", "mini_inception,mini_inception_resnet", "comma-separated `networks` of BenchmarkCompiledStepProfile")
+	profileBatch = flag.Int("profile-batch", 128, "`batch` of BenchmarkCompiledStepProfile")
+)
+
 // profileThreads is the runtime threads of BenchmarkCompiledStepProfile.
 var profileThreads = flag.Int("profile-threads", 2, "runtime threads of BenchmarkCompiledStepProfile")
 
 // BenchmarkCompiledStepProfile times one compiled RMSProp step of each mini
-// network at batch 128 (2 threads, the best ISA of the CPU) and reports,
+// network at batch 128 (or -profile-nets at -profile-batch; 2 threads, the
+// best ISA of the CPU) and reports,
 // per op kind, the time per step and GFLOP/s = 2·MACs / time, from the
 // runtime's per-kernel timings (Model.Profile: thread 0's time including
 // its barrier wait), plus images/s of the whole step. Run with
@@ -34,8 +43,8 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 	if _, err := codegen.FindLLVM(); err != nil {
 		testenv.Check(b, err)
 	}
-	const batch = 128
-	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
+	batch := *profileBatch
+	for _, net := range strings.Split(*profileNets, ",") {
 		b.Run(net, func(b *testing.B) {
 			g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: batch})
 			if err != nil {
@@ -61,9 +70,10 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 			for i := range x.Data {
 				x.Data[i] = float32(data.Hash(7, 0, uint64(i))%2001)/1000 - 1
 			}
-			target := tensor.New(batch, 10)
+			classes := g.Nodes[g.Outputs[0]].Type.Shape[1]
+			target := tensor.New(batch, classes)
 			for i := 0; i < batch; i++ {
-				target.Data[i*10+i%10] = 1
+				target.Data[i*classes+i%classes] = 1
 			}
 			in := map[string]*tensor.Tensor{input.Name: x, sg.Target: target}
 			ce := &Compiled{Threads: *profileThreads}
@@ -120,7 +130,7 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 			for _, op := range ops[:min(3, len(ops))] {
 				b.Logf("%-22s %8.1f ms/step, sum of medians", op, float64(medOp[op])/1e6)
 			}
-			b.Logf("%-22s %8.1f ms/step, sum of medians (%.1f img/s)", "all kernels", float64(medSum)/1e6, batch/medSum.Seconds())
+			b.Logf("%-22s %8.1f ms/step, sum of medians (%.1f img/s)", "all kernels", float64(medSum)/1e6, float64(batch)/medSum.Seconds())
 			if *profileTop > 0 {
 				idx := make([]int, len(man.Kernels))
 				for i := range idx {
