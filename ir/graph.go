@@ -3,6 +3,8 @@ package ir
 import (
 	"fmt"
 	"sort"
+
+	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
 // Node is one operation. Its result is the tensor value named by the node's
@@ -192,6 +194,21 @@ func (g *Graph) Verify() error {
 
 // Params returns the param nodes in graph order, which is checkpoint order.
 func (g *Graph) Params() []*Node { return g.byOp(OpParam) }
+
+// GeneratedParams returns the procedural value (tensor.Generate) of every
+// param of g, by name: the deterministic weights that tests, benchmarks
+// and `--weights` less runs use.
+func (g *Graph) GeneratedParams() (map[string]*tensor.Tensor, error) {
+	out := map[string]*tensor.Tensor{}
+	for _, p := range g.Params() {
+		v, err := tensor.Generate(p.Name, p.Type.Shape)
+		if err != nil {
+			return nil, err
+		}
+		out[p.Name] = v
+	}
+	return out, nil
+}
 
 // Inputs returns the input nodes in graph order.
 func (g *Graph) Inputs() []*Node { return g.byOp(OpInput) }

@@ -25,13 +25,9 @@ func loadSrc(t *testing.T, src string) *ir.Graph {
 // interpreter and requires max|a-b| <= 1e-5 max|a|.
 func sameOutput(t *testing.T, a, b *ir.Graph) {
 	t.Helper()
-	params := map[string]*tensor.Tensor{}
-	for _, p := range a.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = v
+	params, err := a.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	in := a.Inputs()[0]
 	x, err := tensor.Generate("input", in.Type.Shape)

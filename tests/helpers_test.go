@@ -42,13 +42,9 @@ func loadBlock(t testing.TB, file, call string, in []int) *ir.Graph {
 // procedural builds every parameter of g with the fixtures' generator.
 func procedural(t testing.TB, g *ir.Graph) map[string]*tensor.Tensor {
 	t.Helper()
-	out := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		w, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatalf("generate %s: %v", p.Name, err)
-		}
-		out[p.Name] = w
+	out, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatalf("generate: %v", err)
 	}
 	return out
 }

@@ -187,11 +187,9 @@ func fullTrainStep(t *testing.T, tc fullTrainCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		if params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-			t.Fatal(err)
-		}
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, s := range sg.State {
 		params[s.Name] = s.Initial()

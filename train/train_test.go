@@ -32,13 +32,9 @@ func load(t *testing.T, name string, batch int) *ir.Graph {
 // param of g.
 func generatedParams(t *testing.T, g *ir.Graph) map[string]*tensor.Tensor {
 	t.Helper()
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = v
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return params
 }

@@ -105,13 +105,9 @@ func stepWorker(spec netSpec, steps, warmup, threads int) error {
 	if err != nil {
 		return err
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			return err
-		}
-		params[p.Name] = v
+	params, err := g.GeneratedParams()
+	if err != nil {
+		return err
 	}
 	for _, s := range ss.State {
 		params[s.Name] = s.Initial()

@@ -77,11 +77,9 @@ func TestTimmCheckpointRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		if ws[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-			t.Fatal(err)
-		}
+	ws, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	ckpt := filepath.Join(dir, "inception_v4.safetensors")

@@ -13,7 +13,6 @@ import (
 	"github.com/kiln-dev/kiln/codegen"
 	"github.com/kiln-dev/kiln/dsl"
 	"github.com/kiln-dev/kiln/internal/testenv"
-	"github.com/kiln-dev/kiln/ir/tensor"
 	"github.com/kiln-dev/kiln/passes"
 	rt "github.com/kiln-dev/kiln/runtime"
 )
@@ -31,11 +30,9 @@ func TestCompileCacheDamaged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		if params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-			t.Fatal(err)
-		}
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	s, err := passes.Run(g, passes.Options{Target: passes.Targets[0]})
 	if err != nil {

@@ -38,11 +38,9 @@ func TestFusedClipCompiled(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			params := map[string]*tensor.Tensor{}
-			for _, p := range g.Params() {
-				if params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-					t.Fatal(err)
-				}
+			params, err := g.GeneratedParams()
+			if err != nil {
+				t.Fatal(err)
 			}
 			in := g.Inputs()[0]
 			x := specialInput(in.Type.Shape)

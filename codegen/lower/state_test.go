@@ -27,13 +27,9 @@ func TestMutableStateCompiled(t *testing.T) {
 	g.Outputs = []int{y}
 	g.Updates = []ir.Update{{Param: s, Value: y}}
 
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = v
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	in, err := tensor.Generate("input", []int{1, 16, 8, 8})
 	if err != nil {

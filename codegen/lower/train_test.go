@@ -73,13 +73,9 @@ func stepFixture(t *testing.T, net string, batch int, opt train.Optimizer) (*tra
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = v
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, s := range sg.State {
 		params[s.Name] = s.Initial()

@@ -55,11 +55,9 @@ func TestImportRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			params := map[string]*tensor.Tensor{}
-			for _, p := range g.Params() {
-				if params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-					t.Fatal(err)
-				}
+			params, err := g.GeneratedParams()
+			if err != nil {
+				t.Fatal(err)
 			}
 			b, err := Encode(g, params, Options{})
 			if err != nil {

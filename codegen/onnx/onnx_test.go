@@ -111,13 +111,9 @@ func loadTiny(t *testing.T, batch int) (*ir.Graph, map[string]*tensor.Tensor) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		w, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		params[p.Name] = w
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return g, params
 }

@@ -29,11 +29,9 @@ network shapes(x: f32[N, 4, 5, 2]) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		if params[p.Name], err = tensor.Generate(p.Name, p.Type.Shape); err != nil {
-			t.Fatal(err)
-		}
+	params, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	b, err := Encode(g, params, Options{})
 	if err != nil {

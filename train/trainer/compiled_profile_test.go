@@ -54,13 +54,9 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			params := map[string]*tensor.Tensor{}
-			for _, p := range g.Params() {
-				v, err := tensor.Generate(p.Name, p.Type.Shape)
-				if err != nil {
-					b.Fatal(err)
-				}
-				params[p.Name] = v
+			params, err := g.GeneratedParams()
+			if err != nil {
+				b.Fatal(err)
 			}
 			for _, s := range sg.State {
 				params[s.Name] = s.Initial()

@@ -13,7 +13,6 @@ import (
 
 	"github.com/kiln-dev/kiln/dist"
 	"github.com/kiln-dev/kiln/dsl"
-	"github.com/kiln-dev/kiln/ir/tensor"
 )
 
 // newDistRun is newRun for the small net without dropout (replicas draw
@@ -28,13 +27,9 @@ func newDistRun(t *testing.T, dir string, s Settings, epochs int, comm dist.Comm
 	if err != nil {
 		t.Fatal(err)
 	}
-	init := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		w, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		init[p.Name] = w
+	init, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return &Run{Settings: s, Net: g, Train: synthetic(32, 1), Test: synthetic(6, 2), Epochs: epochs, Dir: dir,
 		Init: init, Exec: Interpreter{Threads: 1}, Log: io.Discard, Comm: comm, BucketBytes: 256}

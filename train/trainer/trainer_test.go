@@ -65,13 +65,9 @@ func settings() Settings {
 // newRun is a run of the small net on 16 training and 6 test images.
 func newRun(t *testing.T, dir string, s Settings, epochs int, exec Executor) *Run {
 	g := loadSmall(t, s.Batch)
-	init := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		w, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			t.Fatal(err)
-		}
-		init[p.Name] = w
+	init, err := g.GeneratedParams()
+	if err != nil {
+		t.Fatal(err)
 	}
 	if exec == nil {
 		exec = Interpreter{}

@@ -113,13 +113,9 @@ func run(net string, batch int, inputShape string, steps, warmup, threads int, p
 	if err != nil {
 		return nil, err
 	}
-	params := map[string]*tensor.Tensor{}
-	for _, p := range g.Params() {
-		v, err := tensor.Generate(p.Name, p.Type.Shape)
-		if err != nil {
-			return nil, err
-		}
-		params[p.Name] = v
+	params, err := g.GeneratedParams()
+	if err != nil {
+		return nil, err
 	}
 	for _, s := range sg.State {
 		params[s.Name] = s.Initial()
