@@ -69,15 +69,8 @@ func BenchmarkConv(b *testing.B) {
 		}
 		return nil
 	})
-	arena := ktest.Aligned(4 << 20)
-	weights := ktest.Aligned(5 << 20)
 	r := rand.New(rand.NewSource(1))
-	for i := range arena {
-		arena[i] = float32(r.NormFloat64()) * 0.01
-	}
-	for i := range weights {
-		weights[i] = float32(r.NormFloat64()) * 0.01
-	}
+	arena, weights := randomAligned(r, 4<<20, 0.01), randomAligned(r, 5<<20, 0.01)
 	for _, tgt := range x86Targets(b) {
 		pk := kernel(b, lib, "peak", tgt)
 		peakFlops := benchPeak.TileFlops(tgt)
@@ -143,11 +136,7 @@ func BenchmarkPool(b *testing.B) {
 		}
 		return nil
 	})
-	arena := ktest.Aligned(4 << 20)
-	r := rand.New(rand.NewSource(1))
-	for i := range arena {
-		arena[i] = float32(r.NormFloat64())
-	}
+	arena := randomAligned(rand.New(rand.NewSource(1)), 4<<20, 1)
 	for _, tgt := range x86Targets(b) {
 		for i, c := range benchPools {
 			s := layout(c.s)
@@ -206,11 +195,7 @@ func BenchmarkTrainConvGradWeight(b *testing.B) {
 		}
 		return nil
 	})
-	arena := ktest.Aligned(13 << 20)
-	r := rand.New(rand.NewSource(1))
-	for i := range arena {
-		arena[i] = float32(r.NormFloat64())
-	}
+	arena := randomAligned(rand.New(rand.NewSource(1)), 13<<20, 1)
 	pk := kernel(b, lib, "peak", AVX512)
 	for i, c := range benchWgrads {
 		s := c.s
@@ -229,6 +214,16 @@ func BenchmarkTrainConvGradWeight(b *testing.B) {
 			b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
 		})
 	}
+}
+
+// randomAligned returns n aligned floats drawn from r, normal with
+// standard deviation scale (the benchmarks' arenas and weights).
+func randomAligned(r *rand.Rand, n int, scale float32) []float32 {
+	a := ktest.Aligned(n)
+	for i := range a {
+		a[i] = float32(r.NormFloat64()) * scale
+	}
+	return a
 }
 
 // measure2 returns the GFLOP/s of the fastest of 20 runs of k on two

@@ -293,15 +293,8 @@ func BenchmarkDepthwise(b *testing.B) {
 		}
 		return nil
 	})
-	arena := ktest.Aligned(4 << 20)
-	weights := ktest.Aligned(1 << 17)
 	r := rand.New(rand.NewSource(1))
-	for i := range arena {
-		arena[i] = float32(r.NormFloat64()) * 0.01
-	}
-	for i := range weights {
-		weights[i] = float32(r.NormFloat64()) * 0.01
-	}
+	arena, weights := randomAligned(r, 4<<20, 0.01), randomAligned(r, 1<<17, 0.01)
 	for _, tgt := range x86Targets(b) {
 		peak := measure(kernel(b, lib, "peak", tgt), arena, weights, 1, benchPeak.TileFlops(tgt))
 		for i, l := range layers {

@@ -165,14 +165,21 @@ func accAdd(g *ir.Graph, users [][]int, outputs map[int]bool, i int) int {
 	return best
 }
 
-// AccAdd reports the operand of add node i that a training step
-// accumulates into (see aliasClasses), or -1.
-func AccAdd(g *ir.Graph, i int) int {
+// AccAdds maps each add node of g that a training step accumulates into
+// one of its operands (see aliasClasses) to that operand.
+func AccAdds(g *ir.Graph) map[int]int {
 	outputs := map[int]bool{}
 	for _, o := range g.Outputs {
 		outputs[o] = true
 	}
-	return accAdd(g, g.Users(), outputs, i)
+	users := g.Users()
+	out := map[int]int{}
+	for i := range g.Nodes {
+		if d := accAdd(g, users, outputs, i); d >= 0 {
+			out[i] = d
+		}
+	}
+	return out
 }
 
 // fusedReadEnd returns, for the values read by a relu_grad node whose only

@@ -465,20 +465,17 @@ func channelLayout(shape []int) (int, int, int) {
 // fuseTrainAcc finds the adds of gradient contributions that an input
 // gradient's kernel computes (codegen.TrainConvGradInputSpec.Acc): acc[d] =
 // a when add a = d + o shares d's buffer (the plan aliases them, see
-// passes.AccAdd), so that d's kernel, writing o + its gradient at d's step,
+// passes.AccAdds), so that d's kernel, writing o + its gradient at d's step,
 // leaves nothing for the add; other[a] = o. The plan keeps a's buffer live
 // from d on, so nothing else occupies it in between; o must be another
 // buffer (it is live at a, so it is).
 func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
 	acc, other = map[int]int{}, map[int]int{}
-	for a, n := range g.Nodes {
-		if n.Op != ir.OpAdd {
+	for a, d := range passes.AccAdds(g) {
+		if plan.BufferOf[a] < 0 || plan.BufferOf[a] != plan.BufferOf[d] {
 			continue
 		}
-		d := passes.AccAdd(g, a)
-		if d < 0 || plan.BufferOf[a] < 0 || plan.BufferOf[a] != plan.BufferOf[d] {
-			continue
-		}
+		n := g.Nodes[a]
 		o := n.Args[0]
 		if o == d {
 			o = n.Args[1]
