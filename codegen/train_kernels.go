@@ -487,11 +487,24 @@ func (g *builder) vzero64() value.Value {
 	return constant.NewZeroInitializer(types.NewVector(uint64(g.t.VectorLanes), f64))
 }
 
+// bnScaleShift returns a BatchNorm channel's float32 scale s = w/√(var+eps)
+// and shift t = b − mean·s, computed in float64 from the float32 weight w,
+// bias b, mean and variance. The forward kernel and the gradient kernel that
+// recomputes the forward's ReLU mask both call it, so that they get the same
+// s and t bit for bit and x·s + t > 0 exactly where the forward's ReLU
+// output is positive.
+func (g *builder) bnScaleShift(w, b, mean, variance value.Value, eps float64) (sc, sh value.Value) {
+	scd := g.fdiv(g.ext(w), g.sqrt(g.fadd(g.ext(variance), cd(eps))))
+	shd := g.fsub(g.ext(b), g.fmul(g.ext(mean), scd))
+	return g.trunc(scd), g.trunc(shd)
+}
+
 // BatchNormTrainSpec is batchnorm_train on an [Outer][C][Inner] value, as
 // the interpreter computes it (ir/interp evalBatchNormTrain): per channel
 // the batch mean and biased variance (float64 sums; one shifted pass, see
 // gen), then
-// y = x·s + t with s = w/√(var+eps), t = b − mean·s. A tile is one channel.
+// y = x·s + t with s = w/√(var+eps), t = b − mean·s (bnScaleShift, from the
+// float32 mean and variance). A tile is one channel.
 // Results whose offset is negative are not written. With ReLU the kernel
 // writes relu(y) at Y instead (the lowering fuses a relu that is y's only
 // user: one pass over the activations fewer).
@@ -533,15 +546,15 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		mu := g.fadd(k, s1)
 		v := g.fsub(g.fdiv(g.hreduce(sums[1], g.radd), cd(count)), g.fmul(s1, s1))
 		v = g.sel(g.b.NewFCmp(enum.FPredOLT, v, cd(0)), cd(0), v)
+		mu32, v32 := g.trunc(mu), g.trunc(v)
 		if s.Mean >= 0 {
-			g.st(g.trunc(mu), g.add(ci(s.Mean), c))
+			g.st(mu32, g.add(ci(s.Mean), c))
 		}
 		if s.Var >= 0 {
-			g.st(g.trunc(v), g.add(ci(s.Var), c))
+			g.st(v32, g.add(ci(s.Var), c))
 		}
-		sc := g.fdiv(g.ext(g.ld(g.add(ci(s.Wt), c))), g.sqrt(g.fadd(v, cd(s.Eps))))
-		sh := g.fsub(g.ext(g.ld(g.add(ci(s.B), c))), g.fmul(mu, sc))
-		scv, shv := g.splat(g.trunc(sc)), g.splat(g.trunc(sh))
+		sc, sh := g.bnScaleShift(g.ld(g.add(ci(s.Wt), c)), g.ld(g.add(ci(s.B), c)), mu32, v32, s.Eps)
+		scv, shv := g.splat(sc), g.splat(sh)
 		if s.Y >= 0 {
 			g.channelVecs(s.Outer, s.C, s.Inner, c, []int{s.X}, nil, func(i, m value.Value, _ []value.Value) []value.Value {
 				y := g.fma(g.vld(g.add(ci(s.X), i), m), scv, shv)
@@ -562,7 +575,12 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 // negative offset are not written. With ReLU the gradient arriving at the
 // BatchNorm is relu_grad's, dy where R > 0 else 0 (R the relu's output),
 // computed on the fly: the lowering fuses a relu_grad whose only user this
-// is (one pass over the activations fewer).
+// is (one pass over the activations fewer). When R is the ReLU of this
+// BatchNorm's own forward output, the lowering sets R < 0 and B to the
+// forward's bias instead: R > 0 exactly where x·s + t > 0, with s and t the
+// forward's float32 scale and shift (bnScaleShift gives both kernels the
+// same ones and both compute x·s + t with one fma), so the kernel reads
+// three arrays per pass (dy, x, and dx written) rather than four.
 type BatchNormTrainGradSpec struct {
 	Outer, C, Inner      int
 	Eps                  float64
@@ -570,7 +588,11 @@ type BatchNormTrainGradSpec struct {
 	DX, DW, DB           int
 	ReLU                 bool
 	R                    int
+	B                    int // the forward's bias, read when ReLU and R < 0
 }
+
+// maskFromX reports that the ReLU mask is recomputed from X (see the type).
+func (s BatchNormTrainGradSpec) maskFromX() bool { return s.ReLU && s.R < 0 }
 
 func (s BatchNormTrainGradSpec) Kind() string { return "batchnorm_train_grad" }
 func (s BatchNormTrainGradSpec) Validate() error {
@@ -578,25 +600,41 @@ func (s BatchNormTrainGradSpec) Validate() error {
 		return err
 	}
 	n := s.Outer * s.C * s.Inner
-	r := -1
-	if s.ReLU {
+	r, b := -1, -1
+	if s.maskFromX() {
+		if s.B < 0 {
+			return fmt.Errorf("batchnorm_train_grad: a ReLU mask without R needs the forward's bias B")
+		}
+		b = s.B
+	} else if s.ReLU {
 		r = s.R
 	}
-	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n)
+	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n, b, s.C)
 }
 func (s BatchNormTrainGradSpec) tileCount() int { return s.C }
 func (s BatchNormTrainGradSpec) flops() int64   { return 8 * int64(s.Outer*s.C*s.Inner) }
 func (s BatchNormTrainGradSpec) gen(g *builder) {
 	m := float64(s.Outer * s.Inner)
 	g.tiles(func(c value.Value) {
-		inv := g.fdiv(cd(1), g.sqrt(g.fadd(g.ext(g.ld(g.add(ci(s.Var), c))), cd(s.Eps))))
-		mu := g.ext(g.ld(g.add(ci(s.Mean), c)))
+		mean32, var32 := g.ld(g.add(ci(s.Mean), c)), g.ld(g.add(ci(s.Var), c))
+		inv := g.fdiv(cd(1), g.sqrt(g.fadd(g.ext(var32), cd(s.Eps))))
+		mu := g.ext(mean32)
 		// x̂ in float32 from float32 mean and σ⁻¹.
-		mu32, inv32 := g.splat(g.trunc(mu)), g.splat(g.trunc(inv))
+		mu32, inv32 := g.splat(mean32), g.splat(g.trunc(inv))
 		muv := g.broadcast(mu)
-		dy := func(i, m value.Value) value.Value {
+		var scv, shv value.Value
+		if s.maskFromX() {
+			sc, sh := g.bnScaleShift(g.ld(g.add(ci(s.Wt), c)), g.ld(g.add(ci(s.B), c)), mean32, var32, s.Eps)
+			scv, shv = g.splat(sc), g.splat(sh)
+		}
+		// dy returns the gradient at the BatchNorm's output for the x
+		// vector xv: relu_grad's (EltReLUGrad) when fused.
+		dy := func(i, m, xv value.Value) value.Value {
 			v := g.vld(g.add(ci(s.DY), i), m)
-			if s.ReLU { // relu_grad's kernel (EltReLUGrad)
+			switch {
+			case s.maskFromX():
+				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.fma(xv, scv, shv), g.vzero()), v, g.vzero())
+			case s.ReLU:
 				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.vld(g.add(ci(s.R), i), m), g.vzero()), v, g.vzero())
 			}
 			return v
@@ -604,12 +642,13 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		// One pass of float64 sums Σ dy and Σ dy·(x − mean) in vectors
 		// (masked-off lanes load 0 for dy, so they add nothing).
 		pf := []int{s.DY, s.X}
-		if s.ReLU {
+		if s.ReLU && !s.maskFromX() {
 			pf = append(pf, s.R)
 		}
 		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, pf, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
-			d := g.vext(dy(i, m))
-			xc := g.fsub(g.vext(g.vld(g.add(ci(s.X), i), m)), muv)
+			xv := g.vld(g.add(ci(s.X), i), m)
+			d := g.vext(dy(i, m, xv))
+			xc := g.fsub(g.vext(xv), muv)
 			return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, xc))}
 		})
 		sdy := g.hreduce(sums[0], g.radd)
@@ -627,8 +666,9 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 			b := g.splat(g.trunc(g.fmul(k, sdy)))
 			d := g.splat(g.trunc(g.fmul(k, sdx)))
 			g.channelVecs(s.Outer, s.C, s.Inner, c, pf, nil, func(i, m value.Value, _ []value.Value) []value.Value {
-				xhat := g.fmul(g.fsub(g.vld(g.add(ci(s.X), i), m), mu32), inv32)
-				v := g.fsub(g.fsub(g.fmul(a, dy(i, m)), b), g.fmul(xhat, d))
+				xv := g.vld(g.add(ci(s.X), i), m)
+				xhat := g.fmul(g.fsub(xv, mu32), inv32)
+				v := g.fsub(g.fsub(g.fmul(a, dy(i, m, xv)), b), g.fmul(xhat, d))
 				g.vst(v, g.add(ci(s.DX), i), m)
 				return nil
 			})

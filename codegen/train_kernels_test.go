@@ -231,3 +231,71 @@ func TestPhased(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchNormGradMaskFromX checks that the BatchNorm gradient that
+// recomputes its ReLU mask from x (BatchNormTrainGradSpec with R < 0) gives
+// bit for bit the results of the one that reads the forward kernel's ReLU
+// output, on inputs where a third of the x·s + t land next to zero (x at
+// the channel mean, zero bias), on AVX-512 and AVX2, with a ragged channel
+// length.
+func TestBatchNormGradMaskFromX(t *testing.T) {
+	const outer, C, inner = 3, 5, 37
+	const n = outer * C * inner
+	const X, DY, Wt, B = 0, n, 2 * n, 2*n + C
+	Mean, Var, R := B+C, B+2*C, B+3*C
+	DX, DW, DB := R+n, R+2*n, R+2*n+C
+	size := DB + C
+	for _, ts := range x86Targets(t) {
+		t.Run(ts.Name, func(t *testing.T) {
+			r := rand.New(rand.NewSource(3))
+			arena := make([]float32, size)
+			// Channel c holds m−¼, m and m+¼ (exact in float32), 37 of
+			// each, so its batch mean is exactly m and, with zero bias,
+			// x·s + t at x = m is a rounding residue of m·s whose sign
+			// only an fma computed as the forward's reproduces.
+			for o := 0; o < outer; o++ {
+				for c := 0; c < C; c++ {
+					m := float32(0.7) + float32(c)*0.0123
+					for i := 0; i < inner; i++ {
+						k := (o*C+c)*inner + i
+						arena[X+k] = m + float32((o*inner+i)%3-1)*0.25
+						arena[DY+k] = float32(r.NormFloat64())
+					}
+				}
+			}
+			for c := 0; c < C; c++ {
+				arena[Wt+c] = float32(0.5 + r.Float64())
+			}
+			fwd := BatchNormTrainSpec{Outer: outer, C: C, Inner: inner, Eps: 1e-3, X: X, Wt: Wt, B: B, Y: R, Mean: Mean, Var: Var, ReLU: true}
+			withR := BatchNormTrainGradSpec{Outer: outer, C: C, Inner: inner, Eps: 1e-3, DY: DY, X: X, Wt: Wt, Mean: Mean, Var: Var,
+				DX: DX, DW: DW, DB: DB, ReLU: true, R: R, B: -1}
+			fromX := withR
+			fromX.R, fromX.B = -1, B
+			lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
+				for name, s := range map[string]TrainKernel{"fwd": fwd, "withR": withR, "fromX": fromX} {
+					if _, _, err := m.Train(name, s); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
+			zeros := 0
+			for i := 0; i < n; i++ {
+				if a[R+i] == 0 {
+					zeros++
+				}
+			}
+			if zeros == 0 || zeros == n {
+				t.Fatalf("%d of %d ReLU outputs are zero: the test needs both", zeros, n)
+			}
+			want := runChecked(t, kernel(t, lib, "withR", ts), a, nil, withR.tileCount())
+			got := runChecked(t, kernel(t, lib, "fromX", ts), a, nil, fromX.tileCount())
+			for i := DX; i < size; i++ {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("arena[%d] (dx from %d, dw from %d, db from %d): mask from x gives %v, from R %v", i, DX, DW, DB, got[i], want[i])
+				}
+			}
+		})
+	}
+}

@@ -308,6 +308,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if j, ok := bwdReLU[i]; ok {
 				rg := g.Nodes[j]
 				s.DY, s.ReLU, s.R = off(rg.Args[0]), true, off(rg.Args[1])
+				if f, ok := reluOfOwnForward(g, n, rg.Args[1]); ok {
+					s.R, s.B = -1, off(g.Nodes[f].Args[2])
+				}
 			}
 			add(s)
 		case ir.OpReLUGrad, ir.OpMul2, ir.OpScaleBy:
@@ -500,6 +503,40 @@ func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
 // written early, nothing between them overwrites the bytes read late, and
 // the BatchNorm's own operands and results overlap neither (but for an
 // elementwise in-place result, which covers exactly the same bytes).
+// reluOfOwnForward reports whether r, the relu output whose mask the
+// BatchNorm gradient bn applies, is relu(y) of the batchnorm_train f that
+// bn differentiates: same input, weight and eps, and bn's mean and
+// variance are f's results 1 and 2. The gradient kernel can then recompute
+// the mask from its input x (BatchNormTrainGradSpec, R < 0). It returns f.
+func reluOfOwnForward(g *ir.Graph, bn *ir.Node, r int) (int, bool) {
+	result := func(v int) (m, k int, ok bool) {
+		n := g.Nodes[v]
+		if n.Op != ir.OpResult || len(n.Args) != 1 {
+			return 0, 0, false
+		}
+		return n.Args[0], n.Attrs.Int("index"), true
+	}
+	rn := g.Nodes[r]
+	if rn.Op != ir.OpReLU || len(rn.Args) != 1 || len(bn.Args) != 5 {
+		return 0, false
+	}
+	f, k, ok := result(rn.Args[0])
+	if !ok || k != 0 {
+		return 0, false
+	}
+	fn := g.Nodes[f]
+	if fn.Op != ir.OpBatchNormTrain || len(fn.Args) != 3 || fn.Args[0] != bn.Args[1] || fn.Args[1] != bn.Args[2] ||
+		fn.Attrs.Float("eps") != bn.Attrs.Float("eps") {
+		return 0, false
+	}
+	for idx, a := range map[int]int{1: bn.Args[3], 2: bn.Args[4]} {
+		if m, k, ok := result(a); !ok || m != f || k != idx {
+			return 0, false
+		}
+	}
+	return f, true
+}
+
 func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
 	// Values the caller reads (outputs, updates) must be computed.

@@ -250,7 +250,7 @@ func TestFuseTrainReLU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var bn, bnReLU, bnGrad, bnGradReLU, relu, reluGrad, adds, accs int
+			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, relu, reluGrad, adds, accs int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -266,6 +266,9 @@ func TestFuseTrainReLU(t *testing.T) {
 					bnGrad++
 					if s.ReLU {
 						bnGradReLU++
+					}
+					if s.ReLU && s.R < 0 {
+						bnGradMaskX++
 					}
 				case codegen.ElementwiseSpec:
 					switch s.Op {
@@ -305,6 +308,11 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			if bnGradReLU != pairs || bnReLU != fwdPairs {
 				t.Errorf("%d of %d relu_grad + BatchNorm gradient pairs fused, %d of %d BatchNorm + relu pairs", bnGradReLU, pairs, bnReLU, fwdPairs)
+			}
+			// In these nets every such relu is the BatchNorm's own (CBR
+			// units), so every fused gradient recomputes its mask from x.
+			if bnGradMaskX != bnGradReLU {
+				t.Errorf("%d of %d fused BatchNorm gradients recompute the ReLU mask from x", bnGradMaskX, bnGradReLU)
 			}
 			// Each Inception block's branches start with 1x1 convolutions
 			// of the block input (three or four): their input gradients
