@@ -406,35 +406,57 @@ func (g *builder) channelSum(outer, ch, inner int, c value.Value, f func(i value
 	return r[0]
 }
 
-// channelVecs runs f over channel c of an [outer][ch][inner] value in
-// vectors: i is the element index of the vector's first lane and m its
-// lane mask (nil for a full vector; the last vector of each row of inner
-// values is masked when inner is not a multiple of the lanes). f returns
-// the new carried values.
+// chanArr is an [outer][ch][inner] array at arena offset Off whose outer
+// rows are Stride floats apart (0: ch·inner, dense). A larger stride makes
+// it a channel slice of a wider value, read in place: the gradient of one
+// branch of a concat inside the concat's gradient.
+type chanArr struct{ Off, Stride int }
+
+// dense returns a at the dense layout's offset.
+func dense(off int) chanArr { return chanArr{Off: off} }
+
+// stride returns a's outer stride for ch channels of inner values.
+func (a chanArr) stride(ch, inner int) int {
+	if a.Stride > 0 {
+		return a.Stride
+	}
+	return ch * inner
+}
+
+// extent returns the floats from a's offset to past its last element.
+func (a chanArr) extent(outer, ch, inner int) int {
+	return (outer-1)*a.stride(ch, inner) + ch*inner
+}
+
+// channelVecs runs f over channel c of [outer][ch][inner] arrays in
+// vectors: at(a) is the arena index of the vector's first lane in array a
+// and m the lane mask (nil for a full vector; the last vector of each row
+// of inner values is masked when inner is not a multiple of the lanes). f
+// returns the new carried values.
 //
-// The rows of one channel are inner floats every ch·inner: short runs
-// (784 bytes for 14x14 planes, 196 for 7x7) that the hardware prefetchers
-// pick up too late, so each vector also prefetches the same place
-// pfRows rows on in each of the arrays at the arena offsets pf.
-func (g *builder) channelVecs(outer, ch, inner int, c value.Value, pf []int, carried []value.Value, f func(i, m value.Value, a []value.Value) []value.Value) []value.Value {
+// The rows of one channel are inner floats every ch·inner (or the array's
+// stride): short runs (784 bytes for 14x14 planes, 196 for 7x7) that the
+// hardware prefetchers pick up too late, so each full vector also
+// prefetches the same place pfRows rows on in each of the arrays pf.
+func (g *builder) channelVecs(outer, ch, inner int, c value.Value, pf []chanArr, carried []value.Value, f func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value) []value.Value {
 	L := g.t.VectorLanes
 	full, tail := inner/L, inner%L
 	return g.loopN(outer, carried, func(n value.Value, a []value.Value) []value.Value {
-		base := g.mul(g.add(g.mul(n, ci(ch)), c), ci(inner))
-		prefetch := func(i value.Value) {
-			for _, off := range pf {
-				g.prefetch(g.add(ci(off+pfRows*ch*inner), i))
-			}
+		row := func(arr chanArr, j value.Value) value.Value {
+			return g.add(ci(arr.Off), g.add(g.mul(n, ci(arr.stride(ch, inner))), g.add(g.mul(c, ci(inner)), j)))
 		}
 		if full > 0 {
 			a = g.loopN(full, a, func(v value.Value, a []value.Value) []value.Value {
-				i := g.add(base, g.mul(v, ci(L)))
-				prefetch(i)
-				return f(i, nil, a)
+				j := g.mul(v, ci(L))
+				for _, arr := range pf {
+					g.prefetch(g.add(row(arr, j), ci(pfRows*arr.stride(ch, inner))))
+				}
+				return f(func(arr chanArr) value.Value { return row(arr, j) }, nil, a)
 			})
 		}
 		if tail > 0 {
-			a = f(g.add(base, ci(full*L)), g.prefixMask(tail), a)
+			j := ci(full * L)
+			a = f(func(arr chanArr) value.Value { return row(arr, j) }, g.prefixMask(tail), a)
 		}
 		return a
 	})
@@ -535,8 +557,9 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		// variance", The American Statistician 37(3), 1983), in vectors.
 		k := g.ext(g.ld(g.add(ci(s.X), g.mul(c, ci(s.Inner)))))
 		kv := g.broadcast(k)
-		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, []int{s.X}, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
-			d := g.fsub(g.vext(g.vld(g.add(ci(s.X), i), m)), kv)
+		x := []chanArr{dense(s.X)}
+		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, x, []value.Value{g.vzero64(), g.vzero64()}, func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value {
+			d := g.fsub(g.vext(g.vld(at(x[0]), m)), kv)
 			if m != nil {
 				d = g.sel(m, d, g.vzero64())
 			}
@@ -556,12 +579,12 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		sc, sh := g.bnScaleShift(g.ld(g.add(ci(s.Wt), c)), g.ld(g.add(ci(s.B), c)), mu32, v32, s.Eps)
 		scv, shv := g.splat(sc), g.splat(sh)
 		if s.Y >= 0 {
-			g.channelVecs(s.Outer, s.C, s.Inner, c, []int{s.X}, nil, func(i, m value.Value, _ []value.Value) []value.Value {
-				y := g.fma(g.vld(g.add(ci(s.X), i), m), scv, shv)
+			g.channelVecs(s.Outer, s.C, s.Inner, c, x, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
+				y := g.fma(g.vld(at(x[0]), m), scv, shv)
 				if s.ReLU {
 					y = g.relu(y)
 				}
-				g.vst(y, g.add(ci(s.Y), i), m)
+				g.vst(y, at(dense(s.Y)), m)
 				return nil
 			})
 		}
@@ -589,6 +612,10 @@ type BatchNormTrainGradSpec struct {
 	ReLU                 bool
 	R                    int
 	B                    int // the forward's bias, read when ReLU and R < 0
+	// DYStride is the distance between DY's outer rows (0: C·Inner,
+	// dense). The lowering sets it to read the gradient of one branch of
+	// a concat in place, a channel slice of the concat's gradient.
+	DYStride int
 }
 
 // maskFromX reports that the ReLU mask is recomputed from X (see the type).
@@ -609,7 +636,11 @@ func (s BatchNormTrainGradSpec) Validate() error {
 	} else if s.ReLU {
 		r = s.R
 	}
-	return extents("batchnorm_train_grad", s.DY, n, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n, b, s.C)
+	if s.DYStride != 0 && s.DYStride < s.C*s.Inner {
+		return fmt.Errorf("batchnorm_train_grad: DY stride %d < %d channels × %d", s.DYStride, s.C, s.Inner)
+	}
+	dyN := chanArr{s.DY, s.DYStride}.extent(s.Outer, s.C, s.Inner)
+	return extents("batchnorm_train_grad", s.DY, dyN, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n, b, s.C)
 }
 func (s BatchNormTrainGradSpec) tileCount() int { return s.C }
 func (s BatchNormTrainGradSpec) flops() int64   { return 8 * int64(s.Outer*s.C*s.Inner) }
@@ -629,25 +660,26 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		}
 		// dy returns the gradient at the BatchNorm's output for the x
 		// vector xv: relu_grad's (EltReLUGrad) when fused.
-		dy := func(i, m, xv value.Value) value.Value {
-			v := g.vld(g.add(ci(s.DY), i), m)
+		dyA, xA, rA := chanArr{s.DY, s.DYStride}, dense(s.X), dense(s.R)
+		dy := func(at func(chanArr) value.Value, m, xv value.Value) value.Value {
+			v := g.vld(at(dyA), m)
 			switch {
 			case s.maskFromX():
 				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.fma(xv, scv, shv), g.vzero()), v, g.vzero())
 			case s.ReLU:
-				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.vld(g.add(ci(s.R), i), m), g.vzero()), v, g.vzero())
+				v = g.sel(g.b.NewFCmp(enum.FPredOGT, g.vld(at(rA), m), g.vzero()), v, g.vzero())
 			}
 			return v
 		}
 		// One pass of float64 sums Σ dy and Σ dy·(x − mean) in vectors
 		// (masked-off lanes load 0 for dy, so they add nothing).
-		pf := []int{s.DY, s.X}
+		pf := []chanArr{dyA, xA}
 		if s.ReLU && !s.maskFromX() {
-			pf = append(pf, s.R)
+			pf = append(pf, rA)
 		}
-		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, pf, []value.Value{g.vzero64(), g.vzero64()}, func(i, m value.Value, a []value.Value) []value.Value {
-			xv := g.vld(g.add(ci(s.X), i), m)
-			d := g.vext(dy(i, m, xv))
+		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, pf, []value.Value{g.vzero64(), g.vzero64()}, func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value {
+			xv := g.vld(at(xA), m)
+			d := g.vext(dy(at, m, xv))
 			xc := g.fsub(g.vext(xv), muv)
 			return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, xc))}
 		})
@@ -665,11 +697,11 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 			a := g.splat(g.trunc(g.fmul(k, cd(m))))
 			b := g.splat(g.trunc(g.fmul(k, sdy)))
 			d := g.splat(g.trunc(g.fmul(k, sdx)))
-			g.channelVecs(s.Outer, s.C, s.Inner, c, pf, nil, func(i, m value.Value, _ []value.Value) []value.Value {
-				xv := g.vld(g.add(ci(s.X), i), m)
+			g.channelVecs(s.Outer, s.C, s.Inner, c, pf, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
+				xv := g.vld(at(xA), m)
 				xhat := g.fmul(g.fsub(xv, mu32), inv32)
-				v := g.fsub(g.fsub(g.fmul(a, dy(i, m, xv)), b), g.fmul(xhat, d))
-				g.vst(v, g.add(ci(s.DX), i), m)
+				v := g.fsub(g.fsub(g.fmul(a, dy(at, m, xv)), b), g.fmul(xhat, d))
+				g.vst(v, at(dense(s.DX)), m)
 				return nil
 			})
 		}

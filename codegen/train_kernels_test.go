@@ -237,14 +237,19 @@ func TestPhased(t *testing.T) {
 // bit for bit the results of the one that reads the forward kernel's ReLU
 // output, on inputs where a third of the x·s + t land next to zero (x at
 // the channel mean, zero bias), on AVX-512 and AVX2, with a ragged channel
-// length.
+// length; and that reading dy in place as a channel slice of a wider value
+// (DYStride) gives the same bits.
 func TestBatchNormGradMaskFromX(t *testing.T) {
 	const outer, C, inner = 3, 5, 37
 	const n = outer * C * inner
 	const X, DY, Wt, B = 0, n, 2 * n, 2*n + C
 	Mean, Var, R := B+C, B+2*C, B+3*C
 	DX, DW, DB := R+n, R+2*n, R+2*n+C
-	size := DB + C
+	// DYW holds dy as channels 2..C+1 of a [outer][C+3][inner] value, as
+	// a concat's gradient holds a branch's.
+	const wide = C + 3
+	DYW := DB + C
+	size := DYW + outer*wide*inner
 	for _, ts := range x86Targets(t) {
 		t.Run(ts.Name, func(t *testing.T) {
 			r := rand.New(rand.NewSource(3))
@@ -266,13 +271,18 @@ func TestBatchNormGradMaskFromX(t *testing.T) {
 			for c := 0; c < C; c++ {
 				arena[Wt+c] = float32(0.5 + r.Float64())
 			}
+			for o := 0; o < outer; o++ {
+				copy(arena[DYW+(o*wide+2)*inner:], arena[DY+o*C*inner:DY+(o+1)*C*inner])
+			}
 			fwd := BatchNormTrainSpec{Outer: outer, C: C, Inner: inner, Eps: 1e-3, X: X, Wt: Wt, B: B, Y: R, Mean: Mean, Var: Var, ReLU: true}
 			withR := BatchNormTrainGradSpec{Outer: outer, C: C, Inner: inner, Eps: 1e-3, DY: DY, X: X, Wt: Wt, Mean: Mean, Var: Var,
 				DX: DX, DW: DW, DB: DB, ReLU: true, R: R, B: -1}
 			fromX := withR
 			fromX.R, fromX.B = -1, B
+			view := fromX
+			view.DY, view.DYStride = DYW+2*inner, wide*inner
 			lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
-				for name, s := range map[string]TrainKernel{"fwd": fwd, "withR": withR, "fromX": fromX} {
+				for name, s := range map[string]TrainKernel{"fwd": fwd, "withR": withR, "fromX": fromX, "view": view} {
 					if _, _, err := m.Train(name, s); err != nil {
 						return err
 					}
@@ -291,9 +301,13 @@ func TestBatchNormGradMaskFromX(t *testing.T) {
 			}
 			want := runChecked(t, kernel(t, lib, "withR", ts), a, nil, withR.tileCount())
 			got := runChecked(t, kernel(t, lib, "fromX", ts), a, nil, fromX.tileCount())
-			for i := DX; i < size; i++ {
+			viewed := runChecked(t, kernel(t, lib, "view", ts), a, nil, view.tileCount())
+			for i := DX; i < DYW; i++ {
 				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("arena[%d] (dx from %d, dw from %d, db from %d): mask from x gives %v, from R %v", i, DX, DW, DB, got[i], want[i])
+				}
+				if math.Float32bits(viewed[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("arena[%d] (dx from %d, dw from %d, db from %d): dy read in place from a wider value gives %v, dense %v", i, DX, DW, DB, viewed[i], want[i])
 				}
 			}
 		})

@@ -185,7 +185,8 @@ func AccAdds(g *ir.Graph) map[int]int {
 // fusedReadEnd returns, for the values read by a relu_grad node whose only
 // user is the batchnorm_train_grad that takes it as its gradient, that
 // node: the compiled step reads them there (codegen/lower fuseTrainReLU),
-// so they stay live up to it.
+// so they stay live up to it. Likewise for a value whose channel slice a
+// BatchNorm gradient reads in place (SliceViews).
 func fusedReadEnd(g *ir.Graph, users [][]int) map[int]int {
 	end := map[int]int{}
 	for j, n := range g.Nodes {
@@ -200,7 +201,39 @@ func fusedReadEnd(g *ir.Graph, users [][]int) map[int]int {
 			end[a] = max(end[a], k)
 		}
 	}
+	for sl, k := range SliceViews(g, users) {
+		a := g.Nodes[sl].Args[0]
+		end[a] = max(end[a], k)
+	}
 	return end
+}
+
+// SliceViews maps each channel slice that a BatchNorm gradient may read in
+// place to that gradient node: an ir.OpSlice on axis 1 of a rank-4 value
+// (the autodiff's split of a concat's gradient) whose only user is a
+// batchnorm_train_grad taking it as its gradient, directly or through a
+// relu_grad used only by it. The compiled step can then skip the slice's
+// copy and read the sliced value with its channel stride (codegen
+// BatchNormTrainGradSpec.DYStride), so the planner keeps the sliced value
+// live up to the gradient node (fusedReadEnd) and the lowering decides
+// from this same map.
+func SliceViews(g *ir.Graph, users [][]int) map[int]int {
+	out := map[int]int{}
+	for s, n := range g.Nodes {
+		if n.Op != ir.OpSlice || n.Attrs.Int("axis") != 1 || n.Type.Rank() != 4 || len(n.Args) != 1 || len(users[s]) != 1 {
+			continue
+		}
+		u := users[s][0]
+		switch un := g.Nodes[u]; {
+		case un.Op == ir.OpBatchNormTrainGrad && un.Args[0] == s:
+			out[s] = u
+		case un.Op == ir.OpReLUGrad && un.Args[0] == s && un.Args[1] != s && len(users[u]) == 1:
+			if k := users[u][0]; g.Nodes[k].Op == ir.OpBatchNormTrainGrad && g.Nodes[k].Args[0] == u {
+				out[s] = k
+			}
+		}
+	}
+	return out
 }
 
 // fusedWriteStart returns, for a relu node whose operand is the normalized

@@ -215,7 +215,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	}
 	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
 	accOf, accSum := fuseTrainAcc(g, plan)
+	dyView := sliceViews(g, plan, users, results, bwdReLU)
 	fused := map[int]bool{}
+	for _, sl := range dyView {
+		fused[sl] = true
+	}
 	for _, a := range accOf {
 		fused[a] = true
 	}
@@ -311,6 +315,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				if f, ok := reluOfOwnForward(g, n, rg.Args[1]); ok {
 					s.R, s.B = -1, off(g.Nodes[f].Args[2])
 				}
+			}
+			if sl, ok := dyView[i]; ok {
+				s.DY, s.DYStride = sliceIn(g, sl, off)
 			}
 			add(s)
 		case ir.OpReLUGrad, ir.OpMul2, ir.OpScaleBy:
@@ -503,6 +510,68 @@ func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
 // written early, nothing between them overwrites the bytes read late, and
 // the BatchNorm's own operands and results overlap neither (but for an
 // elementwise in-place result, which covers exactly the same bytes).
+// sliceViews returns, for each BatchNorm gradient node that reads its
+// gradient in place from a concat's gradient, the slice node whose copy it
+// replaces (passes.SliceViews, which also keeps the sliced value live up
+// to the gradient node). The slice must not be a value the caller reads,
+// a relu_grad in between must be fused into the gradient (bwd), and no
+// node after the slice up to the gradient's own results may write into the
+// sliced value's buffer.
+func sliceViews(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, bwd map[int]int) map[int]int {
+	visible := map[int]bool{}
+	for _, o := range g.Outputs {
+		visible[o] = true
+	}
+	span := func(v int) (lo, hi int64, ok bool) {
+		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
+			return 0, 0, false
+		}
+		b := plan.Buffers[plan.BufferOf[v]]
+		return b.Offset, b.Offset + b.Size, true
+	}
+	out := map[int]int{}
+	for sl, k := range passes.SliceViews(g, users) {
+		if visible[sl] {
+			continue
+		}
+		if u := users[sl][0]; u != k && bwd[k] != u {
+			continue // the relu_grad in between runs as its own kernel
+		}
+		lo, hi, ok := span(g.Nodes[sl].Args[0])
+		if !ok {
+			continue
+		}
+		safe := true
+		for m := sl + 1; m <= k && safe; m++ {
+			outs := []int{m}
+			for _, rs := range results[m] {
+				outs = append(outs, rs...)
+			}
+			for _, o := range outs {
+				if o == sl {
+					continue
+				}
+				if l, h, ok := span(o); ok && l < hi && lo < h {
+					safe = false
+				}
+			}
+		}
+		if safe {
+			out[k] = sl
+		}
+	}
+	return out
+}
+
+// sliceIn returns where the channel slice sl lies in the value it slices:
+// the arena offset of its first element and the distance between images.
+func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
+	n := g.Nodes[sl]
+	x := g.Nodes[n.Args[0]].Type.Shape
+	inner := x[2] * x[3]
+	return off(n.Args[0]) + n.Attrs.Int("offset")*inner, x[1] * inner
+}
+
 // reluOfOwnForward reports whether r, the relu output whose mask the
 // BatchNorm gradient bn applies, is relu(y) of the batchnorm_train f that
 // bn differentiates: same input, weight and eps, and bn's mean and

@@ -250,7 +250,7 @@ func TestFuseTrainReLU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, relu, reluGrad, adds, accs int
+			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, relu, reluGrad, adds, accs int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -269,6 +269,13 @@ func TestFuseTrainReLU(t *testing.T) {
 					}
 					if s.ReLU && s.R < 0 {
 						bnGradMaskX++
+					}
+					if s.DYStride > 0 {
+						dyViews++
+					}
+				case codegen.CopySpec:
+					if st.Graph.Nodes[k.node].Op == ir.OpSlice {
+						slices++
 					}
 				case codegen.ElementwiseSpec:
 					switch s.Op {
@@ -314,6 +321,13 @@ func TestFuseTrainReLU(t *testing.T) {
 			if bnGradMaskX != bnGradReLU {
 				t.Errorf("%d of %d fused BatchNorm gradients recompute the ReLU mask from x", bnGradMaskX, bnGradReLU)
 			}
+			// Every branch of a concat that ends in a CBR unit reads its
+			// gradient in place from the concat's gradient: the slices
+			// left are those of the pooling branches of the reductions.
+			t.Logf("%s: %d BatchNorm gradients read a concat's gradient in place, %d slice copies left", net, dyViews, slices)
+			if want := len(passes.SliceViews(st.Graph, users)); dyViews != want || dyViews == 0 {
+				t.Errorf("%d of %d slices read in place", dyViews, want)
+			}
 			// Each Inception block's branches start with 1x1 convolutions
 			// of the block input (three or four): their input gradients
 			// sum into the input's gradient inside the kernels.
@@ -330,6 +344,9 @@ func TestFuseTrainReLU(t *testing.T) {
 			fwd, bwd := fuseTrainReLU(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan))
 			if len(fwd)+len(bwd) != 0 {
 				t.Errorf("%d + %d fusions of values the caller reads", len(fwd), len(bwd))
+			}
+			if v := sliceViews(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), bwd); len(v) != 0 {
+				t.Errorf("%d slices that the caller reads read in place", len(v))
 			}
 			if acc, _ := fuseTrainAcc(&sg2, st.Plan); len(acc) != 0 {
 				t.Errorf("%d input gradients that the caller reads accumulated into sums", len(acc))
