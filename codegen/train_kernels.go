@@ -536,6 +536,10 @@ type BatchNormTrainSpec struct {
 	X, Wt, B        int
 	Y, Mean, Var    int
 	ReLU            bool
+	// YStride is the distance between Y's outer rows (0: C·Inner, dense).
+	// The lowering sets it to write a concat's branch in place, into its
+	// channel slice of the concat.
+	YStride int
 }
 
 func (s BatchNormTrainSpec) Kind() string { return "batchnorm_train" }
@@ -544,7 +548,11 @@ func (s BatchNormTrainSpec) Validate() error {
 		return err
 	}
 	n := s.Outer * s.C * s.Inner
-	return extents("batchnorm_train", s.X, n, s.Wt, s.C, s.B, s.C, s.Y, n, s.Mean, s.C, s.Var, s.C)
+	if s.YStride != 0 && s.YStride < s.C*s.Inner {
+		return fmt.Errorf("batchnorm_train: Y stride %d < %d channels × %d", s.YStride, s.C, s.Inner)
+	}
+	yN := chanArr{s.Y, s.YStride}.extent(s.Outer, s.C, s.Inner)
+	return extents("batchnorm_train", s.X, n, s.Wt, s.C, s.B, s.C, s.Y, yN, s.Mean, s.C, s.Var, s.C)
 }
 func (s BatchNormTrainSpec) tileCount() int { return s.C }
 func (s BatchNormTrainSpec) flops() int64   { return 5 * int64(s.Outer*s.C*s.Inner) }
@@ -584,7 +592,7 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 				if s.ReLU {
 					y = g.relu(y)
 				}
-				g.vst(y, at(dense(s.Y)), m)
+				g.vst(y, at(chanArr{s.Y, s.YStride}), m)
 				return nil
 			})
 		}

@@ -232,14 +232,16 @@ func TestPhased(t *testing.T) {
 	}
 }
 
-// TestBatchNormGradMaskFromX checks that the BatchNorm gradient that
+// TestBatchNormFusedForms checks that the BatchNorm gradient that
 // recomputes its ReLU mask from x (BatchNormTrainGradSpec with R < 0) gives
 // bit for bit the results of the one that reads the forward kernel's ReLU
 // output, on inputs where a third of the x·s + t land next to zero (x at
 // the channel mean, zero bias), on AVX-512 and AVX2, with a ragged channel
-// length; and that reading dy in place as a channel slice of a wider value
-// (DYStride) gives the same bits.
-func TestBatchNormGradMaskFromX(t *testing.T) {
+// length; that reading dy in place as a channel slice of a wider value
+// (DYStride) gives the same bits; and that the forward writing its output
+// into such a slice (YStride) writes the same bits there and nothing
+// around them.
+func TestBatchNormFusedForms(t *testing.T) {
 	const outer, C, inner = 3, 5, 37
 	const n = outer * C * inner
 	const X, DY, Wt, B = 0, n, 2 * n, 2*n + C
@@ -249,7 +251,8 @@ func TestBatchNormGradMaskFromX(t *testing.T) {
 	// a concat's gradient holds a branch's.
 	const wide = C + 3
 	DYW := DB + C
-	size := DYW + outer*wide*inner
+	YW := DYW + outer*wide*inner
+	size := YW + outer*wide*inner
 	for _, ts := range x86Targets(t) {
 		t.Run(ts.Name, func(t *testing.T) {
 			r := rand.New(rand.NewSource(3))
@@ -281,8 +284,13 @@ func TestBatchNormGradMaskFromX(t *testing.T) {
 			fromX.R, fromX.B = -1, B
 			view := fromX
 			view.DY, view.DYStride = DYW+2*inner, wide*inner
+			fwdView := fwd
+			fwdView.Y, fwdView.YStride = YW+2*inner, wide*inner
+			for i := YW; i < size; i++ {
+				arena[i] = sentinel
+			}
 			lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
-				for name, s := range map[string]TrainKernel{"fwd": fwd, "withR": withR, "fromX": fromX, "view": view} {
+				for name, s := range map[string]TrainKernel{"fwd": fwd, "fwdView": fwdView, "withR": withR, "fromX": fromX, "view": view} {
 					if _, _, err := m.Train(name, s); err != nil {
 						return err
 					}
@@ -301,6 +309,20 @@ func TestBatchNormGradMaskFromX(t *testing.T) {
 			}
 			want := runChecked(t, kernel(t, lib, "withR", ts), a, nil, withR.tileCount())
 			got := runChecked(t, kernel(t, lib, "fromX", ts), a, nil, fromX.tileCount())
+			aw := runChecked(t, kernel(t, lib, "fwdView", ts), arena, nil, fwdView.tileCount())
+			for o := 0; o < outer; o++ {
+				for c := 0; c < wide; c++ {
+					for i := 0; i < inner; i++ {
+						got, want := aw[YW+(o*wide+c)*inner+i], sentinel
+						if c >= 2 && c < 2+C {
+							want = a[R+(o*C+c-2)*inner+i]
+						}
+						if math.Float32bits(got) != math.Float32bits(want) {
+							t.Fatalf("forward into channel %d of a wider value, row %d, element %d: %v, want %v", c, o, i, got, want)
+						}
+					}
+				}
+			}
 			viewed := runChecked(t, kernel(t, lib, "view", ts), a, nil, view.tileCount())
 			for i := DX; i < DYW; i++ {
 				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {

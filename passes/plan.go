@@ -254,7 +254,52 @@ func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
 			start[j] = bn
 		}
 	}
+	for j, c := range ConcatWrites(g, users) {
+		if bn, ok := start[j]; ok {
+			if s, ok := start[c]; !ok || bn < s {
+				start[c] = bn
+			}
+		}
+	}
 	return start
+}
+
+// ConcatWrites maps each relu node whose output the compiled step may
+// write straight into its channel slice of a concat to that concat: a relu
+// of a batchnorm_train's normalized output (fusedWriteStart) whose users
+// are one axis-1 concat of rank 4, taking it once, and relu_grads that
+// take it as their mask (which the BatchNorm gradient can recompute from
+// its input instead of reading it). The planner keeps the concat live from
+// the BatchNorm on (fusedWriteStart); the lowering decides from this map.
+func ConcatWrites(g *ir.Graph, users [][]int) map[int]int {
+	out := map[int]int{}
+	for j, n := range g.Nodes {
+		if n.Op != ir.OpReLU || len(n.Args) != 1 {
+			continue
+		}
+		concat, ok := -1, true
+		for _, u := range users[j] {
+			un := g.Nodes[u]
+			switch {
+			case un.Op == ir.OpReLUGrad && un.Args[1] == j && un.Args[0] != j:
+			case un.Op == ir.OpConcat && un.Attrs.Int("axis") == 1 && un.Type.Rank() == 4 && concat < 0:
+				k := 0
+				for _, a := range un.Args {
+					if a == j {
+						k++
+					}
+				}
+				ok = ok && k == 1
+				concat = u
+			default:
+				ok = false
+			}
+		}
+		if ok && concat >= 0 {
+			out[j] = concat
+		}
+	}
+	return out
 }
 
 // MakePlan computes liveness intervals over the graph's node order and places

@@ -216,6 +216,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
 	accOf, accSum := fuseTrainAcc(g, plan)
 	dyView := sliceViews(g, plan, users, results, bwdReLU)
+	yInto := concatWrites(g, plan, users, results, fwdReLU, bwdReLU)
+	inPlace := map[int]bool{} // relu outputs written into their concat
+	for _, w := range yInto {
+		inPlace[w.relu] = true
+	}
 	fused := map[int]bool{}
 	for _, sl := range dyView {
 		fused[sl] = true
@@ -302,6 +307,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)}
 			if j, ok := fwdReLU[i]; ok {
 				s.Y, s.ReLU = off(j), true
+			}
+			if w, ok := yInto[i]; ok {
+				s.Y, s.YStride = w.at, w.stride
 			}
 			add(s)
 		case ir.OpBatchNormTrainGrad:
@@ -410,6 +418,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				return nil, err
 			}
 			for j, c := range cs {
+				if inPlace[n.Args[j]] {
+					continue // its BatchNorm wrote it there
+				}
 				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d", name, j), node: i, spec: c})
 			}
 		case ir.OpReLU, ir.OpAdd, ir.OpMul:
@@ -559,6 +570,89 @@ func sliceViews(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]m
 		if safe {
 			out[k] = sl
 		}
+	}
+	return out
+}
+
+// concatWrite is where a BatchNorm kernel writes its fused ReLU's output
+// in place: the relu node, the arena offset of its channel slice of the
+// concat and the distance between images there.
+type concatWrite struct{ relu, at, stride int }
+
+// concatWrites returns, for each batchnorm_train whose fused ReLU output
+// can go straight into its slice of a concat (passes.ConcatWrites, which
+// also keeps the concat live from the BatchNorm on), where it goes. Every
+// relu_grad taking that output as its mask must be fused into its
+// BatchNorm gradient with the mask recomputed from x (reluOfOwnForward),
+// so that no kernel reads the relu's own buffer, which then stays
+// unwritten; the relu must not be a value the caller reads, and no node
+// from the BatchNorm to the concat may write into the concat's buffer.
+func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int) map[int]concatWrite {
+	visible := map[int]bool{}
+	for _, o := range g.Outputs {
+		visible[o] = true
+	}
+	for _, u := range g.Updates {
+		visible[u.Value] = true
+	}
+	bnOf := map[int]int{}
+	for bn, j := range fwd {
+		bnOf[j] = bn
+	}
+	span := func(v int) (lo, hi int64, ok bool) {
+		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
+			return 0, 0, false
+		}
+		b := plan.Buffers[plan.BufferOf[v]]
+		return b.Offset, b.Offset + b.Size, true
+	}
+	out := map[int]concatWrite{}
+	for j, c := range passes.ConcatWrites(g, users) {
+		bn, ok := bnOf[j]
+		if !ok || visible[j] {
+			continue
+		}
+		safe := true
+		for _, u := range users[j] {
+			if g.Nodes[u].Op != ir.OpReLUGrad {
+				continue
+			}
+			if len(users[u]) != 1 || bwd[users[u][0]] != u {
+				safe = false
+				break
+			}
+			if _, own := reluOfOwnForward(g, g.Nodes[users[u][0]], j); !own {
+				safe = false
+			}
+		}
+		lo, hi, ok := span(c)
+		if !ok || !safe || !g.Nodes[c].Type.Layout.IsPlain() {
+			continue
+		}
+		for m := bn; m < c && safe; m++ {
+			outs := []int{m}
+			for _, rs := range results[m] {
+				outs = append(outs, rs...)
+			}
+			for _, o := range outs {
+				if l, h, ok := span(o); ok && l < hi && lo < h {
+					safe = false
+				}
+			}
+		}
+		if !safe {
+			continue
+		}
+		cn := g.Nodes[c]
+		inner := cn.Type.Shape[2] * cn.Type.Shape[3]
+		c0 := 0
+		for _, a := range cn.Args {
+			if a == j {
+				break
+			}
+			c0 += g.Nodes[a].Type.Shape[1]
+		}
+		out[bn] = concatWrite{relu: j, at: int(offsetOf(plan, c, ir.F32)) + c0*inner, stride: cn.Type.Shape[1] * inner}
 	}
 	return out
 }

@@ -250,7 +250,7 @@ func TestFuseTrainReLU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, relu, reluGrad, adds, accs int
+			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -259,6 +259,9 @@ func TestFuseTrainReLU(t *testing.T) {
 					}
 				case codegen.BatchNormTrainSpec:
 					bn++
+					if s.YStride > 0 {
+						yViews++
+					}
 					if s.ReLU {
 						bnReLU++
 					}
@@ -274,8 +277,11 @@ func TestFuseTrainReLU(t *testing.T) {
 						dyViews++
 					}
 				case codegen.CopySpec:
-					if st.Graph.Nodes[k.node].Op == ir.OpSlice {
+					switch st.Graph.Nodes[k.node].Op {
+					case ir.OpSlice:
 						slices++
+					case ir.OpConcat:
+						concatCopies++
 					}
 				case codegen.ElementwiseSpec:
 					switch s.Op {
@@ -328,6 +334,12 @@ func TestFuseTrainReLU(t *testing.T) {
 			if want := len(passes.SliceViews(st.Graph, users)); dyViews != want || dyViews == 0 {
 				t.Errorf("%d of %d slices read in place", dyViews, want)
 			}
+			// Likewise the forward: every CBR branch of a concat is written
+			// into it by its BatchNorm kernel.
+			t.Logf("%s: %d BatchNorm kernels write into a concat in place, %d concat copies left", net, yViews, concatCopies)
+			if want := len(passes.ConcatWrites(st.Graph, users)); yViews != want || yViews == 0 {
+				t.Errorf("%d of %d concat branches written in place", yViews, want)
+			}
 			// Each Inception block's branches start with 1x1 convolutions
 			// of the block input (three or four): their input gradients
 			// sum into the input's gradient inside the kernels.
@@ -347,6 +359,9 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			if v := sliceViews(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), bwd); len(v) != 0 {
 				t.Errorf("%d slices that the caller reads read in place", len(v))
+			}
+			if v := concatWrites(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), fwd, bwd); len(v) != 0 {
+				t.Errorf("%d relu outputs that the caller reads written into concats", len(v))
 			}
 			if acc, _ := fuseTrainAcc(&sg2, st.Plan); len(acc) != 0 {
 				t.Errorf("%d input gradients that the caller reads accumulated into sums", len(acc))
