@@ -264,6 +264,87 @@ func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
 	return start
 }
 
+// VirtualReLUs returns the relus of ConcatWrites that no kernel of the
+// compiled step reads or writes, and that therefore get no buffer: the
+// relu is not a value the caller reads (an output or a param's new
+// value), and each relu_grad taking it as its mask is used only by the
+// gradient of the relu's own BatchNorm (OwnReLU), which recomputes the mask
+// from its input. The BatchNorm kernel writes the relu's output into the
+// concat (codegen/lower concatWrites), which must then happen: the
+// lowering reports an error rather than fall back to the relu's buffer.
+func VirtualReLUs(g *ir.Graph, users [][]int) map[int]bool {
+	visible := map[int]bool{}
+	for _, o := range g.Outputs {
+		visible[o] = true
+	}
+	for _, u := range g.Updates {
+		visible[u.Value] = true
+	}
+	out := map[int]bool{}
+	for j := range ConcatWrites(g, users) {
+		y := g.Nodes[j].Args[0]
+		if visible[j] || visible[y] || len(users[y]) != 1 || g.Nodes[y].Op != ir.OpResult {
+			continue
+		}
+		ok := g.Nodes[g.Nodes[y].Args[0]].Op == ir.OpBatchNormTrain
+		for _, u := range users[j] {
+			if g.Nodes[u].Op != ir.OpReLUGrad {
+				continue
+			}
+			if len(users[u]) != 1 || visible[u] {
+				ok = false
+				break
+			}
+			k := users[u][0]
+			if g.Nodes[k].Op != ir.OpBatchNormTrainGrad || g.Nodes[k].Args[0] != u || k < u {
+				ok = false
+				break
+			}
+			if _, own := OwnReLU(g, g.Nodes[k], j); !own {
+				ok = false
+			}
+		}
+		if ok {
+			out[j] = true
+		}
+	}
+	return out
+}
+
+// OwnReLU reports whether r, the relu output whose mask the BatchNorm
+// gradient bn applies, is relu(y) of the batchnorm_train f that bn
+// differentiates: same input, weight and eps, and bn's mean and variance
+// are f's results 1 and 2. The gradient kernel can then recompute the mask
+// from its input x (codegen BatchNormTrainGradSpec, R < 0). It returns f.
+func OwnReLU(g *ir.Graph, bn *ir.Node, r int) (int, bool) {
+	result := func(v int) (m, k int, ok bool) {
+		n := g.Nodes[v]
+		if n.Op != ir.OpResult || len(n.Args) != 1 {
+			return 0, 0, false
+		}
+		return n.Args[0], n.Attrs.Int("index"), true
+	}
+	rn := g.Nodes[r]
+	if rn.Op != ir.OpReLU || len(rn.Args) != 1 || len(bn.Args) != 5 {
+		return 0, false
+	}
+	f, k, ok := result(rn.Args[0])
+	if !ok || k != 0 {
+		return 0, false
+	}
+	fn := g.Nodes[f]
+	if fn.Op != ir.OpBatchNormTrain || len(fn.Args) != 3 || fn.Args[0] != bn.Args[1] || fn.Args[1] != bn.Args[2] ||
+		fn.Attrs.Float("eps") != bn.Attrs.Float("eps") {
+		return 0, false
+	}
+	for idx, a := range map[int]int{1: bn.Args[3], 2: bn.Args[4]} {
+		if m, k, ok := result(a); !ok || m != f || k != idx {
+			return 0, false
+		}
+	}
+	return f, true
+}
+
 // ConcatWrites maps each relu node whose output the compiled step may
 // write straight into its channel slice of a concat to that concat: a relu
 // of a batchnorm_train's normalized output (fusedWriteStart) whose users
@@ -328,9 +409,10 @@ func MakePlan(g *ir.Graph) *Plan {
 		outputs[u.Value] = true
 	}
 	readEnd, writeStart := fusedReadEnd(g, users), fusedWriteStart(g, users)
+	virtual := VirtualReLUs(g, users)
 	for i := range g.Nodes {
 		p.BufferOf[i] = -1
-		if rep[i] < 0 {
+		if rep[i] < 0 || virtual[i] {
 			continue
 		}
 		size := valueBytes(g.Nodes[i].Type)
@@ -449,11 +531,18 @@ func (p *Plan) Check(g *ir.Graph) error {
 		return fmt.Errorf("plan of an invalid graph: %w", err)
 	}
 	build := BuildTime(g)
+	virtual := VirtualReLUs(g, g.Users())
 	for i, n := range g.Nodes {
 		b := p.BufferOf[i]
 		if build[i] {
 			if b >= 0 {
 				return fmt.Errorf("build-time value %%%d has an arena buffer", i)
+			}
+			continue
+		}
+		if virtual[i] {
+			if b >= 0 {
+				return fmt.Errorf("relu %%%d written into its concat by its BatchNorm has a buffer of its own", i)
 			}
 			continue
 		}

@@ -216,7 +216,10 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
 	accOf, accSum := fuseTrainAcc(g, plan)
 	dyView := sliceViews(g, plan, users, results, bwdReLU)
-	yInto := concatWrites(g, plan, users, results, fwdReLU, bwdReLU)
+	yInto, err := concatWrites(g, plan, users, results, fwdReLU, bwdReLU)
+	if err != nil {
+		return nil, err
+	}
 	inPlace := map[int]bool{} // relu outputs written into their concat
 	for _, w := range yInto {
 		inPlace[w.relu] = true
@@ -306,10 +309,12 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			s := codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
 				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)}
 			if j, ok := fwdReLU[i]; ok {
-				s.Y, s.ReLU = off(j), true
-			}
-			if w, ok := yInto[i]; ok {
-				s.Y, s.YStride = w.at, w.stride
+				s.ReLU = true
+				if w, ok := yInto[i]; ok {
+					s.Y, s.YStride = w.at, w.stride
+				} else {
+					s.Y = off(j)
+				}
 			}
 			add(s)
 		case ir.OpBatchNormTrainGrad:
@@ -319,9 +324,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				DX: res(i, 0), DW: res(i, 1), DB: res(i, 2)}
 			if j, ok := bwdReLU[i]; ok {
 				rg := g.Nodes[j]
-				s.DY, s.ReLU, s.R = off(rg.Args[0]), true, off(rg.Args[1])
-				if f, ok := reluOfOwnForward(g, n, rg.Args[1]); ok {
+				s.DY, s.ReLU = off(rg.Args[0]), true
+				if f, ok := passes.OwnReLU(g, n, rg.Args[1]); ok {
 					s.R, s.B = -1, off(g.Nodes[f].Args[2])
+				} else {
+					s.R = off(rg.Args[1])
 				}
 			}
 			if sl, ok := dyView[i]; ok {
@@ -413,7 +420,14 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				add(codegen.CopySpec{Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)})
 			}
 		case ir.OpConcat:
-			cs, err := concatCopies(g, n, i, B, off)
+			// Operands written in place by their BatchNorm may have no
+			// buffer; their copies are dropped below.
+			cs, err := concatCopies(g, n, i, B, func(v int) int {
+				if inPlace[v] {
+					return -1
+				}
+				return off(v)
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -583,11 +597,12 @@ type concatWrite struct{ relu, at, stride int }
 // can go straight into its slice of a concat (passes.ConcatWrites, which
 // also keeps the concat live from the BatchNorm on), where it goes. Every
 // relu_grad taking that output as its mask must be fused into its
-// BatchNorm gradient with the mask recomputed from x (reluOfOwnForward),
+// BatchNorm gradient with the mask recomputed from x (passes.OwnReLU),
 // so that no kernel reads the relu's own buffer, which then stays
 // unwritten; the relu must not be a value the caller reads, and no node
 // from the BatchNorm to the concat may write into the concat's buffer.
-func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int) map[int]concatWrite {
+func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int) (map[int]concatWrite, error) {
+	virtual := passes.VirtualReLUs(g, users)
 	visible := map[int]bool{}
 	for _, o := range g.Outputs {
 		visible[o] = true
@@ -610,6 +625,9 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 	for j, c := range passes.ConcatWrites(g, users) {
 		bn, ok := bnOf[j]
 		if !ok || visible[j] {
+			if virtual[j] {
+				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but its BatchNorm does not compute it", j)
+			}
 			continue
 		}
 		safe := true
@@ -621,12 +639,15 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 				safe = false
 				break
 			}
-			if _, own := reluOfOwnForward(g, g.Nodes[users[u][0]], j); !own {
+			if _, own := passes.OwnReLU(g, g.Nodes[users[u][0]], j); !own {
 				safe = false
 			}
 		}
 		lo, hi, ok := span(c)
 		if !ok || !safe || !g.Nodes[c].Type.Layout.IsPlain() {
+			if virtual[j] {
+				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but its mask or concat %%%d is not fused", j, c)
+			}
 			continue
 		}
 		for m := bn; m < c && safe; m++ {
@@ -641,6 +662,9 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 			}
 		}
 		if !safe {
+			if virtual[j] {
+				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but cannot be written into its concat %%%d", j, c)
+			}
 			continue
 		}
 		cn := g.Nodes[c]
@@ -654,7 +678,7 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 		}
 		out[bn] = concatWrite{relu: j, at: int(offsetOf(plan, c, ir.F32)) + c0*inner, stride: cn.Type.Shape[1] * inner}
 	}
-	return out
+	return out, nil
 }
 
 // sliceIn returns where the channel slice sl lies in the value it slices:
@@ -666,39 +690,6 @@ func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
 	return off(n.Args[0]) + n.Attrs.Int("offset")*inner, x[1] * inner
 }
 
-// reluOfOwnForward reports whether r, the relu output whose mask the
-// BatchNorm gradient bn applies, is relu(y) of the batchnorm_train f that
-// bn differentiates: same input, weight and eps, and bn's mean and
-// variance are f's results 1 and 2. The gradient kernel can then recompute
-// the mask from its input x (BatchNormTrainGradSpec, R < 0). It returns f.
-func reluOfOwnForward(g *ir.Graph, bn *ir.Node, r int) (int, bool) {
-	result := func(v int) (m, k int, ok bool) {
-		n := g.Nodes[v]
-		if n.Op != ir.OpResult || len(n.Args) != 1 {
-			return 0, 0, false
-		}
-		return n.Args[0], n.Attrs.Int("index"), true
-	}
-	rn := g.Nodes[r]
-	if rn.Op != ir.OpReLU || len(rn.Args) != 1 || len(bn.Args) != 5 {
-		return 0, false
-	}
-	f, k, ok := result(rn.Args[0])
-	if !ok || k != 0 {
-		return 0, false
-	}
-	fn := g.Nodes[f]
-	if fn.Op != ir.OpBatchNormTrain || len(fn.Args) != 3 || fn.Args[0] != bn.Args[1] || fn.Args[1] != bn.Args[2] ||
-		fn.Attrs.Float("eps") != bn.Attrs.Float("eps") {
-		return 0, false
-	}
-	for idx, a := range map[int]int{1: bn.Args[3], 2: bn.Args[4]} {
-		if m, k, ok := result(a); !ok || m != f || k != idx {
-			return 0, false
-		}
-	}
-	return f, true
-}
 
 func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
@@ -726,6 +717,9 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 		s, ok := at(v)
 		return ok && s == r
 	}
+	// A relu without a buffer (passes.VirtualReLUs) is written into its
+	// concat by its BatchNorm, which the plan makes safe.
+	virtual := passes.VirtualReLUs(g, users)
 	for i, n := range g.Nodes {
 		switch n.Op {
 		case ir.OpBatchNormTrain:
@@ -735,6 +729,10 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 			}
 			y, j := ys[0], users[ys[0]][0]
 			if r := g.Nodes[j]; r.Op != ir.OpReLU || len(r.Args) != 1 || j < i || visible[y] {
+				continue
+			}
+			if virtual[j] {
+				fwd[i] = j
 				continue
 			}
 			out, ok := at(j)
@@ -776,6 +774,9 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 			}
 			dy, okd := at(n.Args[0])
 			r, okr := at(n.Args[1])
+			if virtual[n.Args[1]] {
+				r, okr = span{}, true // never read: the mask comes from x
+			}
 			if !okd || !okr {
 				continue
 			}

@@ -340,6 +340,17 @@ func TestFuseTrainReLU(t *testing.T) {
 			if want := len(passes.ConcatWrites(st.Graph, users)); yViews != want || yViews == 0 {
 				t.Errorf("%d of %d concat branches written in place", yViews, want)
 			}
+			// Their relus' own buffers are never touched, so the plan
+			// leaves them out.
+			virtual := passes.VirtualReLUs(st.Graph, users)
+			for j := range virtual {
+				if st.Plan.BufferOf[j] >= 0 {
+					t.Errorf("%%%d relu written into its concat has buffer %d", j, st.Plan.BufferOf[j])
+				}
+			}
+			if len(virtual) != yViews {
+				t.Errorf("%d relus without a buffer, %d written into concats", len(virtual), yViews)
+			}
 			// Each Inception block's branches start with 1x1 convolutions
 			// of the block input (three or four): their input gradients
 			// sum into the input's gradient inside the kernels.
@@ -360,8 +371,8 @@ func TestFuseTrainReLU(t *testing.T) {
 			if v := sliceViews(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), bwd); len(v) != 0 {
 				t.Errorf("%d slices that the caller reads read in place", len(v))
 			}
-			if v := concatWrites(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), fwd, bwd); len(v) != 0 {
-				t.Errorf("%d relu outputs that the caller reads written into concats", len(v))
+			if v, err := concatWrites(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), fwd, bwd); err != nil || len(v) != 0 {
+				t.Errorf("%d relu outputs that the caller reads written into concats (%v)", len(v), err)
 			}
 			if acc, _ := fuseTrainAcc(&sg2, st.Plan); len(acc) != 0 {
 				t.Errorf("%d input gradients that the caller reads accumulated into sums", len(acc))
