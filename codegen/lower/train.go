@@ -690,7 +690,6 @@ func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
 	return off(n.Args[0]) + n.Attrs.Int("offset")*inner, x[1] * inner
 }
 
-
 func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
 	// Values the caller reads (outputs, updates) must be computed.
