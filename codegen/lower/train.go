@@ -523,18 +523,6 @@ func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
 	return acc, other
 }
 
-// fuseTrainReLU finds the ReLUs that the BatchNorm kernels compute (see
-// codegen.BatchNormTrainSpec.ReLU and BatchNormTrainGradSpec.ReLU):
-// fwd[i] = j when relu j is the only user of batchnorm_train i's output y,
-// and bwd[k] = j when relu_grad j's only user is batchnorm_train_grad k, as
-// its gradient operand. A fused kernel writes the relu's output at the
-// BatchNorm's step instead of the relu's, and reads relu_grad's operands
-// at the BatchNorm gradient's step instead of the relu_grad's, so each
-// fusion is taken only when the plan makes that move harmless: no value
-// between the two steps occupies (is written or read in) the bytes
-// written early, nothing between them overwrites the bytes read late, and
-// the BatchNorm's own operands and results overlap neither (but for an
-// elementwise in-place result, which covers exactly the same bytes).
 // sliceViews returns, for each BatchNorm gradient node that reads its
 // gradient in place from a concat's gradient, the slice node whose copy it
 // replaces (passes.SliceViews, which also keeps the sliced value live up
@@ -690,6 +678,20 @@ func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
 	return off(n.Args[0]) + n.Attrs.Int("offset")*inner, x[1] * inner
 }
 
+// fuseTrainReLU finds the ReLUs that the BatchNorm kernels compute (see
+// codegen.BatchNormTrainSpec.ReLU and BatchNormTrainGradSpec.ReLU):
+// fwd[i] = j when relu j is the only user of batchnorm_train i's output y,
+// and bwd[k] = j when relu_grad j's only user is batchnorm_train_grad k, as
+// its gradient operand. A fused kernel writes the relu's output at the
+// BatchNorm's step instead of the relu's, and reads relu_grad's operands
+// at the BatchNorm gradient's step instead of the relu_grad's, so each
+// fusion is taken only when the plan makes that move harmless: no value
+// between the two steps occupies (is written or read in) the bytes
+// written early, nothing between them overwrites the bytes read late, and
+// the BatchNorm's own operands and results overlap neither (but for an
+// elementwise in-place result, which covers exactly the same bytes). A
+// relu without a buffer (passes.VirtualReLUs) is fused unconditionally:
+// its BatchNorm writes into the concat, which the plan keeps live.
 func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
 	// Values the caller reads (outputs, updates) must be computed.
