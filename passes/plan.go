@@ -273,13 +273,7 @@ func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
 // concat (codegen/lower concatWrites), which must then happen: the
 // lowering reports an error rather than fall back to the relu's buffer.
 func VirtualReLUs(g *ir.Graph, users [][]int) map[int]bool {
-	visible := map[int]bool{}
-	for _, o := range g.Outputs {
-		visible[o] = true
-	}
-	for _, u := range g.Updates {
-		visible[u.Value] = true
-	}
+	visible := Visible(g)
 	out := map[int]bool{}
 	for j := range ConcatWrites(g, users) {
 		y := g.Nodes[j].Args[0]
@@ -309,6 +303,20 @@ func VirtualReLUs(g *ir.Graph, users [][]int) map[int]bool {
 		}
 	}
 	return out
+}
+
+// Visible returns the values the caller reads after a run: the graph's
+// outputs and the new values of its params (Graph.Updates). No fusion may
+// leave them uncomputed or unstored.
+func Visible(g *ir.Graph) map[int]bool {
+	visible := map[int]bool{}
+	for _, o := range g.Outputs {
+		visible[o] = true
+	}
+	for _, u := range g.Updates {
+		visible[u.Value] = true
+	}
+	return visible
 }
 
 // OwnReLU reports whether r, the relu output whose mask the BatchNorm

@@ -531,17 +531,7 @@ func fuseTrainAcc(g *ir.Graph, plan *passes.Plan) (acc, other map[int]int) {
 // node after the slice up to the gradient's own results may write into the
 // sliced value's buffer.
 func sliceViews(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, bwd map[int]int) map[int]int {
-	visible := map[int]bool{}
-	for _, o := range g.Outputs {
-		visible[o] = true
-	}
-	span := func(v int) (lo, hi int64, ok bool) {
-		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
-			return 0, 0, false
-		}
-		b := plan.Buffers[plan.BufferOf[v]]
-		return b.Offset, b.Offset + b.Size, true
-	}
+	visible := passes.Visible(g)
 	out := map[int]int{}
 	for sl, k := range passes.SliceViews(g, users) {
 		if visible[sl] {
@@ -550,26 +540,8 @@ func sliceViews(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]m
 		if u := users[sl][0]; u != k && bwd[k] != u {
 			continue // the relu_grad in between runs as its own kernel
 		}
-		lo, hi, ok := span(g.Nodes[sl].Args[0])
-		if !ok {
-			continue
-		}
-		safe := true
-		for m := sl + 1; m <= k && safe; m++ {
-			outs := []int{m}
-			for _, rs := range results[m] {
-				outs = append(outs, rs...)
-			}
-			for _, o := range outs {
-				if o == sl {
-					continue
-				}
-				if l, h, ok := span(o); ok && l < hi && lo < h {
-					safe = false
-				}
-			}
-		}
-		if safe {
+		r, ok := bufferSpan(plan, g.Nodes[sl].Args[0])
+		if ok && !writtenIn(plan, results, sl+1, k+1, r, sl) {
 			out[k] = sl
 		}
 	}
@@ -591,23 +563,10 @@ type concatWrite struct{ relu, at, stride int }
 // from the BatchNorm to the concat may write into the concat's buffer.
 func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int) (map[int]concatWrite, error) {
 	virtual := passes.VirtualReLUs(g, users)
-	visible := map[int]bool{}
-	for _, o := range g.Outputs {
-		visible[o] = true
-	}
-	for _, u := range g.Updates {
-		visible[u.Value] = true
-	}
+	visible := passes.Visible(g)
 	bnOf := map[int]int{}
 	for bn, j := range fwd {
 		bnOf[j] = bn
-	}
-	span := func(v int) (lo, hi int64, ok bool) {
-		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
-			return 0, 0, false
-		}
-		b := plan.Buffers[plan.BufferOf[v]]
-		return b.Offset, b.Offset + b.Size, true
 	}
 	out := map[int]concatWrite{}
 	for j, c := range passes.ConcatWrites(g, users) {
@@ -631,25 +590,14 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 				safe = false
 			}
 		}
-		lo, hi, ok := span(c)
+		r, ok := bufferSpan(plan, c)
 		if !ok || !safe || !g.Nodes[c].Type.Layout.IsPlain() {
 			if virtual[j] {
 				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but its mask or concat %%%d is not fused", j, c)
 			}
 			continue
 		}
-		for m := bn; m < c && safe; m++ {
-			outs := []int{m}
-			for _, rs := range results[m] {
-				outs = append(outs, rs...)
-			}
-			for _, o := range outs {
-				if l, h, ok := span(o); ok && l < hi && lo < h {
-					safe = false
-				}
-			}
-		}
-		if !safe {
+		if writtenIn(plan, results, bn, c, r, -1) {
 			if virtual[j] {
 				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but cannot be written into its concat %%%d", j, c)
 			}
@@ -667,6 +615,37 @@ func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int
 		out[bn] = concatWrite{relu: j, at: int(offsetOf(plan, c, ir.F32)) + c0*inner, stride: cn.Type.Shape[1] * inner}
 	}
 	return out, nil
+}
+
+// span is a byte range [lo, hi) of the arena.
+type span struct{ lo, hi int64 }
+
+func (s span) overlaps(r span) bool { return s.lo < r.hi && r.lo < s.hi }
+
+// bufferSpan returns the bytes of v's buffer (false: none).
+func bufferSpan(plan *passes.Plan, v int) (span, bool) {
+	if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
+		return span{}, false
+	}
+	b := plan.Buffers[plan.BufferOf[v]]
+	return span{b.Offset, b.Offset + b.Size}, true
+}
+
+// writtenIn reports whether a node of steps [from, to) other than skip, or
+// one of its results, has a buffer overlapping r.
+func writtenIn(plan *passes.Plan, results map[int]map[int][]int, from, to int, r span, skip int) bool {
+	for m := from; m < to; m++ {
+		outs := []int{m}
+		for _, rs := range results[m] {
+			outs = append(outs, rs...)
+		}
+		for _, o := range outs {
+			if s, ok := bufferSpan(plan, o); ok && o != skip && s.overlaps(r) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // sliceIn returns where the channel slice sl lies in the value it slices:
@@ -695,24 +674,11 @@ func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
 func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
 	// Values the caller reads (outputs, updates) must be computed.
-	visible := map[int]bool{}
-	for _, o := range g.Outputs {
-		visible[o] = true
-	}
-	for _, u := range g.Updates {
-		visible[u.Value] = true
-	}
-	type span struct{ lo, hi int64 }
-	at := func(v int) (span, bool) {
-		if v < 0 || v >= len(plan.BufferOf) || plan.BufferOf[v] < 0 {
-			return span{}, false
-		}
-		b := plan.Buffers[plan.BufferOf[v]]
-		return span{b.Offset, b.Offset + b.Size}, true
-	}
+	visible := passes.Visible(g)
+	at := func(v int) (span, bool) { return bufferSpan(plan, v) }
 	overlaps := func(v int, r span) bool {
 		s, ok := at(v)
-		return ok && s.lo < r.hi && r.lo < s.hi
+		return ok && s.overlaps(r)
 	}
 	same := func(v int, r span) bool {
 		s, ok := at(v)
