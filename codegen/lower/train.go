@@ -213,10 +213,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		}
 		return -1
 	}
-	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results)
+	virtual := passes.VirtualReLUs(g, users) // the relus the plan left without a buffer
+	fwdReLU, bwdReLU := fuseTrainReLU(g, plan, users, results, virtual)
 	accOf, accSum := fuseTrainAcc(g, plan)
 	dyView := sliceViews(g, plan, users, results, bwdReLU)
-	yInto, err := concatWrites(g, plan, users, results, fwdReLU, bwdReLU)
+	yInto, err := concatWrites(g, plan, users, results, fwdReLU, bwdReLU, virtual)
 	if err != nil {
 		return nil, err
 	}
@@ -554,54 +555,38 @@ func sliceViews(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]m
 type concatWrite struct{ relu, at, stride int }
 
 // concatWrites returns, for each batchnorm_train whose fused ReLU output
-// can go straight into its slice of a concat (passes.ConcatWrites, which
-// also keeps the concat live from the BatchNorm on), where it goes. Every
-// relu_grad taking that output as its mask must be fused into its
-// BatchNorm gradient with the mask recomputed from x (passes.OwnReLU),
-// so that no kernel reads the relu's own buffer, which then stays
-// unwritten; the relu must not be a value the caller reads, and no node
-// from the BatchNorm to the concat may write into the concat's buffer.
-func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int) (map[int]concatWrite, error) {
-	virtual := passes.VirtualReLUs(g, users)
-	visible := passes.Visible(g)
+// goes straight into its slice of a concat, where it goes: exactly the
+// relus the plan left without a buffer (virtual, passes.VirtualReLUs; the
+// plan keeps the concat live from the BatchNorm on). Every relu_grad taking
+// such a relu as its mask must then be fused into its BatchNorm gradient
+// (which recomputes the mask from x), and nothing from the BatchNorm to the
+// concat may write into the concat's buffer; otherwise it reports an
+// internal error, since the relu has nowhere else to go.
+func concatWrites(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, fwd, bwd map[int]int, virtual map[int]bool) (map[int]concatWrite, error) {
 	bnOf := map[int]int{}
 	for bn, j := range fwd {
 		bnOf[j] = bn
 	}
 	out := map[int]concatWrite{}
 	for j, c := range passes.ConcatWrites(g, users) {
-		bn, ok := bnOf[j]
-		if !ok || visible[j] {
-			if virtual[j] {
-				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but its BatchNorm does not compute it", j)
-			}
-			continue
+		if !virtual[j] {
+			continue // computed into its own buffer and copied
 		}
-		safe := true
+		fail := func(why string) error {
+			return ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but %s", j, why)
+		}
+		bn, ok := bnOf[j]
+		if !ok {
+			return nil, fail("its BatchNorm does not compute it")
+		}
 		for _, u := range users[j] {
-			if g.Nodes[u].Op != ir.OpReLUGrad {
-				continue
-			}
-			if len(users[u]) != 1 || bwd[users[u][0]] != u {
-				safe = false
-				break
-			}
-			if _, own := passes.OwnReLU(g, g.Nodes[users[u][0]], j); !own {
-				safe = false
+			if g.Nodes[u].Op == ir.OpReLUGrad && bwd[users[u][0]] != u {
+				return nil, fail("its relu_grad is not fused into the BatchNorm gradient")
 			}
 		}
 		r, ok := bufferSpan(plan, c)
-		if !ok || !safe || !g.Nodes[c].Type.Layout.IsPlain() {
-			if virtual[j] {
-				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but its mask or concat %%%d is not fused", j, c)
-			}
-			continue
-		}
-		if writtenIn(plan, results, bn, c, r, -1) {
-			if virtual[j] {
-				return nil, ir.Errorf(g.Nodes[j].Pos, "codegen: internal error: %%%d relu has no buffer but cannot be written into its concat %%%d", j, c)
-			}
-			continue
+		if !ok || !g.Nodes[c].Type.Layout.IsPlain() || writtenIn(plan, results, bn, c, r, -1) {
+			return nil, fail(fmt.Sprintf("cannot be written into its concat %%%d", c))
 		}
 		cn := g.Nodes[c]
 		inner := cn.Type.Shape[2] * cn.Type.Shape[3]
@@ -671,7 +656,7 @@ func sliceIn(g *ir.Graph, sl int, off func(int) int) (at, stride int) {
 // elementwise in-place result, which covers exactly the same bytes). A
 // relu without a buffer (passes.VirtualReLUs) is fused unconditionally:
 // its BatchNorm writes into the concat, which the plan keeps live.
-func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int) (fwd, bwd map[int]int) {
+func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[int]map[int][]int, virtual map[int]bool) (fwd, bwd map[int]int) {
 	fwd, bwd = map[int]int{}, map[int]int{}
 	// Values the caller reads (outputs, updates) must be computed.
 	visible := passes.Visible(g)
@@ -684,9 +669,6 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 		s, ok := at(v)
 		return ok && s == r
 	}
-	// A relu without a buffer (passes.VirtualReLUs) is written into its
-	// concat by its BatchNorm, which the plan makes safe.
-	virtual := passes.VirtualReLUs(g, users)
 	for i, n := range g.Nodes {
 		switch n.Op {
 		case ir.OpBatchNormTrain:

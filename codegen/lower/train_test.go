@@ -364,14 +364,15 @@ func TestFuseTrainReLU(t *testing.T) {
 					sg2.Outputs = append(sg2.Outputs, i)
 				}
 			}
-			fwd, bwd := fuseTrainReLU(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan))
+			virtual2 := passes.VirtualReLUs(&sg2, sg2.Users())
+			fwd, bwd := fuseTrainReLU(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), virtual2)
 			if len(fwd)+len(bwd) != 0 {
 				t.Errorf("%d + %d fusions of values the caller reads", len(fwd), len(bwd))
 			}
 			if v := sliceViews(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), bwd); len(v) != 0 {
 				t.Errorf("%d slices that the caller reads read in place", len(v))
 			}
-			if v, err := concatWrites(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), fwd, bwd); err != nil || len(v) != 0 {
+			if v, err := concatWrites(&sg2, st.Plan, sg2.Users(), trainResults(&sg2, st.Plan), fwd, bwd, virtual2); err != nil || len(v) != 0 {
 				t.Errorf("%d relu outputs that the caller reads written into concats (%v)", len(v), err)
 			}
 			if acc, _ := fuseTrainAcc(&sg2, st.Plan); len(acc) != 0 {
