@@ -46,7 +46,7 @@ func corpus(t *testing.T) []string {
 func TestCorpusCompiled(t *testing.T) {
 	tc, err := codegen.FindLLVM()
 	testenv.Check(t, err)
-	isas := runnableISAs(t)
+	isas := testenv.HostISAs(t, "avx512", "avx2")
 	for _, file := range corpus(t) {
 		name := strings.TrimSuffix(filepath.Base(file), ".kiln")
 		t.Run(name, func(t *testing.T) {
@@ -104,25 +104,6 @@ func TestCorpusCompiled(t *testing.T) {
 			}
 		})
 	}
-}
-
-// runnableISAs returns the x86-64 ISAs this CPU runs; under
-// KILN_REQUIRE_TOOLS=1 (CI, whose machine has AVX-512) a missing one fails.
-func runnableISAs(t *testing.T) []string {
-	t.Helper()
-	host := map[string]bool{}
-	for _, isa := range rt.HostISAs() {
-		host[isa] = true
-	}
-	var isas []string
-	for _, isa := range []string{"avx512", "avx2"} {
-		if host[isa] {
-			isas = append(isas, isa)
-		} else {
-			testenv.Missing(t, "this CPU cannot run %s kernels (CI's machine has AVX-512)", isa)
-		}
-	}
-	return isas
 }
 
 // kernelOps summarizes the run-time ops of a lowered graph, to show in the

@@ -1,6 +1,7 @@
 package lower
 
 import (
+	"github.com/kiln-dev/kiln/internal/testenv"
 	"testing"
 
 	"github.com/kiln-dev/kiln/dsl"
@@ -57,7 +58,7 @@ func TestFusedClipCompiled(t *testing.T) {
 				t.Fatalf("%d clip kernels after the pipeline, want %d", n, c.clips)
 			}
 			a := build(t, s, params)
-			for _, isa := range []string{"avx512", "avx2"} {
+			for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 				m, err := rt.Open(a.Artifact, rt.Options{ISA: isa, Threads: 2})
 				if err != nil {
 					t.Fatal(err)

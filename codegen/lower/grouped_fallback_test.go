@@ -40,10 +40,6 @@ var groupedNets = []struct{ name, src string }{
 // groups' outputs must stay finite (the block-diagonal zeros alone would
 // give 0·NaN = NaN) and the NaN/Inf pattern must equal the interpreter's.
 func TestGroupedFallbackCompiled(t *testing.T) {
-	host := map[string]bool{}
-	for _, isa := range rt.HostISAs() {
-		host[isa] = true
-	}
 	for _, net := range groupedNets {
 		t.Run(net.name, func(t *testing.T) {
 			g, err := dsl.Load(net.name+".kiln", []byte(net.src), dsl.Options{Batch: 2})
@@ -86,11 +82,7 @@ func TestGroupedFallbackCompiled(t *testing.T) {
 						t.Fatalf("the special input gives no non-finite output")
 					}
 				}
-				for _, isa := range []string{"avx512", "avx2"} {
-					if !host[isa] {
-						testenv.Missing(t, "this CPU cannot run %s kernels", isa)
-						continue
-					}
+				for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 					m, err := rt.Open(a.Artifact, rt.Options{ISA: isa, Threads: 2})
 					if err != nil {
 						t.Fatal(err)

@@ -158,7 +158,7 @@ func reopen(t *testing.T, m *rt.Model, isa string) (*rt.Model, error) {
 }
 
 func TestTinyCompiled(t *testing.T) {
-	for _, isa := range []string{"avx512", "avx2"} {
+	for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 		for _, batch := range []int{1, 3} {
 			c := compileNet(t, "tiny", batch, nil, isa, true)
 			got, taps := c.run(t, nil)
@@ -191,10 +191,11 @@ func TestNetworksCompiled(t *testing.T) {
 			if batch > 1 {
 				size = []int{3, 139, 139}
 			}
-			c := compileNet(t, net, batch, size, "avx512", true)
+			isas := testenv.HostISAs(t, "avx512", "avx2")
+			c := compileNet(t, net, batch, size, isas[0], true)
 			m := c.m
-			for _, isa := range []string{"avx512", "avx2"} {
-				if isa == "avx2" {
+			for i, isa := range isas {
+				if i > 0 {
 					m2, err := reopen(t, m, isa)
 					if err != nil {
 						t.Fatal(err)
@@ -234,7 +235,8 @@ func TestSwappedWeightsDetected(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles a full network; skipped with -short")
 	}
-	c := compileNet(t, "inception_resnet_v2", 1, nil, "avx512", false)
+	isa := testenv.HostISAs(t, "avx512", "avx2")[0]
+	c := compileNet(t, "inception_resnet_v2", 1, nil, isa, false)
 	got, _ := c.run(t, nil)
 	if rel := relErr(t, got, c.want); !(rel <= compiledTol) {
 		t.Fatalf("unmodified weights: compiled differs by %.3g x max|ref|", rel)
@@ -260,7 +262,7 @@ func TestSwappedWeightsDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := build(t, s, swapped)
-	m, err := rt.Open(a.Artifact, rt.Options{ISA: "avx512", Threads: 2})
+	m, err := rt.Open(a.Artifact, rt.Options{ISA: isa, Threads: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

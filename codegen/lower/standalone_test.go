@@ -9,6 +9,7 @@ import (
 
 	"github.com/kiln-dev/kiln/archs"
 	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/kiln-dev/kiln/ir"
 	"github.com/kiln-dev/kiln/ir/interp"
 	"github.com/kiln-dev/kiln/ir/tensor"
@@ -55,7 +56,7 @@ func checkDisabled(t *testing.T, g *ir.Graph, disabled []string) map[string]int 
 		t.Fatalf("Check without targets: %v", err)
 	}
 	a := build(t, s, params)
-	for _, isa := range []string{"avx512", "avx2"} {
+	for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 		m, err := rt.Open(a.Artifact, rt.Options{ISA: isa, Threads: 2})
 		if err != nil {
 			t.Fatal(err)

@@ -12,7 +12,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+
+	"github.com/kiln-dev/kiln/target"
 )
 
 // RequireEnv is the environment variable that turns missing-tool skips into
@@ -66,4 +69,37 @@ func MPI(t testing.TB) string {
 		Missing(t, "mpirun not found on PATH (install Open MPI: apt-get install libopenmpi-dev openmpi-bin)")
 	}
 	return p
+}
+
+// HostISAs returns those of the named targets (ISAs of the target table,
+// e.g. "avx512", "avx2") whose features this CPU has, in the given order,
+// and logs the others. A CPU feature is not a tool that CI could install:
+// a test runs the kernels on every listed ISA the machine executes, and
+// the ones it cannot run are still compiled by the same test. Only when
+// none of them runs does the test stop through Missing.
+func HostISAs(t testing.TB, isas ...string) []string {
+	t.Helper()
+	have := target.HostFeatures()
+	var run []string
+	for _, name := range isas {
+		tg, err := target.Lookup(name)
+		if err != nil {
+			t.Fatalf("HostISAs: %v", err)
+		}
+		if miss := target.Missing(tg.Features, have); len(miss) > 0 {
+			t.Logf("not running %s kernels: this CPU lacks %s", name, strings.Join(miss, ", "))
+			continue
+		}
+		run = append(run, name)
+	}
+	if len(run) == 0 {
+		Missing(t, "this CPU runs none of %s", strings.Join(isas, ", "))
+	}
+	return run
+}
+
+// HostRuns reports whether this CPU has the features of target isa.
+func HostRuns(isa string) bool {
+	tg, err := target.Lookup(isa)
+	return err == nil && len(target.Missing(tg.Features, target.HostFeatures())) == 0
 }

@@ -38,11 +38,8 @@ func TestCompiledInferMatchesInterpreter(t *testing.T) {
 		testenv.Check(t, err)
 	}
 	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
-		for _, isa := range []string{"avx512", "avx2"} {
+		for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 			t.Run(net+"/"+isa, func(t *testing.T) {
-				if !cpuHas(isa) {
-					testenv.Missing(t, "the CPU lacks %s", isa)
-				}
 				const batch = 8
 				g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: batch})
 				if err != nil {

@@ -9,7 +9,6 @@ import (
 	"github.com/kiln-dev/kiln/dsl"
 	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/kiln-dev/kiln/ir/tensor"
-	rt "github.com/kiln-dev/kiln/runtime"
 	"github.com/kiln-dev/kiln/train"
 	"github.com/kiln-dev/kiln/train/data"
 )
@@ -56,11 +55,8 @@ func TestCompiledStepMatchesInterpreter(t *testing.T) {
 		testenv.Check(t, err)
 	}
 	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
-		for _, isa := range []string{"avx512", "avx2"} {
+		for _, isa := range testenv.HostISAs(t, "avx512", "avx2") {
 			t.Run(net+"/"+isa, func(t *testing.T) {
-				if !cpuHas(isa) {
-					testenv.Missing(t, "the CPU lacks %s", isa)
-				}
 				const batch = 4
 				g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: batch})
 				if err != nil {
@@ -136,15 +132,6 @@ func TestCompiledStepMatchesInterpreter(t *testing.T) {
 			})
 		}
 	}
-}
-
-func cpuHas(isa string) bool {
-	for _, h := range rt.HostISAs() {
-		if h == isa {
-			return true
-		}
-	}
-	return false
 }
 
 func clone(m map[string]*tensor.Tensor) map[string]*tensor.Tensor {
