@@ -167,3 +167,52 @@ func TestConvAssemblyNEON(t *testing.T) {
 		}
 	}
 }
+
+// TestTrainWgradAssembly checks the inner loop of the dot-product weight
+// gradient (train_conv_same.go) on both x86 targets: its wgShape register
+// tile (AVX2: 4 channels × 3 rows, all 16 ymm registers) stays in
+// registers, with no stack reference between the loop's label and its
+// back-edge, and each pass runs the whole tile's FMAs (times the vectors
+// per cache line: one prefetch per line, so AVX2 unrolls two vectors).
+func TestTrainWgradAssembly(t *testing.T) {
+	tc := toolchain(t)
+	geoms := []ConvGeom{
+		{N: 8, C: 64, H: 14, W: 14, O: 16, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14},
+		{N: 8, C: 16, H: 14, W: 14, O: 16, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14},
+		{N: 8, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7},
+	}
+	for _, tg := range []Target{AVX512, AVX2} {
+		m := NewModule(tg)
+		for i, s := range geoms {
+			if !(TrainConvGradWeightSpec{ConvGeom: s}).sameOK() {
+				t.Fatalf("geometry %d does not take the dot-product kernel", i)
+			}
+			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), TrainConvGradWeightSpec{ConvGeom: s, DY: 1 << 22, DW: 1 << 23}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		asm, err := tc.Assembly(m.String(), tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mr, nr := wgShape(tg)
+		fmas := mr * nr * max(1, lineFloats/tg.VectorLanes)
+		for i, s := range geoms {
+			t.Run(fmt.Sprintf("%s/%dx%d_%dto%d", tg.Name, s.KH, s.KW, s.C, s.O), func(t *testing.T) {
+				body := asmFunction(t, asm, tg.Symbol(fmt.Sprintf("wg%d", i)))
+				found := false
+				for _, l := range innerLoops(body) {
+					if n := strings.Count(l, "vfmadd231ps"); n == fmas {
+						found = true
+						if strings.Contains(l, "rsp") {
+							t.Errorf("the %d-FMA loop touches the stack:\n%s", n, l)
+						}
+					}
+				}
+				if !found {
+					t.Errorf("no inner loop with %d FMAs (%d×%d tile)", fmas, mr, nr)
+				}
+			})
+		}
+	}
+}

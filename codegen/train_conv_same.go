@@ -407,10 +407,28 @@ func (s TrainConvGradInputSpec) transposeFlip(g *builder, wt value.Value) {
 // chunk), so dy is streamed once per group rather than once per block. At
 // the end each accumulator is summed across its lanes into dW (one writer
 // per element, no zeroing).
-// The (oh, ow) of every p are a per-call stack table (planes up to
-// wgMaxP pixels; larger ones use the im2col kernel).
+// A row's mask (which of its columns read a pixel inside the image) comes
+// from a per-call stack table of one mask row per tap (wgMaskMax), so the
+// inner loop spends one load on it, not two loads and five vector
+// operations; planes up to wgMaxP pixels (larger ones use the im2col
+// kernel). On AVX2 the register tile is 4 channels × 3 rows: 12
+// accumulators, 3 x vectors and one dy vector fill the 16 registers, and a
+// vector step's 12 FMAs take 4 dy loads, 3 masked x loads, 3 mask loads
+// and 3.5 prefetches (one per cache line), where the earlier 4 × 2 tile's
+// 8 FMAs took 4 dy loads, 2 masked x loads, 2 (oh, ow) table loads, a
+// spilled register and 6 prefetches: Zen 2 issues two loads per cycle
+// and two FMAs, so that loop was bound by loads (TestTrainWgradAssembly
+// checks the tile stays in registers).
 
 const wgMaxP = 4096
+
+// wgMaskMax bounds the weight gradient's mask table (taps × pixels, i32
+// entries on the stack: 64 KiB); larger convolutions compute each row's
+// mask from per-pixel (oh, ow) tables in the inner loop instead.
+const wgMaskMax = 16 << 10
+
+// lineFloats is the floats of a cache line (64 bytes on every target).
+const lineFloats = 16
 
 // wgNC is the most images per chunk of the weight gradient: a register
 // tile's accumulators stay in registers over a chunk's images and go
@@ -442,7 +460,7 @@ func wgShape(t Target) (mr, nr int) {
 	if t.Registers >= 32 {
 		return 8, 3
 	}
-	return 4, 2
+	return 4, 3
 }
 
 // wgTO is the channels of a weight-gradient tile (a multiple of every
@@ -481,26 +499,36 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	NC := s.wgChunk()
 	pw := T == 1
 	accBuf := g.stackBuf(KG * wgTO * L)
-	var ohT, owT value.Value
-	var koffT, dhT, dwT value.Value
+	// Pp is a row's length in the mask table, P rounded up to vectors.
+	Pp := ceilDiv(P, L) * L
+	tab := !pw && T*Pp <= wgMaskMax
+	var koffT, mrowT, maskT, dhT, dwT, ohT, owT value.Value
 	if !pw {
-		n := ceilDiv(P, L) * L
-		ohT, owT = g.stackI32(n), g.stackI32(n)
-		koff, dh, dw := make([]int, K), make([]int, K), make([]int, K)
+		koff, mrow, dh, dw := make([]int, K), make([]int, K), make([]int, K), make([]int, K)
 		for k := range koff {
 			c, t := k/T, k%T
-			kh, kw := t/s.KW, t%s.KW
-			dh[k], dw[k] = kh-s.PH, kw-s.PW
+			dh[k], dw[k] = t/s.KW-s.PH, t%s.KW-s.PW
 			koff[k] = c*Pin + dh[k]*s.W + dw[k]
+			mrow[k] = t * Pp
 		}
-		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
-		// Per column p: its row (colFar past P) and column.
-		g.loopN(n, nil, func(p value.Value, _ []value.Value) []value.Value {
-			in := g.icmp(enum.IPredULT, p, ci(P))
-			g.stI(g.sel(in, g.udiv(p, s.OW), ci(colFar)), ohT, p)
-			g.stI(g.urem(p, s.OW), owT, p)
-			return nil
-		})
+		koffT = g.i32Table("koff", koff)
+		if tab {
+			// One mask row per tap (rows k < T are taps 0..T−1).
+			tdh, tdw := dh[:T], dw[:T]
+			mrowT, maskT = g.i32Table("mrow", mrow), g.tapMaskTable(tdh, tdw, s.H, s.W, s.OW, P, Pp)
+		} else {
+			// Per column p: its row (colFar past P) and column; the
+			// inner loop compares them, shifted by the row's tap, with
+			// the image.
+			dhT, dwT = g.i32Table("dh", dh), g.i32Table("dw", dw)
+			ohT, owT = g.stackI32(Pp), g.stackI32(Pp)
+			g.loopN(Pp, nil, func(p value.Value, _ []value.Value) []value.Value {
+				in := g.icmp(enum.IPredULT, p, ci(P))
+				g.stI(g.sel(in, g.udiv(p, s.OW), ci(colFar)), ohT, p)
+				g.stI(g.urem(p, s.OW), owT, p)
+				return nil
+			})
+		}
 	}
 	hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 	tailMask := func() value.Value { return g.prefixMask(tail) }
@@ -518,13 +546,19 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 						g.blocks(kn, NR, func(kb value.Value, nr int) {
 							k0 := g.add(kg0, kb)
 							// Per row of the block: its x offset within an
-							// image and its mask shifts.
-							koff, dhv, dwv := make([]value.Value, nr), make([]value.Value, nr), make([]value.Value, nr)
+							// image and its row of the mask table (or its
+							// tap's shifts).
+							koff, mrow := make([]value.Value, nr), make([]value.Value, nr)
+							dhv, dwv := make([]value.Value, nr), make([]value.Value, nr)
 							for c := 0; c < nr; c++ {
 								k := g.add(k0, ci(c))
-								if pw {
+								switch {
+								case pw:
 									koff[c] = g.mul(k, ci(Pin))
-								} else {
+								case tab:
+									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
+									mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
+								default:
 									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 									dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
 								}
@@ -550,16 +584,19 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 								for c := range xoff {
 									xoff[c] = g.add(x, koff[c])
 								}
-								step := func(p value.Value, last bool, a []value.Value) []value.Value {
+								step := func(p value.Value, last, pf bool, a []value.Value) []value.Value {
 									// Prefetch the same x and dy rows of the
 									// next image: a row is a short run, one
 									// image (C·H·W or O·OH·OW floats) from the
 									// next, which the hardware prefetchers
-									// find too late (see channelVecs).
-									for c := 0; c < nr; c++ {
+									// find too late (see channelVecs). Once
+									// per cache line: on AVX2 and NEON a
+									// prefetch per vector would take as many
+									// load slots as the operands.
+									for c := 0; pf && c < nr; c++ {
 										g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
 									}
-									for r := 0; r < mr; r++ {
+									for r := 0; pf && r < mr; r++ {
 										g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
 									}
 									colv := make([]value.Value, nr)
@@ -569,6 +606,8 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 											colv[c] = g.vload(g.arena, g.add(xoff[c], p))
 										case pw:
 											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
+										case tab:
+											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), g.tableMask(maskT, g.add(mrow[c], p)))
 										default:
 											ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
 											iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
@@ -590,13 +629,22 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 									}
 									return out
 								}
-								if PV > 0 {
-									acc = g.loopNoUnroll(ci(0), ci(PV), acc, func(v value.Value, a []value.Value) []value.Value {
-										return step(g.mul(v, ci(L)), false, a)
+								// U vectors per iteration span one cache
+								// line; the first of them prefetches.
+								U := max(1, lineFloats/L)
+								if PV >= U {
+									acc = g.loopNoUnroll(ci(0), ci(PV/U), acc, func(v value.Value, a []value.Value) []value.Value {
+										for u := 0; u < U; u++ {
+											a = step(g.mul(g.add(g.mul(v, ci(U)), ci(u)), ci(L)), false, u == 0, a)
+										}
+										return a
 									})
 								}
+								for v := PV / U * U; v < PV; v++ {
+									acc = step(ci(v*L), false, v == PV/U*U, acc)
+								}
 								if tail > 0 {
-									acc = step(ci(PV*L), true, acc)
+									acc = step(ci(PV*L), true, PV%U == 0, acc)
 								}
 								return acc
 							})
@@ -628,6 +676,35 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 			})
 		})
 	})
+}
+
+// tapMaskTable builds, in a stack buffer of T·Pp i32 (T = len(dh)), the
+// masks of a stride-1 convolution read as shifted rows: entry t·Pp + p is
+// −1 where column p < P (pixel (p/OW, p%OW)) shifted by tap t's (dh[t],
+// dw[t]) lies inside the H×W plane, else 0 (columns P..Pp−1 are 0). Built
+// once per kernel call, it turns a row's mask into one vector load; the
+// callers bound T·Pp by wgMaskMax.
+func (g *builder) tapMaskTable(dh, dw []int, H, W, OW, P, Pp int) value.Value {
+	T := len(dh)
+	dhT, dwT := g.i32Table("tdh", dh), g.i32Table("tdw", dw)
+	tab := g.stackI32(T * Pp)
+	g.loopN(T, nil, func(t value.Value, _ []value.Value) []value.Value {
+		dh, dw := g.b.NewSExt(g.ldI(dhT, t), i64), g.b.NewSExt(g.ldI(dwT, t), i64)
+		g.loopN(Pp, nil, func(p value.Value, _ []value.Value) []value.Value {
+			ih, iw := g.add(g.udiv(p, OW), dh), g.add(g.urem(p, OW), dw)
+			in := g.b.NewAnd(g.icmp(enum.IPredULT, p, ci(P)),
+				g.b.NewAnd(g.icmp(enum.IPredULT, ih, ci(H)), g.icmp(enum.IPredULT, iw, ci(W))))
+			g.stI(g.b.NewSExt(in, i64), tab, g.add(g.mul(t, ci(Pp)), p))
+			return nil
+		})
+		return nil
+	})
+	return tab
+}
+
+// tableMask is the <lanes x i1> mask of the table entries at tab+i.
+func (g *builder) tableMask(tab, i value.Value) value.Value {
+	return g.b.NewICmp(enum.IPredSLT, g.ldI32Vec(tab, i), g.i32Vec(func(int) int { return 0 }))
 }
 
 // fillBuf zeroes n floats of a stack buffer.

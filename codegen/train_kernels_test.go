@@ -87,6 +87,9 @@ func TestTrainConvKernels(t *testing.T) {
 		{N: 1, C: 40, H: 6, W: 6, O: 5, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 1, C: 45, H: 4, W: 5, O: 41, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 2, C: 300, H: 8, W: 9, O: 3, KH: 1, KW: 1, SH: 1, SW: 1},
+		// A weight-gradient mask table over its stack budget (25 taps ×
+		// 784 pixels > wgMaskMax): masks computed in the inner loop.
+		{N: 2, C: 2, H: 28, W: 28, O: 3, KH: 5, KW: 5, SH: 1, SW: 1, PH: 2, PW: 2},
 		// Stride 1, rows as wide as the input's but fewer of them: the
 		// dot-product weight gradient without the "same" forward.
 		{N: 2, C: 3, H: 6, W: 5, O: 4, KH: 3, KW: 1, SH: 1, SW: 1},
