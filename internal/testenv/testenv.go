@@ -97,9 +97,3 @@ func HostISAs(t testing.TB, isas ...string) []string {
 	}
 	return run
 }
-
-// HostRuns reports whether this CPU has the features of target isa.
-func HostRuns(isa string) bool {
-	tg, err := target.Lookup(isa)
-	return err == nil && len(target.Missing(tg.Features, target.HostFeatures())) == 0
-}
