@@ -555,13 +555,13 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 								switch {
 								case pw:
 									koff[c] = g.mul(k, ci(Pin))
+									continue
 								case tab:
-									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 									mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
 								default:
-									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 									dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
 								}
+								koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 							}
 							accAt := func(r, c int) value.Value {
 								return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
@@ -683,7 +683,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 // −1 where column p < P (pixel (p/OW, p%OW)) shifted by tap t's (dh[t],
 // dw[t]) lies inside the H×W plane, else 0 (columns P..Pp−1 are 0). Built
 // once per kernel call, it turns a row's mask into one vector load; the
-// callers bound T·Pp by wgMaskMax.
+// weight gradient bounds T·Pp by wgMaskMax.
 func (g *builder) tapMaskTable(dh, dw []int, H, W, OW, P, Pp int) value.Value {
 	T := len(dh)
 	dhT, dwT := g.i32Table("tdh", dh), g.i32Table("tdw", dw)
