@@ -215,6 +215,56 @@ func BenchmarkTrainConvGradWeight(b *testing.B) {
 	}
 }
 
+// BenchmarkTrainConv reports, like BenchmarkTrainConvGradWeight, the
+// forward (fw) and input-gradient (dgrad) training convolutions on the same
+// shapes: with it the three products of one layer compare on one machine.
+func BenchmarkTrainConv(b *testing.B) {
+	tgt := x86Targets(b)[0]
+	const X, Y, Wt = 0, 8 << 20, 12 << 20
+	kinds := []struct {
+		name  string
+		tiles func(s ConvGeom) int
+	}{
+		{"fw", func(s ConvGeom) int { return TrainConvSpec{ConvGeom: s}.tileCount() }},
+		{"dgrad", func(s ConvGeom) int { return TrainConvGradInputSpec{ConvGeom: s}.tileCount() }},
+	}
+	lib := buildLibFor(b, []Target{tgt}, func(m *Module) error {
+		if _, _, err := m.Peak("peak", benchPeak); err != nil {
+			return err
+		}
+		for i, c := range benchWgrads {
+			if _, _, err := m.Train(fmt.Sprintf("fw%d", i), TrainConvSpec{ConvGeom: c.s, X: X, Wt: Wt, Bias: -1, Out: Y}); err != nil {
+				return err
+			}
+			if _, _, err := m.Train(fmt.Sprintf("dgrad%d", i), TrainConvGradInputSpec{ConvGeom: c.s, DY: Y, Wt: Wt, DX: X, Acc: -1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := randomAligned(rand.New(rand.NewSource(1)), 13<<20, 1)
+	pk := kernel(b, lib, "peak", tgt)
+	for _, kd := range kinds {
+		for i, c := range benchWgrads {
+			s := c.s
+			k := kernel(b, lib, fmt.Sprintf("%s%d", kd.name, i), tgt)
+			tiles := kd.tiles(s)
+			flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+			b.Run(kd.name+"/"+tgt.Name+"/"+c.name, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					k.Run(arena, nil, 0, tiles)
+				}
+				b.StopTimer()
+				gf := measure(k, arena, nil, tiles, flops)
+				peak := measure(pk, arena, nil, benchPeak.Tiles, benchPeak.TileFlops(tgt))
+				b.ReportMetric(gf, "GFLOP/s")
+				b.ReportMetric(100*gf/peak, "%peak")
+				b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
+			})
+		}
+	}
+}
+
 // randomAligned returns n aligned floats drawn from r, normal with
 // standard deviation scale (the benchmarks' arenas and weights).
 func randomAligned(r *rand.Rand, n int, scale float32) []float32 {

@@ -59,7 +59,18 @@ type sameConv struct {
 	// image) first splits its input into phase planes (builder.phaseSplit).
 	Phased bool
 	H0, W0 int
+	// Outs are further outputs of a sibling group (forward, 1x1): the
+	// convolutions of the same input with their own weights (Wt, row-major
+	// Ch×K in the arena) into their own values (At, Ch channels per
+	// image), computed in the same tiles as the first, so that a tile's
+	// block of x is read from memory once for all of them. Siblings have
+	// no bias and no addend.
+	Outs []samePart
 }
+
+// samePart is one further output of a sameConv sibling group: Ch channels
+// per image at arena offset At, weights at arena offset Wt.
+type samePart struct{ Ch, At, Wt int }
 
 func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
 
@@ -147,23 +158,22 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		}
 		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
 	}
-	bias := func(o value.Value) value.Value {
-		if s.Bias < 0 {
-			return g.vzero()
+	// initial is the value before the products of output channel o at
+	// offset at (w lanes) of a part with the given bias and addend (Acc,
+	// shaped like the part's output at out): the bias plus the addend.
+	initial := func(o, at value.Value, w, bias, acc, out int) value.Value {
+		b := g.vzero()
+		if bias >= 0 {
+			b = g.splat(g.ld(g.add(ci(bias), o)))
 		}
-		return g.splat(g.ld(g.add(ci(s.Bias), o)))
-	}
-	// initial is out's value before the products for channel o at output
-	// offset at (w lanes): the bias, plus the addend Acc at the same place.
-	initial := func(o, at value.Value, w int) value.Value {
-		if s.Acc < 0 {
-			return bias(o)
+		if acc < 0 {
+			return b
 		}
-		a := g.vloadN(g.arena, g.add(at, ci(s.Acc-s.Out)), w)
-		if s.Bias < 0 {
+		a := g.vloadN(g.arena, g.add(at, ci(acc-out)), w)
+		if bias < 0 {
 			return a
 		}
-		return g.fadd(a, bias(o))
+		return g.fadd(a, b)
 	}
 	if prep != nil {
 		prep()
@@ -172,13 +182,29 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 	if s.Phased {
 		src = phases
 	}
+	// The outputs: s's own and its siblings'.
+	type outPart struct {
+		O, Out, Bias, Acc int
+		a                 func(o, k value.Value) value.Value // A(o, k)
+	}
+	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, func(o, k value.Value) value.Value {
+		return g.load(aBase, g.add(ci(aOff), g.add(g.mul(o, ci(K)), k)))
+	}}}
+	for _, pt := range s.Outs {
+		parts = append(parts, outPart{pt.Ch, pt.At, -1, -1, func(o, k value.Value) value.Value {
+			return g.load(g.arena, g.add(ci(pt.Wt), g.add(g.mul(o, ci(K)), k)))
+		}})
+	}
 	block := func(n, pb value.Value) {
 		p0 := g.mul(pb, ci(gemmNB))
 		x := g.add(ci(s.In), g.mul(n, ci(s.C*P)))
 		if s.Phased {
 			x = ci(0)
 		}
-		y := g.add(ci(s.Out), g.add(g.mul(n, ci(s.O*P)), p0))
+		ys := make([]value.Value, len(parts))
+		for j, pt := range parts {
+			ys[j] = g.add(ci(pt.Out), g.add(g.mul(n, ci(pt.O*P)), p0))
+		}
 		// (oh, ow) of the block's columns; columns past P get oh = colFar,
 		// outside every row range.
 		ohv, owv := make([]value.Value, nvB), make([]value.Value, nvB)
@@ -189,12 +215,16 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
 			direct := pw && w == gemmNB
 			single := K <= gemmKC
-			if !single && !(s.Acc == s.Out && s.Bias < 0) {
-				g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
+			for j, pt := range parts {
+				if single || (pt.Acc == pt.Out && pt.Bias < 0) {
+					continue
+				}
+				y := ys[j]
+				g.loopN(pt.O, nil, func(o value.Value, _ []value.Value) []value.Value {
 					g.subBlocks(w, func(j0, nv, wl int) {
 						for v := 0; v < nv; v++ {
 							at := g.add(g.mul(o, ci(P)), ci(j0+v*L))
-							g.vstoreN(initial(o, g.add(y, at), lanesOf(v, nv, wl, L)), g.arena, g.add(y, at), lanesOf(v, nv, wl, L))
+							g.vstoreN(initial(o, g.add(y, at), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out), g.arena, g.add(y, at), lanesOf(v, nv, wl, L))
 						}
 					})
 					return nil
@@ -221,31 +251,31 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 					})
 				}
 				g.subBlocks(w, func(j0, nv, wl int) {
-					g.blocks(s.O, balancedMR(g.t, s.O), func(o0 value.Value, mr int) {
-						yo := g.add(y, g.mul(o0, ci(P)))
-						cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
-						acc := g.gemmTile(mr, nv, kn,
-							func(r, v int) value.Value {
-								if single {
-									return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L))
+					for pj, pt := range parts {
+						g.blocks(pt.O, balancedMR(g.t, pt.O), func(o0 value.Value, mr int) {
+							yo := g.add(ys[pj], g.mul(o0, ci(P)))
+							cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
+							acc := g.gemmTile(mr, nv, kn,
+								func(r, v int) value.Value {
+									if single {
+										return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out)
+									}
+									return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+								},
+								func(r int, kk value.Value) value.Value { return pt.a(g.add(o0, ci(r)), g.add(k0, kk)) },
+								func(v int, kk value.Value) value.Value {
+									if direct {
+										return g.vload(g.arena, g.add(x, g.add(g.mul(g.add(k0, kk), ci(P)), g.add(p0, ci(j0+v*L)))))
+									}
+									return g.vload(panel, g.add(g.mul(kk, ci(gemmNB)), ci(j0+v*L)))
+								})
+							for r := 0; r < mr; r++ {
+								for v := 0; v < nv; v++ {
+									g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
 								}
-								return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
-							},
-							func(r int, kk value.Value) value.Value {
-								return g.load(aBase, g.add(ci(aOff), g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(k0, kk))))
-							},
-							func(v int, kk value.Value) value.Value {
-								if direct {
-									return g.vload(g.arena, g.add(x, g.add(g.mul(g.add(k0, kk), ci(P)), g.add(p0, ci(j0+v*L)))))
-								}
-								return g.vload(panel, g.add(g.mul(kk, ci(gemmNB)), ci(j0+v*L)))
-							})
-						for r := 0; r < mr; r++ {
-							for v := 0; v < nv; v++ {
-								g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
 							}
-						}
-					})
+						})
+					}
 				})
 			})
 		})

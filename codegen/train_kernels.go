@@ -213,14 +213,42 @@ func (s ConvGeom) rows(g *builder, oh0, oh1, ow0, ow1 int, carried []value.Value
 type TrainConvSpec struct {
 	ConvGeom
 	X, Wt, Bias, Out int // Bias < 0: none
+	// Siblings are further 1x1 convolutions of the same input X in the
+	// same kernel (passes.ConvSiblings): each tile computes its block of
+	// pixels for every one of them, so that the block of x is read from
+	// memory once (train_conv_same.go, sameConv.Outs). They have no bias.
+	Siblings []ConvSibling
 }
+
+// ConvSibling is one more convolution of a sibling group: O output
+// channels, its weight (O×C×1×1) at arena offset Wt, its output (or, for
+// an input gradient, its dy) at Data.
+type ConvSibling struct{ O, Wt, Data int }
+
+// SiblingsOK reports whether convolutions of geometry s (O taken from each
+// sibling) run as one kernel: pointwise, "same" (stride 1, no padding).
+func (s ConvGeom) SiblingsOK() bool { return s.pointwise() && s.same() }
 
 func (s TrainConvSpec) Kind() string { return "conv2d" }
 func (s TrainConvSpec) Validate() error {
 	if err := s.validate("conv2d"); err != nil {
 		return err
 	}
-	return extents("conv2d", s.X, s.N*s.C*s.H*s.W, s.Wt, s.O*s.C*s.KH*s.KW, s.Bias, s.O, s.Out, s.N*s.O*s.OH*s.OW)
+	if err := extents("conv2d", s.X, s.N*s.C*s.H*s.W, s.Wt, s.O*s.C*s.KH*s.KW, s.Bias, s.O, s.Out, s.N*s.O*s.OH*s.OW); err != nil {
+		return err
+	}
+	if len(s.Siblings) > 0 && !s.SiblingsOK() {
+		return fmt.Errorf("conv2d: sibling convolutions need a 1x1 stride-1 unpadded geometry, got %dx%d stride %dx%d pad %dx%d", s.KH, s.KW, s.SH, s.SW, s.PH, s.PW)
+	}
+	for _, sb := range s.Siblings {
+		if err := positive("conv2d sibling", "O", sb.O); err != nil {
+			return err
+		}
+		if err := extents("conv2d sibling", sb.Wt, sb.O*s.C, sb.Data, s.N*sb.O*s.OH*s.OW); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 func (s TrainConvSpec) tileCount() int {
 	if s.phased() {
@@ -229,11 +257,19 @@ func (s TrainConvSpec) tileCount() int {
 	return s.gemmTiles()
 }
 func (s TrainConvSpec) flops() int64 {
-	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+	o := s.O
+	for _, sb := range s.Siblings {
+		o += sb.O
+	}
+	return 2 * int64(s.N*o*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvSpec) gen(g *builder) {
 	if s.same() {
-		s.sameFwd().gen(g, g.arena, s.Wt, nil)
+		sc := s.sameFwd()
+		for _, sb := range s.Siblings {
+			sc.Outs = append(sc.Outs, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
+		}
+		sc.gen(g, g.arena, s.Wt, nil)
 		return
 	}
 	if s.phased() {

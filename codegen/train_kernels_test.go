@@ -338,3 +338,90 @@ func TestBatchNormFusedForms(t *testing.T) {
 		})
 	}
 }
+
+// TestTrainConvSiblings checks sibling groups (passes.ConvSiblings) against
+// each convolution computed alone by the reference: the forward kernel with
+// further outputs (TrainConvSpec.Siblings), with a bias on the first, for
+// full 32-column pixel blocks read directly, a ragged block packed, output
+// channel counts that are not multiples of the micro-tile, and K past the
+// reduction block.
+func TestTrainConvSiblings(t *testing.T) {
+	cases := []struct {
+		g  ConvGeom
+		os []int // output channels of the group's convolutions
+	}{
+		{ConvGeom{N: 2, C: 8, H: 14, W: 14}, []int{16, 16, 16, 16}},
+		{ConvGeom{N: 3, C: 11, H: 7, W: 7}, []int{5, 13, 3}},
+		{ConvGeom{N: 1, C: 300, H: 8, W: 9}, []int{3, 7}},
+	}
+	targets := x86Targets(t)
+	if ktest.HasAVX2() {
+		targets = append(targets, x86Block4)
+	}
+	for _, ts := range targets {
+		for ci, c := range cases {
+			s := c.g
+			s.KH, s.KW, s.SH, s.SW, s.OH, s.OW = 1, 1, 1, 1, s.H, s.W
+			t.Run(fmt.Sprintf("%s/%d", ts.Name, ci), func(t *testing.T) {
+				r := rand.New(rand.NewSource(int64(ci)))
+				const gap = 16
+				nx, P := s.N*s.C*s.H*s.W, s.H*s.W
+				x := randn(r, nx)
+				bias := randn(r, c.os[0])
+				at := nx + gap
+				B := at
+				at += c.os[0] + gap
+				type conv struct {
+					geo      ConvGeom
+					w, dy    []float32
+					W, Y, DY int
+				}
+				var convs []conv
+				for _, o := range c.os {
+					g := s
+					g.O = o
+					cv := conv{geo: g, w: randn(r, o*s.C), dy: randn(r, s.N*o*P)}
+					cv.W, at = at, at+o*s.C+gap
+					cv.Y, at = at, at+s.N*o*P+gap
+					cv.DY, at = at, at+s.N*o*P+gap
+					convs = append(convs, cv)
+				}
+				arena := make([]float32, at)
+				fill(arena, sentinel)
+				copy(arena, x)
+				copy(arena[B:], bias)
+				for _, cv := range convs {
+					copy(arena[cv.W:], cv.w)
+					copy(arena[cv.DY:], cv.dy)
+				}
+				first := convs[0]
+				fwd := TrainConvSpec{ConvGeom: first.geo, X: 0, Wt: first.W, Bias: B, Out: first.Y}
+				for _, cv := range convs[1:] {
+					fwd.Siblings = append(fwd.Siblings, ConvSibling{O: cv.geo.O, Wt: cv.W, Data: cv.Y})
+				}
+				lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
+					_, _, err := m.Train("fwd", fwd)
+					return err
+				})
+				a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
+				for j, cv := range convs {
+					ry, _, _ := convRef(cv.geo, x, cv.w, cv.dy)
+					if j == 0 {
+						for i := range ry {
+							ry[i] += float64(bias[i/P%cv.geo.O])
+						}
+					}
+					compare(t, fmt.Sprintf("conv2d sibling %d", j), a[cv.Y:cv.Y+len(ry)], ry)
+				}
+				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
+					for _, cv := range convs {
+						if i >= cv.Y && i < cv.Y+s.N*cv.geo.O*P {
+							return true
+						}
+					}
+					return false
+				})
+			})
+		}
+	}
+}

@@ -106,7 +106,7 @@ func Pipeline() []*Pass {
 
 // Lookup returns the pipeline's pass called name.
 func Lookup(name string) *Pass {
-	for _, p := range Pipeline() {
+	for _, p := range append(Pipeline(), TrainingPipeline()...) {
 		if p.Name == name {
 			return p
 		}
@@ -156,7 +156,9 @@ func CheckNames(names ...string) error {
 // hide values the backward pass reads), blocked layouts not yet (the
 // backward ops run on plain layouts), then DCE, the memory-aware schedule and
 // the arena plan.
-func TrainingPipeline() []*Pass { return []*Pass{dcePass, schedulePass, planBuffers} }
+func TrainingPipeline() []*Pass {
+	return []*Pass{dcePass, schedulePass, groupSiblingsPass, planBuffers}
+}
 
 // RunTraining runs TrainingPipeline over g (which it does not modify).
 func RunTraining(g *ir.Graph, opts Options) (*State, error) {

@@ -417,6 +417,7 @@ func MakePlan(g *ir.Graph) *Plan {
 		outputs[u.Value] = true
 	}
 	readEnd, writeStart := fusedReadEnd(g, users), fusedWriteStart(g, users)
+	groupLifetimes(g, readEnd, writeStart)
 	virtual := VirtualReLUs(g, users)
 	for i := range g.Nodes {
 		p.BufferOf[i] = -1

@@ -225,7 +225,21 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	for _, w := range yInto {
 		inPlace[w.relu] = true
 	}
+	// Sibling convolutions (passes.ConvSiblings) run as their first
+	// member's kernel.
+	siblings := map[int][]int{}
 	fused := map[int]bool{}
+	for _, grp := range passes.ConvSiblings(g) {
+		n := g.Nodes[grp[0]]
+		geo, err := convGeom(n, g.Nodes[n.Args[0]].Type.Shape, g.Nodes[n.Args[1]].Type.Shape, n.Type.Shape)
+		if err != nil || !geo.SiblingsOK() {
+			continue
+		}
+		siblings[grp[0]] = grp[1:]
+		for _, m := range grp[1:] {
+			fused[m] = true
+		}
+	}
 	for _, sl := range dyView {
 		fused[sl] = true
 	}
@@ -282,7 +296,14 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if len(n.Args) == 3 {
 				s.Bias = off(n.Args[2])
 			}
+			for _, m := range siblings[i] {
+				mn := g.Nodes[m]
+				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m)})
+			}
 			add(s)
+			for _, m := range siblings[i] {
+				specs[len(specs)-1].macs += g.MACs(m)
+			}
 		case ir.OpConv2DGradInput:
 			geo, err := convGeom(n, sh, arg(1).Type.Shape, arg(0).Type.Shape)
 			if err != nil {

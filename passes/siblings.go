@@ -1,0 +1,202 @@
+package passes
+
+import "github.com/kiln-dev/kiln/ir"
+
+// Sibling convolutions in a training step.
+//
+// An Inception block reads its input with several 1x1 convolutions (the
+// A blocks of the mini networks: four 64 → 16 ones, the pooling branch's
+// included, once its convolution is moved before the pool). Run one after
+// the other, each reads the whole input from memory: at batch 128 that is
+// 6.4 MB, far beyond L2, for 16 output channels. The compiled step runs
+// such siblings as one kernel (codegen TrainConvSpec.Siblings) whose tiles
+// compute a block of pixels for all of them while the block of the input
+// is in L1: the input is read once, as if the convolutions were one with
+// the output channels of all (as oneDNN and TVM users do by hand when they
+// merge the 1x1 branches of an Inception block into one convolution and
+// split its output; here the weights and outputs stay separate values, so
+// checkpoints, BatchNorms and the interpreter see the network as written).
+//
+// group-siblings makes every group adjacent in the schedule, at the place
+// of its last member (the others, and whatever depends on them, wait for
+// it); ConvSiblings then finds the groups as runs of adjacent nodes, for
+// the planner (a group's operands stay live to its end and its results
+// from its start: the kernel reads and writes them all at once) and for
+// the lowering, from this one definition.
+
+// siblingKey identifies the convolutions that may share a kernel: 1x1,
+// stride 1, no padding, no bias, ungrouped, undilated, float32 in the
+// plain layout, reading the same input.
+func siblingKey(g *ir.Graph, n *ir.Node) (x int, ok bool) {
+	if n.Op != ir.OpConv2D || len(n.Args) != 2 || n.Type.DType != ir.F32 || !n.Type.Layout.IsPlain() {
+		return 0, false
+	}
+	w := g.Nodes[n.Args[1]].Type.Shape
+	if len(w) != 4 || w[2] != 1 || w[3] != 1 || n.Attrs.Int("groups") != 1 {
+		return 0, false
+	}
+	for _, a := range []string{"stride", "dilation"} {
+		if v := n.Attrs.Ints(a); v != nil && (v[0] != 1 || v[1] != 1) {
+			return 0, false
+		}
+	}
+	if p := n.Attrs.Ints("pad"); p != nil && (p[0] != 0 || p[1] != 0) {
+		return 0, false
+	}
+	return n.Args[0], true
+}
+
+// ConvSiblings returns the sibling groups of g's schedule: maximal runs of
+// at least two adjacent nodes that are convolutions of one input
+// (siblingKey), each as its node indices in order.
+func ConvSiblings(g *ir.Graph) [][]int {
+	var groups [][]int
+	for i := 0; i < len(g.Nodes); {
+		x, ok := siblingKey(g, g.Nodes[i])
+		j := i + 1
+		for ok && j < len(g.Nodes) {
+			y, ok2 := siblingKey(g, g.Nodes[j])
+			if !ok2 || y != x {
+				break
+			}
+			j++
+		}
+		if ok && j-i >= 2 {
+			groups = append(groups, seq(i, j))
+		}
+		i = j
+	}
+	return groups
+}
+
+func seq(lo, hi int) []int {
+	s := make([]int, 0, hi-lo)
+	for i := lo; i < hi; i++ {
+		s = append(s, i)
+	}
+	return s
+}
+
+// groupLifetimes extends, for each sibling group [s, e], the read end of
+// every value a member reads to e and the write start of every value a
+// member writes to s, into end and start (as fusedReadEnd and
+// fusedWriteStart).
+func groupLifetimes(g *ir.Graph, end, start map[int]int) {
+	for _, grp := range ConvSiblings(g) {
+		s, e := grp[0], grp[len(grp)-1]
+		for _, i := range grp {
+			for _, a := range g.Nodes[i].Args {
+				end[a] = max(end[a], e)
+			}
+			if w, ok := start[i]; !ok || s < w {
+				start[i] = s
+			}
+		}
+	}
+}
+
+// groupSiblingsPass sinks every sibling group to its last member.
+var groupSiblingsPass = &Pass{
+	Name:  "group-siblings",
+	Doc:   "make 1x1 convolutions of one input adjacent, so that the compiled training step runs them as one kernel",
+	After: []string{"schedule"},
+	Run: func(s *State) error {
+		if order, ok := siblingOrder(s.Graph); ok {
+			s.Graph = reorder(s.Graph, order)
+		}
+		return nil
+	},
+}
+
+// siblingOrder returns g's order with each group of convolutions of one
+// input (siblingKey) moved to its last member: a node waits while it is a
+// group member before the last or reads a waiting node, and the waiting
+// nodes follow, in their old order, as soon as they no longer wait. It
+// reports false when there is no group.
+func siblingOrder(g *ir.Graph) ([]int, bool) {
+	members := map[int][]int{} // input → its sibling convolutions, in order
+	for i, n := range g.Nodes {
+		if x, ok := siblingKey(g, n); ok {
+			members[x] = append(members[x], i)
+		}
+	}
+	last := map[int]int{} // member → its group's last member
+	for _, ms := range members {
+		if len(ms) < 2 {
+			continue
+		}
+		for _, m := range ms {
+			last[m] = ms[len(ms)-1]
+		}
+	}
+	if len(last) == 0 {
+		return nil, false
+	}
+	done := make([]bool, len(g.Nodes))
+	order := make([]int, 0, len(g.Nodes))
+	var waiting []int
+	ready := func(i int) bool {
+		for _, a := range g.Nodes[i].Args {
+			if !done[a] {
+				return false
+			}
+		}
+		return true
+	}
+	var emit func(i int)
+	emit = func(i int) {
+		if l, ok := last[i]; ok {
+			if i != l {
+				waiting = append(waiting, i)
+				return
+			}
+			// The group's last member: the whole group, in order.
+			x, _ := siblingKey(g, g.Nodes[i])
+			for _, m := range members[x] {
+				if !ready(m) {
+					waiting = append(waiting, i)
+					return
+				}
+			}
+			for _, m := range members[x] {
+				order = append(order, m)
+				done[m] = true
+				delete(last, m)
+			}
+			kept := waiting[:0]
+			for _, w := range waiting {
+				if !done[w] {
+					kept = append(kept, w)
+				}
+			}
+			waiting = kept
+		} else {
+			if !ready(i) {
+				waiting = append(waiting, i)
+				return
+			}
+			order = append(order, i)
+			done[i] = true
+		}
+		// Release the waiting nodes that can go now, in old order.
+		for progress := true; progress; {
+			progress = false
+			for k, w := range waiting {
+				if _, member := last[w]; !member && ready(w) {
+					waiting = append(waiting[:k], waiting[k+1:]...)
+					order = append(order, w)
+					done[w] = true
+					progress = true
+					break
+				}
+			}
+		}
+	}
+	for i := range g.Nodes {
+		emit(i)
+	}
+	if len(order) != len(g.Nodes) {
+		return nil, false // a group waited on itself: keep the old order
+	}
+	return order, true
+}

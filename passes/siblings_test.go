@@ -1,0 +1,82 @@
+package passes_test
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/kiln-dev/kiln/archs"
+	"github.com/kiln-dev/kiln/dsl"
+	"github.com/kiln-dev/kiln/ir"
+	"github.com/kiln-dev/kiln/passes"
+	"github.com/kiln-dev/kiln/train"
+)
+
+// TestConvSiblings checks group-siblings on the mini networks' training
+// steps: each Inception-A and -B block's 1x1 convolutions of the block
+// input (four in mini_inception, the pooling branch's moved before its
+// pool; three and two in mini_inception_resnet's A and B blocks) form one
+// group of adjacent nodes, the order stays topological, and the plan keeps every
+// value a group reads or writes live over the whole group, which the
+// compiled step's one kernel per group needs.
+func TestConvSiblings(t *testing.T) {
+	for _, c := range []struct {
+		net   string
+		sizes []int
+	}{
+		{"mini_inception", []int{4, 4, 4, 4, 4, 4}},
+		{"mini_inception_resnet", []int{3, 3, 3, 2, 2, 2}},
+	} {
+		net := c.net
+		t.Run(net, func(t *testing.T) {
+			g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sg, err := train.Step(g, train.StepOptions{Smoothing: 0.1, Optimizer: train.PaperRMSProp})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := passes.RunTraining(sg.Graph, passes.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tg, p := st.Graph, st.Plan
+			if err := tg.Verify(); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Check(tg); err != nil {
+				t.Fatal(err)
+			}
+			groups := passes.ConvSiblings(tg)
+			var sizes []int
+			for _, grp := range groups {
+				sizes = append(sizes, len(grp))
+			}
+			if !slices.Equal(sizes, c.sizes) {
+				t.Fatalf("sibling groups of %v convolutions, want %v (3 Inception-A blocks, then 3 -B)", sizes, c.sizes)
+			}
+			for _, grp := range groups {
+				s, e := grp[0], grp[len(grp)-1]
+				live := func(v int, what string) {
+					b := p.BufferOf[v]
+					if b < 0 {
+						return
+					}
+					if buf := p.Buffers[b]; buf.Start > s || buf.End < e {
+						t.Errorf("group %d..%d (%s): %s %%%d live over %d..%d only", s, e, tg.Nodes[s].Name, what, v, buf.Start, buf.End)
+					}
+				}
+				for _, m := range grp {
+					n := tg.Nodes[m]
+					if n.Op != ir.OpConv2D || n.Args[0] != tg.Nodes[s].Args[0] {
+						t.Fatalf("%%%d %s %v in a group of convolutions of %%%d", m, n.Op, n.Args, tg.Nodes[s].Args[0])
+					}
+					live(m, "output")
+					for _, a := range n.Args {
+						live(a, "operand")
+					}
+				}
+			}
+		})
+	}
+}
