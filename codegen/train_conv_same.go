@@ -66,10 +66,18 @@ type sameConv struct {
 	// block of x is read from memory once for all of them. Siblings have
 	// no bias and no addend.
 	Outs []samePart
+	// Ins are further reduction segments (the input gradient of a sibling
+	// group, 1x1, one K block, no Outs): out = Acc + Σ over the segments
+	// of A_j·in_j, segment j reading Ch channels per image at At. With
+	// Ins every segment's A is the forward 1x1 weight read in place
+	// (A_j[o][k] at Wt + k·O + o, the first segment's at aOff: the
+	// transpose needs no buffer).
+	Ins []samePart
 }
 
-// samePart is one further output of a sameConv sibling group: Ch channels
-// per image at arena offset At, weights at arena offset Wt.
+// samePart is one further output or reduction segment of a sameConv
+// sibling group: Ch channels per image at arena offset At, weights at
+// arena offset Wt.
 type samePart struct{ Ch, At, Wt int }
 
 func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
@@ -130,6 +138,9 @@ func (g *builder) i32Table(suffix string, vals []int) value.Value {
 func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 	T := s.KH * s.KW
 	K, P := s.C*T, s.H*s.W
+	for _, sg := range s.Ins {
+		K += sg.Ch * T
+	}
 	PB := ceilDiv(P, gemmNB)
 	L := g.t.VectorLanes
 	nvB := gemmNB / L
@@ -195,9 +206,21 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 			return g.load(g.arena, g.add(ci(pt.Wt), g.add(g.mul(o, ci(K)), k)))
 		}})
 	}
+	// The reduction segments: s's input and, with Ins, its siblings';
+	// kstart[j] is segment j's first row of K.
+	segs := append([]samePart{{Ch: s.C, At: s.In, Wt: aOff}}, s.Ins...)
+	kstart := make([]int, len(segs))
+	for j := 1; j < len(segs); j++ {
+		kstart[j] = kstart[j-1] + segs[j-1].Ch*T
+	}
+	multi := len(segs) > 1
 	block := func(n, pb value.Value) {
 		p0 := g.mul(pb, ci(gemmNB))
-		x := g.add(ci(s.In), g.mul(n, ci(s.C*P)))
+		xs := make([]value.Value, len(segs)) // segment j's image n
+		for j, sg := range segs {
+			xs[j] = g.add(ci(sg.At), g.mul(n, ci(sg.Ch*P)))
+		}
+		x := xs[0]
 		if s.Phased {
 			x = ci(0)
 		}
@@ -231,7 +254,18 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 				})
 			}
 			g.blocks(K, gemmKC, func(k0 value.Value, kn int) {
-				if !direct {
+				if !direct && multi {
+					for j, sg := range segs {
+						g.loopN(sg.Ch, nil, func(kk value.Value, _ []value.Value) []value.Value {
+							for v := 0; v < nvB; v++ {
+								off := g.add(xs[j], g.add(g.mul(kk, ci(P)), g.add(p0, ci(v*L))))
+								mask := g.b.NewICmp(enum.IPredULT, ohv[v], hv)
+								g.vstore(g.maskedLoad(src, off, mask), panel, g.add(g.mul(g.add(kk, ci(kstart[j])), ci(gemmNB)), ci(v*L)))
+							}
+							return nil
+						})
+					}
+				} else if !direct {
 					g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
 						k := g.add(k0, kk)
 						for v := 0; v < nvB; v++ {
@@ -255,20 +289,40 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 						g.blocks(pt.O, balancedMR(g.t, pt.O), func(o0 value.Value, mr int) {
 							yo := g.add(ys[pj], g.mul(o0, ci(P)))
 							cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
-							acc := g.gemmTile(mr, nv, kn,
-								func(r, v int) value.Value {
-									if single {
-										return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out)
-									}
-									return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
-								},
-								func(r int, kk value.Value) value.Value { return pt.a(g.add(o0, ci(r)), g.add(k0, kk)) },
-								func(v int, kk value.Value) value.Value {
-									if direct {
-										return g.vload(g.arena, g.add(x, g.add(g.mul(g.add(k0, kk), ci(P)), g.add(p0, ci(j0+v*L)))))
-									}
-									return g.vload(panel, g.add(g.mul(kk, ci(gemmNB)), ci(j0+v*L)))
-								})
+							// One micro-kernel run per segment, the
+							// accumulators carried from one to the next.
+							var acc []value.Value
+							for j, sg := range segs {
+								kn, row0, prev := kn, 0, acc
+								if multi {
+									kn, row0 = sg.Ch, kstart[j]
+								}
+								acc = g.gemmTile(mr, nv, kn,
+									func(r, v int) value.Value {
+										switch {
+										case prev != nil:
+											return prev[r*nv+v]
+										case single:
+											return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out)
+										}
+										return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+									},
+									func(r int, kk value.Value) value.Value {
+										if multi {
+											return g.load(g.arena, g.add(ci(sg.Wt), g.add(g.mul(kk, ci(s.O)), g.add(o0, ci(r)))))
+										}
+										return pt.a(g.add(o0, ci(r)), g.add(k0, kk))
+									},
+									func(v int, kk value.Value) value.Value {
+										switch {
+										case direct && multi:
+											return g.vload(g.arena, g.add(xs[j], g.add(g.mul(kk, ci(P)), g.add(p0, ci(j0+v*L)))))
+										case direct:
+											return g.vload(g.arena, g.add(x, g.add(g.mul(g.add(k0, kk), ci(P)), g.add(p0, ci(j0+v*L)))))
+										}
+										return g.vload(panel, g.add(g.mul(g.add(kk, ci(row0)), ci(gemmNB)), ci(j0+v*L)))
+									})
+							}
 							for r := 0; r < mr; r++ {
 								for v := 0; v < nv; v++ {
 									g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))

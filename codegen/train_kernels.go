@@ -295,6 +295,24 @@ type TrainConvGradInputSpec struct {
 	ConvGeom
 	DY, Wt, DX int
 	Acc        int
+	// Siblings are further 1x1 convolutions of the same input whose
+	// input gradients are summed into dx by the same kernel
+	// (passes.GradInputSiblings): dx = Acc + Wᵀ·dy + Σ W_jᵀ·dy_j, each
+	// sibling's dy (O_j channels) at Data. See GradInputSiblingsOK.
+	Siblings []ConvSibling
+}
+
+// GradInputSiblingsOK reports whether the input gradients of convolutions
+// of geometry s with the output channels os (s.O's first) run as one
+// kernel: SiblingsOK, and the summed channels fit one reduction block of
+// the micro-kernel (gemmKC rows); larger groups run as one kernel per
+// convolution.
+func (s ConvGeom) GradInputSiblingsOK(os []int) bool {
+	k := 0
+	for _, o := range os {
+		k += o
+	}
+	return s.SiblingsOK() && k <= gemmKC
 }
 
 func (s TrainConvGradInputSpec) Kind() string { return "conv2d_grad_input" }
@@ -306,7 +324,26 @@ func (s TrainConvGradInputSpec) Validate() error {
 		return err
 	}
 	if s.Acc >= 0 {
-		return extents("conv2d_grad_input", s.Acc, s.N*s.C*s.H*s.W)
+		if err := extents("conv2d_grad_input", s.Acc, s.N*s.C*s.H*s.W); err != nil {
+			return err
+		}
+	}
+	if len(s.Siblings) == 0 {
+		return nil
+	}
+	os := []int{s.O}
+	for _, sb := range s.Siblings {
+		if err := positive("conv2d_grad_input sibling", "O", sb.O); err != nil {
+			return err
+		}
+		if err := extents("conv2d_grad_input sibling", sb.Wt, sb.O*s.C, sb.Data, s.N*sb.O*s.OH*s.OW); err != nil {
+			return err
+		}
+		os = append(os, sb.O)
+	}
+	if !s.GradInputSiblingsOK(os) {
+		return fmt.Errorf("conv2d_grad_input: sibling gradients need a 1x1 stride-1 unpadded geometry and at most %d summed channels, got %dx%d stride %dx%d pad %dx%d, channels %v",
+			gemmKC, s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, os)
 	}
 	return nil
 }
@@ -322,7 +359,7 @@ func (s TrainConvGradInputSpec) initDX(g *builder, dx value.Value, n int) {
 	}
 }
 func (s TrainConvGradInputSpec) tileCount() int {
-	if s.sameOK() {
+	if s.sameOK() || len(s.Siblings) > 0 {
 		return s.sameDgrad().tiles()
 	}
 	if s.phased() || s.gemmOK() {
@@ -331,9 +368,22 @@ func (s TrainConvGradInputSpec) tileCount() int {
 	return s.N * s.C
 }
 func (s TrainConvGradInputSpec) flops() int64 {
-	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+	o := s.O
+	for _, sb := range s.Siblings {
+		o += sb.O
+	}
+	return 2 * int64(s.N*o*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradInputSpec) gen(g *builder) {
+	if len(s.Siblings) > 0 {
+		// Every weight read in place (sameConv.Ins).
+		sc := s.sameDgrad()
+		for _, sb := range s.Siblings {
+			sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
+		}
+		sc.gen(g, g.arena, s.Wt, nil)
+		return
+	}
 	if s.sameOK() {
 		s.genSame(g)
 		return

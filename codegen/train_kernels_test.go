@@ -339,12 +339,14 @@ func TestBatchNormFusedForms(t *testing.T) {
 	}
 }
 
-// TestTrainConvSiblings checks sibling groups (passes.ConvSiblings) against
-// each convolution computed alone by the reference: the forward kernel with
-// further outputs (TrainConvSpec.Siblings), with a bias on the first, for
-// full 32-column pixel blocks read directly, a ragged block packed, output
-// channel counts that are not multiples of the micro-tile, and K past the
-// reduction block.
+// TestTrainConvSiblings checks sibling groups (passes.ConvSiblings and
+// GradInputSiblings) against each convolution computed alone by the
+// reference: the forward kernel with further outputs
+// (TrainConvSpec.Siblings), with a bias on the first, and the summed input
+// gradient (TrainConvGradInputSpec.Siblings) alone and added to another
+// gradient, for full 32-column pixel blocks read directly, a ragged block
+// packed, output channel counts that are not multiples of the micro-tile,
+// and (forward only) K or the summed channels past the reduction block.
 func TestTrainConvSiblings(t *testing.T) {
 	cases := []struct {
 		g  ConvGeom
@@ -353,6 +355,8 @@ func TestTrainConvSiblings(t *testing.T) {
 		{ConvGeom{N: 2, C: 8, H: 14, W: 14}, []int{16, 16, 16, 16}},
 		{ConvGeom{N: 3, C: 11, H: 7, W: 7}, []int{5, 13, 3}},
 		{ConvGeom{N: 1, C: 300, H: 8, W: 9}, []int{3, 7}},
+		// More summed channels than a reduction block: the forward only.
+		{ConvGeom{N: 1, C: 4, H: 5, W: 5}, []int{200, 100}},
 	}
 	targets := x86Targets(t)
 	if ktest.HasAVX2() {
@@ -386,9 +390,14 @@ func TestTrainConvSiblings(t *testing.T) {
 					cv.DY, at = at, at+s.N*o*P+gap
 					convs = append(convs, cv)
 				}
+				DX, DXA := at, at+nx+gap
+				addend := randn(r, nx)
+				ACC := DXA + nx + gap
+				at = ACC + nx + gap
 				arena := make([]float32, at)
 				fill(arena, sentinel)
 				copy(arena, x)
+				copy(arena[ACC:], addend)
 				copy(arena[B:], bias)
 				for _, cv := range convs {
 					copy(arena[cv.W:], cv.w)
@@ -399,11 +408,49 @@ func TestTrainConvSiblings(t *testing.T) {
 				for _, cv := range convs[1:] {
 					fwd.Siblings = append(fwd.Siblings, ConvSibling{O: cv.geo.O, Wt: cv.W, Data: cv.Y})
 				}
+				dgrad := TrainConvGradInputSpec{ConvGeom: first.geo, DY: first.DY, Wt: first.W, DX: DX, Acc: -1}
+				var os []int
+				for _, cv := range convs {
+					os = append(os, cv.geo.O)
+				}
+				for _, cv := range convs[1:] {
+					dgrad.Siblings = append(dgrad.Siblings, ConvSibling{O: cv.geo.O, Wt: cv.W, Data: cv.DY})
+				}
+				dgradAcc := dgrad
+				dgradAcc.DX, dgradAcc.Acc = DXA, ACC
+				grads := s.GradInputSiblingsOK(os)
 				lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
-					_, _, err := m.Train("fwd", fwd)
+					if _, _, err := m.Train("fwd", fwd); err != nil {
+						return err
+					}
+					if !grads {
+						return nil
+					}
+					if _, _, err := m.Train("dgrad", dgrad); err != nil {
+						return err
+					}
+					_, _, err := m.Train("dgradacc", dgradAcc)
 					return err
 				})
 				a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
+				rdx := make([]float64, nx)
+				for _, cv := range convs {
+					_, d, _ := convRef(cv.geo, x, cv.w, cv.dy)
+					for i := range rdx {
+						rdx[i] += d[i]
+					}
+				}
+				if grads {
+					a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
+					a = runChecked(t, kernel(t, lib, "dgradacc", ts), a, nil, dgradAcc.tileCount())
+					compare(t, "conv2d_grad_input siblings", a[DX:DX+nx], rdx)
+					for i := range rdx {
+						rdx[i] += float64(addend[i])
+					}
+					compare(t, "conv2d_grad_input siblings + addend", a[DXA:DXA+nx], rdx)
+				} else if err := dgrad.Validate(); err == nil {
+					t.Errorf("input-gradient siblings of %v channels (over a reduction block) validate", os)
+				}
 				for j, cv := range convs {
 					ry, _, _ := convRef(cv.geo, x, cv.w, cv.dy)
 					if j == 0 {
@@ -414,6 +461,9 @@ func TestTrainConvSiblings(t *testing.T) {
 					compare(t, fmt.Sprintf("conv2d sibling %d", j), a[cv.Y:cv.Y+len(ry)], ry)
 				}
 				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
+					if grads && (i >= DX && i < DX+nx || i >= DXA && i < DXA+nx) {
+						return true
+					}
 					for _, cv := range convs {
 						if i >= cv.Y && i < cv.Y+s.N*cv.geo.O*P {
 							return true

@@ -1,6 +1,10 @@
 package passes
 
-import "github.com/kiln-dev/kiln/ir"
+import (
+	"slices"
+
+	"github.com/kiln-dev/kiln/ir"
+)
 
 // Sibling convolutions in a training step.
 //
@@ -77,10 +81,96 @@ func seq(lo, hi int) []int {
 	return s
 }
 
-// groupLifetimes extends, for each sibling group [s, e], the read end of
-// every value a member reads to e and the write start of every value a
-// member writes to s, into end and start (as fusedReadEnd and
-// fusedWriteStart).
+// gradInputKey reports a 1x1, stride-1, unpadded, ungrouped float32 input
+// gradient in the plain layout (the backward of a siblingKey convolution).
+func gradInputKey(g *ir.Graph, n *ir.Node) bool {
+	if n.Op != ir.OpConv2DGradInput || len(n.Args) != 2 || n.Type.DType != ir.F32 || !n.Type.Layout.IsPlain() {
+		return false
+	}
+	w := g.Nodes[n.Args[1]].Type.Shape
+	if len(w) != 4 || w[2] != 1 || w[3] != 1 || n.Attrs.Int("groups") != 1 {
+		return false
+	}
+	st, p := n.Attrs.Ints("stride"), n.Attrs.Ints("pad")
+	return (st == nil || st[0] == 1 && st[1] == 1) && (p == nil || p[0] == 0 && p[1] == 0)
+}
+
+// GradInputGroup is the sum of the input gradients of sibling
+// convolutions, as the autodiff builds it: a tree of adds (Root and the
+// adds below it, each used once and not visible to the caller) whose
+// leaves are at least two 1x1 input gradients of the root's shape
+// (gradInputKey, each used once: Grads, in schedule order) and at most one
+// other contribution (Other, -1 when none), such as a residual's identity
+// gradient. The compiled step computes Root = [Other +] Σ W_jᵀ·dy_j in one
+// kernel at the root's place (codegen TrainConvGradInputSpec.Siblings), so
+// the gradients' dy are read there and the partial sums never stored.
+type GradInputGroup struct {
+	Root  int
+	Grads []int
+	Other int
+	// Members are every node of the tree (Grads, the adds, Root), in
+	// schedule order.
+	Members []int
+}
+
+// GradInputSiblings returns g's input-gradient groups (GradInputGroup).
+// No add in a group may be one that a gradient outside the group
+// accumulates into (AccAdds), so that every node of the tree is computed
+// by the group's kernel or before it.
+func GradInputSiblings(g *ir.Graph) []GradInputGroup {
+	users := g.Users()
+	acc := AccAdds(g)
+	visible := Visible(g)
+	single := func(v int) bool { return len(users[v]) == 1 && !visible[v] }
+	inTree := map[int]bool{} // adds already inside a larger tree
+	var groups []GradInputGroup
+	for root := len(g.Nodes) - 1; root >= 0; root-- {
+		n := g.Nodes[root]
+		if n.Op != ir.OpAdd || inTree[root] || len(n.Args) != 2 {
+			continue
+		}
+		grp := GradInputGroup{Root: root, Other: -1}
+		ok := true
+		var walk func(v int, top bool)
+		walk = func(v int, top bool) {
+			vn := g.Nodes[v]
+			switch {
+			case vn.Op == ir.OpAdd && len(vn.Args) == 2 && (top || single(v)):
+				if d, fused := acc[v]; fused && !(gradInputKey(g, g.Nodes[d]) && single(d)) {
+					ok = false
+				}
+				grp.Members = append(grp.Members, v)
+				walk(vn.Args[0], false)
+				walk(vn.Args[1], false)
+			case gradInputKey(g, vn) && single(v) && ir.ShapeEqual(vn.Type.Shape, n.Type.Shape):
+				grp.Grads = append(grp.Grads, v)
+				grp.Members = append(grp.Members, v)
+			case grp.Other < 0:
+				grp.Other = v
+			default:
+				ok = false
+			}
+		}
+		walk(root, true)
+		if !ok || len(grp.Grads) < 2 {
+			continue
+		}
+		for _, m := range grp.Members {
+			inTree[m] = true
+		}
+		slices.Sort(grp.Grads)
+		slices.Sort(grp.Members)
+		groups = append(groups, grp)
+	}
+	slices.Reverse(groups)
+	return groups
+}
+
+// groupLifetimes extends, for each sibling group [s, e] (ConvSiblings),
+// the read end of every value a member reads to e and the write start of
+// every value a member writes to s, and for each input-gradient group the
+// read end of every value its nodes read to its root, into end and start
+// (as fusedReadEnd and fusedWriteStart).
 func groupLifetimes(g *ir.Graph, end, start map[int]int) {
 	for _, grp := range ConvSiblings(g) {
 		s, e := grp[0], grp[len(grp)-1]
@@ -90,6 +180,13 @@ func groupLifetimes(g *ir.Graph, end, start map[int]int) {
 			}
 			if w, ok := start[i]; !ok || s < w {
 				start[i] = s
+			}
+		}
+	}
+	for _, grp := range GradInputSiblings(g) {
+		for _, i := range grp.Members {
+			for _, a := range g.Nodes[i].Args {
+				end[a] = max(end[a], grp.Root)
 			}
 		}
 	}

@@ -15,9 +15,11 @@ import (
 // steps: each Inception-A and -B block's 1x1 convolutions of the block
 // input (four in mini_inception, the pooling branch's moved before its
 // pool; three and two in mini_inception_resnet's A and B blocks) form one
-// group of adjacent nodes, the order stays topological, and the plan keeps every
-// value a group reads or writes live over the whole group, which the
-// compiled step's one kernel per group needs.
+// group of adjacent nodes, and their input gradients one tree of adds
+// (GradInputSiblings); the order stays topological, and the plan keeps
+// every value a group reads or writes live over the whole group (up to an
+// input-gradient group's root), which the compiled step's one kernel per
+// group needs.
 func TestConvSiblings(t *testing.T) {
 	for _, c := range []struct {
 		net   string
@@ -55,6 +57,30 @@ func TestConvSiblings(t *testing.T) {
 			if !slices.Equal(sizes, c.sizes) {
 				t.Fatalf("sibling groups of %v convolutions, want %v (3 Inception-A blocks, then 3 -B)", sizes, c.sizes)
 			}
+			// The input gradients: one group per forward group, of as
+			// many gradients.
+			var gsizes []int
+			for _, grp := range passes.GradInputSiblings(tg) {
+				for _, m := range grp.Members {
+					if op := tg.Nodes[m].Op; op != ir.OpConv2DGradInput && op != ir.OpAdd {
+						t.Errorf("%%%d %s in an input-gradient group", m, op)
+					}
+					for _, a := range tg.Nodes[m].Args {
+						if b := p.BufferOf[a]; b >= 0 && p.Buffers[b].End < grp.Root {
+							t.Errorf("input-gradient group at %%%d: operand %%%d live to %d only", grp.Root, a, p.Buffers[b].End)
+						}
+					}
+				}
+				if grp.Members[len(grp.Members)-1] != grp.Root {
+					t.Errorf("input-gradient group %v: the root %%%d is not its last node", grp.Members, grp.Root)
+				}
+				gsizes = append(gsizes, len(grp.Grads))
+			}
+			slices.Sort(gsizes)
+			want := slices.Sorted(slices.Values(c.sizes))
+			if !slices.Equal(gsizes, want) {
+				t.Errorf("input-gradient groups of %v gradients, want %v", gsizes, want)
+			}
 			for _, grp := range groups {
 				s, e := grp[0], grp[len(grp)-1]
 				live := func(v int, what string) {
@@ -68,7 +94,7 @@ func TestConvSiblings(t *testing.T) {
 				}
 				for _, m := range grp {
 					n := tg.Nodes[m]
-					if n.Op != ir.OpConv2D || n.Args[0] != tg.Nodes[s].Args[0] {
+					if n.Op == ir.OpConv2D && n.Args[0] != tg.Nodes[s].Args[0] {
 						t.Fatalf("%%%d %s %v in a group of convolutions of %%%d", m, n.Op, n.Args, tg.Nodes[s].Args[0])
 					}
 					live(m, "output")

@@ -252,6 +252,27 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	for _, j := range bwdReLU {
 		fused[j] = true
 	}
+	// The summed input gradients of sibling convolutions
+	// (passes.GradInputSiblings) run as one kernel at their root add.
+	gradGroups := map[int]passes.GradInputGroup{}
+	for _, grp := range passes.GradInputSiblings(g) {
+		d := g.Nodes[grp.Grads[0]]
+		geo, err := convGeom(d, d.Type.Shape, g.Nodes[d.Args[1]].Type.Shape, g.Nodes[d.Args[0]].Type.Shape)
+		if err != nil {
+			continue
+		}
+		var os []int
+		for _, m := range grp.Grads {
+			os = append(os, g.Nodes[g.Nodes[m].Args[1]].Type.Shape[0])
+		}
+		if !geo.GradInputSiblingsOK(os) {
+			continue
+		}
+		gradGroups[grp.Root] = grp
+		for _, m := range grp.Members {
+			fused[m] = m != grp.Root
+		}
+	}
 	var specs []kernelSpec
 	for i, n := range g.Nodes {
 		if fused[i] {
@@ -459,7 +480,30 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				}
 				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_%d", name, j), node: i, spec: c})
 			}
-		case ir.OpReLU, ir.OpAdd, ir.OpMul:
+		case ir.OpAdd:
+			if grp, ok := gradGroups[i]; ok {
+				d := g.Nodes[grp.Grads[0]]
+				geo, err := convGeom(d, d.Type.Shape, g.Nodes[d.Args[1]].Type.Shape, g.Nodes[d.Args[0]].Type.Shape)
+				if err != nil {
+					return nil, err
+				}
+				s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(d.Args[0]), Wt: off(d.Args[1]), DX: off(i), Acc: -1}
+				if grp.Other >= 0 {
+					s.Acc = off(grp.Other)
+				}
+				for _, m := range grp.Grads[1:] {
+					mn := g.Nodes[m]
+					s.Siblings = append(s.Siblings, codegen.ConvSibling{O: g.Nodes[mn.Args[1]].Type.Shape[0], Wt: off(mn.Args[1]), Data: off(mn.Args[0])})
+				}
+				add(s)
+				specs[len(specs)-1].macs = 0
+				for _, m := range grp.Grads {
+					specs[len(specs)-1].macs += g.MACs(m)
+				}
+				break
+			}
+			fallthrough
+		case ir.OpReLU, ir.OpMul:
 			s := codegen.ElementwiseSpec{Elems: n.Type.Numel(), InOff: off(n.Args[0]), OutOff: off(i)}
 			switch n.Op {
 			case ir.OpReLU:
