@@ -201,18 +201,23 @@ func BenchmarkTrainConvGradWeight(b *testing.B) {
 		k := kernel(b, lib, fmt.Sprintf("wg%d", i), tgt)
 		tiles := TrainConvGradWeightSpec{ConvGeom: s}.tileCount()
 		flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
-		b.Run(tgt.Name+"/"+c.name, func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				k.Run(arena, nil, 0, tiles)
-			}
-			b.StopTimer()
-			gf := measure(k, arena, nil, tiles, flops)
-			peak := measure(pk, arena, nil, benchPeak.Tiles, benchPeak.TileFlops(tgt))
-			b.ReportMetric(gf, "GFLOP/s")
-			b.ReportMetric(100*gf/peak, "%peak")
-			b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
-		})
+		b.Run(tgt.Name+"/"+c.name, func(b *testing.B) { benchTrainKernel(b, k, pk, tgt, arena, tiles, flops) })
 	}
+}
+
+// benchTrainKernel times k over its tiles and reports its GFLOP/s on one
+// thread, as % of the FMA peak kernel pk measured right after, and on two
+// threads (measure2).
+func benchTrainKernel(b *testing.B, k, pk ktest.Kernel, tgt Target, arena []float32, tiles int, flops int64) {
+	for i := 0; i < b.N; i++ {
+		k.Run(arena, nil, 0, tiles)
+	}
+	b.StopTimer()
+	gf := measure(k, arena, nil, tiles, flops)
+	peak := measure(pk, arena, nil, benchPeak.Tiles, benchPeak.TileFlops(tgt))
+	b.ReportMetric(gf, "GFLOP/s")
+	b.ReportMetric(100*gf/peak, "%peak")
+	b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
 }
 
 // BenchmarkTrainConv reports, like BenchmarkTrainConvGradWeight, the
@@ -250,17 +255,7 @@ func BenchmarkTrainConv(b *testing.B) {
 			k := kernel(b, lib, fmt.Sprintf("%s%d", kd.name, i), tgt)
 			tiles := kd.tiles(s)
 			flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
-			b.Run(kd.name+"/"+tgt.Name+"/"+c.name, func(b *testing.B) {
-				for i := 0; i < b.N; i++ {
-					k.Run(arena, nil, 0, tiles)
-				}
-				b.StopTimer()
-				gf := measure(k, arena, nil, tiles, flops)
-				peak := measure(pk, arena, nil, benchPeak.Tiles, benchPeak.TileFlops(tgt))
-				b.ReportMetric(gf, "GFLOP/s")
-				b.ReportMetric(100*gf/peak, "%peak")
-				b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
-			})
+			b.Run(kd.name+"/"+tgt.Name+"/"+c.name, func(b *testing.B) { benchTrainKernel(b, k, pk, tgt, arena, tiles, flops) })
 		}
 	}
 }
