@@ -154,7 +154,8 @@ func CheckNames(names ...string) error {
 // TrainingPipeline is the pipeline of a training-step graph (train.Step):
 // no inference rewrites (BatchNorm is in training mode, and fusing would
 // hide values the backward pass reads), blocked layouts not yet (the
-// backward ops run on plain layouts), then DCE, the memory-aware schedule and
+// backward ops run on plain layouts), then DCE, the memory-aware schedule,
+// group-siblings (sibling 1x1 convolutions made adjacent, siblings.go) and
 // the arena plan.
 func TrainingPipeline() []*Pass {
 	return []*Pass{dcePass, schedulePass, groupSiblingsPass, planBuffers}
