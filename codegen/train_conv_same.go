@@ -32,12 +32,12 @@ import (
 // learning", arXiv:1603.07285, §4.1; oneDNN's backward-by-data is the same
 // identity): dx[c] = Σ_o Σ_t′ W′[c][o][t′]·dy[o] shifted by t′ with
 // W′[c][o][t′] = W[o][c][T−1−t′] and the same padding, so it runs on the
-// same kernel with W′ built per call in a stack buffer (C·O·KH·KW ≤
-// sameWMax floats) — the col2im scatter of the general path, which cost
-// far more than the multiply for these layers, is gone.
-
-// sameWMax bounds the transposed dgrad weight kept on the stack (64 KiB).
-const sameWMax = 16 << 10
+// same kernel — the col2im scatter of the general path, which cost far
+// more than the multiply for these layers, is gone. W′ is not built: the
+// micro-kernel broadcasts one element of A per row and reduction step
+// anyway, so it reads W′[c][k] in place at W + wflip[k] + c·T, wflip a
+// constant table of each k = o·T + t′'s offset o·C·T + T−1−t′
+// (sameConv.Flip); any size of weight takes this path.
 
 // same reports a stride-1 convolution whose output plane is its input plane.
 func (s ConvGeom) same() bool {
@@ -73,6 +73,10 @@ type sameConv struct {
 	// (A_j[o][k] at Wt + k·O + o, the first segment's at aOff: the
 	// transpose needs no buffer).
 	Ins []samePart
+	// Flip makes A the flipped transpose of a forward weight W (C×O×T:
+	// the input gradient's dy channels by its dx channels by taps) read in
+	// place at aOff in the arena: A[o][k] = W[k/T][o][T−1−k%T].
+	Flip bool
 }
 
 // samePart is one further output or reduction segment of a sameConv
@@ -198,9 +202,20 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		O, Out, Bias, Acc int
 		a                 func(o, k value.Value) value.Value // A(o, k)
 	}
-	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, func(o, k value.Value) value.Value {
+	a0 := func(o, k value.Value) value.Value {
 		return g.load(aBase, g.add(ci(aOff), g.add(g.mul(o, ci(K)), k)))
-	}}}
+	}
+	if s.Flip {
+		wflip := make([]int, s.C*T)
+		for k := range wflip {
+			wflip[k] = k/T*s.O*T + T - 1 - k%T
+		}
+		wflipT := g.i32Table("wflip", wflip)
+		a0 = func(o, k value.Value) value.Value {
+			return g.load(g.arena, g.add(ci(aOff), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(o, ci(T)))))
+		}
+	}
+	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, a0}}
 	for _, pt := range s.Outs {
 		parts = append(parts, outPart{pt.Ch, pt.At, -1, -1, func(o, k value.Value) value.Value {
 			return g.load(g.arena, g.add(ci(pt.Wt), g.add(g.mul(o, ci(K)), k)))
@@ -439,41 +454,22 @@ func (s TrainConvSpec) sameFwd() sameConv {
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.
-func (s TrainConvGradInputSpec) sameOK() bool {
-	return s.same() && s.O*s.C*s.KH*s.KW <= sameWMax
-}
+func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 
 // sameDgrad is the input gradient of s as a sameConv: input dy (O
-// channels), output dx (C channels), weight W′ (C×O·T).
+// channels), output dx (C channels), weight W′ (C×O·T) read in place from
+// W (Flip), the siblings' gradients as further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
-	return sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc}
+	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Flip: true}
+	for _, sb := range s.Siblings {
+		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
+	}
+	return sc
 }
 
-// genSame runs sameDgrad with W′ (transposeFlip) in a stack buffer built
-// per call.
-func (s TrainConvGradInputSpec) genSame(g *builder) {
-	T := s.KH * s.KW
-	wt := g.stackBuf(s.C * s.O * T)
-	s.sameDgrad().gen(g, wt, 0, func() { s.transposeFlip(g, wt) })
-}
-
-// transposeFlip stores W′[c][o·T + t′] = W[o][c][T−1−t′] at wt.
-func (s TrainConvGradInputSpec) transposeFlip(g *builder, wt value.Value) {
-	T := s.KH * s.KW
-	g.loopN(s.C, nil, func(c value.Value, _ []value.Value) []value.Value {
-		g.loopN(s.O, nil, func(o value.Value, _ []value.Value) []value.Value {
-			src := g.add(ci(s.Wt+T-1), g.mul(g.add(g.mul(o, ci(s.C)), c), ci(T)))
-			dst := g.mul(g.add(g.mul(c, ci(s.O)), o), ci(T))
-			g.loopN(T, nil, func(t value.Value, _ []value.Value) []value.Value {
-				g.store(g.ld(g.sub(src, t)), wt, g.add(dst, t))
-				return nil
-			})
-			return nil
-		})
-		return nil
-	})
-}
+// genSame runs sameDgrad.
+func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g, g.arena, s.Wt, nil) }
 
 // The weight gradient of a stride-1 "same" convolution, dW[o][k] =
 // Σ_n Σ_p dy[n][o][p]·col[n][k][p], runs in dot-product form: both operands

@@ -375,16 +375,7 @@ func (s TrainConvGradInputSpec) flops() int64 {
 	return 2 * int64(s.N*o*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradInputSpec) gen(g *builder) {
-	if len(s.Siblings) > 0 {
-		// Every weight read in place (sameConv.Ins).
-		sc := s.sameDgrad()
-		for _, sb := range s.Siblings {
-			sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
-		}
-		sc.gen(g, g.arena, s.Wt, nil)
-		return
-	}
-	if s.sameOK() {
+	if s.sameOK() || len(s.Siblings) > 0 {
 		s.genSame(g)
 		return
 	}

@@ -81,9 +81,9 @@ func TestTrainConvKernels(t *testing.T) {
 		{N: 1, C: 2, H: 3, W: 2, O: 3, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 2, C: 2, H: 5, W: 5, O: 97, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		// Stride-1 "same" kernels (train_conv_same.go): K past the
-		// reduction block; a transposed dgrad weight over the stack budget
-		// (the im2col path); a 1x1 with full 32-column blocks read
-		// directly and a ragged one packed.
+		// reduction block; a dgrad weight past the 64 KiB that its
+		// transpose once had on the stack (now read in place, Flip); a 1x1
+		// with full 32-column blocks read directly and a ragged one packed.
 		{N: 1, C: 40, H: 6, W: 6, O: 5, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 1, C: 45, H: 4, W: 5, O: 41, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		{N: 2, C: 300, H: 8, W: 9, O: 3, KH: 1, KW: 1, SH: 1, SW: 1},
