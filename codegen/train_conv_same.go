@@ -50,6 +50,9 @@ type sameConv struct {
 	N, C, H, W, O  int
 	KH, KW, PH, PW int
 	In, Out, Bias  int // arena offsets; Bias < 0: none
+	// Wt is the arena offset of the weight matrix A (O×K, row-major; with
+	// Flip, the forward weight it is read from).
+	Wt int
 	// Acc, when ≥ 0, is the arena offset of an addend shaped like Out:
 	// out = Acc + A·col(in) + bias (an input gradient accumulated into the
 	// sum of its value's other gradients; Acc may equal Out).
@@ -67,15 +70,14 @@ type sameConv struct {
 	// no bias and no addend.
 	Outs []samePart
 	// Ins are further reduction segments (the input gradient of a sibling
-	// group, 1x1, one K block, no Outs): out = Acc + Σ over the segments
-	// of A_j·in_j, segment j reading Ch channels per image at At. With
-	// Ins every segment's A is the forward 1x1 weight read in place
-	// (A_j[o][k] at Wt + k·O + o, the first segment's at aOff: the
-	// transpose needs no buffer).
+	// group, 1x1, one K block, no Outs, with Flip): out = Acc + Σ over
+	// the segments of A_j·in_j, segment j reading Ch channels per image at
+	// At, its A the forward 1x1 weight at Wt read in place as with Flip
+	// (A_j[o][k] at Wt + k·O + o).
 	Ins []samePart
 	// Flip makes A the flipped transpose of a forward weight W (C×O×T:
 	// the input gradient's dy channels by its dx channels by taps) read in
-	// place at aOff in the arena: A[o][k] = W[k/T][o][T−1−k%T].
+	// place at Wt in the arena: A[o][k] = W[k/T][o][T−1−k%T].
 	Flip bool
 }
 
@@ -131,15 +133,13 @@ func (g *builder) i32Table(suffix string, vals []int) value.Value {
 	return g.b.NewGetElementPtr(at, gl, ci(0), ci(0))
 }
 
-// genSameConv emits s with the weight matrix A (O×K, row-major) at
-// aBase+aOff floats. Tile (n, pb) computes out[n][:, 32·pb : 32·pb+32]:
+// gen emits s with the weight matrix A at s.Wt. Tile (n, pb) computes out[n][:, 32·pb : 32·pb+32]:
 // per reduction block of gemmKC rows it packs the shifted, masked rows of x
 // into the zero-padded panel (not for a 1x1 convolution's full blocks) and
 // runs the micro-kernel (gemmTile) over the output channels; with one
 // reduction block the accumulators start at the bias, otherwise out is set
-// to the bias first and each block accumulates into it. prep, when not
-// nil, is emitted before the tile loop (after the stack buffers).
-func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
+// to the bias first and each block accumulates into it.
+func (s sameConv) gen(g *builder) {
 	T := s.KH * s.KW
 	K, P := s.C*T, s.H*s.W
 	for _, sg := range s.Ins {
@@ -190,9 +190,6 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		}
 		return g.fadd(a, b)
 	}
-	if prep != nil {
-		prep()
-	}
 	src := g.arena
 	if s.Phased {
 		src = phases
@@ -203,7 +200,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		a                 func(o, k value.Value) value.Value // A(o, k)
 	}
 	a0 := func(o, k value.Value) value.Value {
-		return g.load(aBase, g.add(ci(aOff), g.add(g.mul(o, ci(K)), k)))
+		return g.load(g.arena, g.add(ci(s.Wt), g.add(g.mul(o, ci(K)), k)))
 	}
 	if s.Flip {
 		wflip := make([]int, s.C*T)
@@ -212,7 +209,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 		}
 		wflipT := g.i32Table("wflip", wflip)
 		a0 = func(o, k value.Value) value.Value {
-			return g.load(g.arena, g.add(ci(aOff), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(o, ci(T)))))
+			return g.load(g.arena, g.add(ci(s.Wt), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(o, ci(T)))))
 		}
 	}
 	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, a0}}
@@ -223,7 +220,7 @@ func (s sameConv) gen(g *builder, aBase value.Value, aOff int, prep func()) {
 	}
 	// The reduction segments: s's input and, with Ins, its siblings';
 	// kstart[j] is segment j's first row of K.
-	segs := append([]samePart{{Ch: s.C, At: s.In, Wt: aOff}}, s.Ins...)
+	segs := append([]samePart{{Ch: s.C, At: s.In, Wt: s.Wt}}, s.Ins...)
 	kstart := make([]int, len(segs))
 	for j := 1; j < len(segs); j++ {
 		kstart[j] = kstart[j-1] + segs[j-1].Ch*T
@@ -444,13 +441,13 @@ func (g *builder) splatBool(b value.Value) value.Value { return g.broadcast(b) }
 // its phase planes.
 func (s TrainConvSpec) phasedFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.OH, W: s.OW, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Phased: true, H0: s.H, W0: s.W}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Phased: true, H0: s.H, W0: s.W}
 }
 
 // sameFwd is the forward convolution of s as a sameConv.
 func (s TrainConvSpec) sameFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt}
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.
@@ -461,7 +458,7 @@ func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 // W (Flip), the siblings' gradients as further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Flip: true}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true}
 	for _, sb := range s.Siblings {
 		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 	}
@@ -469,7 +466,7 @@ func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 }
 
 // genSame runs sameDgrad.
-func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g, g.arena, s.Wt, nil) }
+func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g) }
 
 // The weight gradient of a stride-1 "same" convolution, dW[o][k] =
 // Σ_n Σ_p dy[n][o][p]·col[n][k][p], runs in dot-product form: both operands

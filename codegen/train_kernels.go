@@ -269,11 +269,11 @@ func (s TrainConvSpec) gen(g *builder) {
 		for _, sb := range s.Siblings {
 			sc.Outs = append(sc.Outs, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 		}
-		sc.gen(g, g.arena, s.Wt, nil)
+		sc.gen(g)
 		return
 	}
 	if s.phased() {
-		s.phasedFwd().gen(g, g.arena, s.Wt, nil)
+		s.phasedFwd().gen(g)
 		return
 	}
 	s.genGemm(g)
