@@ -173,6 +173,11 @@ var benchWgrads = []struct {
 	{"1x1_1024to128_17x17_n16", ConvGeom{N: 16, C: 1024, H: 17, W: 17, O: 128, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
 	{"3x3s2_32to64_28x28_n128", ConvGeom{N: 128, C: 32, H: 28, W: 28, O: 64, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 14, OW: 14}},
 	{"3x3s2_48to48_14x14_n128", ConvGeom{N: 128, C: 48, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 7, OW: 7}},
+	// Inception-v4's 1x1 160→64 at 73x73 (features.4), more pixels than wgMaxP.
+	{"1x1_160to64_73x73_n8", ConvGeom{N: 8, C: 160, H: 73, W: 73, O: 64, KH: 1, KW: 1, SH: 1, SW: 1, OH: 73, OW: 73}},
+	// Its Reduction-A 3x3 192→224 and an Inception-A 1x1 384→96 at 35x35.
+	{"3x3_192to224_35x35_n8", ConvGeom{N: 8, C: 192, H: 35, W: 35, O: 224, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 35, OW: 35}},
+	{"1x1_384to96_35x35_n8", ConvGeom{N: 8, C: 384, H: 35, W: 35, O: 96, KH: 1, KW: 1, SH: 1, SW: 1, OH: 35, OW: 35}},
 }
 
 // BenchmarkTrainConvGradWeight reports the single-threaded GFLOP/s of the

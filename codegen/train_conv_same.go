@@ -488,7 +488,10 @@ func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g) }
 // from a per-call stack table of one mask row per tap (wgMaskMax), so the
 // inner loop spends one load on it, not two loads and five vector
 // operations; planes up to wgMaxP pixels (larger ones use the im2col
-// kernel). On AVX2 the register tile is 4 channels × 3 rows: 12
+// kernel, except 1x1 convolutions, which need no table). Rows longer than
+// wgSegment are swept segment by segment (each chunk is then one image,
+// and the next-image prefetch is off: the next image is a whole plane of
+// segments away). On AVX2 the register tile is 4 channels × 3 rows: 12
 // accumulators, 3 x vectors and one dy vector fill the 16 registers, and a
 // vector step's 12 FMAs take 4 dy loads, 3 masked x loads, 3 mask loads
 // and 3.5 prefetches (one per cache line), where the earlier 4 × 2 tile's
@@ -523,8 +526,26 @@ func (s TrainConvGradWeightSpec) wgChunk() int {
 	return max(1, min(wgNC, wgL1/per))
 }
 
+// wgSegment returns the floats of a row segment of the weight gradient (a
+// multiple of a cache line's floats, at least the plane's vectors when the
+// plane is short enough): a tile sweeps its register blocks over one
+// segment of its dy and x rows, across the chunk's images, before the next
+// one, with the partial sums in the stack buffer between segments. The
+// segment is twice the pixels whose tile of dy rows and register block of x
+// rows fill wgL1 (832 floats): a register block's rows stay in L1 and the
+// tile's in L2. In alternating runs of BenchmarkTrainConvGradWeight
+// (2 threads, Zen 3) Inception-v4's 3x3 192→224 and 1x1 384→96 at 35x35
+// (1,225 pixels, formerly one pass over the whole plane) went from 66–75
+// to 89–107 and from 59–62 to 71–88 GFLOP/s; on its 73x73 planes segments
+// of 416 floats ran at 45–77 GFLOP/s, of 832 at 74–92 (BENCHMARKS.md).
+func (s TrainConvGradWeightSpec) wgSegment(lanes int) int {
+	line := max(lanes, lineFloats)
+	seg := max(line, 2*wgL1/((wgTO+3)*4)/line*line)
+	return min(seg, ceilDiv(s.OH*s.OW, lanes)*lanes)
+}
+
 func (s TrainConvGradWeightSpec) sameOK() bool {
-	return s.contiguous() && s.OH*s.OW <= wgMaxP
+	return s.contiguous() && (s.OH*s.OW <= wgMaxP || s.KH*s.KW == 1)
 }
 
 // contiguous reports a stride-1 convolution whose output rows are as wide
@@ -574,6 +595,11 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	OB := ceilDiv(s.O, wgTO)
 	PV, tail := P/L, P%L
 	NC := s.wgChunk()
+	U := max(1, lineFloats/L) // vectors per cache line: one prefetch each
+	GU := PV / U              // whole cache-line groups of vectors per row
+	segU := max(1, s.wgSegment(L)/(U*L))
+	nseg := max(1, ceilDiv(GU, segU))
+	buffered := ceilDiv(s.N, NC) > 1 || nseg > 1
 	pw := T == 1
 	accBuf := g.stackBuf(KG * wgTO * L)
 	// Pp is a row's length in the mask table, P rounded up to vectors.
@@ -614,131 +640,148 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
 		g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
 			g.lastOr(kg, G, KG, K-(G-1)*KG, func(kn int) {
-				chunks := ceilDiv(s.N, NC)
-				if chunks > 1 {
+				if buffered {
 					g.fillBuf(accBuf, KG*wgTO*L)
 				}
 				g.blocks(s.N, NC, func(n0 value.Value, nc int) {
-					g.blocks(osz, MR, func(oo value.Value, mr int) {
-						g.blocks(kn, NR, func(kb value.Value, nr int) {
-							k0 := g.add(kg0, kb)
-							// Per row of the block: its x offset within an
-							// image and its row of the mask table (or its
-							// tap's shifts).
-							koff, mrow := make([]value.Value, nr), make([]value.Value, nr)
-							dhv, dwv := make([]value.Value, nr), make([]value.Value, nr)
-							for c := 0; c < nr; c++ {
-								k := g.add(k0, ci(c))
-								switch {
-								case pw:
-									koff[c] = g.mul(k, ci(Pin))
-									continue
-								case tab:
-									mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
-								default:
-									dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
-								}
-								koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
-							}
-							accAt := func(r, c int) value.Value {
-								return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
-							}
-							acc := make([]value.Value, mr*nr)
-							for r := 0; r < mr; r++ {
+					// seg runs the chunk over the cache-line groups
+					// [gFrom, gTo) of every row, and the rest of the row
+					// (its last vectors and tail) when final.
+					seg := func(gFrom, gTo value.Value, final bool) {
+						g.blocks(osz, MR, func(oo value.Value, mr int) {
+							g.blocks(kn, NR, func(kb value.Value, nr int) {
+								k0 := g.add(kg0, kb)
+								// Per row of the block: its x offset within an
+								// image and its row of the mask table (or its
+								// tap's shifts).
+								koff, mrow := make([]value.Value, nr), make([]value.Value, nr)
+								dhv, dwv := make([]value.Value, nr), make([]value.Value, nr)
 								for c := 0; c < nr; c++ {
-									if chunks > 1 {
-										acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
-									} else {
-										acc[r*nr+c] = g.vzero()
-									}
-								}
-							}
-							acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
-								n := g.add(n0, ni)
-								x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
-								dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
-								xoff := make([]value.Value, nr)
-								for c := range xoff {
-									xoff[c] = g.add(x, koff[c])
-								}
-								step := func(p value.Value, last, pf bool, a []value.Value) []value.Value {
-									// Prefetch the same x and dy rows of the
-									// next image: a row is a short run, one
-									// image (C·H·W or O·OH·OW floats) from the
-									// next, which the hardware prefetchers
-									// find too late (see channelVecs). Once
-									// per cache line: on AVX2 and NEON a
-									// prefetch per vector would take as many
-									// load slots as the operands.
-									for c := 0; pf && c < nr; c++ {
-										g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
-									}
-									for r := 0; pf && r < mr; r++ {
-										g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
-									}
-									colv := make([]value.Value, nr)
-									for c := 0; c < nr; c++ {
-										switch {
-										case pw && !last:
-											colv[c] = g.vload(g.arena, g.add(xoff[c], p))
-										case pw:
-											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
-										case tab:
-											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), g.tableMask(maskT, g.add(mrow[c], p)))
-										default:
-											ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
-											iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
-											m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-											colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
-										}
-									}
-									out := make([]value.Value, len(a))
-									for r := 0; r < mr; r++ {
-										var d value.Value
-										if last {
-											d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
-										} else {
-											d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
-										}
-										for c := 0; c < nr; c++ {
-											out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
-										}
-									}
-									return out
-								}
-								// U vectors per iteration span one cache
-								// line; the first of them prefetches.
-								U := max(1, lineFloats/L)
-								if PV >= U {
-									acc = g.loopNoUnroll(ci(0), ci(PV/U), acc, func(v value.Value, a []value.Value) []value.Value {
-										for u := 0; u < U; u++ {
-											a = step(g.mul(g.add(g.mul(v, ci(U)), ci(u)), ci(L)), false, u == 0, a)
-										}
-										return a
-									})
-								}
-								for v := PV / U * U; v < PV; v++ {
-									acc = step(ci(v*L), false, v == PV/U*U, acc)
-								}
-								if tail > 0 {
-									acc = step(ci(PV*L), true, PV%U == 0, acc)
-								}
-								return acc
-							})
-							for r := 0; r < mr; r++ {
-								for c := 0; c < nr; c++ {
-									if chunks > 1 {
-										g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+									k := g.add(k0, ci(c))
+									switch {
+									case pw:
+										koff[c] = g.mul(k, ci(Pin))
 										continue
+									case tab:
+										mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
+									default:
+										dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
 									}
-									sum := g.hreduce(acc[r*nr+c], g.radd)
-									g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
+									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
 								}
-							}
+								accAt := func(r, c int) value.Value {
+									return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
+								}
+								acc := make([]value.Value, mr*nr)
+								for r := 0; r < mr; r++ {
+									for c := 0; c < nr; c++ {
+										if buffered {
+											acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
+										} else {
+											acc[r*nr+c] = g.vzero()
+										}
+									}
+								}
+								acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
+									n := g.add(n0, ni)
+									x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
+									dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
+									xoff := make([]value.Value, nr)
+									for c := range xoff {
+										xoff[c] = g.add(x, koff[c])
+									}
+									step := func(p value.Value, last, pf bool, a []value.Value) []value.Value {
+										// Prefetch the same x and dy rows of the
+										// next image: a row is a short run, one
+										// image (C·H·W or O·OH·OW floats) from the
+										// next, which the hardware prefetchers
+										// find too late (see channelVecs). Once
+										// per cache line: on AVX2 and NEON a
+										// prefetch per vector would take as many
+										// load slots as the operands.
+										pf = pf && nseg == 1
+										for c := 0; pf && c < nr; c++ {
+											g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
+										}
+										for r := 0; pf && r < mr; r++ {
+											g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
+										}
+										colv := make([]value.Value, nr)
+										for c := 0; c < nr; c++ {
+											switch {
+											case pw && !last:
+												colv[c] = g.vload(g.arena, g.add(xoff[c], p))
+											case pw:
+												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
+											case tab:
+												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), g.tableMask(maskT, g.add(mrow[c], p)))
+											default:
+												ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
+												iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
+												m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
+											}
+										}
+										out := make([]value.Value, len(a))
+										for r := 0; r < mr; r++ {
+											var d value.Value
+											if last {
+												d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
+											} else {
+												d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
+											}
+											for c := 0; c < nr; c++ {
+												out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
+											}
+										}
+										return out
+									}
+									// U vectors per iteration span one cache
+									// line; the first of them prefetches.
+									if GU > 0 {
+										acc = g.loopNoUnroll(gFrom, gTo, acc, func(v value.Value, a []value.Value) []value.Value {
+											for u := 0; u < U; u++ {
+												a = step(g.mul(g.add(g.mul(v, ci(U)), ci(u)), ci(L)), false, u == 0, a)
+											}
+											return a
+										})
+									}
+									if !final {
+										return acc
+									}
+									for v := GU * U; v < PV; v++ {
+										acc = step(ci(v*L), false, v == GU*U, acc)
+									}
+									if tail > 0 {
+										acc = step(ci(PV*L), true, PV%U == 0, acc)
+									}
+									return acc
+								})
+								for r := 0; r < mr; r++ {
+									for c := 0; c < nr; c++ {
+										if buffered {
+											g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+											continue
+										}
+										sum := g.hreduce(acc[r*nr+c], g.radd)
+										g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
+									}
+								}
+							})
 						})
+					}
+					if nseg == 1 {
+						seg(ci(0), ci(GU), true)
+						return
+					}
+					g.loopN(nseg-1, nil, func(sv value.Value, _ []value.Value) []value.Value {
+						from := g.mul(sv, ci(segU))
+						seg(from, g.add(from, ci(segU)), false)
+						return nil
 					})
+					seg(ci((nseg-1)*segU), ci(GU), true)
 				})
-				if chunks == 1 {
+				if !buffered {
 					return
 				}
 				// dW[o0+r][kg0+kk] = Σ lanes of the partial sums.

@@ -90,6 +90,14 @@ func TestTrainConvKernels(t *testing.T) {
 		// A weight-gradient mask table over its stack budget (25 taps ×
 		// 784 pixels > wgMaskMax): masks computed in the inner loop.
 		{N: 2, C: 2, H: 28, W: 28, O: 3, KH: 5, KW: 5, SH: 1, SW: 1, PH: 2, PW: 2},
+		// Rows longer than a weight-gradient segment (wgSegment: 832
+		// floats): a 1x1 over more pixels than wgMaxP (the dot-product
+		// kernel, no tables; six segments, a ragged tail), and two planes
+		// of two segments, with the tap mask table and with the masks
+		// computed in the inner loop.
+		{N: 2, C: 3, H: 65, W: 65, O: 5, KH: 1, KW: 1, SH: 1, SW: 1},
+		{N: 2, C: 2, H: 30, W: 30, O: 5, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		{N: 2, C: 2, H: 30, W: 30, O: 3, KH: 5, KW: 5, SH: 1, SW: 1, PH: 2, PW: 2},
 		// Stride 1, rows as wide as the input's but fewer of them: the
 		// dot-product weight gradient without the "same" forward.
 		{N: 2, C: 3, H: 6, W: 5, O: 4, KH: 3, KW: 1, SH: 1, SW: 1},
