@@ -152,6 +152,44 @@ func BenchmarkPool(b *testing.B) {
 	}
 }
 
+// BenchmarkTrainPool reports the single-threaded time and input bandwidth
+// of the training max pool and its gradient on Inception-v4's stem pools
+// (3x3 stride 2, unpadded; the 64 planes of one image).
+func BenchmarkTrainPool(b *testing.B) {
+	pools := []struct {
+		name string
+		s    PoolGeom
+	}{
+		{"3x3s2_147x147", PoolGeom{Planes: 64, H: 147, W: 147, KH: 3, KW: 3, SH: 2, SW: 2, OH: 73, OW: 73, Max: true}},
+		{"3x3s2_71x71", PoolGeom{Planes: 64, H: 71, W: 71, KH: 3, KW: 3, SH: 2, SW: 2, OH: 35, OW: 35, Max: true}},
+	}
+	const X, DY, Y, DX = 0, 2 << 20, 3 << 20, 4 << 20
+	tgt := x86Targets(b)[0]
+	lib := buildLibFor(b, []Target{tgt}, func(m *Module) error {
+		for i, c := range pools {
+			if _, _, err := m.Train(fmt.Sprint("fwd", i), TrainPoolSpec{PoolGeom: c.s, X: X, Out: Y}); err != nil {
+				return err
+			}
+			if _, _, err := m.Train(fmt.Sprint("grad", i), TrainPoolGradSpec{PoolGeom: c.s, DY: DY, X: X, DX: DX}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := randomAligned(rand.New(rand.NewSource(1)), 6<<20, 1)
+	for i, c := range pools {
+		for _, kind := range []string{"fwd", "grad"} {
+			k := kernel(b, lib, fmt.Sprint(kind, i), tgt)
+			b.Run(kind+"/"+tgt.Name+"/"+c.name, func(b *testing.B) {
+				b.SetBytes(int64(4 * c.s.Planes * c.s.H * c.s.W))
+				for n := 0; n < b.N; n++ {
+					k.Run(arena, nil, 0, c.s.Planes)
+				}
+			})
+		}
+	}
+}
+
 // benchWgrads are weight gradients of the mini nets' training step (batch
 // 128 and, to separate cache effects from the kernel's own speed, batch 8,
 // whose operands fit in L2; 64→64 and 176→144 are what merged sibling 1x1

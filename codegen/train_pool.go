@@ -84,6 +84,10 @@ func (s PoolGeom) maxTaps(g *builder, x, best, idx, phases value.Value) {
 		s.maxTapsPhased(g, x, best, idx, phases)
 		return
 	}
+	if s.stride2Valid() {
+		s.maxTapsStride2(g, x, best, idx)
+		return
+	}
 	c := s.conv()
 	g.loopN(s.OH*s.OW, nil, func(i value.Value, _ []value.Value) []value.Value {
 		g.stI(ci(-1), idx, i)
@@ -157,6 +161,84 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 		g.maskedStore(bv, best, p0, in)
 		pt := g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, idx, p0), types.NewPointer(types.NewVector(uint64(L), types.I32)))
 		g.b.NewStore(iv, pt).Align = 4
+	})
+}
+
+// stride2Valid reports an unpadded max pool with column stride 2 that is
+// not phased (ConvGeom.phased): the 3x3 stride-2 "valid" pools of
+// Inception-v4 and Inception-ResNet (147x147 → 73x73 and smaller).
+func (s PoolGeom) stride2Valid() bool { return s.SW == 2 && s.PH == 0 && s.PW == 0 }
+
+// maxTapsStride2 is maxTaps for stride2Valid windows, in vectors of L
+// outputs along a row: each tap's inputs (columns 2·ow + kw) are the even
+// lanes of two vector loads from the tap's input row, masked to the
+// elements an output reads (so nothing outside the row is read), joined by
+// one shuffle. Every tap of an unpadded window is in bounds, so the first
+// tap starts the maximum and each later one replaces it with maxTaps's
+// rule (a strictly greater value or the first NaN; nothing replaces a
+// NaN). Before, these pools ran maxTaps's scalar loop (Inception-v4's
+// 147x147 pool: 121 ms per training step at batch 16 on Zen 3).
+func (s PoolGeom) maxTapsStride2(g *builder, x, best, idx value.Value) {
+	L := g.t.VectorLanes
+	vt := types.NewVector(uint64(L), types.I1)
+	vi := func(f func(l int) int) value.Value { return g.i32Vec(f) }
+	even := make([]constant.Constant, L)
+	for l := range even {
+		even[l] = constant.NewInt(types.I32, int64(2*l))
+	}
+	evenIdx := constant.NewVector(types.NewVector(uint64(L), types.I32), even...)
+	idxF := g.b.NewBitCast(idx, types.NewPointer(f32))
+	// vec computes the L outputs (oh, ow0..ow0+n) of a row, n ≤ L valid.
+	vec := func(oh, ow0 value.Value, n int) {
+		// Element e of the 2L loaded from column 2·ow0 + kw is read
+		// by output e/2 when e is even.
+		need := func(half int) value.Value {
+			el := make([]constant.Constant, L)
+			for l := range el {
+				e := half*L + l
+				el[l] = constant.NewBool(e%2 == 0 && e/2 < n)
+			}
+			return constant.NewVector(vt, el...)
+		}
+		lo, hi := need(0), need(1)
+		var bv, iv value.Value
+		for kh := 0; kh < s.KH; kh++ {
+			row := g.mul(g.add(g.mul(oh, ci(s.SH)), ci(kh)), ci(s.W))
+			for kw := 0; kw < s.KW; kw++ {
+				c0 := g.add(g.add(row, g.mul(ow0, ci(2))), ci(kw))
+				a := g.maskedLoad(g.arena, g.add(x, c0), lo)
+				b := g.maskedLoad(g.arena, g.add(x, g.add(c0, ci(L))), hi)
+				val := g.b.NewShuffleVector(a, b, evenIdx)
+				at := g.b.NewAdd(g.splatI32(g.b.NewTrunc(c0, types.I32)), vi(func(l int) int { return 2 * l }))
+				if bv == nil {
+					bv, iv = val, at
+					continue
+				}
+				better := g.b.NewAnd(g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, val, bv), g.b.NewFCmp(enum.FPredUNO, val, val)),
+					g.b.NewFCmp(enum.FPredORD, bv, bv))
+				bv = g.b.NewSelect(better, val, bv)
+				iv = g.b.NewSelect(better, at, iv)
+			}
+		}
+		o := g.add(g.mul(oh, ci(s.OW)), ow0)
+		ivf := g.b.NewBitCast(iv, g.vec)
+		if n == L {
+			g.vstore(bv, best, o)
+			g.vstore(ivf, idxF, o)
+			return
+		}
+		g.maskedStore(bv, best, o, g.prefixMask(n))
+		g.maskedStore(ivf, idxF, o, g.prefixMask(n))
+	}
+	g.loopN(s.OH, nil, func(oh value.Value, _ []value.Value) []value.Value {
+		g.loopN(s.OW/L, nil, func(v value.Value, _ []value.Value) []value.Value {
+			vec(oh, g.mul(v, ci(L)), L)
+			return nil
+		})
+		if r := s.OW % L; r > 0 {
+			vec(oh, ci(s.OW/L*L), r)
+		}
+		return nil
 	})
 }
 

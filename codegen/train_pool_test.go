@@ -83,6 +83,14 @@ func TestTrainPoolKernels(t *testing.T) {
 		// ±Inf, rows of several vectors.
 		{planes: 3, h: 13, w: 11, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1, specials: true},
 		{planes: 2, h: 15, w: 40, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1},
+		// Unpadded column stride 2, not phased (maxTapsStride2): the
+		// Inception stems' 3x3 pools at odd sizes with rows of several
+		// vectors and ragged tails, NaN and ±Inf, a 2x2 window and a row
+		// stride of 1.
+		{planes: 3, h: 19, w: 37, kh: 3, kw: 3, sh: 2, sw: 2, specials: true},
+		{planes: 2, h: 35, w: 35, kh: 3, kw: 3, sh: 2, sw: 2},
+		{planes: 2, h: 9, w: 21, kh: 2, kw: 2, sh: 2, sw: 2},
+		{planes: 2, h: 6, w: 23, kh: 2, kw: 3, sh: 1, sw: 2},
 		{planes: 1, h: 129, w: 129, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1},
 	}
 	type pcase struct {
