@@ -37,7 +37,10 @@ import (
 //     in the interpreter's row-major scan order with its rule (the first
 //     in-bounds pixel, then a strictly greater value or the first NaN, and
 //     nothing replaces a NaN), so the chosen pixel is the interpreter's; the
-//     gradient then adds each dy to its pixel in output order.
+//     gradient then adds each dy to its pixel in output order. Two max
+//     pool shapes take that rule in vectors instead: stride-2 windows over
+//     phase planes (maxTapsPhased) and unpadded ones with column stride 2
+//     (maxTapsStride2, the Inception stems' "valid" 3x3 pools).
 //
 // The scratch planes are stack buffers of OH·OW floats (and i32 indexes for
 // max), so planes up to poolFastMax outputs use these kernels and larger
