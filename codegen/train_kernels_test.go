@@ -483,3 +483,62 @@ func TestTrainConvSiblings(t *testing.T) {
 		}
 	}
 }
+
+// TestEltTrainKernels checks the elementwise training kernels bit for bit
+// against float32 arithmetic in the interpreter's order (relu_grad, mul2,
+// scale_by and the fused residual forward relu(a + c·b)), over a length
+// that leaves a partial tile and a vector tail, with an output in place of
+// an input, on every x86 target of the host.
+func TestEltTrainKernels(t *testing.T) {
+	const n = 4096 + 37
+	const A, B, O = 0, n, 2 * n
+	cases := []struct {
+		name string
+		s    EltTrainSpec
+		want func(a, b []float32, i int) float32
+	}{
+		{"relu_grad", EltTrainSpec{Op: EltReLUGrad, Elems: n, A: A, B: B, Out: O}, func(a, b []float32, i int) float32 {
+			if b[i] > 0 {
+				return a[i]
+			}
+			return 0
+		}},
+		{"mul2", EltTrainSpec{Op: EltMul2, Elems: n, A: A, B: B, Out: O}, func(a, b []float32, i int) float32 { return a[i] * b[i] }},
+		{"scale_by", EltTrainSpec{Op: EltScaleBy, Elems: n, A: A, B: B, Out: O}, func(a, b []float32, i int) float32 { return a[i] * b[0] }},
+		{"residual", EltTrainSpec{Op: EltResidual, Elems: n, A: A, B: B, Out: O, C: 0.1}, func(a, b []float32, i int) float32 {
+			return max(a[i]+b[i]*float32(0.1), 0)
+		}},
+		{"residual_in_place", EltTrainSpec{Op: EltResidual, Elems: n, A: A, B: B, Out: B, C: 0.25}, func(a, b []float32, i int) float32 {
+			return max(a[i]+b[i]*float32(0.25), 0)
+		}},
+	}
+	for _, ts := range x86Targets(t) {
+		for _, c := range cases {
+			t.Run(ts.Name+"/"+c.name, func(t *testing.T) {
+				r := rand.New(rand.NewSource(2))
+				a, b := randn(r, n), randn(r, n)
+				arena := make([]float32, 3*n)
+				copy(arena[A:], a)
+				copy(arena[B:], b)
+				lib := buildLibFor(t, []Target{ts}, func(m *Module) error { _, _, err := m.Train("elt", c.s); return err })
+				got := runChecked(t, kernel(t, lib, "elt", ts), arena, nil, c.s.tileCount())
+				for i := 0; i < n; i++ {
+					out := c.want(a, b, i)
+					if got[c.s.Out+i] != out {
+						t.Fatalf("element %d: out %v, want %v", i, got[c.s.Out+i], out)
+					}
+				}
+			})
+		}
+	}
+	// Overlaps that the element-by-element pass cannot honour are refused.
+	for _, s := range []EltTrainSpec{
+		{Op: EltResidual, Elems: n, A: A, B: B, Out: B + 5, C: 1},
+		{Op: EltReLUGrad, Elems: n, A: A, B: B, Out: A + 3},
+		{Op: EltScaleBy, Elems: n, A: A, B: O + 7, Out: O},
+	} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("%+v: no error", s)
+		}
+	}
+}

@@ -251,6 +251,7 @@ func TestFuseTrainReLU(t *testing.T) {
 				t.Fatal(err)
 			}
 			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
+			var resFwd, scales int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -299,7 +300,22 @@ func TestFuseTrainReLU(t *testing.T) {
 					if s.Op == codegen.EltReLUGrad {
 						reluGrad++
 					}
+					if s.Op == codegen.EltResidual {
+						resFwd++
+					}
 				}
+				if s, ok := k.spec.(codegen.ElementwiseSpec); ok && s.Op == codegen.EltScale && st.Graph.Nodes[k.node].Type.Rank() == 4 {
+					scales++
+				}
+			}
+			// Every scaled residual connection relu(x + c·up) runs as one
+			// kernel forward (fuseResidual): 3 A and 3 B blocks in the
+			// residual net, none in the other; the scales left are the
+			// backward's c·dy, one per block.
+			wantRes := map[string]int{"mini_inception": 0, "mini_inception_resnet": 6}[net]
+			t.Logf("%s: %d residual connections fused forward, %d activation scales left", net, resFwd, scales)
+			if resFwd != wantRes || scales != wantRes {
+				t.Errorf("fused %d residual connections, %d scale kernels left (want %d each)", resFwd, scales, wantRes)
 			}
 			t.Logf("%s: %d of %d batchnorm_train kernels compute their relu (%d relu kernels left), %d of %d gradients their relu_grad (%d left)",
 				net, bnReLU, bn, relu, bnGradReLU, bnGrad, reluGrad)
