@@ -859,55 +859,24 @@ func (s EltTrainSpec) gen(g *builder) {
 		s.genLoop(g)
 		return
 	}
+	// The residual forward: an explicit vector loop and a scalar tail.
 	V := g.t.VectorLanes
 	g.tiles(func(t value.Value) {
 		base := g.mul(t, ci(eltChunk))
 		at := func(off int) value.Value { return g.gep(g.arena, g.add(base, ci(off))) }
 		a, b, out := at(s.A), at(s.B), at(s.Out)
-		// f computes one vector or scalar of the op from a and b (b
-		// unused by scale_by, whose factor sb is loaded once per tile).
-		f := func(av, bv, sb value.Value, vec bool) value.Value {
-			c := value.Value(cf(float64(s.C)))
-			zero := value.Value(cf(0))
-			if vec {
-				c, zero = g.vconst(float64(s.C)), g.vzero()
-			}
-			switch s.Op {
-			case EltReLUGrad:
-				return g.b.NewSelect(g.b.NewFCmp(enum.FPredOGT, bv, zero), av, zero)
-			case EltMul2:
-				return g.fmul(av, bv)
-			case EltResidual:
-				// Rounded as the unfused mul and add were (no FMA), so
-				// that the fused step computes bit for bit what they did.
-				return g.relu(g.fadd(av, g.fmul(bv, c)))
-			default:
-				return g.fmul(av, sb)
-			}
-		}
-		var sb, vsb value.Value
-		if s.Op == EltScaleBy {
-			sb = g.ld(ci(s.B))
-			vsb = g.broadcast(sb)
-		}
+		// Rounded as the unfused mul and add were (no FMA), so that the
+		// fused step computes bit for bit what they did.
+		f := func(av, bv, c value.Value) value.Value { return g.relu(g.fadd(av, g.fmul(bv, c))) }
 		body := func(n int) {
+			vc := g.vconst(float64(s.C))
 			g.loopN(n/V, nil, func(i value.Value, _ []value.Value) []value.Value {
 				o := g.mul(i, ci(V))
-				var bv value.Value
-				if s.Op != EltScaleBy {
-					bv = g.vload(b, o)
-				}
-				v := f(g.vload(a, o), bv, vsb, true)
-				g.vstore(v, out, o)
+				g.vstore(f(g.vload(a, o), g.vload(b, o), vc), out, o)
 				return nil
 			})
 			for i := n / V * V; i < n; i++ {
-				var bv value.Value
-				if s.Op != EltScaleBy {
-					bv = g.load(b, ci(i))
-				}
-				v := f(g.load(a, ci(i)), bv, sb, false)
-				g.store(v, out, ci(i))
+				g.store(f(g.load(a, ci(i)), g.load(b, ci(i)), cf(float64(s.C))), out, ci(i))
 			}
 		}
 		tiles := s.tileCount()

@@ -581,8 +581,9 @@ type residual struct{ mul, add, x int }
 // Inception-ResNet (Szegedy et al. 2016, §3.3: out = relu(x + c·up)) that
 // run as one elementwise pass: mul m = c·u, add a = x + m, relu j =
 // relu(a), consecutive in the schedule with m used only by a and a only by
-// j and neither a graph output, run as codegen.EltResidual at j (fwd[j]). Nothing runs between m and
-// j, so u's and x's buffers still hold them there. The fusion is skipped
+// j and neither a graph output, run as codegen.EltResidual at j (fwd[j]).
+// Nothing runs between m and j, so u's and x's buffers still hold them
+// there. The fusion is skipped
 // where j's buffer partially overlaps x's or u's (an elementwise pass reads
 // and writes element i in the same iteration, so only exact aliasing is
 // safe). The three unfused kernels read and wrote the tensor seven times,
