@@ -152,8 +152,9 @@ func (s sameConv) gen(g *builder) {
 	pw := T == 1 && !s.Phased
 	panel := g.stackBuf(kc * gemmNB)
 	var phases value.Value
+	PS := phaseStride(P)
 	if s.Phased {
-		phases = g.stackBuf(4 * s.C * P)
+		phases = g.stackBuf(4 * s.C * PS)
 	}
 	var koffT, dhT, dwT value.Value
 	if !pw {
@@ -162,14 +163,13 @@ func (s sameConv) gen(g *builder) {
 			c, t := k/T, k%T
 			kh, kw := t/s.KW, t%s.KW
 			dh[k], dw[k] = kh-s.PH, kw-s.PW
-			plane := c
+			koff[k] = c*P + dh[k]*s.W + dw[k]
 			if s.Phased {
 				var a, b int
 				a, dh[k] = phaseOf(dh[k])
 				b, dw[k] = phaseOf(dw[k])
-				plane = 4*c + 2*a + b
+				koff[k] = (4*c+2*a+b)*PS + dh[k]*s.W + dw[k]
 			}
-			koff[k] = plane*P + dh[k]*s.W + dw[k]
 		}
 		koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
 	}
@@ -351,7 +351,7 @@ func (s sameConv) gen(g *builder) {
 			block(g.udiv(t, PB), g.urem(t, PB))
 			return
 		}
-		g.phaseSplit(phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))), s.C, s.H0, s.W0)
+		g.phaseSplit(phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))), s.C, s.H0, s.W0, PS)
 		g.loopN(PB, nil, func(pb value.Value, _ []value.Value) []value.Value {
 			block(t, pb)
 			return nil
@@ -367,12 +367,18 @@ func (s sameConv) gen(g *builder) {
 // convolutions of the mini networks and any 1x1 stride-2 one. The split
 // costs one pass over the image; the convolution then packs its panels by
 // masked vector loads instead of gathers. The phase planes of one image
-// (4·C·OH·OW floats) live in a stack buffer, bounded by phaseMax.
+// (4·C planes, phaseStride floats apart) live in a stack buffer, bounded
+// by phaseMax.
 func (s ConvGeom) phased() bool {
 	return s.SH == 2 && s.SW == 2 && s.OH == ceilDiv(s.H, 2) && s.OW == ceilDiv(s.W, 2) &&
 		s.PH <= 2 && s.KH-1-s.PH <= 1 && s.PW <= 2 && s.KW-1-s.PW <= 1 &&
-		4*s.C*s.OH*s.OW <= phaseMax
+		4*s.C*phaseStride(s.OH*s.OW) <= phaseMax
 }
+
+// phaseStride is the floats from one phase plane of P pixels to the next
+// in a split (builder.phaseSplit): P rounded up to a cache line's floats,
+// plus one line of padding for the split's whole-vector stores.
+func phaseStride(P int) int { return (ceilDiv(P, lineFloats) + 1) * lineFloats }
 
 // phaseMax bounds the phase planes kept on the stack (128 KiB).
 const phaseMax = 32 << 10
@@ -385,44 +391,57 @@ func phaseOf(d int) (a, shift int) {
 	return a, (d - a) / 2
 }
 
-// phaseSplit stores the phase planes (H×W each, H = ⌈H0/2⌉, W = ⌈W0/2⌉)
-// of the C planes H0×W0 at arena offset x into buf:
-// buf[((c·4 + a·2 + b)·H + i)·W + j] = x[c][2i+a][2j+b], zero where 2i+a ≥
-// H0 or 2j+b ≥ W0. Per input row it loads the row's pairs of columns as
-// vectors and separates even and odd columns with two shuffles.
-func (g *builder) phaseSplit(buf, x value.Value, C, H0, W0 int) {
+// phaseSplit stores the phase planes (H×W each, H = ⌈H0/2⌉, W = ⌈W0/2⌉,
+// ps ≥ H·W + lanes floats apart) of the C planes H0×W0 at arena offset x
+// into buf: buf[(c·4 + a·2 + b)·ps + i·W + j] = x[c][2i+a][2j+b], zero
+// where 2i+a ≥ H0 or 2j+b ≥ W0. Per input row it loads the row's pairs of
+// columns as vectors (masked loads with constant masks: nothing past the
+// row is read) and separates even and odd columns with two shuffles. The
+// stores are whole vectors: a row's last one runs past the row into the
+// next row, written after it, or into the plane's padding (ps − H·W ≥
+// lanes), which nothing reads. With masked stores (and a per-row mask) the
+// split cost more: in alternating runs of BenchmarkTrainConv (fw, Zen 5,
+// one thread) the mini nets' 3x3 stride-2 32→64 at 28x28 went from
+// 132–135 to 138–141 GFLOP/s with whole-vector stores, 48→48 at 14x14 from
+// 106–110 to 113–118.
+func (g *builder) phaseSplit(buf, x value.Value, C, H0, W0, ps int) {
 	L := g.t.VectorLanes
 	H, W := ceilDiv(H0, 2), ceilDiv(W0, 2)
-	P := H * W
+	if ps < H*W+L {
+		panic("codegen: phase planes without padding")
+	}
 	g.loopN(C, nil, func(c value.Value, _ []value.Value) []value.Value {
-		g.loopN(2*H, nil, func(r value.Value, _ []value.Value) []value.Value {
+		g.loopN(H0, nil, func(r value.Value, _ []value.Value) []value.Value {
 			i, a := g.udiv(r, 2), g.urem(r, 2)
 			plane := g.add(g.mul(c, ci(4)), g.mul(a, ci(2)))
-			dst0 := g.add(g.mul(plane, ci(P)), g.mul(i, ci(W)))
-			inRow := g.icmp(enum.IPredULT, r, ci(H0))
+			dst0 := g.add(g.mul(plane, ci(ps)), g.mul(i, ci(W)))
 			src := g.add(x, g.add(g.mul(c, ci(H0*W0)), g.mul(r, ci(W0))))
 			for j0 := 0; j0 < W; j0 += L {
 				// Output columns j0..j0+L read input columns 2·j0 .. 2·j0+2L.
-				lo := g.loadRow(src, 2*j0, W0, inRow)
-				hi := g.loadRow(src, 2*j0+L, W0, inRow)
+				lo := g.maskedLoad(g.arena, g.add(src, ci(2*j0)), g.prefixMask(W0-2*j0))
+				hi := g.vzero()
+				if W0 > 2*j0+L {
+					hi = g.maskedLoad(g.arena, g.add(src, ci(2*j0+L)), g.prefixMask(W0-2*j0-L))
+				}
 				ev := g.b.NewShuffleVector(lo, hi, g.i32Vec(func(l int) int { return 2 * l }))
 				od := g.b.NewShuffleVector(lo, hi, g.i32Vec(func(l int) int { return 2*l + 1 }))
-				w := min(L, W-j0)
-				g.vstoreN(ev, buf, g.add(dst0, ci(j0)), w)
-				g.vstoreN(od, buf, g.add(dst0, ci(P+j0)), w)
+				g.vstore(ev, buf, g.add(dst0, ci(j0)))
+				g.vstore(od, buf, g.add(dst0, ci(ps+j0)))
 			}
 			return nil
 		})
+		if H0%2 == 1 {
+			// Row H−1 of the odd-row planes is past the image: zero,
+			// after row H−2 ran into it.
+			for b := 0; b < 2; b++ {
+				row := g.add(g.mul(g.add(g.mul(c, ci(4)), ci(2+b)), ci(ps)), ci((H-1)*W))
+				for j0 := 0; j0 < W; j0 += L {
+					g.vstore(g.vzero(), buf, g.add(row, ci(j0)))
+				}
+			}
+		}
 		return nil
 	})
-}
-
-// loadRow loads the vector of row[col : col+lanes] (row at arena offset
-// src, w columns), zero past column w or when inRow (an i1) is false;
-// lanes outside are never read.
-func (g *builder) loadRow(src value.Value, col, w int, inRow value.Value) value.Value {
-	m := g.b.NewAnd(g.prefixMask(w-col), g.splatBool(inRow))
-	return g.maskedLoad(g.arena, g.add(src, ci(col)), m)
 }
 
 // prefixMask is the constant lane mask whose first w lanes are set.
@@ -433,9 +452,6 @@ func (g *builder) prefixMask(w int) value.Value {
 	}
 	return constant.NewVector(types.NewVector(uint64(len(el)), types.I1), el...)
 }
-
-// splatBool broadcasts the i1 b to a <lanes x i1> vector.
-func (g *builder) splatBool(b value.Value) value.Value { return g.broadcast(b) }
 
 // phasedFwd is the forward convolution of s (phased()) as a sameConv over
 // its phase planes.

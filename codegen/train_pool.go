@@ -121,7 +121,7 @@ func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
 	L := g.t.VectorLanes
 	idx = g.stackI32(ceilDiv(s.OH*s.OW, L) * L)
 	if s.conv().phased() {
-		phases = g.stackBuf(4 * s.OH * s.OW)
+		phases = g.stackBuf(4 * phaseStride(s.OH*s.OW))
 	}
 	return idx, phases
 }
@@ -137,8 +137,8 @@ func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
 // column that is not a pixel).
 func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 	L := g.t.VectorLanes
-	P := s.OH * s.OW
-	g.phaseSplit(phases, x, 1, s.H, s.W)
+	PS := phaseStride(s.OH * s.OW)
+	g.phaseSplit(phases, x, 1, s.H, s.W, PS)
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
 	vt := types.NewVector(uint64(L), types.I1)
 	g.planeVecs(s.OH, s.OW, func(pv planeVec) {
@@ -152,7 +152,7 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 				r := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(oh, vi(dh)), vi(2)), vi(a))
 				c := g.b.NewAdd(g.b.NewMul(g.b.NewAdd(ow, vi(dw)), vi(2)), vi(b))
 				ok := g.b.NewAnd(in, g.b.NewAnd(g.b.NewICmp(enum.IPredULT, r, vi(s.H)), g.b.NewICmp(enum.IPredULT, c, vi(s.W))))
-				val := g.maskedLoad(phases, g.add(p0, ci((2*a+b)*P+dh*s.OW+dw)), ok)
+				val := g.maskedLoad(phases, g.add(p0, ci((2*a+b)*PS+dh*s.OW+dw)), ok)
 				better := g.b.NewAnd(g.b.NewOr(g.b.NewFCmp(enum.FPredOGT, val, bv), g.b.NewFCmp(enum.FPredUNO, val, val)),
 					g.b.NewXor(g.b.NewFCmp(enum.FPredUNO, bv, bv), constant.NewVector(vt, trues(L)...)))
 				repl := g.b.NewAnd(ok, g.b.NewOr(g.b.NewXor(have, constant.NewVector(vt, trues(L)...)), better))
