@@ -550,13 +550,20 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 	KB := ceilDiv(K, wgradNB)
 	G, GS := s.wgradGroups()
 	L := g.t.VectorLanes
-	panel := g.stackBuf(min(P, gemmPC) * wgradNB)
+	panel := g.stackBuf(ceilDiv(min(P, gemmPC), L) * L * wgradNB)
 	pw := s.pointwise()
-	kt, pt := g.newColTab(wgradNB), g.newColTab(min(P, gemmPC))
+	tp := s.transPack()
+	var kt, pt colTab
+	var tpack *transPacker
+	if tp {
+		tpack = s.newTransPacker(g)
+	} else {
+		kt, pt = g.newColTab(wgradNB), g.newColTab(min(P, gemmPC))
+	}
 	// The pixel table depends on neither the tile nor the image: one for
 	// all P pixels per call where it fits the stack (P ≤ wgMaxP, the bound
 	// of the dot-product kernel's tables too), else one per chunk.
-	whole := !pw && P <= wgMaxP
+	whole := !pw && !tp && P <= wgMaxP
 	if whole {
 		pt = g.newColTab(P)
 		s.pixTab(g, pt, ci(0), P)
@@ -564,7 +571,10 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 	g.tiles(func(t value.Value) {
 		kb, og := g.udiv(t, G), g.urem(t, G)
 		k0 := g.mul(kb, ci(wgradNB))
-		if !pw {
+		switch {
+		case tp:
+			tpack.tile(g, k0)
+		case !pw:
 			s.kTab(g, kt, k0, wgradNB)
 		}
 		oLo := g.mul(og, ci(GS))
@@ -580,6 +590,9 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
 					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
 					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
+					if tp {
+						tpack.image(g, x)
+					}
 					// Prefetch the next image's planes of the tile's channels
 					// and its dy rows of the tile's channel group (a few
 					// planes one image apart: see channelVecs). Measured on
@@ -598,28 +611,33 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 						return nil
 					})
 					g.blocks(P, gemmPC, func(p0 value.Value, pc int) {
-						if !pw && !whole {
-							s.pixTab(g, pt, p0, pc)
-						}
-						g.loopN(pc, nil, func(j value.Value, _ []value.Value) []value.Value {
-							p := g.add(p0, j)
-							if !pw {
+						switch {
+						case tp:
+							tpack.pack(g, panel, p0, pc, w)
+						case !pw:
+							if !whole {
+								s.pixTab(g, pt, p0, pc)
+							}
+							g.loopN(pc, nil, func(j value.Value, _ []value.Value) []value.Value {
 								// A row of colᵀ: gathers along k.
 								pj := j
 								if whole {
-									pj = p
+									pj = g.add(p0, j)
 								}
 								for v := 0; v < wgradNB/L; v++ {
 									g.vstore(s.colGather(g, x, kt, ci(v*L), pt, pj), panel, g.add(g.mul(j, ci(wgradNB)), ci(v*L)))
 								}
 								return nil
-							}
-							g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
-								g.store(s.colLoad(g, x, g.add(k0, kk), p), panel, g.add(g.mul(j, ci(wgradNB)), kk))
+							})
+						default:
+							g.loopN(pc, nil, func(j value.Value, _ []value.Value) []value.Value {
+								g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
+									g.store(s.colLoad(g, x, g.add(k0, kk), g.add(p0, j)), panel, g.add(g.mul(j, ci(wgradNB)), kk))
+									return nil
+								})
 								return nil
 							})
-							return nil
-						})
+						}
 						g.subBlocks(w, func(j0, nv, wl int) {
 							g.blocks(osz, balancedMR(g.t, osz), func(o0 value.Value, mr int) {
 								cOff := func(r, v int) value.Value {
@@ -648,4 +666,149 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 			})
 		})
 	})
+}
+
+// transPack reports a strided weight gradient whose colᵀ panels are packed
+// without gathers (transPacker): a stride-2 convolution over phase planes
+// (ConvGeom.phased), not pointwise, with its tap mask table (one row per
+// tap and a zero row) within wgMaskMax and the phase planes of a tile's
+// channels within phaseMax.
+func (s TrainConvGradWeightSpec) transPack() bool {
+	if s.pointwise() || !s.phased() {
+		return false
+	}
+	P := s.OH * s.OW
+	return (s.KH*s.KW+1)*ceilDiv(P, lineFloats)*lineFloats <= wgMaskMax &&
+		s.packChans()*4*phaseStride(P) <= phaseMax
+}
+
+// packChans is the most input channels that a weight-gradient tile's
+// wgradNB rows of K touch.
+func (s TrainConvGradWeightSpec) packChans() int {
+	return min(s.C, (wgradNB-1)/(s.KH*s.KW)+2)
+}
+
+// transPacker packs the colᵀ panels of a phased weight gradient
+// (transPack) by transposes instead of gathers. Per image a tile splits
+// the input planes of the packChans channels its rows touch into phase
+// planes on the stack (builder.phaseSplit); row k = (c, kh, kw) of col is
+// then, along the pixels, the row of phase ((kh−PH) mod 2, (kw−PW) mod 2)
+// of channel c shifted by (⌊(kh−PH)/2⌋, ⌊(kw−PW)/2⌋) and masked by the
+// tap's row of a mask table (tapMaskTable), as in the stride-1 kernels:
+// one masked vector load per lanes pixels. Lanes such rows (lanes × lanes
+// entries of col) are transposed in registers (builder.transpose) into
+// lanes rows of colᵀ and stored into the panel. The gathers this replaces
+// took about a third of these kernels' time on Zen 5 (BENCHMARKS.md,
+// twelfth session), and packing again per channel group is what kept the
+// stem's 3x3 stride-2 gradient at 9 tiles.
+type transPacker struct {
+	s      TrainConvGradWeightSpec
+	chans  int
+	ps, pp int         // phase plane stride; a mask row's entries
+	planes value.Value // phase planes of the tile's channels (stack)
+	maskT  value.Value // the tap mask table: T rows and a zero row
+	koffT  value.Value // per row of K (wgradNB·KB entries): its row's offset in the planes of channel 0 up
+	mrowT  value.Value // per row of K: its mask row's offset (the zero row past K)
+	koff   value.Value // the tile's rows' offsets in planes (stack, i32)
+	mrow   value.Value // the tile's rows' mask rows (stack, i32)
+	c0     value.Value // the tile's first split channel
+}
+
+func (s TrainConvGradWeightSpec) newTransPacker(g *builder) *transPacker {
+	T, P, L := s.KH*s.KW, s.OH*s.OW, g.t.VectorLanes
+	tp := &transPacker{s: s, chans: s.packChans(), ps: phaseStride(P), pp: ceilDiv(P, L) * L}
+	K, KB := s.C*T, ceilDiv(s.C*T, wgradNB)
+	koff, mrow := make([]int, KB*wgradNB), make([]int, KB*wgradNB)
+	dh, dw := make([]int, T+1), make([]int, T+1)
+	for t := 0; t < T; t++ {
+		_, dh[t] = phaseOf(t/s.KW - s.PH)
+		_, dw[t] = phaseOf(t%s.KW - s.PW)
+	}
+	dh[T] = colFar // the zero row: no pixel is inside
+	for k := range koff {
+		if k >= K {
+			mrow[k] = T * tp.pp
+			continue
+		}
+		c, t := k/T, k%T
+		a, sh := phaseOf(t/s.KW - s.PH)
+		b, sw := phaseOf(t%s.KW - s.PW)
+		koff[k] = (4*c+2*a+b)*tp.ps + sh*s.OW + sw
+		mrow[k] = t * tp.pp
+	}
+	tp.koffT, tp.mrowT = g.i32Table("tkoff", koff), g.i32Table("tmrow", mrow)
+	tp.maskT = g.tapMaskTable(dh, dw, s.OH, s.OW, s.OW, P, tp.pp)
+	tp.planes = g.stackBuf(tp.chans * 4 * tp.ps)
+	tp.koff, tp.mrow = g.stackI32(wgradNB), g.stackI32(wgradNB)
+	return tp
+}
+
+// tile prepares the tile whose rows of K start at k0: its first split
+// channel (the channels [c0, c0+chans) hold its rows and stay inside the
+// image) and its rows' offsets relative to c0's planes.
+func (tp *transPacker) tile(g *builder, k0 value.Value) {
+	s := tp.s
+	T := s.KH * s.KW
+	c := g.udiv(k0, T)
+	tp.c0 = g.sel(g.icmp(enum.IPredULT, c, ci(s.C-tp.chans)), c, ci(s.C-tp.chans))
+	sub := g.mul(tp.c0, ci(4*tp.ps))
+	g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
+		k := g.add(k0, kk)
+		g.stI(g.sub(g.b.NewSExt(g.ldI(tp.koffT, k), i64), sub), tp.koff, kk)
+		g.stI(g.b.NewSExt(g.ldI(tp.mrowT, k), i64), tp.mrow, kk)
+		return nil
+	})
+}
+
+// image splits the tile's channels of the image at arena offset x.
+func (tp *transPacker) image(g *builder, x value.Value) {
+	s := tp.s
+	g.phaseSplit(tp.planes, g.add(x, g.mul(tp.c0, ci(s.H*s.W))), tp.chans, s.H, s.W, tp.ps)
+}
+
+// pack fills panel rows [0, pc) (rounded up to whole vectors) with colᵀ
+// of pixels p0.. and the tile's first w rows of K.
+func (tp *transPacker) pack(g *builder, panel, p0 value.Value, pc, w int) {
+	L := g.t.VectorLanes
+	g.loopN(ceilDiv(pc, L), nil, func(pg value.Value, _ []value.Value) []value.Value {
+		j := g.mul(pg, ci(L))
+		p := g.add(p0, j)
+		for v := 0; v*L < w; v++ {
+			rows := make([]value.Value, L)
+			for r := range rows {
+				kk := ci(v*L + r)
+				off := g.add(g.b.NewSExt(g.ldI(tp.koff, kk), i64), p)
+				m := g.tableMask(tp.maskT, g.add(g.b.NewSExt(g.ldI(tp.mrow, kk), i64), p))
+				rows[r] = g.maskedLoad(tp.planes, off, m)
+			}
+			for r, col := range g.transpose(rows) {
+				g.vstore(col, panel, g.add(g.mul(g.add(j, ci(r)), ci(wgradNB)), ci(v*L)))
+			}
+		}
+		return nil
+	})
+}
+
+// transpose returns the columns of the lanes × lanes matrix whose rows are
+// rows (lanes a power of two), in log2(lanes) rounds of the perfect
+// shuffle: row 2i of a round interleaves the low halves of rows i and
+// i + lanes/2, row 2i+1 their high halves. A round rotates the bits of an
+// entry's row index left, taking in the top bit of its column index, and
+// the bits of the column index likewise, so after log2(lanes) rounds row
+// and column have swapped (the transpose by perfect shuffles of Stone,
+// "Parallel Processing with the Perfect Shuffle", IEEE Trans. Computers
+// C-20(2), 1971).
+func (g *builder) transpose(rows []value.Value) []value.Value {
+	L := len(rows)
+	lo := g.i32Vec(func(l int) int { return l/2 + (l%2)*L })
+	hi := g.i32Vec(func(l int) int { return (L+l)/2 + (l%2)*L })
+	for n := L; n > 1; n /= 2 {
+		next := make([]value.Value, L)
+		for i := 0; i < L/2; i++ {
+			next[2*i] = g.b.NewShuffleVector(rows[i], rows[i+L/2], lo)
+			next[2*i+1] = g.b.NewShuffleVector(rows[i], rows[i+L/2], hi)
+		}
+		rows = next
+	}
+	return rows
 }
