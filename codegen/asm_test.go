@@ -174,17 +174,20 @@ func TestConvAssemblyNEON(t *testing.T) {
 // registers, with no stack reference between the loop's label and its
 // back-edge, and each pass runs the whole tile's FMAs (times the vectors
 // per cache line: one prefetch per line, so AVX2 unrolls two vectors).
+// The dot-product kernel now runs the 1x1 gradients over fewer than 128
+// channels and planes whose mask table leaves no room for the transposed
+// packing's zero row (transPack), as the 41x41 and 46x46 planes here.
 func TestTrainWgradAssembly(t *testing.T) {
 	tc := toolchain(t)
 	geoms := []ConvGeom{
 		{N: 8, C: 64, H: 14, W: 14, O: 16, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14},
-		{N: 8, C: 16, H: 14, W: 14, O: 16, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14},
-		{N: 8, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7},
+		{N: 8, C: 16, H: 41, W: 41, O: 16, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 41, OW: 41},
+		{N: 8, C: 32, H: 46, W: 46, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 46, OW: 46},
 	}
 	for _, tg := range []Target{AVX512, AVX2} {
 		m := NewModule(tg)
 		for i, s := range geoms {
-			if !(TrainConvGradWeightSpec{ConvGeom: s}).sameOK() {
+			if ws := (TrainConvGradWeightSpec{ConvGeom: s}); !ws.sameOK() || ws.transPack() {
 				t.Fatalf("geometry %d does not take the dot-product kernel", i)
 			}
 			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), TrainConvGradWeightSpec{ConvGeom: s, DY: 1 << 22, DW: 1 << 23}); err != nil {
@@ -211,6 +214,51 @@ func TestTrainWgradAssembly(t *testing.T) {
 				}
 				if !found {
 					t.Errorf("no inner loop with %d FMAs (%d×%d tile)", fmas, mr, nr)
+				}
+			})
+		}
+	}
+}
+
+// TestTrainWgradTransPackAssembly checks that the weight gradients packed
+// by transposes (transPack: the mini nets' stride-1 3x3 32→48, 1x7 and
+// 1x1 176→48 and their stride-2 3x3) contain no gather on either x86 target,
+// and that their micro-kernel (gemmTile) runs as an inner loop of at
+// least 2·MR FMAs (MR rows of dW by two vectors of K per reduction step).
+func TestTrainWgradTransPackAssembly(t *testing.T) {
+	tc := toolchain(t)
+	geoms := []ConvGeom{
+		{N: 8, C: 32, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14},
+		{N: 8, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7},
+		{N: 8, C: 176, H: 7, W: 7, O: 48, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7},
+		{N: 8, C: 32, H: 28, W: 28, O: 64, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 14, OW: 14},
+	}
+	for _, tg := range []Target{AVX512, AVX2} {
+		m := NewModule(tg)
+		for i, s := range geoms {
+			if !(TrainConvGradWeightSpec{ConvGeom: s}).transPack() {
+				t.Fatalf("geometry %d is not packed by transposes", i)
+			}
+			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), TrainConvGradWeightSpec{ConvGeom: s, DY: 1 << 22, DW: 1 << 23}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		asm, err := tc.Assembly(m.String(), tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range geoms {
+			t.Run(fmt.Sprintf("%s/%dx%d_s%d_%dto%d", tg.Name, s.KH, s.KW, s.SH, s.C, s.O), func(t *testing.T) {
+				body := asmFunction(t, asm, tg.Symbol(fmt.Sprintf("wg%d", i)))
+				if strings.Contains(body, "gather") {
+					t.Errorf("a gather in the transposed packing")
+				}
+				fmas := 0
+				for _, l := range innerLoops(body) {
+					fmas = max(fmas, strings.Count(l, "vfmadd231ps"))
+				}
+				if want := 2 * balancedMR(tg, s.O); fmas < want {
+					t.Errorf("the largest inner loop has %d FMAs, want at least %d (2·MR)", fmas, want)
 				}
 			})
 		}

@@ -207,6 +207,7 @@ var benchWgrads = []struct {
 	{"1x1_176to48_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 48, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
 	{"1x1_176to32_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 32, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
 	{"1x1_176to144_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 144, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
+	{"3x3_32to48_14x14_n128", ConvGeom{N: 128, C: 32, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14}},
 	{"1x7_32to32_7x7_n128", ConvGeom{N: 128, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7}},
 	{"1x1_1024to128_17x17_n16", ConvGeom{N: 16, C: 1024, H: 17, W: 17, O: 128, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
 	{"3x3s2_32to64_28x28_n128", ConvGeom{N: 128, C: 32, H: 28, W: 28, O: 64, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 14, OW: 14}},

@@ -485,7 +485,8 @@ func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g) }
 
 // The weight gradient of a stride-1 "same" convolution, dW[o][k] =
-// Σ_n Σ_p dy[n][o][p]·col[n][k][p], runs in dot-product form: both operands
+// Σ_n Σ_p dy[n][o][p]·col[n][k][p], runs in dot-product form where the
+// packed matrix-product form (transPack, train_gemm.go) does not: both operands
 // are read along p, where they are contiguous (dy rows as they are; col
 // rows as the shifted, masked rows of x, so nothing is packed or
 // transposed). The register tile is wgMR output channels × wgNR rows of K,

@@ -668,18 +668,26 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 	})
 }
 
-// transPack reports a strided weight gradient whose colᵀ panels are packed
-// without gathers (transPacker): a stride-2 convolution over phase planes
-// (ConvGeom.phased), not pointwise, with its tap mask table (one row per
-// tap and a zero row) within wgMaskMax and the phase planes of a tile's
-// channels within phaseMax.
+// transPack reports a weight gradient whose colᵀ panels are packed
+// without gathers (transPacker): a stride-1 convolution whose rows are as
+// wide as its input's (ConvGeom.contiguous) with at least 6 tiles, other
+// than a 1x1 over fewer than 128 channels, or a stride-2 one over phase
+// planes (ConvGeom.phased)
+// whose tile's channels' planes fit phaseMax; in both cases with a tap
+// mask table (one row per tap and a zero row) within wgMaskMax. The
+// others run the dot-product kernel (genSame) or gather their panels.
 func (s TrainConvGradWeightSpec) transPack() bool {
-	if s.pointwise() || !s.phased() {
+	P, T := s.OH*s.OW, s.KH*s.KW
+	if (T+1)*ceilDiv(P, lineFloats)*lineFloats > wgMaskMax {
 		return false
 	}
-	P := s.OH * s.OW
-	return (s.KH*s.KW+1)*ceilDiv(P, lineFloats)*lineFloats <= wgMaskMax &&
-		s.packChans()*4*phaseStride(P) <= phaseMax
+	switch {
+	case s.contiguous():
+		return (T > 1 || s.C >= 128) && s.gemmTiles() >= 6
+	case s.phased():
+		return s.packChans()*4*phaseStride(P) <= phaseMax
+	}
+	return false
 }
 
 // packChans is the most input channels that a weight-gradient tile's
@@ -688,41 +696,49 @@ func (s TrainConvGradWeightSpec) packChans() int {
 	return min(s.C, (wgradNB-1)/(s.KH*s.KW)+2)
 }
 
-// transPacker packs the colᵀ panels of a phased weight gradient
-// (transPack) by transposes instead of gathers. Per image a tile splits
+// transPacker packs the colᵀ panels of a weight gradient (transPack) by
+// transposes instead of gathers. Row k = (c, kh, kw) of col is, along the
+// pixels, a shifted run of one input plane masked by the tap's row of a
+// mask table (tapMaskTable), as in the stride-1 kernels: for a stride-1
+// convolution (ConvGeom.contiguous, direct) the run of x itself at c·H·W +
+// (kh−PH)·W + kw−PW; for a stride-2 one, per image a tile first splits
 // the input planes of the packChans channels its rows touch into phase
-// planes on the stack (builder.phaseSplit); row k = (c, kh, kw) of col is
-// then, along the pixels, the row of phase ((kh−PH) mod 2, (kw−PW) mod 2)
-// of channel c shifted by (⌊(kh−PH)/2⌋, ⌊(kw−PW)/2⌋) and masked by the
-// tap's row of a mask table (tapMaskTable), as in the stride-1 kernels:
-// one masked vector load per lanes pixels. Lanes such rows (lanes × lanes
-// entries of col) are transposed in registers (builder.transpose) into
-// lanes rows of colᵀ and stored into the panel. The gathers this replaces
-// took about a third of these kernels' time on Zen 5 (BENCHMARKS.md,
-// twelfth session), and packing again per channel group is what kept the
-// stem's 3x3 stride-2 gradient at 9 tiles.
+// planes on the stack (builder.phaseSplit), and row k is then the row of
+// phase ((kh−PH) mod 2, (kw−PW) mod 2) of channel c shifted by
+// (⌊(kh−PH)/2⌋, ⌊(kw−PW)/2⌋). Either way one masked vector load reads
+// lanes entries of a row; lanes such rows (lanes × lanes entries of col)
+// are transposed in registers (builder.transpose) into lanes rows of colᵀ
+// and stored into the panel. The gathers this replaces took about a third
+// of the strided kernels' time on Zen 5 (BENCHMARKS.md, twelfth session);
+// in alternating runs of BenchmarkTrainConvGradWeight the packed form beat
+// the dot-product kernel (genSame) on most stride-1 shapes as well.
 type transPacker struct {
 	s      TrainConvGradWeightSpec
 	chans  int
 	ps, pp int         // phase plane stride; a mask row's entries
 	planes value.Value // phase planes of the tile's channels (stack)
 	maskT  value.Value // the tap mask table: T rows and a zero row
-	koffT  value.Value // per row of K (wgradNB·KB entries): its row's offset in the planes of channel 0 up
+	koffT  value.Value // per row of K (wgradNB·KB entries): its row's offset in the image or the planes of channel 0 up
 	mrowT  value.Value // per row of K: its mask row's offset (the zero row past K)
-	koff   value.Value // the tile's rows' offsets in planes (stack, i32)
+	koff   value.Value // the tile's rows' offsets (stack, i32)
 	mrow   value.Value // the tile's rows' mask rows (stack, i32)
-	c0     value.Value // the tile's first split channel
+	c0     value.Value // the tile's first split channel (phase planes)
+	direct bool        // rows read from x in place (stride 1), not from phase planes
+	x      value.Value // the current image's offset into planes: its arena offset when direct, else 0
 }
 
 func (s TrainConvGradWeightSpec) newTransPacker(g *builder) *transPacker {
 	T, P, L := s.KH*s.KW, s.OH*s.OW, g.t.VectorLanes
-	tp := &transPacker{s: s, chans: s.packChans(), ps: phaseStride(P), pp: ceilDiv(P, L) * L}
+	tp := &transPacker{s: s, chans: s.packChans(), ps: phaseStride(P), pp: ceilDiv(P, L) * L, direct: s.contiguous()}
 	K, KB := s.C*T, ceilDiv(s.C*T, wgradNB)
 	koff, mrow := make([]int, KB*wgradNB), make([]int, KB*wgradNB)
 	dh, dw := make([]int, T+1), make([]int, T+1)
 	for t := 0; t < T; t++ {
 		_, dh[t] = phaseOf(t/s.KW - s.PH)
 		_, dw[t] = phaseOf(t%s.KW - s.PW)
+		if tp.direct {
+			dh[t], dw[t] = t/s.KW-s.PH, t%s.KW-s.PW
+		}
 	}
 	dh[T] = colFar // the zero row: no pixel is inside
 	for k := range koff {
@@ -734,11 +750,22 @@ func (s TrainConvGradWeightSpec) newTransPacker(g *builder) *transPacker {
 		a, sh := phaseOf(t/s.KW - s.PH)
 		b, sw := phaseOf(t%s.KW - s.PW)
 		koff[k] = (4*c+2*a+b)*tp.ps + sh*s.OW + sw
+		if tp.direct {
+			koff[k] = c*s.H*s.W + (t/s.KW-s.PH)*s.W + t%s.KW - s.PW
+		}
 		mrow[k] = t * tp.pp
 	}
 	tp.koffT, tp.mrowT = g.i32Table("tkoff", koff), g.i32Table("tmrow", mrow)
-	tp.maskT = g.tapMaskTable(dh, dw, s.OH, s.OW, s.OW, P, tp.pp)
-	tp.planes = g.stackBuf(tp.chans * 4 * tp.ps)
+	H, W := s.OH, s.OW // the phase planes
+	if tp.direct {
+		H, W = s.H, s.W
+	}
+	tp.maskT = g.tapMaskTable(dh, dw, H, W, s.OW, P, tp.pp)
+	if tp.direct {
+		tp.planes = g.arena
+	} else {
+		tp.planes = g.stackBuf(tp.chans * 4 * tp.ps)
+	}
 	tp.koff, tp.mrow = g.stackI32(wgradNB), g.stackI32(wgradNB)
 	return tp
 }
@@ -752,6 +779,9 @@ func (tp *transPacker) tile(g *builder, k0 value.Value) {
 	c := g.udiv(k0, T)
 	tp.c0 = g.sel(g.icmp(enum.IPredULT, c, ci(s.C-tp.chans)), c, ci(s.C-tp.chans))
 	sub := g.mul(tp.c0, ci(4*tp.ps))
+	if tp.direct {
+		sub = ci(0)
+	}
 	g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
 		k := g.add(k0, kk)
 		g.stI(g.sub(g.b.NewSExt(g.ldI(tp.koffT, k), i64), sub), tp.koff, kk)
@@ -763,6 +793,11 @@ func (tp *transPacker) tile(g *builder, k0 value.Value) {
 // image splits the tile's channels of the image at arena offset x.
 func (tp *transPacker) image(g *builder, x value.Value) {
 	s := tp.s
+	if tp.direct {
+		tp.x = x
+		return
+	}
+	tp.x = ci(0)
 	g.phaseSplit(tp.planes, g.add(x, g.mul(tp.c0, ci(s.H*s.W))), tp.chans, s.H, s.W, tp.ps)
 }
 
@@ -777,7 +812,7 @@ func (tp *transPacker) pack(g *builder, panel, p0 value.Value, pc, w int) {
 			rows := make([]value.Value, L)
 			for r := range rows {
 				kk := ci(v*L + r)
-				off := g.add(g.b.NewSExt(g.ldI(tp.koff, kk), i64), p)
+				off := g.add(tp.x, g.add(g.b.NewSExt(g.ldI(tp.koff, kk), i64), p))
 				m := g.tableMask(tp.maskT, g.add(g.b.NewSExt(g.ldI(tp.mrow, kk), i64), p))
 				rows[r] = g.maskedLoad(tp.planes, off, m)
 			}

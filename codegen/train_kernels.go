@@ -432,7 +432,7 @@ func (s TrainConvGradWeightSpec) Validate() error {
 	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, s.O*s.C*s.KH*s.KW)
 }
 func (s TrainConvGradWeightSpec) tileCount() int {
-	if s.sameOK() {
+	if s.sameOK() && !s.transPack() {
 		return s.sameTiles()
 	}
 	return s.gemmTiles()
@@ -441,7 +441,7 @@ func (s TrainConvGradWeightSpec) flops() int64 {
 	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradWeightSpec) gen(g *builder) {
-	if s.sameOK() {
+	if s.sameOK() && !s.transPack() {
 		s.genSame(g)
 		return
 	}

@@ -101,6 +101,11 @@ func TestTrainConvKernels(t *testing.T) {
 		// Stride 1, rows as wide as the input's but fewer of them: the
 		// dot-product weight gradient without the "same" forward.
 		{N: 2, C: 3, H: 6, W: 5, O: 4, KH: 3, KW: 1, SH: 1, SW: 1},
+		// The weight gradient packed by transposes (transPack) with x
+		// read in place: the same kind of rows over 6 tiles, and a "same"
+		// 3x3 over two pixel chunks (143 = 128 + 15 pixels).
+		{N: 2, C: 60, H: 9, W: 7, O: 5, KH: 3, KW: 1, SH: 1, SW: 1},
+		{N: 2, C: 20, H: 13, W: 11, O: 7, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 	}
 	for gi := range geoms {
 		s := &geoms[gi]
