@@ -730,57 +730,57 @@ type transPacker struct {
 func (s TrainConvGradWeightSpec) newTransPacker(g *builder) *transPacker {
 	T, P, L := s.KH*s.KW, s.OH*s.OW, g.t.VectorLanes
 	tp := &transPacker{s: s, chans: s.packChans(), ps: phaseStride(P), pp: ceilDiv(P, L) * L, direct: s.contiguous()}
-	K, KB := s.C*T, ceilDiv(s.C*T, wgradNB)
-	koff, mrow := make([]int, KB*wgradNB), make([]int, KB*wgradNB)
-	dh, dw := make([]int, T+1), make([]int, T+1)
+	// Per tap: its shift (dh, dw) within the plane it reads (x's, or its
+	// phase's) and that plane's offset within a channel's.
+	dh, dw, plane := make([]int, T+1), make([]int, T+1), make([]int, T)
+	H, W := s.H, s.W
 	for t := 0; t < T; t++ {
-		_, dh[t] = phaseOf(t/s.KW - s.PH)
-		_, dw[t] = phaseOf(t%s.KW - s.PW)
-		if tp.direct {
-			dh[t], dw[t] = t/s.KW-s.PH, t%s.KW-s.PW
+		dh[t], dw[t] = t/s.KW-s.PH, t%s.KW-s.PW
+		if !tp.direct {
+			var a, b int
+			a, dh[t] = phaseOf(dh[t])
+			b, dw[t] = phaseOf(dw[t])
+			plane[t] = (2*a + b) * tp.ps
+			H, W = s.OH, s.OW
 		}
 	}
 	dh[T] = colFar // the zero row: no pixel is inside
+	chanOff := s.H * s.W
+	if !tp.direct {
+		chanOff = 4 * tp.ps
+	}
+	K, KB := s.C*T, ceilDiv(s.C*T, wgradNB)
+	koff, mrow := make([]int, KB*wgradNB), make([]int, KB*wgradNB)
 	for k := range koff {
 		if k >= K {
 			mrow[k] = T * tp.pp
 			continue
 		}
 		c, t := k/T, k%T
-		a, sh := phaseOf(t/s.KW - s.PH)
-		b, sw := phaseOf(t%s.KW - s.PW)
-		koff[k] = (4*c+2*a+b)*tp.ps + sh*s.OW + sw
-		if tp.direct {
-			koff[k] = c*s.H*s.W + (t/s.KW-s.PH)*s.W + t%s.KW - s.PW
-		}
+		koff[k] = c*chanOff + plane[t] + dh[t]*W + dw[t]
 		mrow[k] = t * tp.pp
 	}
 	tp.koffT, tp.mrowT = g.i32Table("tkoff", koff), g.i32Table("tmrow", mrow)
-	H, W := s.OH, s.OW // the phase planes
-	if tp.direct {
-		H, W = s.H, s.W
-	}
 	tp.maskT = g.tapMaskTable(dh, dw, H, W, s.OW, P, tp.pp)
-	if tp.direct {
-		tp.planes = g.arena
-	} else {
+	tp.planes = g.arena
+	if !tp.direct {
 		tp.planes = g.stackBuf(tp.chans * 4 * tp.ps)
 	}
 	tp.koff, tp.mrow = g.stackI32(wgradNB), g.stackI32(wgradNB)
 	return tp
 }
 
-// tile prepares the tile whose rows of K start at k0: its first split
-// channel (the channels [c0, c0+chans) hold its rows and stay inside the
-// image) and its rows' offsets relative to c0's planes.
+// tile prepares the tile whose rows of K start at k0: its rows' offsets
+// and mask rows, relative, over phase planes, to its first split channel
+// c0 (the channels [c0, c0+chans) hold its rows and stay inside the
+// image).
 func (tp *transPacker) tile(g *builder, k0 value.Value) {
 	s := tp.s
-	T := s.KH * s.KW
-	c := g.udiv(k0, T)
-	tp.c0 = g.sel(g.icmp(enum.IPredULT, c, ci(s.C-tp.chans)), c, ci(s.C-tp.chans))
-	sub := g.mul(tp.c0, ci(4*tp.ps))
-	if tp.direct {
-		sub = ci(0)
+	sub := value.Value(ci(0))
+	if !tp.direct {
+		c := g.udiv(k0, s.KH*s.KW)
+		tp.c0 = g.sel(g.icmp(enum.IPredULT, c, ci(s.C-tp.chans)), c, ci(s.C-tp.chans))
+		sub = g.mul(tp.c0, ci(4*tp.ps))
 	}
 	g.loopN(wgradNB, nil, func(kk value.Value, _ []value.Value) []value.Value {
 		k := g.add(k0, kk)
