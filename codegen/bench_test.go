@@ -334,3 +334,63 @@ func measure2(k ktest.Kernel, arena []float32, tiles int, flops int64) float64 {
 	}
 	return float64(flops) / best.Seconds() * 1e-9
 }
+
+// benchBNs are BatchNorm shapes of mini_inception's training step at batch
+// 128: the stem's two (28x28, 14x14 after the strided conv), an
+// Inception-A branch's and an Inception-B branch's.
+var benchBNs = []struct {
+	name            string
+	outer, c, inner int
+}{
+	{"32ch_28x28_n128", 128, 32, 784},
+	{"64ch_14x14_n128", 128, 64, 196},
+	{"16ch_14x14_n128", 128, 16, 196},
+	{"48ch_7x7_n128", 128, 48, 49},
+}
+
+// BenchmarkTrainBatchNorm reports the bandwidth (GB/s: the bytes of the
+// arrays a kernel reads or writes, each counted once: x and y for the
+// forward, dy, x and dx for the gradient; their second pass's reread of x
+// and dy is not counted) of the training BatchNorm and its gradient, both
+// with the fused ReLU, on one thread and on two (GB/s-2t). The arrays of
+// the larger shapes outgrow L2, so this is mostly the machine's memory
+// bandwidth: compare it with a copy's, measured on the spot.
+func BenchmarkTrainBatchNorm(b *testing.B) {
+	tgt := x86Targets(b)[0]
+	const X, Y, DY, DX, P = 0, 4 << 20, 8 << 20, 12 << 20, 16 << 20
+	lib := buildLibFor(b, []Target{tgt}, func(m *Module) error {
+		for i, c := range benchBNs {
+			if _, _, err := m.Train(fmt.Sprint("bn", i), BatchNormTrainSpec{Outer: c.outer, C: c.c, Inner: c.inner, Eps: 1e-3,
+				X: X, Wt: P, B: P + 256, Y: Y, Mean: P + 512, Var: P + 768, ReLU: true}); err != nil {
+				return err
+			}
+			if _, _, err := m.Train(fmt.Sprint("bngrad", i), BatchNormTrainGradSpec{Outer: c.outer, C: c.c, Inner: c.inner, Eps: 1e-3,
+				DY: DY, X: X, Wt: P, Mean: P + 512, Var: P + 768, DX: DX, DW: P + 1024, DB: P + 1280, ReLU: true, R: -1, B: P + 256}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	arena := randomAligned(rand.New(rand.NewSource(1)), P+2048, 1)
+	for i := P + 768; i < P+1024; i++ {
+		arena[i] = 1 + arena[i]*arena[i] // variances
+	}
+	for i, c := range benchBNs {
+		n := int64(c.outer * c.c * c.inner)
+		for _, kd := range []struct {
+			name   string
+			arrays int64
+		}{{"bn", 2}, {"bngrad", 3}} {
+			k := kernel(b, lib, fmt.Sprint(kd.name, i), tgt)
+			bytes := 4 * n * kd.arrays
+			b.Run(kd.name+"/"+tgt.Name+"/"+c.name, func(b *testing.B) {
+				for j := 0; j < b.N; j++ {
+					k.Run(arena, nil, 0, c.c)
+				}
+				b.StopTimer()
+				b.ReportMetric(measure(k, arena, nil, c.c, bytes), "GB/s")
+				b.ReportMetric(measure2(k, arena, c.c, bytes), "GB/s-2t")
+			})
+		}
+	}
+}
