@@ -58,7 +58,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 		koff, sh, sw, wofs value.Value
 	}
 	var ph [4]phase
-	kmax := 0
+	kcmax := 1 // the largest reduction block of the phases (kBlocks)
 	for ab := 0; ab < 4; ab++ {
 		taps, sh, sw := s.phaseTaps(ab/2, ab%2)
 		K := s.O * len(taps)
@@ -66,7 +66,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 		if K == 0 {
 			continue
 		}
-		kmax = max(kmax, K)
+		kcmax = max(kcmax, kcOf(K))
 		koff, shk, swk, wofs := make([]int, K), make([]int, K), make([]int, K), make([]int, K)
 		for k := range koff {
 			o, t := k/len(taps), k%len(taps)
@@ -80,7 +80,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 		ph[ab].sw = g.i32Table("sw"+sfx, swk)
 		ph[ab].wofs = g.i32Table("wofs"+sfx, wofs)
 	}
-	panel := g.stackBuf(max(1, min(kmax, gemmKC)) * gemmNB)
+	panel := g.stackBuf(kcmax * gemmNB)
 	hv, wv := g.i32Vec(func(int) int { return OH }), g.i32Vec(func(int) int { return OW })
 	g.tiles(func(n value.Value) {
 		dy := g.add(ci(s.DY), g.mul(n, ci(s.O*P)))
@@ -99,18 +99,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 				}
 				out := g.add(ci(base), p0)
 				g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
-					single := q.K <= gemmKC
-					if !single {
-						g.loopN(s.C, nil, func(c value.Value, _ []value.Value) []value.Value {
-							g.subBlocks(w, func(j0, nv, wl int) {
-								for v := 0; v < nv; v++ {
-									g.vstoreN(g.vzero(), planes, g.add(out, g.add(g.mul(c, ci(P)), ci(j0+v*L))), lanesOf(v, nv, wl, L))
-								}
-							})
-							return nil
-						})
-					}
-					g.blocks(q.K, gemmKC, func(k0 value.Value, kn int) {
+					g.kBlocks(q.K, func(k0 value.Value, kn int, first bool) {
 						g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
 							k := g.add(k0, kk)
 							off := g.add(dy, g.add(g.b.NewSExt(g.ldI(q.koff, k), i64), p0))
@@ -130,7 +119,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 								}
 								acc := g.gemmTile(mr, nv, kn,
 									func(r, v int) value.Value {
-										if single {
+										if first {
 											return g.vzero()
 										}
 										return g.vloadN(planes, cOff(r, v), lanesOf(v, nv, wl, L))

@@ -133,12 +133,12 @@ func (g *builder) i32Table(suffix string, vals []int) value.Value {
 	return g.b.NewGetElementPtr(at, gl, ci(0), ci(0))
 }
 
-// gen emits s with the weight matrix A at s.Wt. Tile (n, pb) computes out[n][:, 32·pb : 32·pb+32]:
-// per reduction block of gemmKC rows it packs the shifted, masked rows of x
-// into the zero-padded panel (not for a 1x1 convolution's full blocks) and
-// runs the micro-kernel (gemmTile) over the output channels; with one
-// reduction block the accumulators start at the bias, otherwise out is set
-// to the bias first and each block accumulates into it.
+// gen emits s with the weight matrix A at s.Wt. Tile (n, pb) computes
+// out[n][:, 32·pb : 32·pb+32]: per reduction block (kBlocks) it packs the
+// shifted, masked rows of x into the zero-padded panel (not for a 1x1
+// convolution's full blocks) and runs the micro-kernel (gemmTile) over the
+// output channels; the first block's accumulators start at the bias plus
+// the addend, the later ones' at out.
 func (s sameConv) gen(g *builder) {
 	T := s.KH * s.KW
 	K, P := s.C*T, s.H*s.W
@@ -148,7 +148,7 @@ func (s sameConv) gen(g *builder) {
 	PB := ceilDiv(P, gemmNB)
 	L := g.t.VectorLanes
 	nvB := gemmNB / L
-	kc := min(K, gemmKC)
+	kc := kcOf(K)
 	pw := T == 1 && !s.Phased
 	panel := g.stackBuf(kc * gemmNB)
 	var phases value.Value
@@ -249,23 +249,7 @@ func (s sameConv) gen(g *builder) {
 		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
 			direct := pw && w == gemmNB
-			single := K <= gemmKC
-			for j, pt := range parts {
-				if single || (pt.Acc == pt.Out && pt.Bias < 0) {
-					continue
-				}
-				y := ys[j]
-				g.loopN(pt.O, nil, func(o value.Value, _ []value.Value) []value.Value {
-					g.subBlocks(w, func(j0, nv, wl int) {
-						for v := 0; v < nv; v++ {
-							at := g.add(g.mul(o, ci(P)), ci(j0+v*L))
-							g.vstoreN(initial(o, g.add(y, at), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out), g.arena, g.add(y, at), lanesOf(v, nv, wl, L))
-						}
-					})
-					return nil
-				})
-			}
-			g.blocks(K, gemmKC, func(k0 value.Value, kn int) {
+			g.kBlocks(K, func(k0 value.Value, kn int, first bool) {
 				if !direct && multi {
 					for j, sg := range segs {
 						g.loopN(sg.Ch, nil, func(kk value.Value, _ []value.Value) []value.Value {
@@ -314,7 +298,7 @@ func (s sameConv) gen(g *builder) {
 										switch {
 										case prev != nil:
 											return prev[r*nv+v]
-										case single:
+										case first:
 											return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out)
 										}
 										return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))

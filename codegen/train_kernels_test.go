@@ -60,13 +60,19 @@ func TestTrainConvKernels(t *testing.T) {
 		// Register-blocked GEMM edges (train_gemm.go): O, K = C·KH·KW and
 		// P = OH·OW not multiples of the micro-tile (14 or 6 rows, 32
 		// columns), several pixel blocks with a ragged last one, K past the
-		// 256-row reduction block, P past the 128-pixel wgrad chunk, and
-		// enough channels for several wgrad channel groups.
+		// 288-row reduction block (kBlocks: two blocks of 158 and 157 rows),
+		// P past the 128-pixel wgrad chunk, and enough channels for several
+		// wgrad channel groups.
 		{N: 2, C: 19, H: 13, W: 11, O: 37, KH: 1, KW: 1, SH: 1, SW: 1},
 		{N: 2, C: 33, H: 9, W: 7, O: 17, KH: 1, KW: 1, SH: 2, SW: 2},
 		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 1, KW: 7, SH: 1, SW: 1, PH: 0, PW: 3},
 		{N: 2, C: 7, H: 12, W: 12, O: 29, KH: 7, KW: 1, SH: 1, SW: 1, PH: 3, PW: 0},
-		{N: 1, C: 31, H: 9, W: 9, O: 15, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		{N: 1, C: 35, H: 9, W: 9, O: 15, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		// The im2col forward (genGemm: unpadded stride 2, not phased) over
+		// two reduction blocks (K = 360), and a phased input gradient
+		// whose 2x2-tap phase reduces over two blocks (K = 80·4 = 320).
+		{N: 1, C: 40, H: 9, W: 9, O: 7, KH: 3, KW: 3, SH: 2, SW: 2},
+		{N: 1, C: 3, H: 11, W: 11, O: 80, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
 		// Stride 2 over phase planes (ConvGeom.phased): rows of several
 		// vectors, odd and even input sizes, a 1x1 and a 2x2 kernel.
 		{N: 2, C: 2, H: 40, W: 70, O: 3, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
