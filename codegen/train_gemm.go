@@ -56,8 +56,8 @@ import (
 // are shared by every target of a module.
 const gemmNB = 32
 
-// gemmKC bounds the reduction block of the forward panel (at most
-// gemmKC×gemmNB floats, 36 KiB: L1-sized on the 48 KiB L1 of Zen 5 and of
+// gemmKC bounds the reduction block of the forward and input-gradient
+// panels (at most gemmKC×gemmNB floats, 36 KiB: L1-sized on the 48 KiB L1 of Zen 5 and of
 // Intel's server cores). kBlocks splits a reduction into the fewest blocks
 // of at most gemmKC rows, of balanced sizes: the common 3x3 over 32
 // channels (K = 288) is then one block, where 256 left a 32-row block that
@@ -79,19 +79,7 @@ func kcOf(K int) int { return ceilDiv(K, ceilDiv(K, gemmKC)) }
 func (g *builder) kBlocks(K int, body func(k0 value.Value, kn int, first bool)) {
 	kc := kcOf(K)
 	body(ci(0), kc, true)
-	rest := K - kc
-	full := rest / kc
-	if full == 1 {
-		body(ci(kc), kc, false)
-	} else if full > 1 {
-		g.loopN(full, nil, func(i value.Value, _ []value.Value) []value.Value {
-			body(g.add(ci(kc), g.mul(i, ci(kc))), kc, false)
-			return nil
-		})
-	}
-	if r := rest % kc; r > 0 {
-		body(ci(kc+full*kc), r, false)
-	}
+	g.blocks(K-kc, kc, func(k0 value.Value, kn int) { body(g.add(ci(kc), k0), kn, false) })
 }
 
 // wgradNB is the column block of the weight gradient (columns of K), the
