@@ -438,6 +438,7 @@ func (s TrainConvSpec) genGemm(g *builder) {
 					})
 				})
 			})
+			g.blockStats(s.Stats, y, s.O, P, w, s.N*PB, t)
 		})
 	})
 }
@@ -603,9 +604,16 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 						tpack.image(g, x)
 					}
 					// Prefetch the next image's planes of the tile's channels
-					// and its dy rows of the tile's channel group (a few
-					// planes one image apart: see channelVecs). Measured on
-					// the mini nets' stride-2 gradients: 7-10% faster.
+					// (a few planes one image apart: see channelVecs).
+					// Measured on the mini nets' stride-2 gradients: 7-10%
+					// faster. Its dy rows are not prefetched: each is read
+					// once per tile, as it streams, and prefetching all of
+					// them into L1 up front (up to O·P floats) evicted the
+					// panel; in alternating runs of
+					// BenchmarkTrainConvGradWeight on an Intel Xeon VM,
+					// dropping that prefetch took the packed gradients from
+					// 48–57 to 52–65 % of the FMA peak on one thread
+					// (Inception-v4's 3x3 192→224 from 50 to 64 %).
 					c0 := g.udiv(k0, T)
 					g.loopN(chans, nil, func(j value.Value, _ []value.Value) []value.Value {
 						plane := g.add(x, g.add(ci(s.C*s.H*s.W), g.mul(g.add(c0, j), ci(s.H*s.W))))
@@ -613,10 +621,6 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 							g.prefetch(g.add(plane, g.mul(l, ci(16))))
 							return nil
 						})
-						return nil
-					})
-					g.loopN(ceilDiv(osz*P, 16), nil, func(l value.Value, _ []value.Value) []value.Value {
-						g.prefetch(g.add(dy, g.add(ci(s.O*P), g.mul(l, ci(16)))))
 						return nil
 					})
 					g.blocks(P, gemmPC, func(p0 value.Value, pc int) {
