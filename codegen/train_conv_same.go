@@ -79,12 +79,18 @@ type sameConv struct {
 	// the input gradient's dy channels by its dx channels by taps) read in
 	// place at Wt in the arena: A[o][k] = W[k/T][o][T−1−k%T].
 	Flip bool
+	// Stats, when On, makes each block write the partial BatchNorm
+	// statistics of Out (train_bnstats.go; forward only, as Outs' Stats).
+	Stats BNStats
 }
 
 // samePart is one further output or reduction segment of a sameConv
 // sibling group: Ch channels per image at arena offset At, weights at
-// arena offset Wt.
-type samePart struct{ Ch, At, Wt int }
+// arena offset Wt, and for an output the BatchNorm statistics to write.
+type samePart struct {
+	Ch, At, Wt int
+	Stats      BNStats
+}
 
 func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
 
@@ -198,6 +204,7 @@ func (s sameConv) gen(g *builder) {
 	type outPart struct {
 		O, Out, Bias, Acc int
 		a                 func(o, k value.Value) value.Value // A(o, k)
+		stats             BNStats
 	}
 	a0 := func(o, k value.Value) value.Value {
 		return g.load(g.arena, g.add(ci(s.Wt), g.add(g.mul(o, ci(K)), k)))
@@ -212,11 +219,11 @@ func (s sameConv) gen(g *builder) {
 			return g.load(g.arena, g.add(ci(s.Wt), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(o, ci(T)))))
 		}
 	}
-	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, a0}}
+	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, a0, s.Stats}}
 	for _, pt := range s.Outs {
 		parts = append(parts, outPart{pt.Ch, pt.At, -1, -1, func(o, k value.Value) value.Value {
 			return g.load(g.arena, g.add(ci(pt.Wt), g.add(g.mul(o, ci(K)), k)))
-		}})
+		}, pt.Stats})
 	}
 	// The reduction segments: s's input and, with Ins, its siblings';
 	// kstart[j] is segment j's first row of K.
@@ -328,6 +335,9 @@ func (s sameConv) gen(g *builder) {
 					}
 				})
 			})
+			for pj, pt := range parts {
+				g.blockStats(pt.stats, ys[pj], pt.O, P, w, s.N*PB, g.add(g.mul(n, ci(PB)), pb))
+			}
 		})
 	}
 	g.tiles(func(t value.Value) {
@@ -441,13 +451,13 @@ func (g *builder) prefixMask(w int) value.Value {
 // its phase planes.
 func (s TrainConvSpec) phasedFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.OH, W: s.OW, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Phased: true, H0: s.H, W0: s.W}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Phased: true, H0: s.H, W0: s.W, Stats: s.Stats}
 }
 
 // sameFwd is the forward convolution of s as a sameConv.
 func (s TrainConvSpec) sameFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Stats: s.Stats}
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.

@@ -213,6 +213,9 @@ func (s ConvGeom) rows(g *builder, oh0, oh1, ow0, ow1 int, carried []value.Value
 type TrainConvSpec struct {
 	ConvGeom
 	X, Wt, Bias, Out int // Bias < 0: none
+	// Stats, when On, makes the kernel write the partial BatchNorm
+	// statistics of Out (train_bnstats.go).
+	Stats BNStats
 	// Siblings are further 1x1 convolutions of the same input X in the
 	// same kernel (passes.ConvSiblings): each tile computes its block of
 	// pixels for every one of them, so that the block of x is read from
@@ -222,8 +225,12 @@ type TrainConvSpec struct {
 
 // ConvSibling is one more convolution of a sibling group: O output
 // channels, its weight (O×C×1×1) at arena offset Wt, its output (or, for
-// an input gradient, its dy) at Data.
-type ConvSibling struct{ O, Wt, Data int }
+// an input gradient, its dy) at Data, and (forward only) where to write
+// its output's BatchNorm statistics.
+type ConvSibling struct {
+	O, Wt, Data int
+	Stats       BNStats
+}
 
 // SiblingsOK reports whether convolutions of geometry s (O taken from each
 // sibling) run as one kernel: pointwise, "same" (stride 1, no padding).
@@ -247,8 +254,11 @@ func (s TrainConvSpec) Validate() error {
 		if err := extents("conv2d sibling", sb.Wt, sb.O*s.C, sb.Data, s.N*sb.O*s.OH*s.OW); err != nil {
 			return err
 		}
+		if err := sb.Stats.validate("conv2d sibling", sb.O, s.N, s.OH*s.OW); err != nil {
+			return err
+		}
 	}
-	return nil
+	return s.Stats.validate("conv2d", s.O, s.N, s.OH*s.OW)
 }
 func (s TrainConvSpec) tileCount() int {
 	if s.phased() {
@@ -267,7 +277,7 @@ func (s TrainConvSpec) gen(g *builder) {
 	if s.same() {
 		sc := s.sameFwd()
 		for _, sb := range s.Siblings {
-			sc.Outs = append(sc.Outs, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
+			sc.Outs = append(sc.Outs, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt, Stats: sb.Stats})
 		}
 		sc.gen(g)
 		return
@@ -487,7 +497,12 @@ func (g *builder) channelSum(outer, ch, inner int, c value.Value, f func(i value
 // rows are Stride floats apart (0: ch·inner, dense). A larger stride makes
 // it a channel slice of a wider value, read in place: the gradient of one
 // branch of a concat inside the concat's gradient.
-type chanArr struct{ Off, Stride int }
+type chanArr struct {
+	Off, Stride int
+	// Out marks an array the kernel writes: channelVecs prefetches it
+	// for writing (see there).
+	Out bool
+}
 
 // dense returns a at the dense layout's offset.
 func dense(off int) chanArr { return chanArr{Off: off} }
@@ -526,7 +541,12 @@ func (g *builder) channelVecs(outer, ch, inner int, c value.Value, pf []chanArr,
 			a = g.loopN(full, a, func(v value.Value, a []value.Value) []value.Value {
 				j := g.mul(v, ci(L))
 				for _, arr := range pf {
-					g.prefetch(g.add(row(arr, j), ci(pfRows*arr.stride(ch, inner))))
+					at := g.add(row(arr, j), ci(pfAhead(inner)*arr.stride(ch, inner)))
+					if arr.Out {
+						g.prefetchW(at)
+					} else {
+						g.prefetch(at)
+					}
 				}
 				return f(func(arr chanArr) value.Value { return row(arr, j) }, nil, a)
 			})
@@ -539,14 +559,29 @@ func (g *builder) channelVecs(outer, ch, inner int, c value.Value, pf []chanArr,
 	})
 }
 
-// pfRows is how many rows ahead channelVecs prefetches (2 and 4 measured
-// alike; see the comment there).
+// pfRows is the fewest rows ahead channelVecs prefetches (2 and 4
+// measured alike on 14x14 rows; see the comment there).
 const pfRows = 2
+
+// pfDistance is how many floats ahead channelVecs prefetches at least:
+// on short rows (7x7, 49 floats) two rows ahead is too close to hide the
+// memory latency. 512 floats (2 KiB) measured best of 256, 512 and 1024
+// on the mini_inception step (BatchNorm forward 10.6 -> 9.7 ms).
+const pfDistance = 512
+
+// pfAhead is how many rows of inner floats channelVecs prefetches ahead.
+func pfAhead(inner int) int { return max(pfRows, ceilDiv(pfDistance, inner)) }
 
 // prefetch hints that the arena float at index i will be read soon
 // (llvm.prefetch: read, high locality, data cache; it never faults, so
 // an index past the arena is harmless).
-func (g *builder) prefetch(i value.Value) {
+func (g *builder) prefetch(i value.Value) { g.prefetchRW(i, 0) }
+
+// prefetchW hints that the arena float at index i will be written soon
+// (llvm.prefetch for writing: prefetchw where the target has it).
+func (g *builder) prefetchW(i value.Value) { g.prefetchRW(i, 1) }
+
+func (g *builder) prefetchRW(i value.Value, rw int64) {
 	const name = "llvm.prefetch.p0"
 	f, ok := g.m.intr[name]
 	if !ok {
@@ -556,7 +591,7 @@ func (g *builder) prefetch(i value.Value) {
 		g.m.intr[name] = f
 	}
 	i32 := func(v int64) value.Value { return constant.NewInt(types.I32, v) }
-	g.b.NewCall(f, g.gep(g.arena, i), i32(0), i32(3), i32(1))
+	g.b.NewCall(f, g.gep(g.arena, i), i32(rw), i32(3), i32(1))
 }
 
 // vld loads the vector at arena index i, masked by m when m is not nil
@@ -617,6 +652,10 @@ type BatchNormTrainSpec struct {
 	// The lowering sets it to write a concat's branch in place, into its
 	// channel slice of the concat.
 	YStride int
+	// Stats, when On, holds the partial statistics of X written by the
+	// convolution that produced it (train_bnstats.go): the kernel then
+	// combines them instead of reading X for the mean and variance.
+	Stats BNStats
 }
 
 func (s BatchNormTrainSpec) Kind() string { return "batchnorm_train" }
@@ -628,7 +667,10 @@ func (s BatchNormTrainSpec) Validate() error {
 	if s.YStride != 0 && s.YStride < s.C*s.Inner {
 		return fmt.Errorf("batchnorm_train: Y stride %d < %d channels × %d", s.YStride, s.C, s.Inner)
 	}
-	yN := chanArr{s.Y, s.YStride}.extent(s.Outer, s.C, s.Inner)
+	yN := chanArr{Off: s.Y, Stride: s.YStride}.extent(s.Outer, s.C, s.Inner)
+	if err := s.Stats.validate("batchnorm_train", s.C, s.Outer, s.Inner); err != nil {
+		return err
+	}
 	return extents("batchnorm_train", s.X, n, s.Wt, s.C, s.B, s.C, s.Y, yN, s.Mean, s.C, s.Var, s.C)
 }
 func (s BatchNormTrainSpec) tileCount() int { return s.C }
@@ -640,19 +682,26 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		// channel's first value (so that the variance does not cancel:
 		// Chan, Golub and LeVeque, "Algorithms for computing the sample
 		// variance", The American Statistician 37(3), 1983), in vectors.
-		k := g.ext(g.ld(g.add(ci(s.X), g.mul(c, ci(s.Inner)))))
-		kv := g.broadcast(k)
+		// With Stats, the same sums from the producer's partials.
 		x := []chanArr{dense(s.X)}
-		sums := g.channelVecs(s.Outer, s.C, s.Inner, c, x, []value.Value{g.vzero64(), g.vzero64()}, func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value {
-			d := g.fsub(g.vext(g.vld(at(x[0]), m)), kv)
-			if m != nil {
-				d = g.sel(m, d, g.vzero64())
-			}
-			return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, d))}
-		})
-		s1 := g.fdiv(g.hreduce(sums[0], g.radd), cd(count))
+		var k, sd, sd2 value.Value
+		if s.Stats.On {
+			k, sd, sd2 = g.combineStats(s.Stats, s.Outer, s.Inner, c)
+		} else {
+			k = g.ext(g.ld(g.add(ci(s.X), g.mul(c, ci(s.Inner)))))
+			kv := g.broadcast(k)
+			sums := g.channelVecs(s.Outer, s.C, s.Inner, c, x, []value.Value{g.vzero64(), g.vzero64()}, func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value {
+				d := g.fsub(g.vext(g.vld(at(x[0]), m)), kv)
+				if m != nil {
+					d = g.sel(m, d, g.vzero64())
+				}
+				return []value.Value{g.radd(a[0], d), g.radd(a[1], g.fmul(d, d))}
+			})
+			sd, sd2 = g.hreduce(sums[0], g.radd), g.hreduce(sums[1], g.radd)
+		}
+		s1 := g.fdiv(sd, cd(count))
 		mu := g.fadd(k, s1)
-		v := g.fsub(g.fdiv(g.hreduce(sums[1], g.radd), cd(count)), g.fmul(s1, s1))
+		v := g.fsub(g.fdiv(sd2, cd(count)), g.fmul(s1, s1))
 		v = g.sel(g.b.NewFCmp(enum.FPredOLT, v, cd(0)), cd(0), v)
 		mu32, v32 := g.trunc(mu), g.trunc(v)
 		if s.Mean >= 0 {
@@ -664,12 +713,13 @@ func (s BatchNormTrainSpec) gen(g *builder) {
 		sc, sh := g.bnScaleShift(g.ld(g.add(ci(s.Wt), c)), g.ld(g.add(ci(s.B), c)), mu32, v32, s.Eps)
 		scv, shv := g.splat(sc), g.splat(sh)
 		if s.Y >= 0 {
-			g.channelVecs(s.Outer, s.C, s.Inner, c, x, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
+			pf := append(x, chanArr{Off: s.Y, Stride: s.YStride, Out: true})
+			g.channelVecs(s.Outer, s.C, s.Inner, c, pf, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
 				y := g.fma(g.vld(at(x[0]), m), scv, shv)
 				if s.ReLU {
 					y = g.relu(y)
 				}
-				g.vst(y, at(chanArr{s.Y, s.YStride}), m)
+				g.vst(y, at(chanArr{Off: s.Y, Stride: s.YStride}), m)
 				return nil
 			})
 		}
@@ -724,7 +774,7 @@ func (s BatchNormTrainGradSpec) Validate() error {
 	if s.DYStride != 0 && s.DYStride < s.C*s.Inner {
 		return fmt.Errorf("batchnorm_train_grad: DY stride %d < %d channels × %d", s.DYStride, s.C, s.Inner)
 	}
-	dyN := chanArr{s.DY, s.DYStride}.extent(s.Outer, s.C, s.Inner)
+	dyN := chanArr{Off: s.DY, Stride: s.DYStride}.extent(s.Outer, s.C, s.Inner)
 	return extents("batchnorm_train_grad", s.DY, dyN, s.X, n, s.Wt, s.C, s.Mean, s.C, s.Var, s.C, s.DX, n, s.DW, s.C, s.DB, s.C, r, n, b, s.C)
 }
 func (s BatchNormTrainGradSpec) tileCount() int { return s.C }
@@ -745,7 +795,7 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 		}
 		// dy returns the gradient at the BatchNorm's output for the x
 		// vector xv: relu_grad's (EltReLUGrad) when fused.
-		dyA, xA, rA := chanArr{s.DY, s.DYStride}, dense(s.X), dense(s.R)
+		dyA, xA, rA := chanArr{Off: s.DY, Stride: s.DYStride}, dense(s.X), dense(s.R)
 		dy := func(at func(chanArr) value.Value, m, xv value.Value) value.Value {
 			v := g.vld(at(dyA), m)
 			switch {
@@ -782,7 +832,8 @@ func (s BatchNormTrainGradSpec) gen(g *builder) {
 			a := g.splat(g.trunc(g.fmul(k, cd(m))))
 			b := g.splat(g.trunc(g.fmul(k, sdy)))
 			d := g.splat(g.trunc(g.fmul(k, sdx)))
-			g.channelVecs(s.Outer, s.C, s.Inner, c, pf, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
+			pfw := append(pf[:len(pf):len(pf)], chanArr{Off: s.DX, Out: true})
+			g.channelVecs(s.Outer, s.C, s.Inner, c, pfw, nil, func(at func(chanArr) value.Value, m value.Value, _ []value.Value) []value.Value {
 				xv := g.vld(at(xA), m)
 				xhat := g.fmul(g.fsub(xv, mu32), inv32)
 				v := g.fsub(g.fsub(g.fmul(a, dy(at, m, xv)), b), g.fmul(xhat, d))

@@ -3,6 +3,7 @@ package lower
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/kiln-dev/kiln/codegen"
 	"github.com/kiln-dev/kiln/ir"
@@ -25,6 +26,38 @@ const SeedState = "kiln.seed"
 
 // seedSlot is SeedState's offset from LRState's, in floats.
 const seedSlot = 2
+
+// lrSlots is the floats from LRState's offset to the step's scratch area
+// (scratch), which ends the arena.
+const lrSlots = 16
+
+// scratch hands out regions of the training step's scratch area, after the
+// learning rate and seed slots, to data that lives from one kernel to a
+// later one outside the plan's values (the BatchNorm statistics a
+// convolution writes for its BatchNorm, codegen.BNStats): a region is
+// allocated when its first kernel is lowered and freed after its last, so
+// that regions of kernels that never run at the same time share floats;
+// first fit, 16-float aligned. top is the area's high-water mark.
+type scratch struct {
+	base, top int
+	used      [][2]int // [start, end), sorted by start
+}
+
+func (s *scratch) alloc(n int) int {
+	n = ceilTo(n, 16)
+	at := s.base
+	k := 0
+	for ; k < len(s.used) && at+n > s.used[k][0]; k++ {
+		at = max(at, s.used[k][1])
+	}
+	s.used = slices.Insert(s.used, k, [2]int{at, at + n})
+	s.top = max(s.top, at+n)
+	return at
+}
+
+func (s *scratch) free(at int) {
+	s.used = slices.DeleteFunc(s.used, func(u [2]int) bool { return u[0] == at })
+}
 
 // DropoutSeed is g's base dropout seed (ir.Graph.DropoutSeed) as SeedValue
 // takes it, and false when g has no dropout_train node.
@@ -83,7 +116,7 @@ func LowerTraining(s *passes.State, params map[string]*tensor.Tensor, targets []
 		return nil, fmt.Errorf("lower: the training step has no output")
 	}
 	lrOff := int(ceilTo(int(plan.Arena), 64) / 4)
-	specs, err := lowerTrainNodes(g, plan, targets[0].Block, lrOff)
+	specs, scratchFloats, err := lowerTrainNodes(g, plan, targets[0].Block, lrOff)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +148,7 @@ func LowerTraining(s *passes.State, params map[string]*tensor.Tensor, targets []
 	p.Manifest = rt.Manifest{
 		Version: rt.ManifestVersion, Network: g.Name + ".train", Batch: g.Nodes[inID].Type.Shape[0], Arch: archOf(targets[0]), ISAs: isas,
 		Features:   codegen.ISAFeatures(targets),
-		ArenaBytes: int64(lrOff)*4 + 64,
+		ArenaBytes: int64(lrOff+lrSlots+scratchFloats) * 4,
 		Input:      info(inID), Output: outInfo,
 	}
 	addState := func(name string, shape []int, init []float32, off, upd int64) error {
@@ -200,7 +233,17 @@ func trainResults(g *ir.Graph, plan *passes.Plan) map[int]map[int][]int {
 // lowerTrainNodes builds the kernel specs of a training step graph: every
 // run-time node in schedule order, all operands in the arena (a step graph
 // has no build-time values: its params are all updated).
-func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, error) {
+func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, int, error) {
+	specs, sc, err := lowerTrainKernels(g, plan, B, lrOff)
+	if err != nil {
+		return nil, 0, err
+	}
+	return specs, sc.top - sc.base, nil
+}
+
+// lowerTrainKernels is lowerTrainNodes; it returns the scratch area it
+// used.
+func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, *scratch, error) {
 	build := passes.BuildTime(g)
 	users := g.Users()
 	results := trainResults(g, plan)
@@ -219,7 +262,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	dyView := sliceViews(g, plan, users, results, bwdReLU)
 	yInto, err := concatWrites(g, plan, users, results, fwdReLU, bwdReLU, virtual)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	inPlace := map[int]bool{} // relu outputs written into their concat
 	for _, w := range yInto {
@@ -277,6 +320,33 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	for _, r := range resFwd {
 		fused[r.mul], fused[r.add] = true, true
 	}
+	// A convolution whose output is a BatchNorm's input writes the
+	// BatchNorm's statistics (codegen.BNStats) into a scratch region that
+	// the BatchNorm frees: statsBN[conv] is the BatchNorm (the first, if
+	// several read the output), statsAt[BatchNorm] its region.
+	sc := &scratch{base: lrOff + lrSlots}
+	sc.top = sc.base
+	statsBN, statsAt := map[int]int{}, map[int]codegen.BNStats{}
+	for i, n := range g.Nodes {
+		if n.Op != ir.OpBatchNormTrain || n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
+			continue
+		}
+		if x := g.Nodes[n.Args[0]]; x.Op == ir.OpConv2D && len(x.Type.Shape) == 4 {
+			if _, ok := statsBN[n.Args[0]]; !ok {
+				statsBN[n.Args[0]] = i
+			}
+		}
+	}
+	statsOf := func(conv int) codegen.BNStats {
+		b, ok := statsBN[conv]
+		if !ok {
+			return codegen.BNStats{}
+		}
+		sh := g.Nodes[conv].Type.Shape
+		st := codegen.BNStats{On: true, At: sc.alloc(codegen.StatsFloats(sh[1], sh[0], sh[2]*sh[3]))}
+		statsAt[b] = st
+		return st
+	}
 	var specs []kernelSpec
 	for i, n := range g.Nodes {
 		if fused[i] {
@@ -284,19 +354,19 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		}
 		if build[i] {
 			if n.Op == ir.OpParam && len(users[i]) > 0 {
-				return nil, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
+				return nil, nil, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
 			}
 			continue
 		}
 		if n.Type.DType != ir.F32 && !n.IsMulti() {
-			return nil, ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
+			return nil, nil, ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
 		}
 		if !n.IsMulti() && n.Op != ir.OpResult && plan.BufferOf[i] < 0 {
-			return nil, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
+			return nil, nil, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
 		}
 		for _, a := range n.Args {
 			if build[a] {
-				return nil, ir.Errorf(n.Pos, "codegen: %s reads build-time value %%%d; the compiled training step reads every operand from the arena", n.Op, a)
+				return nil, nil, ir.Errorf(n.Pos, "codegen: %s reads build-time value %%%d; the compiled training step reads every operand from the arena", n.Op, a)
 			}
 		}
 		name := fmt.Sprintf("k%d", i)
@@ -315,15 +385,15 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		case ir.OpConv2D:
 			geo, err := convGeom(n, arg(0).Type.Shape, arg(1).Type.Shape, sh)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i)}
+			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i), Stats: statsOf(i)}
 			if len(n.Args) == 3 {
 				s.Bias = off(n.Args[2])
 			}
 			for _, m := range siblings[i] {
 				mn := g.Nodes[m]
-				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m)})
+				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m), Stats: statsOf(m)})
 			}
 			add(s)
 			for _, m := range siblings[i] {
@@ -332,7 +402,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		case ir.OpConv2DGradInput:
 			geo, err := convGeom(n, sh, arg(1).Type.Shape, arg(0).Type.Shape)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i), Acc: -1}
 			if a, ok := accOf[i]; ok {
@@ -342,7 +412,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		case ir.OpConv2DGradWeight:
 			geo, err := convGeom(n, arg(1).Type.Shape, sh, arg(0).Type.Shape)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			add(codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)})
 		case ir.OpBiasGrad:
@@ -350,11 +420,15 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})
 		case ir.OpBatchNormTrain:
 			if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
-				return nil, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
+				return nil, nil, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
 			}
 			o, c, in := channelLayout(arg(0).Type.Shape)
 			s := codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
 				X: off(n.Args[0]), Wt: off(n.Args[1]), B: off(n.Args[2]), Y: res(i, 0), Mean: res(i, 1), Var: res(i, 2)}
+			if st, ok := statsAt[i]; ok {
+				s.Stats = st
+				sc.free(st.At)
+			}
 			if j, ok := fwdReLU[i]; ok {
 				s.ReLU = true
 				if w, ok := yInto[i]; ok {
@@ -387,7 +461,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			add(codegen.EltTrainSpec{Op: op, Elems: n.Type.Numel(), A: off(n.Args[0]), B: off(n.Args[1]), Out: off(i)})
 		case ir.OpMaxPool, ir.OpAvgPool:
 			if len(n.Args) != 1 || n.Attrs.Int("offset") != 0 {
-				return nil, ir.Errorf(n.Pos, "codegen: a training %s writes a whole value (no into operand)", n.Op)
+				return nil, nil, ir.Errorf(n.Pos, "codegen: a training %s writes a whole value (no into operand)", n.Op)
 			}
 			x := arg(0).Type.Shape
 			add(codegen.TrainPoolSpec{PoolGeom: poolGeom(n, x, sh), X: off(n.Args[0]), Out: off(i)})
@@ -447,7 +521,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			// Gradient clipping by value: the plain elementwise clip (ext.go).
 			ks, err := lowerExt(g, n, i, B, name, off)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			specs = append(specs, ks)
 		case ir.OpSlice:
@@ -476,7 +550,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				return off(v)
 			})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			for j, c := range cs {
 				if inPlace[n.Args[j]] {
@@ -489,7 +563,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				d := g.Nodes[grp.Grads[0]]
 				geo, err := convGeom(d, d.Type.Shape, g.Nodes[d.Args[1]].Type.Shape, g.Nodes[d.Args[0]].Type.Shape)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(d.Args[0]), Wt: off(d.Args[1]), DX: off(i), Acc: -1}
 				if grp.Other >= 0 {
@@ -525,7 +599,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 			add(s)
 		default:
-			return nil, ir.Errorf(n.Pos, "codegen: op %s has no compiled training kernel (kiln train --backend interp runs it)", n.Op)
+			return nil, nil, ir.Errorf(n.Pos, "codegen: op %s has no compiled training kernel (kiln train --backend interp runs it)", n.Op)
 		}
 		// Further result nodes of one result are copies of the first,
 		// made right after the kernel (all are live from the producer).
@@ -536,7 +610,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 		}
 	}
-	return specs, nil
+	return specs, sc, nil
 }
 
 var debugTrain = false

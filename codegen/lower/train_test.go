@@ -246,10 +246,11 @@ func TestFuseTrainReLU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			specs, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
+			specs, scratchFloats, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
+			var bnStats, convStats int
 			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
 			var resFwd, scales int
 			for _, k := range specs {
@@ -261,8 +262,25 @@ func TestFuseTrainReLU(t *testing.T) {
 					if s.Acc >= 0 {
 						accs++
 					}
+				case codegen.TrainConvSpec:
+					for _, on := range append([]bool{s.Stats.On}, func() (o []bool) {
+						for _, sb := range s.Siblings {
+							o = append(o, sb.Stats.On)
+						}
+						return
+					}()...) {
+						if on {
+							convStats++
+						}
+					}
 				case codegen.BatchNormTrainSpec:
 					bn++
+					if s.Stats.On {
+						bnStats++
+						if s.Stats.At < lrSlots {
+							t.Errorf("BatchNorm statistics at %d, inside the learning-rate slots", s.Stats.At)
+						}
+					}
 					if s.YStride > 0 {
 						yViews++
 					}
@@ -316,6 +334,20 @@ func TestFuseTrainReLU(t *testing.T) {
 			t.Logf("%s: %d residual connections fused forward, %d activation scales left", net, resFwd, scales)
 			if resFwd != wantRes || scales != wantRes {
 				t.Errorf("fused %d residual connections, %d scale kernels left (want %d each)", resFwd, scales, wantRes)
+			}
+			// Every BatchNorm of a convolution reads the statistics the
+			// convolution wrote (codegen.BNStats); the others (after the
+			// pooling branches' average pools, which the passes move past
+			// their 1x1 convolutions) read their input twice.
+			afterConv := 0
+			for _, n := range st.Graph.Nodes {
+				if n.Op == ir.OpBatchNormTrain && st.Graph.Nodes[n.Args[0]].Op == ir.OpConv2D {
+					afterConv++
+				}
+			}
+			t.Logf("%s: %d of %d batchnorm_train kernels read their statistics from their convolution (scratch %d floats)", net, bnStats, bn, scratchFloats)
+			if bnStats != afterConv || convStats != afterConv || afterConv < bn/2 || scratchFloats <= 0 {
+				t.Errorf("%d of %d BatchNorms (%d of convolutions) read statistics, %d convolutions write them (scratch %d floats)", bnStats, bn, afterConv, convStats, scratchFloats)
 			}
 			t.Logf("%s: %d of %d batchnorm_train kernels compute their relu (%d relu kernels left), %d of %d gradients their relu_grad (%d left)",
 				net, bnReLU, bn, relu, bnGradReLU, bnGrad, reluGrad)
