@@ -583,11 +583,18 @@ const wgTO = 16
 
 // wgGroup returns the rows of K per tile and the number of such groups:
 // up to 24 rows (a multiple of every wgShape row count), fewer when that
-// leaves fewer than 8 tiles.
+// leaves fewer than 8 tiles. A K of at most 24 rows is one group: every
+// group streams all of its channels' dy, and with so few rows per pixel
+// that traffic dominates (the mini nets' first 3x3 over one channel, 32
+// channels at 28x28, batch 128, BenchmarkTrainConvGradWeight on 2 threads
+// of an Intel Xeon VM: 102–106 GFLOP/s in 4 tiles, 119–123 in 2).
 func (s TrainConvGradWeightSpec) wgGroup() (rows, groups int) {
 	K := s.C * s.KH * s.KW
 	want := ceilDiv(8, ceilDiv(s.O, wgTO)) // groups for 8 tiles
 	rows = min(24, max(6, ceilDiv(ceilDiv(K, want), 6)*6))
+	if K <= 24 {
+		rows = ceilDiv(K, 6) * 6
+	}
 	return rows, ceilDiv(K, rows)
 }
 

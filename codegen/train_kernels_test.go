@@ -57,6 +57,9 @@ func TestTrainConvKernels(t *testing.T) {
 		{N: 3, C: 5, H: 7, W: 7, O: 4, KH: 1, KW: 1, SH: 1, SW: 1},
 		{N: 1, C: 2, H: 6, W: 6, O: 3, KH: 5, KW: 5, SH: 1, SW: 1, PH: 2, PW: 2},
 		{N: 1, C: 1, H: 28, W: 28, O: 32, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
+		// The mini nets' first convolution: a dot-product weight gradient
+		// whose K = 9 rows are one group (wgGroup).
+		{N: 2, C: 1, H: 28, W: 28, O: 32, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
 		// Register-blocked GEMM edges (train_gemm.go): O, K = C·KH·KW and
 		// P = OH·OW not multiples of the micro-tile (14 or 6 rows, 32
 		// columns), several pixel blocks with a ragged last one, K past the
