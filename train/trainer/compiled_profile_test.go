@@ -10,9 +10,11 @@ import (
 
 	"github.com/kiln-dev/kiln/archs"
 	"github.com/kiln-dev/kiln/codegen"
+	"github.com/kiln-dev/kiln/codegen/lower"
 	"github.com/kiln-dev/kiln/dsl"
 	"github.com/kiln-dev/kiln/internal/testenv"
 	"github.com/kiln-dev/kiln/ir/tensor"
+	"github.com/kiln-dev/kiln/passes"
 	"github.com/kiln-dev/kiln/train"
 	"github.com/kiln-dev/kiln/train/data"
 )
@@ -27,6 +29,11 @@ var (
 	profileNets  = flag.String("profile-nets", "mini_inception,mini_inception_resnet", "comma-separated `networks` of BenchmarkCompiledStepProfile")
 	profileBatch = flag.Int("profile-batch", 128, "`batch` of BenchmarkCompiledStepProfile")
 )
+
+// profileSpecs makes the -profile-top list also print each kernel's
+// codegen spec (its shapes and offsets), from a second lowering of the
+// same step graph (lowering is deterministic: the names match).
+var profileSpecs = flag.Bool("profile-specs", false, "print the codegen spec of each kernel -profile-top lists")
 
 // profileThreads is the runtime threads of BenchmarkCompiledStepProfile.
 var profileThreads = flag.Int("profile-threads", 2, "runtime threads of BenchmarkCompiledStepProfile")
@@ -78,6 +85,20 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 				b.Fatal(err)
 			}
 			man := ce.m.Manifest()
+			specs := map[string]any{}
+			if *profileSpecs {
+				st, err := passes.RunTraining(sg.Graph, passes.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				p, err := lower.LowerTraining(st, params, defaultTargets(), lower.TrainOptions{Input: input.Name, LR: 0.045})
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, k := range p.Kernels() {
+					specs[k.Name] = k.Spec
+				}
+			}
 			byOp := map[string]time.Duration{}
 			byKernel := make([]time.Duration, len(man.Kernels))
 			runs := make([][]time.Duration, len(man.Kernels))
@@ -140,6 +161,9 @@ func BenchmarkCompiledStepProfile(b *testing.B) {
 						line += fmt.Sprintf("  %6.1f GFLOP/s  %5.1f MMACs", 2*float64(k.MACs)*float64(b.N)/byKernel[i].Seconds()/1e9, float64(k.MACs)/1e6)
 					}
 					b.Log(line)
+					if sp, ok := specs[k.Name]; ok {
+						b.Logf("    %+v", sp)
+					}
 				}
 			}
 			b.ReportMetric(float64(batch*b.N)/total.Seconds(), "img/s")
