@@ -487,7 +487,8 @@ func (s TrainConvGradInputSpec) genSame(g *builder) { s.sameDgrad().gen(g) }
 // each accumulator a vector of partial sums over p; per vector of p the
 // kernel loads wgMR dy vectors (folded into the FMAs) and wgNR masked x
 // vectors for wgMR·wgNR FMAs. A tile owns wgMR channels × a group of
-// wgNR-row blocks of K and reduces over the whole batch in chunks of
+// wgNR-row blocks of K and reduces over the whole batch (or its run of
+// images when the batch is split: WgradSplit) in chunks of
 // images (wgChunk): within a chunk each register block's accumulators stay
 // in registers across the chunk's images, and the chunk's dy rows (sized to
 // fit L1 with one block's x rows) stay in L1 across the group's blocks; the
@@ -600,7 +601,51 @@ func (s TrainConvGradWeightSpec) wgGroup() (rows, groups int) {
 
 func (s TrainConvGradWeightSpec) sameTiles() int {
 	_, groups := s.wgGroup()
-	return ceilDiv(s.O, wgTO) * groups
+	S, _, _ := s.wgSplit()
+	return S * ceilDiv(s.O, wgTO) * groups
+}
+
+// wgSplitBytes bounds the x and dy bytes of one run of images of a split
+// weight gradient (WgradSplit): a quarter of a 2 MiB L2.
+const wgSplitBytes = 512 << 10
+
+// WgradSplit returns the runs of images into which the lowering splits
+// the batch of s's dot-product weight gradient (1: none). Each tile of
+// the unsplit kernel reduces over the whole batch for its block of
+// output channels and group of rows of K, so every tile streams its dy
+// rows and x rows from memory: dy is read once per group of K, x once per
+// block of channels (six and four times for mini_inception's 1x1 64→16
+// and 64→64). Split, a tile reduces over one run of images whose x and dy
+// fit L2, the run's tiles are adjacent (a thread's share holds most of a
+// run), so the batch is read from memory about once; each run writes a
+// partial dW and a ChannelSumSpec adds the runs. Runs hold at least two
+// images; larger planes are not split.
+func (s ConvGeom) WgradSplit() int {
+	per := wgSplitBytes / ((s.C*s.H*s.W + s.O*s.OH*s.OW) * 4)
+	if per < 2 {
+		return 1
+	}
+	return max(1, ceilDiv(s.N, per))
+}
+
+// wgSplit returns the runs of images of s's dot-product kernel, the
+// images per run and the last run's (S = 1: the whole batch, written to
+// DW).
+func (s TrainConvGradWeightSpec) wgSplit() (S, per, last int) {
+	if s.Split <= 1 {
+		return 1, s.N, s.N
+	}
+	per = ceilDiv(s.N, s.Split)
+	S = ceilDiv(s.N, per)
+	return S, per, s.N - (S-1)*per
+}
+
+// SplitRuns returns the runs s's kernel writes partial sums for (1: it
+// writes DW itself); the caller adds them with a ChannelSumSpec of Outer
+// SplitRuns(), C O·C·KH·KW, Inner 1, from Partial into DW.
+func (s TrainConvGradWeightSpec) SplitRuns() int {
+	S, _, _ := s.wgSplit()
+	return S
 }
 
 // genSame emits the dot-product weight gradient (see above).
@@ -617,7 +662,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	GU := PV / U              // whole cache-line groups of vectors per row
 	segU := max(1, s.wgSegment(L)/(U*L))
 	nseg := max(1, ceilDiv(GU, segU))
-	buffered := ceilDiv(s.N, NC) > 1 || nseg > 1
+	S, NS, lastNS := s.wgSplit()
 	pw := T == 1
 	accBuf := g.stackBuf(KG * wgTO * L)
 	// Pp is a row's length in the mask table, P rounded up to vectors.
@@ -653,7 +698,10 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	}
 	hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 	tailMask := func() value.Value { return g.prefixMask(tail) }
-	g.tiles(func(t value.Value) {
+	// run is one tile over nImg images from image nb, writing its sums at
+	// dwAt (DW, or its run's partial dW when the batch is split).
+	run := func(t, nb value.Value, nImg int, dwAt value.Value) {
+		buffered := ceilDiv(nImg, NC) > 1 || nseg > 1
 		ob, kg := g.udiv(t, G), g.urem(t, G)
 		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
 		g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
@@ -661,7 +709,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 				if buffered {
 					g.fillBuf(accBuf, KG*wgTO*L)
 				}
-				g.blocks(s.N, NC, func(n0 value.Value, nc int) {
+				g.blocks(nImg, NC, func(n0 value.Value, nc int) {
 					// seg runs the chunk over the cache-line groups
 					// [gFrom, gTo) of every row, and the rest of the row
 					// (its last vectors and tail) when final.
@@ -701,7 +749,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 									}
 								}
 								acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
-									n := g.add(n0, ni)
+									n := g.add(nb, g.add(n0, ni))
 									x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
 									dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
 									xoff := make([]value.Value, nr)
@@ -782,7 +830,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 											continue
 										}
 										sum := g.hreduce(acc[r*nr+c], g.radd)
-										g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
+										g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
 									}
 								}
 							})
@@ -807,11 +855,24 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 					for r := 0; r < osz; r++ {
 						v := g.vload(accBuf, g.mul(g.add(g.mul(kk, ci(wgTO)), ci(r)), ci(L)))
 						sum := g.hreduce(v, g.radd)
-						g.st(sum, g.add(ci(s.DW), g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(kg0, kk))))
+						g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(kg0, kk))))
 					}
 					return nil
 				})
 			})
+		})
+	}
+	g.tiles(func(t value.Value) {
+		if S <= 1 {
+			run(t, ci(0), s.N, ci(s.DW))
+			return
+		}
+		// Runs are the outer index, so that a thread's consecutive
+		// tiles share their run's images (in L2).
+		per := OB * G
+		sp := g.udiv(t, per)
+		g.lastOr(sp, S, NS, lastNS, func(nImg int) {
+			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*K))))
 		})
 	})
 }

@@ -48,7 +48,11 @@ import (
 // are images (col2im adds overlapping windows into the image, so one thread
 // owns an image); wgrad tiles are (32-column block of K, group of output
 // channels), each reducing over the whole batch, so no two threads write the
-// same dW element and no atomics or reduction buffers are needed.
+// same dW element and no atomics are needed. Where a run of a few images
+// fits L2 (ConvGeom.WgradSplit), the batch is split into runs and the tiles
+// are (run, block, group), each writing a partial dW for its run into the
+// step's scratch area, which a ChannelSumSpec then adds: the run's tiles
+// reread its images from L2 instead of the whole batch from memory.
 
 // gemmNB is the column block of the training GEMMs: 32 floats, two AVX-512
 // vectors (four AVX2, eight NEON vectors: the micro-kernel then covers it in
@@ -545,6 +549,13 @@ func (s TrainConvGradWeightSpec) wgradGroups() (groups, size int) {
 }
 
 func (s TrainConvGradWeightSpec) gemmTiles() int {
+	S, _, _ := s.wgSplit()
+	return S * s.gemmBlocks()
+}
+
+// gemmBlocks is the packed kernel's tiles per run of images: blocks of
+// K times groups of output channels.
+func (s TrainConvGradWeightSpec) gemmBlocks() int {
 	g, _ := s.wgradGroups()
 	return ceilDiv(s.C*s.KH*s.KW, wgradNB) * g
 }
@@ -578,7 +589,10 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		pt = g.newColTab(P)
 		s.pixTab(g, pt, ci(0), P)
 	}
-	g.tiles(func(t value.Value) {
+	S, NS, lastNS := s.wgSplit()
+	// run is one tile over nImg images from image nb, accumulating into
+	// dwAt (DW, or its run's partial dW when the batch is split).
+	run := func(t, nb value.Value, nImg int, dwAt value.Value) {
 		kb, og := g.udiv(t, G), g.urem(t, G)
 		k0 := g.mul(kb, ci(wgradNB))
 		switch {
@@ -590,14 +604,15 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		oLo := g.mul(og, ci(GS))
 		g.lastOr(kb, KB, wgradNB, K-(KB-1)*wgradNB, func(w int) {
 			g.lastOr(og, G, GS, s.O-(G-1)*GS, func(osz int) {
-				dw := g.add(ci(s.DW), g.add(g.mul(oLo, ci(K)), k0))
+				dw := g.add(dwAt, g.add(g.mul(oLo, ci(K)), k0))
 				g.loopN(osz, nil, func(o value.Value, _ []value.Value) []value.Value {
 					g.fillN(cf(0), g.add(dw, g.mul(o, ci(K))), w)
 					return nil
 				})
 				T := s.KH * s.KW
 				chans := min(s.C, (w-1)/T+2) // channels rows [k0, k0+w) can touch
-				g.loopN(s.N, nil, func(n value.Value, _ []value.Value) []value.Value {
+				g.loopN(nImg, nil, func(ni value.Value, _ []value.Value) []value.Value {
+					n := g.add(nb, ni)
 					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
 					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
 					if tp {
@@ -678,6 +693,18 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 				})
 			})
 		})
+	}
+	g.tiles(func(t value.Value) {
+		if S <= 1 {
+			run(t, ci(0), s.N, ci(s.DW))
+			return
+		}
+		// Runs are the outer index (see genSame).
+		per := KB * G
+		sp := g.udiv(t, per)
+		g.lastOr(sp, S, NS, lastNS, func(nImg int) {
+			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*K))))
+		})
 	})
 }
 
@@ -696,7 +723,7 @@ func (s TrainConvGradWeightSpec) transPack() bool {
 	}
 	switch {
 	case s.contiguous():
-		return (T > 1 || s.C >= 128) && s.gemmTiles() >= 6
+		return (T > 1 || s.C >= 128) && s.gemmBlocks() >= 6
 	case s.phased():
 		return s.packChans()*4*phaseStride(P) <= phaseMax
 	}

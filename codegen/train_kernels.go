@@ -433,6 +433,11 @@ func (s TrainConvGradInputSpec) genLoops(g *builder) {
 type TrainConvGradWeightSpec struct {
 	ConvGeom
 	DY, X, DW int
+	// Split > 1 splits the batch of the dot-product kernel into runs of
+	// images (ConvGeom.WgradSplit, TrainConvGradWeightSpec.SplitRuns):
+	// run r writes its partial dW at Partial + r·O·C·KH·KW, and DW is
+	// left for a ChannelSumSpec to write. Ignored by the other kernels.
+	Split, Partial int
 }
 
 func (s TrainConvGradWeightSpec) Kind() string { return "conv2d_grad_weight" }
@@ -440,7 +445,17 @@ func (s TrainConvGradWeightSpec) Validate() error {
 	if err := s.validate("conv2d_grad_weight"); err != nil {
 		return err
 	}
-	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, s.O*s.C*s.KH*s.KW)
+	dw := s.O * s.C * s.KH * s.KW
+	part := -1
+	if s.SplitRuns() > 1 {
+		part = s.Partial
+		if part < 0 {
+			return fmt.Errorf("conv2d_grad_weight: a batch split into %d runs needs a Partial area", s.SplitRuns())
+		}
+	} else if s.DW < 0 {
+		return fmt.Errorf("conv2d_grad_weight: no DW")
+	}
+	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, dw, part, s.SplitRuns()*dw)
 }
 func (s TrainConvGradWeightSpec) tileCount() int {
 	if s.sameOK() && !s.transPack() {
@@ -460,7 +475,9 @@ func (s TrainConvGradWeightSpec) gen(g *builder) {
 }
 
 // ChannelSumSpec is bias_grad: out[c] = Σ_n Σ_i dy[n][c][i] over an
-// [Outer][C][Inner] value, accumulated in float64. A tile is one channel.
+// [Outer][C][Inner] value, accumulated in float64. A tile is one channel,
+// or with Inner = 1 (a dense layer's bias gradient, the runs of a split
+// weight gradient) a block of sumBlock channels summed in vectors.
 type ChannelSumSpec struct {
 	Outer, C, Inner int
 	DY, Out         int
@@ -473,12 +490,53 @@ func (s ChannelSumSpec) Validate() error {
 	}
 	return extents("bias_grad", s.DY, s.Outer*s.C*s.Inner, s.Out, s.C)
 }
-func (s ChannelSumSpec) tileCount() int { return s.C }
-func (s ChannelSumSpec) flops() int64   { return int64(s.Outer * s.C * s.Inner) }
+func (s ChannelSumSpec) tileCount() int {
+	if s.Inner == 1 {
+		return ceilDiv(s.C, sumBlock)
+	}
+	return s.C
+}
+func (s ChannelSumSpec) flops() int64 { return int64(s.Outer * s.C * s.Inner) }
+
+// sumBlock is the channels of a tile of ChannelSumSpec with Inner = 1.
+const sumBlock = 256
+
 func (s ChannelSumSpec) gen(g *builder) {
+	if s.Inner == 1 {
+		s.genRows(g)
+		return
+	}
 	g.tiles(func(c value.Value) {
 		sum := g.channelSum(s.Outer, s.C, s.Inner, c, func(i value.Value) value.Value { return g.ext(g.ld(g.add(ci(s.DY), i))) })
 		g.st(g.trunc(sum), g.add(ci(s.Out), c))
+	})
+}
+
+// genRows sums the Outer rows of C floats lane by lane, each lane's sum
+// in float64 in row order.
+func (s ChannelSumSpec) genRows(g *builder) {
+	L := g.t.VectorLanes
+	NB := ceilDiv(s.C, sumBlock)
+	g.tiles(func(t value.Value) {
+		c0 := g.mul(t, ci(sumBlock))
+		g.lastOr(t, NB, sumBlock, s.C-(NB-1)*sumBlock, func(n int) {
+			one := func(c, m value.Value) {
+				sum := g.loopN(s.Outer, []value.Value{g.vzero64()}, func(o value.Value, a []value.Value) []value.Value {
+					v := g.vld(g.add(ci(s.DY), g.add(g.mul(o, ci(s.C)), c)), m)
+					return []value.Value{g.b.NewFAdd(a[0], g.vext(v))}
+				})
+				g.vst(g.b.NewFPTrunc(sum[0], types.NewVector(uint64(L), f32)), g.add(ci(s.Out), c), m)
+			}
+			if full := n / L; full > 0 {
+				g.loopN(full, nil, func(v value.Value, _ []value.Value) []value.Value {
+					one(g.add(c0, g.mul(v, ci(L))), nil)
+					return nil
+				})
+			}
+			if tail := n % L; tail > 0 {
+				one(g.add(c0, ci(n-tail)), g.prefixMask(tail))
+			}
+		})
 	})
 }
 

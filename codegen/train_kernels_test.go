@@ -140,7 +140,17 @@ func TestTrainConvKernels(t *testing.T) {
 				DW := DX + nx + gap
 				DXA := DW + nw + gap
 				DXI := DXA + nx + gap
-				size := DXI + nx + gap
+				// The dot-product weight gradient with its batch split in
+				// two runs (the second ragged for N = 3): partial sums |
+				// gap | their sum | gap.
+				// (A single run writes the sum itself.)
+				wsplit := TrainConvGradWeightSpec{ConvGeom: s, DY: DY, X: X, Split: 2}
+				runs := wsplit.SplitRuns()
+				PART := DXI + nx + gap
+				wsplit.Partial = PART
+				DWS := PART + runs*nw + gap
+				wsplit.DW = DWS
+				size := DWS + nw + gap
 				arena := make([]float32, size)
 				fill(arena, sentinel)
 				x, w, bias, dy, addend := randn(r, nx), randn(r, nw), randn(r, s.O), randn(r, ny), randn(r, nx)
@@ -161,7 +171,8 @@ func TestTrainConvKernels(t *testing.T) {
 					for _, k := range []struct {
 						n string
 						s TrainKernel
-					}{{"fwd", fwd}, {"dgrad", dgrad}, {"wgrad", wgrad}, {"dgradacc", dgradAcc}, {"dgradin", dgradIn}} {
+					}{{"fwd", fwd}, {"dgrad", dgrad}, {"wgrad", wgrad}, {"dgradacc", dgradAcc}, {"dgradin", dgradIn},
+						{"wsplit", wsplit}, {"wsum", ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: PART, Out: DWS}}} {
 						if _, _, err := m.Train(k.n, k.s); err != nil {
 							return err
 						}
@@ -173,6 +184,10 @@ func TestTrainConvKernels(t *testing.T) {
 				a = runChecked(t, kernel(t, lib, "wgrad", ts), a, nil, wgrad.tileCount())
 				a = runChecked(t, kernel(t, lib, "dgradacc", ts), a, nil, dgradAcc.tileCount())
 				a = runChecked(t, kernel(t, lib, "dgradin", ts), a, nil, dgradIn.tileCount())
+				a = runChecked(t, kernel(t, lib, "wsplit", ts), a, nil, wsplit.tileCount())
+				if runs > 1 {
+					a = runChecked(t, kernel(t, lib, "wsum", ts), a, nil, ChannelSumSpec{Outer: runs, C: nw, Inner: 1}.tileCount())
+				}
 				ry, rdx, rdw := convRef(s, x, w, dy)
 				for i := range ry {
 					ry[i] += float64(bias[i/(s.OH*s.OW)%s.O])
@@ -180,6 +195,7 @@ func TestTrainConvKernels(t *testing.T) {
 				compare(t, "conv2d", a[Y:Y+ny], ry)
 				compare(t, "conv2d_grad_input", a[DX:DX+nx], rdx)
 				compare(t, "conv2d_grad_weight", a[DW:DW+nw], rdw)
+				compare(t, fmt.Sprintf("conv2d_grad_weight, batch split in %d runs", runs), a[DWS:DWS+nw], rdw)
 				rdxa := make([]float64, nx)
 				for i := range rdxa {
 					rdxa[i] = rdx[i] + float64(addend[i])
@@ -188,7 +204,7 @@ func TestTrainConvKernels(t *testing.T) {
 				compare(t, "conv2d_grad_input + addend in place", a[DXI:DXI+nx], rdxa)
 				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
 					in := func(o, n int) bool { return i >= o && i < o+n }
-					return in(Y, ny) || in(DX, nx) || in(DW, nw) || in(DXA, nx) || in(DXI, nx)
+					return in(Y, ny) || in(DX, nx) || in(DW, nw) || in(DXA, nx) || in(DXI, nx) || in(PART, runs*nw) || in(DWS, nw)
 				})
 			})
 		}

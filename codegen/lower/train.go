@@ -27,6 +27,10 @@ const SeedState = "kiln.seed"
 // seedSlot is SeedState's offset from LRState's, in floats.
 const seedSlot = 2
 
+// wgradSplit lets the lowering split weight gradients by runs of images
+// (codegen.ConvGeom.WgradSplit); TestWgradSplit turns it off to compare.
+var wgradSplit = true
+
 // lrSlots is the floats from LRState's offset to the step's scratch area
 // (scratch), which ends the arena.
 const lrSlots = 16
@@ -414,7 +418,22 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			if err != nil {
 				return nil, nil, err
 			}
-			add(codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)})
+			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)}
+			if wgradSplit {
+				s.Split = geo.WgradSplit()
+			}
+			if s.SplitRuns() > 1 {
+				// Partial sums per run of images in the scratch area,
+				// added into DW by a second kernel.
+				runs, nw := s.SplitRuns(), geo.O*geo.C*geo.KH*geo.KW
+				s.Partial = sc.alloc(runs * nw)
+				add(s)
+				name += "_sum"
+				add(codegen.ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: s.Partial, Out: off(i)})
+				sc.free(s.Partial)
+				break
+			}
+			add(s)
 		case ir.OpBiasGrad:
 			o, c, in := channelLayout(arg(0).Type.Shape)
 			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kiln-dev/kiln/archs"
@@ -430,5 +432,84 @@ func TestFuseTrainReLU(t *testing.T) {
 				t.Errorf("%d input gradients that the caller reads accumulated into sums", len(acc))
 			}
 		})
+	}
+}
+
+// TestWgradSplit compiles mini_inception's training step at batch 32 with
+// the weight gradients split by runs of images (wgradSplit) and without,
+// with every weight gradient as an output: the split changes only the
+// order of each gradient's float32 sums (partial sums per run, added in
+// float64), so the two must agree to rounding (1e-5 of max|dW|), and at
+// this batch most weight gradients must be split.
+func TestWgradSplit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("compiles a mini network's training step twice")
+	}
+	const batch = 32
+	sg, params, inputs := stepFixture(t, "mini_inception", batch, train.PaperRMSProp)
+	g := *sg.Graph
+	g.Outputs = append([]int(nil), sg.Graph.Outputs...)
+	wg := 0
+	for i, n := range g.Nodes {
+		if n.Op == ir.OpConv2DGradWeight {
+			g.Outputs = append(g.Outputs, i)
+			wg++
+		}
+	}
+	in := g.Inputs()[0].Name
+	if in == sg.Target {
+		in = g.Inputs()[1].Name
+	}
+	run := func(split bool) (outs [][]float32, sums int) {
+		wgradSplit = split
+		defer func() { wgradSplit = true }()
+		st, err := passes.RunTraining(&g, passes.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		specs, _, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range specs {
+			if strings.HasSuffix(k.name, "_sum") {
+				sums++
+			}
+		}
+		m := compileStep(t, &g, params, in, "")
+		defer m.Close()
+		for name, v := range inputs {
+			if name != in {
+				if err := m.SetState(name, v.Data); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		out := make([]float32, g.Nodes[g.Outputs[1]].Type.Numel())
+		if err := m.Run(inputs[in].Data, out); err != nil {
+			t.Fatal(err)
+		}
+		for k := 2; k < len(g.Outputs); k++ {
+			v, _ := m.State(OutputState(k))
+			outs = append(outs, slices.Clone(v))
+		}
+		return outs, sums
+	}
+	split, nSplit := run(true)
+	whole, nWhole := run(false)
+	t.Logf("%d of %d weight gradients split at batch %d", nSplit, wg, batch)
+	if nWhole != 0 || 2*nSplit < wg {
+		t.Errorf("%d of %d weight gradients split (%d with the split off)", nSplit, wg, nWhole)
+	}
+	for k := range split {
+		o := g.Outputs[k+2]
+		ref := &tensor.Tensor{Shape: g.Nodes[o].Type.Shape, Data: whole[k]}
+		d, err := tensor.MaxAbsDiff(&tensor.Tensor{Shape: ref.Shape, Data: split[k]}, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mx := tensor.MaxAbs(ref); d > 1e-5*max(mx, 1e-6) {
+			t.Errorf("%%%d %s: split max|d| %.3g, max|dW| %.3g", o, g.Nodes[o].Type, d, mx)
+		}
 	}
 }
