@@ -662,7 +662,6 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	GU := PV / U              // whole cache-line groups of vectors per row
 	segU := max(1, s.wgSegment(L)/(U*L))
 	nseg := max(1, ceilDiv(GU, segU))
-	S, NS, lastNS := s.wgSplit()
 	pw := T == 1
 	accBuf := g.stackBuf(KG * wgTO * L)
 	// Pp is a row's length in the mask table, P rounded up to vectors.
@@ -862,17 +861,25 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 			})
 		})
 	}
+	s.wgTiles(g, OB*G, run)
+}
+
+// wgTiles emits a weight gradient's tiles, per tiles for each run of
+// images (one run, the whole batch, unless split: wgSplit), calling
+// run(t, nb, nImg, dwAt) for tile t of its run, the run's first image nb
+// and its images nImg, and where the run's sums go (DW, or the run's
+// partial dW). Runs are the outer index, so that a thread's consecutive
+// tiles share their run's images (in L2).
+func (s TrainConvGradWeightSpec) wgTiles(g *builder, per int, run func(t, nb value.Value, nImg int, dwAt value.Value)) {
+	S, NS, last := s.wgSplit()
 	g.tiles(func(t value.Value) {
 		if S <= 1 {
 			run(t, ci(0), s.N, ci(s.DW))
 			return
 		}
-		// Runs are the outer index, so that a thread's consecutive
-		// tiles share their run's images (in L2).
-		per := OB * G
 		sp := g.udiv(t, per)
-		g.lastOr(sp, S, NS, lastNS, func(nImg int) {
-			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*K))))
+		g.lastOr(sp, S, NS, last, func(nImg int) {
+			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*s.C*s.KH*s.KW))))
 		})
 	})
 }

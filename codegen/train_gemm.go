@@ -589,7 +589,6 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		pt = g.newColTab(P)
 		s.pixTab(g, pt, ci(0), P)
 	}
-	S, NS, lastNS := s.wgSplit()
 	// run is one tile over nImg images from image nb, accumulating into
 	// dwAt (DW, or its run's partial dW when the batch is split).
 	run := func(t, nb value.Value, nImg int, dwAt value.Value) {
@@ -694,18 +693,7 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 			})
 		})
 	}
-	g.tiles(func(t value.Value) {
-		if S <= 1 {
-			run(t, ci(0), s.N, ci(s.DW))
-			return
-		}
-		// Runs are the outer index (see genSame).
-		per := KB * G
-		sp := g.udiv(t, per)
-		g.lastOr(sp, S, NS, lastNS, func(nImg int) {
-			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*K))))
-		})
-	})
+	s.wgTiles(g, KB*G, run)
 }
 
 // transPack reports a weight gradient whose colᵀ panels are packed
