@@ -94,6 +94,23 @@ func stepFixture(t *testing.T, net string, batch int, opt train.Optimizer) (*tra
 	return sg, params, map[string]*tensor.Tensor{in.Name: x, sg.Target: y}
 }
 
+// runStep runs one step of the loaded step graph g on inputs: the ones
+// other than the network input in (the target) as state, then in.
+func runStep(t *testing.T, m *rt.Model, g *ir.Graph, inputs map[string]*tensor.Tensor, in string) {
+	t.Helper()
+	for name, v := range inputs {
+		if name != in {
+			if err := m.SetState(name, v.Data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out := make([]float32, g.Nodes[g.Outputs[1]].Type.Numel())
+	if err := m.Run(inputs[in].Data, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // compileStep plans, lowers, compiles and loads graph g (a step graph,
 // possibly with extra outputs) for targets, forcing isa.
 func compileStep(t *testing.T, g *ir.Graph, params map[string]*tensor.Tensor, input string, isa string) *rt.Model {
@@ -173,17 +190,7 @@ func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
 	}
 	t.Logf("arena %d bytes", m.Manifest().ArenaBytes)
 	defer m.Close()
-	for name, v := range inputs {
-		if name != in {
-			if err := m.SetState(name, v.Data); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	out := make([]float32, g.Nodes[g.Outputs[1]].Type.Numel())
-	if err := m.Run(inputs[in].Data, out); err != nil {
-		t.Fatal(err)
-	}
+	runStep(t, m, &g, inputs, in)
 	ref, err := interp.Run(&g, params, inputs, interp.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -478,17 +485,7 @@ func TestWgradSplit(t *testing.T) {
 		}
 		m := compileStep(t, &g, params, in, "")
 		defer m.Close()
-		for name, v := range inputs {
-			if name != in {
-				if err := m.SetState(name, v.Data); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		out := make([]float32, g.Nodes[g.Outputs[1]].Type.Numel())
-		if err := m.Run(inputs[in].Data, out); err != nil {
-			t.Fatal(err)
-		}
+		runStep(t, m, &g, inputs, in)
 		for k := 2; k < len(g.Outputs); k++ {
 			v, _ := m.State(OutputState(k))
 			outs = append(outs, slices.Clone(v))
