@@ -70,6 +70,17 @@ var x86Block4 = func() Target {
 	return t
 }()
 
+// trainTargets returns the x86 targets the CPU runs (x86Targets) and, with
+// AVX2, x86Block4 (NEON's 4-lane vectors): the targets of the training
+// kernel tests.
+func trainTargets(t testing.TB) []Target {
+	ts := x86Targets(t)
+	if ktest.HasAVX2() {
+		ts = append(ts, x86Block4)
+	}
+	return ts
+}
+
 // targetSet is a group of targets sharing a block size, compiled into one
 // module; run lists those this CPU executes.
 type targetSet struct {

@@ -5,8 +5,6 @@ import (
 	"math"
 	"math/rand"
 	"testing"
-
-	"github.com/kiln-dev/kiln/codegen/internal/ktest"
 )
 
 // TestBatchNormStatsFromConv checks the BatchNorm statistics written by the
@@ -29,10 +27,7 @@ func TestBatchNormStatsFromConv(t *testing.T) {
 		{ConvGeom{N: 2, C: 2, H: 28, W: 28, O: 9, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1}, 0}, // phased
 		{ConvGeom{N: 2, C: 8, H: 10, W: 10, O: 7, KH: 1, KW: 1, SH: 1, SW: 1}, 5},               // siblings
 	}
-	targets := x86Targets(t)
-	if ktest.HasAVX2() {
-		targets = append(targets, x86Block4)
-	}
+	targets := trainTargets(t)
 	for _, ts := range targets {
 		for gi, c := range geoms {
 			s := c.g

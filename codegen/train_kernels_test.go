@@ -6,7 +6,6 @@ import (
 	"math/rand"
 	"testing"
 
-	"github.com/kiln-dev/kiln/codegen/internal/ktest"
 	"github.com/kiln-dev/kiln/ir/interp"
 )
 
@@ -120,10 +119,7 @@ func TestTrainConvKernels(t *testing.T) {
 		s := &geoms[gi]
 		s.OH, s.OW = (s.H+2*s.PH-s.KH)/s.SH+1, (s.W+2*s.PW-s.KW)/s.SW+1
 	}
-	targets := x86Targets(t)
-	if ktest.HasAVX2() {
-		targets = append(targets, x86Block4) // NEON's 4-lane vectors
-	}
+	targets := trainTargets(t)
 	for _, ts := range targets {
 		for gi, s := range geoms {
 			t.Run(fmt.Sprintf("%s/%dx%d_s%d_p%dx%d", ts.Name, s.KH, s.KW, s.SH, s.PH, s.PW), func(t *testing.T) {
@@ -396,10 +392,7 @@ func TestTrainConvSiblings(t *testing.T) {
 		// More summed channels than a reduction block: the forward only.
 		{ConvGeom{N: 1, C: 4, H: 5, W: 5}, []int{200, 100}},
 	}
-	targets := x86Targets(t)
-	if ktest.HasAVX2() {
-		targets = append(targets, x86Block4)
-	}
+	targets := trainTargets(t)
 	for _, ts := range targets {
 		for ci, c := range cases {
 			s := c.g

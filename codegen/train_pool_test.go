@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math/rand"
 	"testing"
-
-	"github.com/kiln-dev/kiln/codegen/internal/ktest"
 )
 
 // poolRef computes a pooling forward and its gradient for dy in float64 by
@@ -131,10 +129,7 @@ func TestTrainPoolKernels(t *testing.T) {
 		}
 		return TrainPoolSpec{PoolGeom: s, X: X, Out: Y}, TrainPoolGradSpec{PoolGeom: s, DY: DY, X: xg, DX: DX}
 	}
-	targets := x86Targets(t)
-	if ktest.HasAVX2() {
-		targets = append(targets, x86Block4) // NEON's 4-lane vectors
-	}
+	targets := trainTargets(t)
 	for _, ts := range targets {
 		// One library per target holds every case's two kernels.
 		lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
