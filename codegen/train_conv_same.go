@@ -760,7 +760,7 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 										// next image: a row is a short run, one
 										// image (C·H·W or O·OH·OW floats) from the
 										// next, which the hardware prefetchers
-										// find too late (see channelVecs). Once
+										// find too late (see groupVecs). Once
 										// per cache line: on AVX2 and NEON a
 										// prefetch per vector would take as many
 										// load slots as the operands.

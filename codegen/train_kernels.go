@@ -558,7 +558,7 @@ func (g *builder) channelSum(outer, ch, inner int, c value.Value, f func(i value
 // branch of a concat inside the concat's gradient.
 type chanArr struct {
 	Off, Stride int
-	// Out marks an array the kernel writes: channelVecs prefetches it
+	// Out marks an array the kernel writes: groupVecs prefetches it
 	// for writing (see there).
 	Out bool
 }
@@ -579,27 +579,21 @@ func (a chanArr) extent(outer, ch, inner int) int {
 	return (outer-1)*a.stride(ch, inner) + ch*inner
 }
 
-// channelVecs runs f over channel c of [outer][ch][inner] arrays in
-// vectors: at(a) is the arena index of the vector's first lane in array a
-// and m the lane mask (nil for a full vector; the last vector of each row
-// of inner values is masked when inner is not a multiple of the lanes). f
-// returns the new carried values.
+// groupVecs runs f over the G channels c0, c0+1, …, c0+G−1 of
+// [outer][ch][inner] arrays in vectors: for each outer row, over channel
+// c0+j's row for j = 0..G−1 in turn, so the kernel sweeps G·inner
+// contiguous floats per row. at(a) is the arena index of the vector's
+// first lane in array a and m the lane mask (nil for a full vector; the
+// last vector of each row of inner values is masked when inner is not a
+// multiple of the lanes). f gets j and all the carried values (each
+// channel's are its own slice of them, by the caller's convention) and
+// returns the new ones.
 //
 // The rows of one channel are inner floats every ch·inner (or the array's
 // stride): short runs (784 bytes for 14x14 planes, 196 for 7x7) that the
 // hardware prefetchers pick up too late, so each full vector also
-// prefetches the same place pfRows rows on in each of the arrays pf.
-func (g *builder) channelVecs(outer, ch, inner int, c value.Value, pf []chanArr, carried []value.Value, f func(at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value) []value.Value {
-	return g.groupVecs(outer, ch, inner, c, 1, pf, carried, func(_ int, at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value {
-		return f(at, m, a)
-	})
-}
-
-// groupVecs is channelVecs over the G channels c0, c0+1, …, c0+G−1 at
-// once: for each outer row it runs f over channel c0+j's row for j = 0..G−1
-// in turn, so the kernel sweeps G·inner contiguous floats per row rather
-// than G separate runs of inner. f gets j and all the carried values (each
-// channel's are its own slice of them, by the caller's convention).
+// prefetches the same place pfAhead(inner) rows on in each of the arrays
+// pf.
 func (g *builder) groupVecs(outer, ch, inner int, c0 value.Value, G int, pf []chanArr, carried []value.Value, f func(j int, at func(chanArr) value.Value, m value.Value, a []value.Value) []value.Value) []value.Value {
 	L := g.t.VectorLanes
 	full, tail := inner/L, inner%L
@@ -671,17 +665,17 @@ func (g *builder) bnTiles(C, inner int, body func(c0 value.Value, gs int)) {
 	})
 }
 
-// pfRows is the fewest rows ahead channelVecs prefetches (2 and 4
+// pfRows is the fewest rows ahead groupVecs prefetches (2 and 4
 // measured alike on 14x14 rows; see the comment there).
 const pfRows = 2
 
-// pfDistance is how many floats ahead channelVecs prefetches at least:
+// pfDistance is how many floats ahead groupVecs prefetches at least:
 // on short rows (7x7, 49 floats) two rows ahead is too close to hide the
 // memory latency. 512 floats (2 KiB) measured best of 256, 512 and 1024
 // on the mini_inception step (BatchNorm forward 10.6 -> 9.7 ms).
 const pfDistance = 512
 
-// pfAhead is how many rows of inner floats channelVecs prefetches ahead.
+// pfAhead is how many rows of inner floats groupVecs prefetches ahead.
 func pfAhead(inner int) int { return max(pfRows, ceilDiv(pfDistance, inner)) }
 
 // prefetch hints that the arena float at index i will be read soon

@@ -236,18 +236,9 @@ func trainResults(g *ir.Graph, plan *passes.Plan) map[int]map[int][]int {
 
 // lowerTrainNodes builds the kernel specs of a training step graph: every
 // run-time node in schedule order, all operands in the arena (a step graph
-// has no build-time values: its params are all updated).
+// has no build-time values: its params are all updated). It also returns
+// the floats of the scratch area the kernels use after the LR slots.
 func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, int, error) {
-	specs, sc, err := lowerTrainKernels(g, plan, B, lrOff)
-	if err != nil {
-		return nil, 0, err
-	}
-	return specs, sc.top - sc.base, nil
-}
-
-// lowerTrainKernels is lowerTrainNodes; it returns the scratch area it
-// used.
-func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec, *scratch, error) {
 	build := passes.BuildTime(g)
 	users := g.Users()
 	results := trainResults(g, plan)
@@ -266,7 +257,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 	dyView := sliceViews(g, plan, users, results, bwdReLU)
 	yInto, err := concatWrites(g, plan, users, results, fwdReLU, bwdReLU, virtual)
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	inPlace := map[int]bool{} // relu outputs written into their concat
 	for _, w := range yInto {
@@ -358,19 +349,19 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 		}
 		if build[i] {
 			if n.Op == ir.OpParam && len(users[i]) > 0 {
-				return nil, nil, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
+				return nil, 0, ir.Errorf(n.Pos, "codegen: param %s is not updated by the training step; the compiled step needs every param in the arena", n.Name)
 			}
 			continue
 		}
 		if n.Type.DType != ir.F32 && !n.IsMulti() {
-			return nil, nil, ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
+			return nil, 0, ir.Errorf(n.Pos, "codegen: %s kernels not implemented yet (%s %q is %s)", n.Type.DType, n.Op, n.Name, n.Type)
 		}
 		if !n.IsMulti() && n.Op != ir.OpResult && plan.BufferOf[i] < 0 {
-			return nil, nil, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
+			return nil, 0, ir.Errorf(n.Pos, "codegen: %%%d %s has no arena buffer in the plan", i, n.Op)
 		}
 		for _, a := range n.Args {
 			if build[a] {
-				return nil, nil, ir.Errorf(n.Pos, "codegen: %s reads build-time value %%%d; the compiled training step reads every operand from the arena", n.Op, a)
+				return nil, 0, ir.Errorf(n.Pos, "codegen: %s reads build-time value %%%d; the compiled training step reads every operand from the arena", n.Op, a)
 			}
 		}
 		name := fmt.Sprintf("k%d", i)
@@ -389,7 +380,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 		case ir.OpConv2D:
 			geo, err := convGeom(n, arg(0).Type.Shape, arg(1).Type.Shape, sh)
 			if err != nil {
-				return nil, nil, err
+				return nil, 0, err
 			}
 			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i), Stats: statsOf(i)}
 			if len(n.Args) == 3 {
@@ -406,7 +397,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 		case ir.OpConv2DGradInput:
 			geo, err := convGeom(n, sh, arg(1).Type.Shape, arg(0).Type.Shape)
 			if err != nil {
-				return nil, nil, err
+				return nil, 0, err
 			}
 			s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i), Acc: -1}
 			if a, ok := accOf[i]; ok {
@@ -416,7 +407,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 		case ir.OpConv2DGradWeight:
 			geo, err := convGeom(n, arg(1).Type.Shape, sh, arg(0).Type.Shape)
 			if err != nil {
-				return nil, nil, err
+				return nil, 0, err
 			}
 			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)}
 			if wgradSplit {
@@ -439,7 +430,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})
 		case ir.OpBatchNormTrain:
 			if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
-				return nil, nil, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
+				return nil, 0, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
 			}
 			o, c, in := channelLayout(arg(0).Type.Shape)
 			s := codegen.BatchNormTrainSpec{Outer: o, C: c, Inner: in, Eps: n.Attrs.Float("eps"),
@@ -480,7 +471,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			add(codegen.EltTrainSpec{Op: op, Elems: n.Type.Numel(), A: off(n.Args[0]), B: off(n.Args[1]), Out: off(i)})
 		case ir.OpMaxPool, ir.OpAvgPool:
 			if len(n.Args) != 1 || n.Attrs.Int("offset") != 0 {
-				return nil, nil, ir.Errorf(n.Pos, "codegen: a training %s writes a whole value (no into operand)", n.Op)
+				return nil, 0, ir.Errorf(n.Pos, "codegen: a training %s writes a whole value (no into operand)", n.Op)
 			}
 			x := arg(0).Type.Shape
 			add(codegen.TrainPoolSpec{PoolGeom: poolGeom(n, x, sh), X: off(n.Args[0]), Out: off(i)})
@@ -540,7 +531,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			// Gradient clipping by value: the plain elementwise clip (ext.go).
 			ks, err := lowerExt(g, n, i, B, name, off)
 			if err != nil {
-				return nil, nil, err
+				return nil, 0, err
 			}
 			specs = append(specs, ks)
 		case ir.OpSlice:
@@ -569,7 +560,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 				return off(v)
 			})
 			if err != nil {
-				return nil, nil, err
+				return nil, 0, err
 			}
 			for j, c := range cs {
 				if inPlace[n.Args[j]] {
@@ -582,7 +573,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 				d := g.Nodes[grp.Grads[0]]
 				geo, err := convGeom(d, d.Type.Shape, g.Nodes[d.Args[1]].Type.Shape, g.Nodes[d.Args[0]].Type.Shape)
 				if err != nil {
-					return nil, nil, err
+					return nil, 0, err
 				}
 				s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(d.Args[0]), Wt: off(d.Args[1]), DX: off(i), Acc: -1}
 				if grp.Other >= 0 {
@@ -618,7 +609,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			}
 			add(s)
 		default:
-			return nil, nil, ir.Errorf(n.Pos, "codegen: op %s has no compiled training kernel (kiln train --backend interp runs it)", n.Op)
+			return nil, 0, ir.Errorf(n.Pos, "codegen: op %s has no compiled training kernel (kiln train --backend interp runs it)", n.Op)
 		}
 		// Further result nodes of one result are copies of the first,
 		// made right after the kernel (all are live from the producer).
@@ -629,7 +620,7 @@ func lowerTrainKernels(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSp
 			}
 		}
 	}
-	return specs, sc, nil
+	return specs, sc.top - sc.base, nil
 }
 
 var debugTrain = false
