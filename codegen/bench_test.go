@@ -207,6 +207,8 @@ var benchWgrads = []struct {
 	{"1x1_176to48_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 48, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
 	{"1x1_176to32_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 32, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
 	{"1x1_176to144_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, O: 144, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
+	// mini_inception_resnet's up projection in its Inception-ResNet-B blocks.
+	{"1x1_96to176_7x7_n128", ConvGeom{N: 128, C: 96, H: 7, W: 7, O: 176, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}},
 	// The mini nets' first convolution, over the one input channel.
 	{"3x3_1to32_28x28_n128", ConvGeom{N: 128, C: 1, H: 28, W: 28, O: 32, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 28, OW: 28}},
 	{"3x3_32to48_14x14_n128", ConvGeom{N: 128, C: 32, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14}},
