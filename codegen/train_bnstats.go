@@ -32,17 +32,32 @@ import (
 
 // BNStats is where a forward convolution writes the partial statistics of
 // one of its outputs and where the BatchNorm of that output reads them
-// (On; At the arena offset of statsFloats floats): for channel o and block
+// (On; At the arena offset of StatsFloats floats): for channel o and block
 // q = n·⌈P/gemmNB⌉ + pb (pixels [pb·gemmNB, pb·gemmNB + w) of image n, w =
 // gemmNB but for a plane's last block), at At + (o·Q + q)·3 with Q = N·
-// ⌈P/gemmNB⌉ blocks: the block's first value k, Σ(v−k) and Σ(v−k)².
+// ⌈P/gemmNB⌉ blocks: the block's first value k, Σ(v−k) and Σ(v−k)². With
+// Flat the blocks are the convolution's flat ones (flatBlocks): block q
+// is pixels [q·gemmNB, q·gemmNB + gemmNB) of the batch's N·P, Q =
+// ⌈N·P/gemmNB⌉, and only the last block is shorter. The lowering sets
+// Flat from the convolution (TrainConvSpec.FlatStats) for both kernels.
 type BNStats struct {
-	On bool
-	At int
+	On   bool
+	At   int
+	Flat bool
+}
+
+// blocks is the number of blocks Q of the statistics of an output of N
+// images of P pixels.
+func (st BNStats) blocks(N, P int) int {
+	if st.Flat {
+		return ceilDiv(N*P, gemmNB)
+	}
+	return N * ceilDiv(P, gemmNB)
 }
 
 // StatsFloats is the size in floats of the partial statistics (BNStats) of
-// an output of O channels, N images and P pixels per plane.
+// an output of O channels, N images and P pixels per plane (blocked image
+// by image; flat ones take at most as many).
 func StatsFloats(O, N, P int) int { return O * N * ceilDiv(P, gemmNB) * 3 }
 
 // validate checks st's extent for an output of O channels, N images, P
@@ -54,7 +69,7 @@ func (st BNStats) validate(what string, O, N, P int) error {
 	if st.At < 0 {
 		return fmt.Errorf("%s: statistics at a negative offset %d", what, st.At)
 	}
-	return extents(what+" statistics", st.At, StatsFloats(O, N, P))
+	return extents(what+" statistics", st.At, O*st.blocks(N, P)*3)
 }
 
 // hsum2 returns the sums of the lanes of a and of b: a and b's halves are
@@ -85,8 +100,10 @@ func (g *builder) hsum2(a, b value.Value) (value.Value, value.Value) {
 
 // blockStats writes the partial statistics (BNStats) of block q of an
 // output of O channels of P pixels: its w pixels of channel o are at arena
-// offset y + o·P, just stored by the calling tile.
-func (g *builder) blockStats(st BNStats, y value.Value, O, P, w, Q int, q value.Value) {
+// offset y + o·P, just stored by the calling tile. For a flat block
+// (flatBlocks) first holds, per vector, the lanes still in the block's
+// first image; the others are in the next, O·P − P floats further.
+func (g *builder) blockStats(st BNStats, y value.Value, O, P, w, Q int, q value.Value, first []value.Value) {
 	if !st.On {
 		return
 	}
@@ -98,7 +115,13 @@ func (g *builder) blockStats(st BNStats, y value.Value, O, P, w, Q int, q value.
 		s1, s2 := g.vzero(), g.vzero()
 		for v := 0; v*L < w; v++ {
 			lanes := min(L, w-v*L)
-			d := g.fsub(g.vloadN(g.arena, g.add(row, ci(v*L)), lanes), kv)
+			var x value.Value
+			if first != nil {
+				x = g.flatLoad(g.arena, g.add(row, ci(v*L)), g.prefixMask(lanes), first[v], (O-1)*P)
+			} else {
+				x = g.vloadN(g.arena, g.add(row, ci(v*L)), lanes)
+			}
+			d := g.fsub(x, kv)
 			if lanes < L {
 				d = g.sel(g.prefixMask(lanes), d, g.vzero())
 			}
@@ -118,8 +141,12 @@ func (g *builder) blockStats(st BNStats, y value.Value, O, P, w, Q int, q value.
 // value) and the float64 sums Σ(v−K) and Σ(v−K)² over all its values.
 func (g *builder) combineStats(st BNStats, outer, inner int, c value.Value) (k, s1, s2 value.Value) {
 	PB := ceilDiv(inner, gemmNB)
-	Q := outer * PB
+	Q := st.blocks(outer, inner)
 	wl := inner - (PB-1)*gemmNB
+	if st.Flat {
+		// Only the batch's last block is short.
+		PB, wl = Q, outer*inner-(Q-1)*gemmNB
+	}
 	base := g.add(ci(st.At), g.mul(c, ci(3*Q)))
 	k = g.ext(g.ld(base))
 	sums := g.loopN(Q, []value.Value{cd(0), cd(0)}, func(q value.Value, a []value.Value) []value.Value {

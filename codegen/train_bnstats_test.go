@@ -10,8 +10,8 @@ import (
 // TestBatchNormStatsFromConv checks the BatchNorm statistics written by the
 // forward convolution kernels (train_bnstats.go): on every kind of forward
 // kernel (the im2col GEMM, the stride-1 "same" kernel, the phased stride-2
-// one, a sibling group whose two outputs each get statistics), with ragged
-// pixel blocks, the BatchNorm that combines the partials gives the float64
+// one, a sibling group whose two outputs each get statistics, the "same"
+// kernel's flat blocks over 7x7 planes), with ragged pixel blocks, the BatchNorm that combines the partials gives the float64
 // batch mean and variance of the convolution's output to 1e-6 of the
 // variance, and outputs within 1e-5 of the one-pass kernel's, which reads
 // the output itself. The bias (300 + a channel's index) puts the mean far
@@ -23,7 +23,9 @@ func TestBatchNormStatsFromConv(t *testing.T) {
 	}{
 		{ConvGeom{N: 3, C: 4, H: 9, W: 9, O: 5, KH: 3, KW: 3, SH: 2, SW: 2}, 0},                 // genGemm
 		{ConvGeom{N: 2, C: 3, H: 11, W: 9, O: 17, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1}, 0}, // same, 99 pixels
-		{ConvGeom{N: 2, C: 3, H: 7, W: 7, O: 6, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3}, 0},          // same, 1 ragged block
+		{ConvGeom{N: 2, C: 3, H: 7, W: 7, O: 6, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3}, 0},          // same, flat blocks
+		{ConvGeom{N: 3, C: 5, H: 7, W: 7, O: 6, KH: 7, KW: 1, SH: 1, SW: 1, PH: 3}, 0},          // flat, short last block
+		{ConvGeom{N: 3, C: 8, H: 7, W: 7, O: 7, KH: 1, KW: 1, SH: 1, SW: 1}, 5},                 // flat siblings
 		{ConvGeom{N: 2, C: 2, H: 28, W: 28, O: 9, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1}, 0}, // phased
 		{ConvGeom{N: 2, C: 8, H: 10, W: 10, O: 7, KH: 1, KW: 1, SH: 1, SW: 1}, 5},               // siblings
 	}
@@ -63,9 +65,11 @@ func TestBatchNormStatsFromConv(t *testing.T) {
 					copy(arena[o.BW:], randn(r, o.O))
 					copy(arena[o.BB:], randn(r, o.O))
 				}
-				fwd := TrainConvSpec{ConvGeom: s, X: X, Wt: os[0].W, Bias: B, Out: os[0].Y, Stats: BNStats{On: true, At: os[0].St}}
+				fwd := TrainConvSpec{ConvGeom: s, X: X, Wt: os[0].W, Bias: B, Out: os[0].Y}
+				flat := fwd.FlatStats()
+				fwd.Stats = BNStats{On: true, At: os[0].St, Flat: flat}
 				for _, o := range os[1:] {
-					fwd.Siblings = append(fwd.Siblings, ConvSibling{O: o.O, Wt: o.W, Data: o.Y, Stats: BNStats{On: true, At: o.St}})
+					fwd.Siblings = append(fwd.Siblings, ConvSibling{O: o.O, Wt: o.W, Data: o.Y, Stats: BNStats{On: true, At: o.St, Flat: flat}})
 				}
 				lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 					if _, _, err := m.Train("fwd", fwd); err != nil {
@@ -76,7 +80,7 @@ func TestBatchNormStatsFromConv(t *testing.T) {
 						if _, _, err := m.Train(fmt.Sprintf("bn%d", j), bn); err != nil {
 							return err
 						}
-						bn.Y, bn.Mean, bn.Var, bn.Stats = o.Z2, o.M2, o.V2, BNStats{On: true, At: o.St}
+						bn.Y, bn.Mean, bn.Var, bn.Stats = o.Z2, o.M2, o.V2, BNStats{On: true, At: o.St, Flat: flat}
 						if _, _, err := m.Train(fmt.Sprintf("bnst%d", j), bn); err != nil {
 							return err
 						}

@@ -92,7 +92,57 @@ type samePart struct {
 	Stats      BNStats
 }
 
-func (s sameConv) tiles() int { return s.N * ceilDiv(s.H*s.W, gemmNB) }
+func (s sameConv) tiles() int {
+	if s.flat() {
+		return ceilDiv(s.N*s.H*s.W, gemmNB)
+	}
+	return s.N * ceilDiv(s.H*s.W, gemmNB)
+}
+
+// flat reports a sameConv whose blocks run over the batch's pixels as one
+// sequence (flatBlocks), not image by image.
+func (s sameConv) flat() bool { return !s.Phased && flatBlocks(s.H*s.W) }
+
+// flatBlocks reports an output plane of P pixels whose gemmNB-pixel blocks
+// run over the batch's N·P pixels as one sequence: block q holds pixels
+// [q·gemmNB, q·gemmNB + gemmNB) of the batch, the end of one image and the
+// start of the next when it straddles them (P ≥ gemmNB: never more than
+// two). Blocked image by image, a plane whose last block leaves most of a
+// vector empty (ConvGeom.dotFill: 7x7 is 49 pixels in four 16-float
+// vectors) pays a whole micro-kernel sub-block, every FMA, for that
+// vector; flat, only the batch's last block is partial. The blocks then
+// always pack their panel (a straddling vector reads two images: two
+// masked loads), and write their outputs and statistics (BNStats.Flat) the
+// same way, in two masked parts.
+func flatBlocks(P int) bool {
+	return P >= gemmNB && !(ConvGeom{OH: 1, OW: P}).dotFill()
+}
+
+// firstLanes returns the lanes of the vector at column off of a flat block
+// (flatBlocks) whose first column is pixel p0 of its image that are still
+// in that image (p0 + off + l < P); the others are pixels of the next.
+func (g *builder) firstLanes(p0 value.Value, off, P int) value.Value {
+	c := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return off + l }))
+	return g.b.NewICmp(enum.IPredULT, c, g.i32Vec(func(int) int { return P }))
+}
+
+// flatLoad loads the lanes of mask of a vector of a flat block: lanes of
+// first at base+off, the others (the next image's) at base+off+next
+// floats; lanes outside mask are zero and not read.
+func (g *builder) flatLoad(base, off, mask, first value.Value, next int) value.Value {
+	a := g.maskedLoad(base, off, g.and(mask, first))
+	b := g.maskedLoad(base, g.add(off, ci(next)), g.and(mask, g.b.NewXor(first, g.allTrue())))
+	return g.sel(first, a, b)
+}
+
+// flatStore stores the lanes of mask of v like flatLoad reads them.
+func (g *builder) flatStore(v, base, off, mask, first value.Value, next int) {
+	g.maskedStore(v, base, off, g.and(mask, first))
+	g.maskedStore(v, base, g.add(off, ci(next)), g.and(mask, g.b.NewXor(first, g.allTrue())))
+}
+
+// allTrue is the <lanes x i1> mask with every lane set.
+func (g *builder) allTrue() value.Value { return g.prefixMask(g.t.VectorLanes) }
 
 // i32Vec returns the constant <lanes x i32> vector with lane l = f(l).
 func (g *builder) i32Vec(f func(l int) int) value.Value {
@@ -182,7 +232,7 @@ func (s sameConv) gen(g *builder) {
 	// initial is the value before the products of output channel o at
 	// offset at (w lanes) of a part with the given bias and addend (Acc,
 	// shaped like the part's output at out): the bias plus the addend.
-	initial := func(o, at value.Value, w, bias, acc, out int) value.Value {
+	initial := func(o, at value.Value, load func(off value.Value) value.Value, bias, acc, out int) value.Value {
 		b := g.vzero()
 		if bias >= 0 {
 			b = g.splat(g.ld(g.add(ci(bias), o)))
@@ -190,7 +240,7 @@ func (s sameConv) gen(g *builder) {
 		if acc < 0 {
 			return b
 		}
-		a := g.vloadN(g.arena, g.add(at, ci(acc-out)), w)
+		a := load(g.add(at, ci(acc-out)))
 		if bias < 0 {
 			return a
 		}
@@ -233,8 +283,11 @@ func (s sameConv) gen(g *builder) {
 		kstart[j] = kstart[j-1] + segs[j-1].Ch*T
 	}
 	multi := len(segs) > 1
-	block := func(n, pb value.Value) {
-		p0 := g.mul(pb, ci(gemmNB))
+	flat := s.flat()
+	// block computes the gemmNB pixels from pixel p0 of image n (flat:
+	// the w pixels from there on, into the next image) as block q of the
+	// statistics; widths calls its body with the block's width.
+	block := func(n, p0, q value.Value, widths func(body func(w int))) {
 		xs := make([]value.Value, len(segs)) // segment j's image n
 		for j, sg := range segs {
 			xs[j] = g.add(ci(sg.At), g.mul(n, ci(sg.Ch*P)))
@@ -250,12 +303,33 @@ func (s sameConv) gen(g *builder) {
 		// (oh, ow) of the block's columns; columns past P get oh = colFar,
 		// outside every row range.
 		ohv, owv := make([]value.Value, nvB), make([]value.Value, nvB)
+		fst := make([]value.Value, nvB) // flat: the lanes in image n
 		for v := 0; v < nvB; v++ {
-			_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, s.W)
+			if !flat {
+				_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, s.W)
+				continue
+			}
+			// The pixel of each lane in its own image.
+			fst[v] = g.firstLanes(p0, v*L, P)
+			c := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return v*L + l }))
+			pv := g.b.NewSelect(fst[v], c, g.b.NewSub(c, g.i32Vec(func(int) int { return P })))
+			ohv[v], owv[v] = g.b.NewUDiv(pv, g.i32Vec(func(int) int { return s.W })), g.b.NewURem(pv, g.i32Vec(func(int) int { return s.W }))
 		}
 		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
-		g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
-			direct := pw && w == gemmNB
+		widths(func(w int) {
+			direct := pw && w == gemmNB && !flat
+			// inW is the lanes of vector v inside the block's w columns
+			// (flat: the batch's last block may be short; otherwise the
+			// columns past P read as pixels outside the image).
+			inW := func(v int) value.Value { return g.prefixMask(w - v*L) }
+			// load reads the panel rows' vector v at off (segment of ch
+			// channels) where mask.
+			load := func(off, mask value.Value, v, ch int) value.Value {
+				if !flat {
+					return g.maskedLoad(src, off, mask)
+				}
+				return g.flatLoad(src, off, g.and(mask, inW(v)), fst[v], (ch-1)*P)
+			}
 			g.kBlocks(K, func(k0 value.Value, kn int, first bool) {
 				if !direct && multi {
 					for j, sg := range segs {
@@ -263,7 +337,7 @@ func (s sameConv) gen(g *builder) {
 							for v := 0; v < nvB; v++ {
 								off := g.add(xs[j], g.add(g.mul(kk, ci(P)), g.add(p0, ci(v*L))))
 								mask := g.b.NewICmp(enum.IPredULT, ohv[v], hv)
-								g.vstore(g.maskedLoad(src, off, mask), panel, g.add(g.mul(g.add(kk, ci(kstart[j])), ci(gemmNB)), ci(v*L)))
+								g.vstore(load(off, mask, v, sg.Ch), panel, g.add(g.mul(g.add(kk, ci(kstart[j])), ci(gemmNB)), ci(v*L)))
 							}
 							return nil
 						})
@@ -282,7 +356,7 @@ func (s sameConv) gen(g *builder) {
 								iw := g.b.NewAdd(owv[v], g.splatI32(g.ldI(dwT, k)))
 								mask = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
 							}
-							g.vstore(g.maskedLoad(src, off, mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
+							g.vstore(load(off, mask, v, s.C), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
 						}
 						return nil
 					})
@@ -292,6 +366,23 @@ func (s sameConv) gen(g *builder) {
 						g.blocks(pt.O, balancedMR(g.t, pt.O), func(o0 value.Value, mr int) {
 							yo := g.add(ys[pj], g.mul(o0, ci(P)))
 							cOff := func(r, v int) value.Value { return g.add(yo, ci(r*P+j0+v*L)) }
+							// cLoad and cStore read and write the output's
+							// (or addend's) vector v of row r at off.
+							cLoad := func(off value.Value, v int) value.Value {
+								lanes := lanesOf(v, nv, wl, L)
+								if !flat {
+									return g.vloadN(g.arena, off, lanes)
+								}
+								return g.flatLoad(g.arena, off, g.prefixMask(lanes), fst[j0/L+v], (pt.O-1)*P)
+							}
+							cStore := func(x, off value.Value, v int) {
+								lanes := lanesOf(v, nv, wl, L)
+								if !flat {
+									g.vstoreN(x, g.arena, off, lanes)
+									return
+								}
+								g.flatStore(x, g.arena, off, g.prefixMask(lanes), fst[j0/L+v], (pt.O-1)*P)
+							}
 							// One micro-kernel run per segment, the
 							// accumulators carried from one to the next.
 							var acc []value.Value
@@ -306,9 +397,9 @@ func (s sameConv) gen(g *builder) {
 										case prev != nil:
 											return prev[r*nv+v]
 										case first:
-											return initial(g.add(o0, ci(r)), cOff(r, v), lanesOf(v, nv, wl, L), pt.Bias, pt.Acc, pt.Out)
+											return initial(g.add(o0, ci(r)), cOff(r, v), func(off value.Value) value.Value { return cLoad(off, v) }, pt.Bias, pt.Acc, pt.Out)
 										}
-										return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+										return cLoad(cOff(r, v), v)
 									},
 									func(r int, kk value.Value) value.Value {
 										if multi {
@@ -328,7 +419,7 @@ func (s sameConv) gen(g *builder) {
 							}
 							for r := 0; r < mr; r++ {
 								for v := 0; v < nv; v++ {
-									g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+									cStore(acc[r*nv+v], cOff(r, v), v)
 								}
 							}
 						})
@@ -336,18 +427,35 @@ func (s sameConv) gen(g *builder) {
 				})
 			})
 			for pj, pt := range parts {
-				g.blockStats(pt.stats, ys[pj], pt.O, P, w, s.N*PB, g.add(g.mul(n, ci(PB)), pb))
+				var first []value.Value
+				if flat {
+					first = fst
+				}
+				g.blockStats(pt.stats, ys[pj], pt.O, P, w, pt.stats.blocks(s.N, P), q, first)
 			}
 		})
 	}
+	perImage := func(n, pb value.Value) {
+		block(n, g.mul(pb, ci(gemmNB)), g.add(g.mul(n, ci(PB)), pb), func(body func(w int)) {
+			g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, body)
+		})
+	}
 	g.tiles(func(t value.Value) {
+		if flat {
+			NT := s.tiles()
+			j := g.mul(t, ci(gemmNB))
+			block(g.udiv(j, P), g.urem(j, P), t, func(body func(w int)) {
+				g.lastOr(t, NT, gemmNB, s.N*P-(NT-1)*gemmNB, body)
+			})
+			return
+		}
 		if !s.Phased {
-			block(g.udiv(t, PB), g.urem(t, PB))
+			perImage(g.udiv(t, PB), g.urem(t, PB))
 			return
 		}
 		g.phaseSplit(phases, g.add(ci(s.In), g.mul(t, ci(s.C*s.H0*s.W0))), s.C, s.H0, s.W0, PS)
 		g.loopN(PB, nil, func(pb value.Value, _ []value.Value) []value.Value {
-			block(t, pb)
+			perImage(t, pb)
 			return nil
 		})
 	})

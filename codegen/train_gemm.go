@@ -442,7 +442,7 @@ func (s TrainConvSpec) genGemm(g *builder) {
 					})
 				})
 			})
-			g.blockStats(s.Stats, y, s.O, P, w, s.N*PB, t)
+			g.blockStats(s.Stats, y, s.O, P, w, s.N*PB, t, nil)
 		})
 	})
 }

@@ -258,11 +258,26 @@ func (s TrainConvSpec) Validate() error {
 		if err := sb.Stats.validate("conv2d sibling", sb.O, s.N, s.OH*s.OW); err != nil {
 			return err
 		}
+		if sb.Stats.On && sb.Stats.Flat != s.FlatStats() {
+			return fmt.Errorf("conv2d sibling: statistics Flat %v, the kernel's blocks want %v", sb.Stats.Flat, s.FlatStats())
+		}
+	}
+	if s.Stats.On && s.Stats.Flat != s.FlatStats() {
+		return fmt.Errorf("conv2d: statistics Flat %v, the kernel's blocks want %v", s.Stats.Flat, s.FlatStats())
 	}
 	return s.Stats.validate("conv2d", s.O, s.N, s.OH*s.OW)
 }
+
+// FlatStats reports whether the kernel of s blocks its output over the
+// batch's pixels as one sequence (flatBlocks), so that the BNStats of its
+// outputs must be Flat.
+func (s TrainConvSpec) FlatStats() bool { return s.same() && s.sameFwd().flat() }
+
 func (s TrainConvSpec) tileCount() int {
-	if s.phased() {
+	switch {
+	case s.same():
+		return s.sameFwd().tiles()
+	case s.phased():
 		return s.N
 	}
 	return s.gemmTiles()

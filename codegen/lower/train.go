@@ -332,13 +332,13 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 		}
 	}
-	statsOf := func(conv int) codegen.BNStats {
+	statsOf := func(conv int, flat bool) codegen.BNStats {
 		b, ok := statsBN[conv]
 		if !ok {
 			return codegen.BNStats{}
 		}
 		sh := g.Nodes[conv].Type.Shape
-		st := codegen.BNStats{On: true, At: sc.alloc(codegen.StatsFloats(sh[1], sh[0], sh[2]*sh[3]))}
+		st := codegen.BNStats{On: true, At: sc.alloc(codegen.StatsFloats(sh[1], sh[0], sh[2]*sh[3])), Flat: flat}
 		statsAt[b] = st
 		return st
 	}
@@ -382,13 +382,14 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if err != nil {
 				return nil, 0, err
 			}
-			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i), Stats: statsOf(i)}
+			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i)}
+			s.Stats = statsOf(i, s.FlatStats())
 			if len(n.Args) == 3 {
 				s.Bias = off(n.Args[2])
 			}
 			for _, m := range siblings[i] {
 				mn := g.Nodes[m]
-				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m), Stats: statsOf(m)})
+				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m), Stats: statsOf(m, s.FlatStats())})
 			}
 			add(s)
 			for _, m := range siblings[i] {
