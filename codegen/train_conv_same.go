@@ -82,6 +82,12 @@ type sameConv struct {
 	// Stats, when On, makes each block write the partial BatchNorm
 	// statistics of Out (train_bnstats.go; forward only, as Outs' Stats).
 	Stats BNStats
+	// Res (forward) and Scale (input gradient, nonzero) are epilogues
+	// applied to Out's values as they are stored: relu(Res.X + Res.C·v)
+	// and Scale·v (TrainConvSpec.Residual, TrainConvGradInputSpec.Scale).
+	// Both need one reduction block and no Outs or Ins.
+	Res   ResidualEpilogue
+	Scale float32
 }
 
 // samePart is one further output or reduction segment of a sameConv
@@ -284,6 +290,9 @@ func (s sameConv) gen(g *builder) {
 	}
 	multi := len(segs) > 1
 	flat := s.flat()
+	if (s.Res.On || s.Scale != 0) && (kc != K || len(s.Outs) > 0 || multi) {
+		panic("codegen: a sameConv epilogue needs one reduction block and no siblings")
+	}
 	// block computes the gemmNB pixels from pixel p0 of image n (flat:
 	// the w pixels from there on, into the next image) as block q of the
 	// statistics; widths calls its body with the block's width.
@@ -419,7 +428,17 @@ func (s sameConv) gen(g *builder) {
 							}
 							for r := 0; r < mr; r++ {
 								for v := 0; v < nv; v++ {
-									cStore(acc[r*nv+v], cOff(r, v), v)
+									y := acc[r*nv+v]
+									if pj == 0 && s.Scale != 0 {
+										y = g.fmul(y, g.vconst(float64(s.Scale)))
+									}
+									if pj == 0 && s.Res.On {
+										// Rounded as the unfused mul, add
+										// and relu (no FMA).
+										x := cLoad(g.add(cOff(r, v), ci(s.Res.X-s.Out)), v)
+										y = g.relu(g.fadd(x, g.fmul(y, g.vconst(float64(s.Res.C)))))
+									}
+									cStore(y, cOff(r, v), v)
 								}
 							}
 						})
@@ -565,7 +584,7 @@ func (s TrainConvSpec) phasedFwd() sameConv {
 // sameFwd is the forward convolution of s as a sameConv.
 func (s TrainConvSpec) sameFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Stats: s.Stats}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Stats: s.Stats, Res: s.Residual}
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.
@@ -576,7 +595,7 @@ func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 // W (Flip), the siblings' gradients as further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Scale: s.Scale}
 	for _, sb := range s.Siblings {
 		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 	}

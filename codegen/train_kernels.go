@@ -222,6 +222,28 @@ type TrainConvSpec struct {
 	// pixels for every one of them, so that the block of x is read from
 	// memory once (train_conv_same.go, sameConv.Outs). They have no bias.
 	Siblings []ConvSibling
+	// Residual, when On, makes the kernel write relu(X + C·(conv + bias))
+	// into Out instead of the convolution itself: the scaled residual
+	// connection of Inception-ResNet (Szegedy et al. 2016, §3.3) as the
+	// epilogue of its up projection (see ResidualOK).
+	Residual ResidualEpilogue
+}
+
+// ResidualEpilogue is the residual connection relu(x + c·v) applied to a
+// convolution's result v as it is stored: x (shaped like the output) at
+// arena offset X, scale C. It rounds as the unfused mul, add and relu do
+// (no FMA), so the fused step computes what they did bit for bit.
+type ResidualEpilogue struct {
+	On bool
+	X  int
+	C  float32
+}
+
+// ResidualOK reports whether s's kernel can apply a ResidualEpilogue: a
+// stride-1 "same" convolution (sameConv) without siblings or statistics
+// whose reduction is one block (the epilogue runs at the only store).
+func (s TrainConvSpec) ResidualOK() bool {
+	return s.same() && len(s.Siblings) == 0 && !s.Stats.On && s.C*s.KH*s.KW <= gemmKC
 }
 
 // ConvSibling is one more convolution of a sibling group: O output
@@ -264,6 +286,18 @@ func (s TrainConvSpec) Validate() error {
 	}
 	if s.Stats.On && s.Stats.Flat != s.FlatStats() {
 		return fmt.Errorf("conv2d: statistics Flat %v, the kernel's blocks want %v", s.Stats.Flat, s.FlatStats())
+	}
+	if r := s.Residual; r.On {
+		if !s.ResidualOK() {
+			return fmt.Errorf("conv2d: a residual epilogue needs a stride-1 \"same\" convolution without siblings or statistics over at most %d reduction rows", gemmKC)
+		}
+		n := s.N * s.O * s.OH * s.OW
+		if err := extents("conv2d residual", r.X, n); err != nil {
+			return err
+		}
+		if r.X != s.Out && overlap(r.X, n, s.Out, n) {
+			return fmt.Errorf("conv2d: residual input [%d, %d) partially overlaps the output [%d, %d)", r.X, r.X+n, s.Out, s.Out+n)
+		}
 	}
 	return s.Stats.validate("conv2d", s.O, s.N, s.OH*s.OW)
 }
@@ -326,6 +360,18 @@ type TrainConvGradInputSpec struct {
 	// (passes.GradInputSiblings): dx = Acc + Wᵀ·dy + Σ W_jᵀ·dy_j, each
 	// sibling's dy (O_j channels) at Data. See GradInputSiblingsOK.
 	Siblings []ConvSibling
+	// Scale, when nonzero, multiplies the gradient as it is stored: dx =
+	// Scale·(Wᵀ·dy), the input gradient of a convolution whose output was
+	// scaled by Scale (Inception-ResNet's residual scale), read from the
+	// unscaled dy (see ScaleOK).
+	Scale float32
+}
+
+// ScaleOK reports whether s's kernel can apply a Scale: the sameConv
+// input gradient without addend or siblings whose reduction (O·KH·KW
+// rows) is one block.
+func (s TrainConvGradInputSpec) ScaleOK() bool {
+	return s.sameOK() && s.Acc < 0 && len(s.Siblings) == 0 && s.O*s.KH*s.KW <= gemmKC
 }
 
 // GradInputSiblingsOK reports whether the input gradients of convolutions
@@ -353,6 +399,9 @@ func (s TrainConvGradInputSpec) Validate() error {
 		if err := extents("conv2d_grad_input", s.Acc, s.N*s.C*s.H*s.W); err != nil {
 			return err
 		}
+	}
+	if s.Scale != 0 && !s.ScaleOK() {
+		return fmt.Errorf("conv2d_grad_input: a scale needs the stride-1 \"same\" kernel without addend or siblings over at most %d reduction rows", gemmKC)
 	}
 	if len(s.Siblings) == 0 {
 		return nil

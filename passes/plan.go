@@ -205,7 +205,85 @@ func fusedReadEnd(g *ir.Graph, users [][]int) map[int]int {
 		a := g.Nodes[sl].Args[0]
 		end[a] = max(end[a], k)
 	}
+	for du, dr := range ScaledGrads(g, users) {
+		for _, u := range users[du] {
+			end[dr] = max(end[dr], u)
+		}
+	}
 	return end
+}
+
+// ResidualConvs maps the relu j of each scaled residual connection
+// relu(x + c·u) of a training step (Inception-ResNet, Szegedy et al. 2016,
+// §3.3) whose u is a convolution (the up projection) to that convolution:
+// conv u, mul m = c·u, add a = x + m and relu j consecutive in the
+// schedule, u used only by m, m only by a, a only by j, none of them a
+// value the caller reads (Visible). The compiled step may then have the
+// convolution write relu(x + c·u) straight into j's buffer
+// (codegen.TrainConvSpec.Residual), so j's buffer is live from u on
+// (fusedWriteStart); the lowering decides from this map and the kernel's
+// ResidualOK.
+func ResidualConvs(g *ir.Graph, users [][]int) map[int]int {
+	visible := Visible(g)
+	out := map[int]int{}
+	for j, n := range g.Nodes {
+		if n.Op != ir.OpReLU || len(n.Args) != 1 || n.Type.Rank() != 4 {
+			continue
+		}
+		a := n.Args[0]
+		an := g.Nodes[a]
+		if a != j-1 || an.Op != ir.OpAdd || len(an.Args) != 2 || len(users[a]) != 1 || visible[a] {
+			continue
+		}
+		for k, m := range an.Args {
+			mn := g.Nodes[m]
+			if m != a-1 || an.Args[1-k] == m || mn.Op != ir.OpMul || len(mn.Args) != 1 || len(users[m]) != 1 || visible[m] {
+				continue
+			}
+			u := mn.Args[0]
+			if un := g.Nodes[u]; u == m-1 && un.Op == ir.OpConv2D && len(users[u]) == 1 && !visible[u] &&
+				ir.ShapeEqual(un.Type.Shape, n.Type.Shape) && ir.ShapeEqual(g.Nodes[an.Args[1-k]].Type.Shape, n.Type.Shape) {
+				out[j] = u
+			}
+		}
+	}
+	return out
+}
+
+// ScaledGrads maps each scaled gradient du = c·dr of a training step (the
+// backward of a residual scale, c ≠ 0, rank 4, not Visible) whose users
+// are all the backward of one convolution reading it as their gradient
+// (conv2d_grad_input, conv2d_grad_weight, bias_grad), to dr: the compiled
+// step may skip du and have those kernels read dr and scale what they
+// write (codegen.TrainConvGradInputSpec.Scale, and c·dW, c·db), so dr stays
+// live up to them (fusedReadEnd). The lowering also checks that no value
+// sharing dr's buffer is written in between.
+func ScaledGrads(g *ir.Graph, users [][]int) map[int]int {
+	visible := Visible(g)
+	out := map[int]int{}
+	for du, n := range g.Nodes {
+		if n.Op != ir.OpMul || len(n.Args) != 1 || n.Type.Rank() != 4 || n.Attrs.Float("c") == 0 || visible[du] || len(users[du]) == 0 {
+			continue
+		}
+		ok := true
+		for _, u := range users[du] {
+			un := g.Nodes[u]
+			switch un.Op {
+			case ir.OpConv2DGradInput, ir.OpConv2DGradWeight, ir.OpBiasGrad:
+			default:
+				ok = false
+			}
+			// As the gradient operand only.
+			ok = ok && un.Args[0] == du && u > du
+			for _, a := range un.Args[1:] {
+				ok = ok && a != du
+			}
+		}
+		if ok {
+			out[du] = n.Args[0]
+		}
+	}
+	return out
 }
 
 // SliceViews maps each channel slice that a BatchNorm gradient may read in
@@ -259,6 +337,11 @@ func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
 			if s, ok := start[c]; !ok || bn < s {
 				start[c] = bn
 			}
+		}
+	}
+	for j, u := range ResidualConvs(g, users) {
+		if s, ok := start[j]; !ok || u < s {
+			start[j] = u
 		}
 	}
 	return start

@@ -315,6 +315,69 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 	for _, r := range resFwd {
 		fused[r.mul], fused[r.add] = true, true
 	}
+	// The residual connections whose up projection writes them
+	// (passes.ResidualConvs, codegen.TrainConvSpec.Residual): resConv[u]
+	// is the relu the convolution u writes, whose own kernel is skipped.
+	resConv := map[int]int{}
+	for j, u := range passes.ResidualConvs(g, users) {
+		r, ok := resFwd[j]
+		un := g.Nodes[u]
+		if !ok || g.Nodes[r.mul].Args[0] != u || len(siblings[u]) > 0 || fused[u] {
+			continue
+		}
+		geo, err := convGeom(un, g.Nodes[un.Args[0]].Type.Shape, g.Nodes[un.Args[1]].Type.Shape, un.Type.Shape)
+		if err != nil || !(codegen.TrainConvSpec{ConvGeom: geo}).ResidualOK() {
+			continue
+		}
+		// The convolution reads its input while it writes j.
+		if overlaps(off(un.Args[0]), g.Nodes[un.Args[0]].Type.Numel(), off(j), un.Type.Numel()) {
+			continue
+		}
+		resConv[u] = j
+		fused[j] = true
+	}
+	// The scaled gradients that their convolution's backward reads
+	// unscaled (passes.ScaledGrads): scaledBy[du] is dr, and the kernels
+	// scale what they write.
+	scaledBy := map[int]int{}
+	for du, dr := range passes.ScaledGrads(g, users) {
+		ok := !fused[du] && plan.BufferOf[dr] >= 0
+		last := du
+		for _, u := range users[du] {
+			last = max(last, u)
+		}
+		// Nothing that shares dr's buffer (an in-place accumulation) may
+		// be written before the last reader.
+		for k := du + 1; k <= last; k++ {
+			ok = ok && plan.BufferOf[k] != plan.BufferOf[dr]
+		}
+		for _, u := range users[du] {
+			un := g.Nodes[u]
+			_, acc := accOf[u]
+			ok = ok && !fused[u] && !acc && !overlaps(off(dr), g.Nodes[dr].Type.Numel(), off(u), un.Type.Numel())
+			if un.Op == ir.OpConv2DGradInput {
+				geo, err := convGeom(un, un.Type.Shape, g.Nodes[un.Args[1]].Type.Shape, g.Nodes[du].Type.Shape)
+				ok = ok && err == nil && (codegen.TrainConvGradInputSpec{ConvGeom: geo, Acc: -1}).ScaleOK()
+			}
+		}
+		if ok {
+			scaledBy[du] = dr
+			fused[du] = true
+		}
+	}
+	// gradOf is where a backward kernel reads its gradient operand v and
+	// the scale it applies to what it writes (0: none).
+	gradOf := func(v int) (int, float32) {
+		if dr, ok := scaledBy[v]; ok {
+			return off(dr), float32(g.Nodes[v].Attrs.Float("c"))
+		}
+		return off(v), 0
+	}
+	// scaleOut scales the n floats at v in place (c ≠ 0).
+	scaleOut := func(specs []kernelSpec, name string, node, v, n int, c float32) []kernelSpec {
+		return append(specs, kernelSpec{name: name + "_scale", node: node,
+			spec: codegen.ElementwiseSpec{Op: codegen.EltScale, Elems: n, InOff: off(v), OutOff: off(v), C: c}})
+	}
 	// A convolution whose output is a BatchNorm's input writes the
 	// BatchNorm's statistics (codegen.BNStats) into a scratch region that
 	// the BatchNorm frees: statsBN[conv] is the BatchNorm (the first, if
@@ -384,6 +447,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 			s := codegen.TrainConvSpec{ConvGeom: geo, X: off(n.Args[0]), Wt: off(n.Args[1]), Bias: -1, Out: off(i)}
 			s.Stats = statsOf(i, s.FlatStats())
+			if j, ok := resConv[i]; ok {
+				r := resFwd[j]
+				s.Out = off(j)
+				s.Residual = codegen.ResidualEpilogue{On: true, X: off(r.x), C: float32(g.Nodes[r.mul].Attrs.Float("c"))}
+			}
 			if len(n.Args) == 3 {
 				s.Bias = off(n.Args[2])
 			}
@@ -400,7 +468,8 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if err != nil {
 				return nil, 0, err
 			}
-			s := codegen.TrainConvGradInputSpec{ConvGeom: geo, DY: off(n.Args[0]), Wt: off(n.Args[1]), DX: off(i), Acc: -1}
+			s := codegen.TrainConvGradInputSpec{ConvGeom: geo, Wt: off(n.Args[1]), DX: off(i), Acc: -1}
+			s.DY, s.Scale = gradOf(n.Args[0])
 			if a, ok := accOf[i]; ok {
 				s.DX, s.Acc = off(a), off(accSum[a])
 			}
@@ -410,7 +479,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if err != nil {
 				return nil, 0, err
 			}
-			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, DY: off(n.Args[0]), X: off(n.Args[1]), DW: off(i)}
+			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, X: off(n.Args[1]), DW: off(i)}
+			dy, c := gradOf(n.Args[0])
+			s.DY = dy
 			if wgradSplit {
 				s.Split = geo.WgradSplit()
 			}
@@ -423,12 +494,19 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				name += "_sum"
 				add(codegen.ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: s.Partial, Out: off(i)})
 				sc.free(s.Partial)
-				break
+			} else {
+				add(s)
 			}
-			add(s)
+			if c != 0 {
+				specs = scaleOut(specs, name, i, i, n.Type.Numel(), c)
+			}
 		case ir.OpBiasGrad:
-			o, c, in := channelLayout(arg(0).Type.Shape)
-			add(codegen.ChannelSumSpec{Outer: o, C: c, Inner: in, DY: off(n.Args[0]), Out: off(i)})
+			o, ch, in := channelLayout(arg(0).Type.Shape)
+			dy, c := gradOf(n.Args[0])
+			add(codegen.ChannelSumSpec{Outer: o, C: ch, Inner: in, DY: dy, Out: off(i)})
+			if c != 0 {
+				specs = scaleOut(specs, name, i, i, n.Type.Numel(), c)
+			}
 		case ir.OpBatchNormTrain:
 			if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
 				return nil, 0, ir.Errorf(n.Pos, "codegen: %%%d batchnorm_train: ghost batches and synchronized BatchNorm run in the interpreter only (--backend interp)", i)
@@ -974,3 +1052,7 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 	}
 	return fwd, bwd
 }
+
+// overlaps reports whether the arena ranges [a, a+n) and [b, b+m) share a
+// float.
+func overlaps(a, n, b, m int) bool { return a < b+m && b < a+n }

@@ -3,6 +3,7 @@ package lower
 import (
 	"context"
 	"flag"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -164,17 +165,32 @@ func TestTrainStepValuesCompiled(t *testing.T) {
 		cases[0].net = *trainNet
 	}
 	for _, c := range cases {
-		t.Run(c.net+"/"+c.name, func(t *testing.T) { checkStepValues(t, c.net, c.opt) })
+		t.Run(c.net+"/"+c.name, func(t *testing.T) { checkStepValues(t, c.net, c.opt, *trainBatch, *trainExtra) })
 	}
 }
 
-func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
-	sg, params, inputs := stepFixture(t, net, *trainBatch, opt)
+// TestResidualFusionCompiled checks a step of mini_inception_resnet at
+// batch 8 against the interpreter (every update within trainTol of its
+// max|ref|) with its residual connections fused as TestFuseTrainReLU
+// counts them: the up projections' residual epilogues and the scaled
+// gradients read unscaled, here with each weight's update scheduled
+// between the backward kernels of its convolution (from batch 8 on), so
+// the unscaled gradient must outlive the update. No value is made an
+// extra output (that would keep the fused values visible and unfused).
+func TestResidualFusionCompiled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("compiles a mini network's training step")
+	}
+	checkStepValues(t, "mini_inception_resnet", train.PaperRMSProp, 8, false)
+}
+
+func checkStepValues(t *testing.T, net string, opt train.Optimizer, batch int, extra bool) {
+	sg, params, inputs := stepFixture(t, net, batch, opt)
 	g := *sg.Graph
 	g.Outputs = append([]int(nil), sg.Graph.Outputs...)
 	seen := map[int]bool{g.Outputs[0]: true, g.Outputs[1]: true}
 	for i, n := range g.Nodes {
-		if !*trainExtra || n.IsMulti() || n.Op == ir.OpParam || n.Op == ir.OpInput || seen[i] || n.Type.Rank() == 0 {
+		if !extra || n.IsMulti() || n.Op == ir.OpParam || n.Op == ir.OpInput || seen[i] || n.Type.Rank() == 0 {
 			continue
 		}
 		g.Outputs = append(g.Outputs, i)
@@ -241,9 +257,15 @@ func checkStepValues(t *testing.T, net string, opt train.Optimizer) {
 // gradients (fuseTrainAcc), and that a value the caller reads is never
 // fused away.
 func TestFuseTrainReLU(t *testing.T) {
-	for _, net := range []string{"mini_inception", "mini_inception_resnet"} {
-		t.Run(net, func(t *testing.T) {
-			g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: 4})
+	// Batch 128 schedules each weight's update right after its gradient,
+	// between the backward kernels of one convolution.
+	for _, c := range []struct {
+		net   string
+		batch int
+	}{{"mini_inception", 4}, {"mini_inception_resnet", 4}, {"mini_inception_resnet", 128}} {
+		net := c.net
+		t.Run(fmt.Sprintf("%s/%d", net, c.batch), func(t *testing.T) {
+			g, err := dsl.LoadFile(net+".kiln", dsl.Options{FS: archs.FS, Batch: c.batch})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -261,10 +283,13 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			var bnStats, convStats int
 			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
-			var resFwd, scales int
+			var resFwd, scales, resConv, scaledDgrad, scaledSmall int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
+					if s.Scale != 0 {
+						scaledDgrad++
+					}
 					// Each sibling's gradient and the addend are sums the
 					// kernel does.
 					accs += len(s.Siblings)
@@ -272,6 +297,9 @@ func TestFuseTrainReLU(t *testing.T) {
 						accs++
 					}
 				case codegen.TrainConvSpec:
+					if s.Residual.On {
+						resConv++
+					}
 					for _, on := range append([]bool{s.Stats.On}, func() (o []bool) {
 						for _, sb := range s.Siblings {
 							o = append(o, sb.Stats.On)
@@ -331,18 +359,31 @@ func TestFuseTrainReLU(t *testing.T) {
 						resFwd++
 					}
 				}
-				if s, ok := k.spec.(codegen.ElementwiseSpec); ok && s.Op == codegen.EltScale && st.Graph.Nodes[k.node].Type.Rank() == 4 {
-					scales++
+				if s, ok := k.spec.(codegen.ElementwiseSpec); ok && s.Op == codegen.EltScale {
+					switch st.Graph.Nodes[k.node].Op {
+					case ir.OpMul:
+						if st.Graph.Nodes[k.node].Type.Rank() == 4 {
+							scales++
+						}
+					case ir.OpConv2DGradWeight, ir.OpBiasGrad:
+						scaledSmall++
+					}
 				}
 			}
-			// Every scaled residual connection relu(x + c·up) runs as one
-			// kernel forward (fuseResidual): 3 A and 3 B blocks in the
-			// residual net, none in the other; the scales left are the
-			// backward's c·dy, one per block.
+			// Every scaled residual connection relu(x + c·up) is the
+			// epilogue of its up projection (passes.ResidualConvs): 3 A
+			// and 3 B blocks in the residual net, none in the other, and
+			// no residual kernel is left. Backward, the up projection's
+			// input gradient reads the unscaled gradient and scales what
+			// it writes (passes.ScaledGrads), its weight and bias
+			// gradients are scaled in place, and no activation-sized scale
+			// is left.
 			wantRes := map[string]int{"mini_inception": 0, "mini_inception_resnet": 6}[net]
-			t.Logf("%s: %d residual connections fused forward, %d activation scales left", net, resFwd, scales)
-			if resFwd != wantRes || scales != wantRes {
-				t.Errorf("fused %d residual connections, %d scale kernels left (want %d each)", resFwd, scales, wantRes)
+			t.Logf("%s: %d residual epilogues, %d residual kernels, %d scaled input gradients, %d activation scales left",
+				net, resConv, resFwd, scaledDgrad, scales)
+			if resConv != wantRes || resFwd != 0 || scaledDgrad != wantRes || scaledSmall != 2*wantRes || scales != 0 {
+				t.Errorf("%d residual epilogues (want %d), %d residual kernels (want 0), %d scaled input gradients (want %d), %d scaled weight and bias gradients (want %d), %d activation scales (want 0)",
+					resConv, wantRes, resFwd, scaledDgrad, wantRes, scaledSmall, 2*wantRes, scales)
 			}
 			// Every BatchNorm of a convolution reads the statistics the
 			// convolution wrote (codegen.BNStats); the others (after the

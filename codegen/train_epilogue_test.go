@@ -1,0 +1,101 @@
+package codegen
+
+import (
+	"fmt"
+	"math/rand"
+	"testing"
+)
+
+// TestTrainConvEpilogues checks the residual epilogue of the forward
+// convolution (TrainConvSpec.Residual: relu(x + c·(conv + bias))) and the
+// scale of the input gradient (TrainConvGradInputSpec.Scale) against the
+// same kernels without them followed by the unfused operations in float32:
+// bit for bit, since the epilogues round as the unfused kernels do. The
+// geometries are a 1x1 blocked image by image with a ragged last block, a
+// 1x1 over 7x7 planes in flat blocks (flatBlocks, a short last block), a
+// 3x3 and a 1x7 "same" convolution; the residual input is a separate
+// buffer and, for the 1x1, the output itself (written in place).
+func TestTrainConvEpilogues(t *testing.T) {
+	geoms := []ConvGeom{
+		{N: 2, C: 24, H: 14, W: 14, O: 20, KH: 1, KW: 1, SH: 1, SW: 1},
+		{N: 3, C: 40, H: 7, W: 7, O: 33, KH: 1, KW: 1, SH: 1, SW: 1},
+		{N: 2, C: 5, H: 9, W: 10, O: 7, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		{N: 3, C: 6, H: 7, W: 7, O: 9, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3},
+	}
+	const c = float32(0.2)
+	for _, ts := range trainTargets(t) {
+		for gi, s := range geoms {
+			s.OH, s.OW = s.H, s.W
+			for _, inPlace := range []bool{false, true} {
+				if inPlace && s.KH*s.KW > 1 {
+					continue
+				}
+				t.Run(fmt.Sprintf("%s/%dx%d_%dx%d/inplace=%v", ts.Name, s.KH, s.KW, s.H, s.W, inPlace), func(t *testing.T) {
+					r := rand.New(rand.NewSource(int64(gi)))
+					nx, nw, ny := s.N*s.C*s.H*s.W, s.O*s.C*s.KH*s.KW, s.N*s.O*s.OH*s.OW
+					const gap = 16
+					at := 0
+					next := func(n int) int { a := at; at += n + gap; return a }
+					X, W, B, SK, Y, YR, DY, DX, DXS := next(nx), next(nw), next(s.O), next(ny), next(ny), next(ny), next(ny), next(nx), next(nx)
+					arena := make([]float32, at)
+					fill(arena, sentinel)
+					skip := randn(r, ny)
+					copy(arena[X:], randn(r, nx))
+					copy(arena[W:], randn(r, nw))
+					copy(arena[B:], randn(r, s.O))
+					copy(arena[SK:], skip)
+					copy(arena[DY:], randn(r, ny))
+					res := ResidualEpilogue{On: true, X: SK, C: c}
+					if inPlace {
+						copy(arena[YR:], skip)
+						res.X = YR
+					}
+					fwd := TrainConvSpec{ConvGeom: s, X: X, Wt: W, Bias: B, Out: Y}
+					fres := fwd
+					fres.Out, fres.Residual = YR, res
+					dgrad := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DX, Acc: -1}
+					dscale := dgrad
+					dscale.DX, dscale.Scale = DXS, c
+					if !fres.ResidualOK() || !dscale.ScaleOK() {
+						t.Fatalf("geometry %+v: no epilogue", s)
+					}
+					lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
+						for _, k := range []struct {
+							n string
+							s TrainKernel
+						}{{"fwd", fwd}, {"fres", fres}, {"dgrad", dgrad}, {"dscale", dscale}} {
+							if _, _, err := m.Train(k.n, k.s); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+					a := runChecked(t, kernel(t, lib, "fwd", ts), arena, nil, fwd.tileCount())
+					a = runChecked(t, kernel(t, lib, "fres", ts), a, nil, fres.tileCount())
+					a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
+					a = runChecked(t, kernel(t, lib, "dscale", ts), a, nil, dscale.tileCount())
+					for i := 0; i < ny; i++ {
+						m := float32(c * a[Y+i])
+						want := max(float32(skip[i]+m), 0)
+						if got := a[YR+i]; got != want {
+							t.Fatalf("residual epilogue: element %d is %v, want relu(%v + %v·%v) = %v", i, got, skip[i], c, a[Y+i], want)
+						}
+					}
+					for i := 0; i < nx; i++ {
+						if got, want := a[DXS+i], float32(c*a[DX+i]); got != want {
+							t.Fatalf("scaled input gradient: element %d is %v, want %v·%v = %v", i, got, c, a[DX+i], want)
+						}
+					}
+					checkUnchanged(t, "gaps", a, arena, func(i int) bool {
+						for _, rg := range [][2]int{{Y, ny}, {YR, ny}, {DX, nx}, {DXS, nx}} {
+							if i >= rg[0] && i < rg[0]+rg[1] {
+								return true
+							}
+						}
+						return false
+					})
+				})
+			}
+		}
+	}
+}
