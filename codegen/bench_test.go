@@ -170,7 +170,7 @@ func BenchmarkTrainPool(b *testing.B) {
 			if _, _, err := m.Train(fmt.Sprint("fwd", i), TrainPoolSpec{PoolGeom: c.s, X: X, Out: Y}); err != nil {
 				return err
 			}
-			if _, _, err := m.Train(fmt.Sprint("grad", i), TrainPoolGradSpec{PoolGeom: c.s, DY: DY, X: X, DX: DX}); err != nil {
+			if _, _, err := m.Train(fmt.Sprint("grad", i), TrainPoolGradSpec{PoolGeom: c.s, DY: DY, X: X, DX: DX, Acc: -1}); err != nil {
 				return err
 			}
 		}

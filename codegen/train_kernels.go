@@ -1286,6 +1286,12 @@ func (s TrainPoolSpec) gen(g *builder) {
 type TrainPoolGradSpec struct {
 	PoolGeom
 	DY, X, DX int
+	// Acc, when ≥ 0 (max pooling only), is the arena offset of an addend
+	// shaped like dx: the kernel writes dx = Acc + the gradient, folding
+	// the sum of a value's gradient contributions (an add node, as
+	// TrainConvGradInputSpec.Acc) into the plane it starts from; Acc may
+	// equal DX. −1: none.
+	Acc int
 }
 
 func (s TrainPoolGradSpec) Kind() string { return TrainPoolSpec{PoolGeom: s.PoolGeom}.Kind() + "_grad" }
@@ -1296,7 +1302,30 @@ func (s TrainPoolGradSpec) Validate() error {
 	if s.Max && s.X < 0 {
 		return fmt.Errorf("maxpool_grad needs the forward input")
 	}
-	return extents(s.Kind(), s.DY, s.Planes*s.OH*s.OW, s.X, s.Planes*s.H*s.W, s.DX, s.Planes*s.H*s.W)
+	n := s.Planes * s.H * s.W
+	if s.Acc >= 0 {
+		if !s.Max {
+			return fmt.Errorf("%s: an addend needs max pooling", s.Kind())
+		}
+		if err := extents(s.Kind(), s.Acc, n); err != nil {
+			return err
+		}
+		if s.Acc != s.DX && overlap(s.Acc, n, s.DX, n) {
+			return fmt.Errorf("%s: addend [%d, %d) partially overlaps dx [%d, %d)", s.Kind(), s.Acc, s.Acc+n, s.DX, s.DX+n)
+		}
+	}
+	return extents(s.Kind(), s.DY, s.Planes*s.OH*s.OW, s.X, n, s.DX, n)
+}
+
+// initPlane writes dx plane p's starting value at dx: zero, or the
+// addend's plane (Acc).
+func (s TrainPoolGradSpec) initPlane(g *builder, dx, p value.Value) {
+	switch {
+	case s.Acc < 0:
+		g.fillN(cf(0), dx, s.H*s.W)
+	case s.Acc != s.DX:
+		g.copyN(g.add(ci(s.Acc), g.mul(p, ci(s.H*s.W))), dx, s.H*s.W)
+	}
 }
 func (s TrainPoolGradSpec) tileCount() int { return ceilDiv(s.Planes, s.avgGroup()) }
 func (s TrainPoolGradSpec) flops() int64   { return int64(s.Planes * s.OH * s.OW * s.KH * s.KW) }
@@ -1308,7 +1337,7 @@ func (s TrainPoolGradSpec) gen(g *builder) {
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
-		g.fillN(cf(0), dx, s.H*s.W)
+		s.initPlane(g, dx, p)
 		g.loopN(s.OH, nil, func(oh value.Value, _ []value.Value) []value.Value {
 			g.loopN(s.OW, nil, func(ow value.Value, _ []value.Value) []value.Value {
 				y0, y1, x0, x1 := s.window(g, oh, ow)

@@ -457,7 +457,7 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
-		g.fillN(cf(0), dx, s.H*s.W)
+		s.initPlane(g, dx, p)
 		if s.Max {
 			s.maxTaps(g, g.add(ci(s.X), g.mul(p, ci(s.H*s.W))), scratch, idx, phases)
 			// Outputs without an in-bounds pixel (none for PyTorch's

@@ -112,22 +112,26 @@ func TestTrainPoolKernels(t *testing.T) {
 			cases = append(cases, pcase{name, gi, s})
 		}
 	}
-	// Arena of case c: x | dy | gap | y | gap | dx | gap
+	// Arena of case c: x | dy | gap | y | gap | dx | gap | addend | gap |
+	// addend + dx | gap (the last two: max pooling's gradient added to
+	// another value's, TrainPoolGradSpec.Acc)
 	const gap = 16
-	layout := func(s PoolGeom) (X, DY, Y, DX, size int) {
+	layout := func(s PoolGeom) (X, DY, Y, DX, ACC, DXA, size int) {
 		nx, ny := s.Planes*s.H*s.W, s.Planes*s.OH*s.OW
 		X, DY = 0, nx
 		Y = DY + ny + gap
 		DX = Y + ny + gap
-		return X, DY, Y, DX, DX + nx + gap
+		ACC = DX + nx + gap
+		DXA = ACC + nx + gap
+		return X, DY, Y, DX, ACC, DXA, DXA + nx + gap
 	}
 	specs := func(s PoolGeom) (TrainPoolSpec, TrainPoolGradSpec) {
-		X, DY, Y, DX, _ := layout(s)
+		X, DY, Y, DX, _, _, _ := layout(s)
 		xg := -1
 		if s.Max {
 			xg = X
 		}
-		return TrainPoolSpec{PoolGeom: s, X: X, Out: Y}, TrainPoolGradSpec{PoolGeom: s, DY: DY, X: xg, DX: DX}
+		return TrainPoolSpec{PoolGeom: s, X: X, Out: Y}, TrainPoolGradSpec{PoolGeom: s, DY: DY, X: xg, DX: DX, Acc: -1}
 	}
 	targets := trainTargets(t)
 	for _, ts := range targets {
@@ -140,6 +144,13 @@ func TestTrainPoolKernels(t *testing.T) {
 				}
 				if _, _, err := m.Train(fmt.Sprint("grad", ci), grad); err != nil {
 					return err
+				}
+				if c.s.Max {
+					_, _, _, _, ACC, DXA, _ := layout(c.s)
+					grad.DX, grad.Acc = DXA, ACC
+					if _, _, err := m.Train(fmt.Sprint("gacc", ci), grad); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
@@ -157,11 +168,13 @@ func TestTrainPoolKernels(t *testing.T) {
 					x = withSpecials(r, x)
 				}
 				dy := randn(r, ny)
-				X, DY, Y, DX, size := layout(s)
+				X, DY, Y, DX, ACC, DXA, size := layout(s)
 				arena := make([]float32, size)
 				fill(arena, sentinel)
 				copy(arena[X:], x)
 				copy(arena[DY:], dy)
+				addend := randn(r, nx)
+				copy(arena[ACC:], addend)
 				fwd, grad := specs(s)
 				a := runChecked(t, kernel(t, lib, fmt.Sprint("fwd", ci), ts), arena, nil, fwd.tileCount())
 				a = runChecked(t, kernel(t, lib, fmt.Sprint("grad", ci), ts), a, nil, grad.tileCount())
@@ -175,8 +188,16 @@ func TestTrainPoolKernels(t *testing.T) {
 					}
 				}
 				compare(t, grad.Kind(), a[DX:DX+nx], rdx)
+				if s.Max {
+					a = runChecked(t, kernel(t, lib, fmt.Sprint("gacc", ci), ts), a, nil, grad.tileCount())
+					want := make([]float64, nx)
+					for i := range want {
+						want[i] = rdx[i] + float64(addend[i])
+					}
+					compare(t, grad.Kind()+" + addend", a[DXA:DXA+nx], want)
+				}
 				checkUnchanged(t, "gaps", a, arena, func(i int) bool {
-					return (i >= Y && i < Y+ny) || (i >= DX && i < DX+nx)
+					return (i >= Y && i < Y+ny) || (i >= DX && i < DX+nx) || (s.Max && i >= DXA && i < DXA+nx)
 				})
 			})
 		}

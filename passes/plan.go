@@ -144,9 +144,9 @@ func aliasClasses(g *ir.Graph, build []bool) []int {
 
 // accAdd returns the operand d of add node i that the training step's
 // kernel for d can accumulate into (d + the other operand o, written at d's
-// step): d is a conv2d_grad_input of i's type whose only user is i and
-// which is not an output, and o is computed before d (so that it exists
-// when d's kernel runs) and is not d. Of two such operands the later one is
+// step): d is a conv2d_grad_input or maxpool_grad of i's type whose only
+// user is i and which is not an output, and o is computed before d (so
+// that it exists when d's kernel runs) and is not d. Of two such operands the later one is
 // taken. It returns -1 when there is none.
 func accAdd(g *ir.Graph, users [][]int, outputs map[int]bool, i int) int {
 	n := g.Nodes[i]
@@ -157,7 +157,7 @@ func accAdd(g *ir.Graph, users [][]int, outputs map[int]bool, i int) int {
 	for k, d := range n.Args {
 		o := n.Args[1-k]
 		dn := g.Nodes[d]
-		if dn.Op == ir.OpConv2DGradInput && len(users[d]) == 1 && !outputs[d] && o < d &&
+		if (dn.Op == ir.OpConv2DGradInput || dn.Op == ir.OpMaxPoolGrad) && len(users[d]) == 1 && !outputs[d] && o < d &&
 			ir.ShapeEqual(dn.Type.Shape, n.Type.Shape) && dn.Type.DType == n.Type.DType {
 			best = max(best, d)
 		}

@@ -555,9 +555,13 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			x := arg(0).Type.Shape
 			add(codegen.TrainPoolSpec{PoolGeom: poolGeom(n, x, sh), X: off(n.Args[0]), Out: off(i)})
 		case ir.OpMaxPoolGrad:
-			add(codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: off(n.Args[1]), DX: off(i)})
+			s := codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: off(n.Args[1]), DX: off(i), Acc: -1}
+			if a, ok := accOf[i]; ok {
+				s.DX, s.Acc = off(a), off(accSum[a])
+			}
+			add(s)
 		case ir.OpAvgPoolGrad:
-			add(codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: -1, DX: off(i)})
+			add(codegen.TrainPoolGradSpec{PoolGeom: poolGeom(n, sh, arg(0).Type.Shape), DY: off(n.Args[0]), X: -1, DX: off(i), Acc: -1})
 		case ir.OpGlobalAvgPool:
 			x := arg(0).Type.Shape
 			add(codegen.GlobalAvgTrainSpec{Planes: x[0] * x[1], HW: x[2] * x[3], In: off(n.Args[0]), Out: off(i)})

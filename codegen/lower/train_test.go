@@ -175,8 +175,10 @@ func TestTrainStepValuesCompiled(t *testing.T) {
 // counts them: the up projections' residual epilogues and the scaled
 // gradients read unscaled, here with each weight's update scheduled
 // between the backward kernels of its convolution (from batch 8 on), so
-// the unscaled gradient must outlive the update. No value is made an
-// extra output (that would keep the fused values visible and unfused).
+// the unscaled gradient must outlive the update; at this batch the
+// reduction block's max-pooling gradient also accumulates onto an input
+// gradient (TrainPoolGradSpec.Acc). No value is made an extra output
+// (that would keep the fused values visible and unfused).
 func TestResidualFusionCompiled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles a mini network's training step")
@@ -283,7 +285,7 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			var bnStats, convStats int
 			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
-			var resFwd, scales, resConv, scaledDgrad, scaledSmall int
+			var resFwd, scales, resConv, scaledDgrad, scaledSmall, poolAccs int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -295,6 +297,10 @@ func TestFuseTrainReLU(t *testing.T) {
 					accs += len(s.Siblings)
 					if s.Acc >= 0 {
 						accs++
+					}
+				case codegen.TrainPoolGradSpec:
+					if s.Acc >= 0 {
+						poolAccs++
 					}
 				case codegen.TrainConvSpec:
 					if s.Residual.On {
@@ -401,7 +407,13 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			t.Logf("%s: %d of %d batchnorm_train kernels compute their relu (%d relu kernels left), %d of %d gradients their relu_grad (%d left)",
 				net, bnReLU, bn, relu, bnGradReLU, bnGrad, reluGrad)
-			t.Logf("%s: %d adds of gradients computed by input-gradient kernels, %d adds of activation gradients left", net, accs, adds)
+			t.Logf("%s: %d adds of gradients computed by input-gradient kernels, %d by max-pooling gradients, %d adds of activation gradients left", net, accs, poolAccs, adds)
+			// At batch 128 the reduction block's max-pooling gradient comes
+			// after one of the input gradients it is added to, so the pooling
+			// kernel accumulates onto it (TrainPoolGradSpec.Acc).
+			if c.batch == 128 && (poolAccs != 1 || adds > 1) {
+				t.Errorf("%d max-pooling gradients accumulate, %d adds left (want 1 and at most 1)", poolAccs, adds)
+			}
 			// Every relu_grad whose only user is a BatchNorm gradient is
 			// fused (the plan keeps its operands live to that gradient).
 			// Likewise every relu of a BatchNorm output used only by it
