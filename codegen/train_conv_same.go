@@ -82,12 +82,14 @@ type sameConv struct {
 	// Stats, when On, makes each block write the partial BatchNorm
 	// statistics of Out (train_bnstats.go; forward only, as Outs' Stats).
 	Stats BNStats
-	// Res (forward) and Scale (input gradient, nonzero) are epilogues
-	// applied to Out's values as they are stored: relu(Res.X + Res.C·v)
-	// and Scale·v (TrainConvSpec.Residual, TrainConvGradInputSpec.Scale).
-	// Both need one reduction block and no Outs or Ins.
+	// Res (forward), Scale (input gradient, nonzero) and Mask (input
+	// gradient) are epilogues applied to Out's values as they are stored:
+	// relu(Res.X + Res.C·v), Scale·v and v where Mask.Y > 0
+	// (TrainConvSpec.Residual, TrainConvGradInputSpec.Scale and .Mask).
+	// They need one reduction block and no Outs (Ins are summed first).
 	Res   ResidualEpilogue
 	Scale float32
+	Mask  ReLUMask
 }
 
 // samePart is one further output or reduction segment of a sameConv
@@ -290,8 +292,8 @@ func (s sameConv) gen(g *builder) {
 	}
 	multi := len(segs) > 1
 	flat := s.flat()
-	if (s.Res.On || s.Scale != 0) && (kc != K || len(s.Outs) > 0 || multi) {
-		panic("codegen: a sameConv epilogue needs one reduction block and no siblings")
+	if (s.Res.On || s.Scale != 0 || s.Mask.On) && (kc != K || len(s.Outs) > 0) {
+		panic("codegen: a sameConv epilogue needs one reduction block and no sibling outputs")
 	}
 	// block computes the gemmNB pixels from pixel p0 of image n (flat:
 	// the w pixels from there on, into the next image) as block q of the
@@ -437,6 +439,10 @@ func (s sameConv) gen(g *builder) {
 										// and relu (no FMA).
 										x := cLoad(g.add(cOff(r, v), ci(s.Res.X-s.Out)), v)
 										y = g.relu(g.fadd(x, g.fmul(y, g.vconst(float64(s.Res.C)))))
+									}
+									if pj == 0 && s.Mask.On {
+										m := cLoad(g.add(cOff(r, v), ci(s.Mask.Y-s.Out)), v)
+										y = g.sel(g.b.NewFCmp(enum.FPredOGT, m, g.vzero()), y, g.vzero())
 									}
 									cStore(y, cOff(r, v), v)
 								}
@@ -595,7 +601,7 @@ func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 // W (Flip), the siblings' gradients as further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Scale: s.Scale}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Scale: s.Scale, Mask: s.Mask}
 	for _, sb := range s.Siblings {
 		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 	}

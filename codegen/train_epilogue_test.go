@@ -7,8 +7,9 @@ import (
 )
 
 // TestTrainConvEpilogues checks the residual epilogue of the forward
-// convolution (TrainConvSpec.Residual: relu(x + c·(conv + bias))) and the
-// scale of the input gradient (TrainConvGradInputSpec.Scale) against the
+// convolution (TrainConvSpec.Residual: relu(x + c·(conv + bias))), the
+// scale of the input gradient (TrainConvGradInputSpec.Scale) and its relu
+// mask (TrainConvGradInputSpec.Mask: dx where y > 0) against the
 // same kernels without them followed by the unfused operations in float32:
 // bit for bit, since the epilogues round as the unfused kernels do. The
 // geometries are a 1x1 blocked image by image with a ragged last block, a
@@ -37,6 +38,7 @@ func TestTrainConvEpilogues(t *testing.T) {
 					at := 0
 					next := func(n int) int { a := at; at += n + gap; return a }
 					X, W, B, SK, Y, YR, DY, DX, DXS := next(nx), next(nw), next(s.O), next(ny), next(ny), next(ny), next(ny), next(nx), next(nx)
+					MY, DXM := next(nx), next(nx)
 					arena := make([]float32, at)
 					fill(arena, sentinel)
 					skip := randn(r, ny)
@@ -45,6 +47,8 @@ func TestTrainConvEpilogues(t *testing.T) {
 					copy(arena[B:], randn(r, s.O))
 					copy(arena[SK:], skip)
 					copy(arena[DY:], randn(r, ny))
+					mask := randn(r, nx)
+					copy(arena[MY:], mask)
 					res := ResidualEpilogue{On: true, X: SK, C: c}
 					if inPlace {
 						copy(arena[YR:], skip)
@@ -56,14 +60,16 @@ func TestTrainConvEpilogues(t *testing.T) {
 					dgrad := TrainConvGradInputSpec{ConvGeom: s, DY: DY, Wt: W, DX: DX, Acc: -1}
 					dscale := dgrad
 					dscale.DX, dscale.Scale = DXS, c
-					if !fres.ResidualOK() || !dscale.ScaleOK() {
+					dmask := dgrad
+					dmask.DX, dmask.Mask = DXM, ReLUMask{On: true, Y: MY}
+					if !fres.ResidualOK() || !dscale.ScaleOK() || !dmask.MaskOK() {
 						t.Fatalf("geometry %+v: no epilogue", s)
 					}
 					lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 						for _, k := range []struct {
 							n string
 							s TrainKernel
-						}{{"fwd", fwd}, {"fres", fres}, {"dgrad", dgrad}, {"dscale", dscale}} {
+						}{{"fwd", fwd}, {"fres", fres}, {"dgrad", dgrad}, {"dscale", dscale}, {"dmask", dmask}} {
 							if _, _, err := m.Train(k.n, k.s); err != nil {
 								return err
 							}
@@ -74,6 +80,7 @@ func TestTrainConvEpilogues(t *testing.T) {
 					a = runChecked(t, kernel(t, lib, "fres", ts), a, nil, fres.tileCount())
 					a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
 					a = runChecked(t, kernel(t, lib, "dscale", ts), a, nil, dscale.tileCount())
+					a = runChecked(t, kernel(t, lib, "dmask", ts), a, nil, dmask.tileCount())
 					for i := 0; i < ny; i++ {
 						m := float32(c * a[Y+i])
 						want := max(float32(skip[i]+m), 0)
@@ -85,9 +92,16 @@ func TestTrainConvEpilogues(t *testing.T) {
 						if got, want := a[DXS+i], float32(c*a[DX+i]); got != want {
 							t.Fatalf("scaled input gradient: element %d is %v, want %v·%v = %v", i, got, c, a[DX+i], want)
 						}
+						want := a[DX+i]
+						if !(mask[i] > 0) {
+							want = 0
+						}
+						if got := a[DXM+i]; got != want {
+							t.Fatalf("masked input gradient: element %d is %v, want %v (mask %v)", i, got, want, mask[i])
+						}
 					}
 					checkUnchanged(t, "gaps", a, arena, func(i int) bool {
-						for _, rg := range [][2]int{{Y, ny}, {YR, ny}, {DX, nx}, {DXS, nx}} {
+						for _, rg := range [][2]int{{Y, ny}, {YR, ny}, {DX, nx}, {DXS, nx}, {DXM, nx}} {
 							if i >= rg[0] && i < rg[0]+rg[1] {
 								return true
 							}

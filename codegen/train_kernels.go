@@ -365,6 +365,27 @@ type TrainConvGradInputSpec struct {
 	// scaled by Scale (Inception-ResNet's residual scale), read from the
 	// unscaled dy (see ScaleOK).
 	Scale float32
+	// Mask, when On, applies a relu's gradient mask as the kernel stores:
+	// dx where Mask.Y > 0, else 0 (relu_grad of the sum, see MaskOK).
+	Mask ReLUMask
+}
+
+// ReLUMask is relu_grad's mask as an epilogue: a stored gradient g
+// becomes g where y > 0, else 0, with y (shaped like the output) at arena
+// offset Y.
+type ReLUMask struct {
+	On bool
+	Y  int
+}
+
+// MaskOK reports whether s's kernel can apply a Mask: the sameConv input
+// gradient (siblings included) whose reduction is one block.
+func (s TrainConvGradInputSpec) MaskOK() bool {
+	k := s.O
+	for _, sb := range s.Siblings {
+		k += sb.O
+	}
+	return (s.sameOK() || len(s.Siblings) > 0) && k*s.KH*s.KW <= gemmKC
 }
 
 // ScaleOK reports whether s's kernel can apply a Scale: the sameConv
@@ -402,6 +423,18 @@ func (s TrainConvGradInputSpec) Validate() error {
 	}
 	if s.Scale != 0 && !s.ScaleOK() {
 		return fmt.Errorf("conv2d_grad_input: a scale needs the stride-1 \"same\" kernel without addend or siblings over at most %d reduction rows", gemmKC)
+	}
+	if s.Mask.On {
+		if !s.MaskOK() {
+			return fmt.Errorf("conv2d_grad_input: a relu mask needs the stride-1 \"same\" kernel over at most %d reduction rows", gemmKC)
+		}
+		n := s.N * s.C * s.H * s.W
+		if err := extents("conv2d_grad_input mask", s.Mask.Y, n); err != nil {
+			return err
+		}
+		if s.Mask.Y != s.DX && overlap(s.Mask.Y, n, s.DX, n) {
+			return fmt.Errorf("conv2d_grad_input: mask [%d, %d) partially overlaps dx [%d, %d)", s.Mask.Y, s.Mask.Y+n, s.DX, s.DX+n)
+		}
 	}
 	if len(s.Siblings) == 0 {
 		return nil

@@ -250,6 +250,33 @@ func ResidualConvs(g *ir.Graph, users [][]int) map[int]int {
 	return out
 }
 
+// MaskedGrads maps each relu_grad r = relu_grad(dy, y) whose gradient dy
+// is the root of an input-gradient group (GradInputSiblings) read by r
+// alone, and not Visible, to that root: the compiled step may have the
+// group's kernel apply the relu's mask as it stores the sum
+// (codegen.TrainConvGradInputSpec.Mask) straight into r's buffer, so r's
+// buffer is live from the root on (fusedWriteStart); the lowering decides
+// from this map and the kernel's MaskOK.
+func MaskedGrads(g *ir.Graph, users [][]int) map[int]int {
+	visible := Visible(g)
+	roots := map[int]bool{}
+	for _, grp := range GradInputSiblings(g) {
+		roots[grp.Root] = true
+	}
+	out := map[int]int{}
+	for r, n := range g.Nodes {
+		if n.Op != ir.OpReLUGrad || len(n.Args) != 2 || n.Type.Rank() != 4 {
+			continue
+		}
+		dy := n.Args[0]
+		if roots[dy] && dy < r && n.Args[1] != dy && len(users[dy]) == 1 && !visible[dy] &&
+			ir.ShapeEqual(g.Nodes[n.Args[1]].Type.Shape, n.Type.Shape) {
+			out[r] = dy
+		}
+	}
+	return out
+}
+
 // ScaledGrads maps each scaled gradient du = c·dr of a training step (the
 // backward of a residual scale, c ≠ 0, rank 4, not Visible) whose users
 // are all the backward of one convolution reading it as their gradient
@@ -342,6 +369,11 @@ func fusedWriteStart(g *ir.Graph, users [][]int) map[int]int {
 	for j, u := range ResidualConvs(g, users) {
 		if s, ok := start[j]; !ok || u < s {
 			start[j] = u
+		}
+	}
+	for r, root := range MaskedGrads(g, users) {
+		if s, ok := start[r]; !ok || root < s {
+			start[r] = root
 		}
 	}
 	return start

@@ -365,6 +365,16 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			fused[du] = true
 		}
 	}
+	// The relu_grads applied by their input-gradient group's kernel as it
+	// stores (passes.MaskedGrads): maskOf[root] is the relu_grad.
+	maskOf := map[int]int{}
+	for r, root := range passes.MaskedGrads(g, users) {
+		if _, ok := gradGroups[root]; !ok || fused[r] || plan.BufferOf[r] < 0 {
+			continue
+		}
+		maskOf[root] = r
+		fused[r] = true
+	}
 	// gradOf is where a backward kernel reads its gradient operand v and
 	// the scale it applies to what it writes (0: none).
 	gradOf := func(v int) (int, float32) {
@@ -665,6 +675,12 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				for _, m := range grp.Grads[1:] {
 					mn := g.Nodes[m]
 					s.Siblings = append(s.Siblings, codegen.ConvSibling{O: g.Nodes[mn.Args[1]].Type.Shape[0], Wt: off(mn.Args[1]), Data: off(mn.Args[0])})
+				}
+				if r, ok := maskOf[i]; ok {
+					if !s.MaskOK() {
+						return nil, 0, ir.Errorf(g.Nodes[r].Pos, "codegen: %%%d relu_grad: its input-gradient group cannot apply the mask", r)
+					}
+					s.DX, s.Mask = off(r), codegen.ReLUMask{On: true, Y: off(g.Nodes[r].Args[1])}
 				}
 				add(s)
 				specs[len(specs)-1].macs = 0
