@@ -93,7 +93,7 @@ func (s DepthwiseSpec) Validate(b int) error {
 			return err
 		}
 		inPlace := s.ResidualOff == s.OutOff && s.OutC == s.C && s.OutCOffset == 0
-		if !inPlace && overlap(s.ResidualOff, res, s.OutOff, out) {
+		if !inPlace && Overlap(s.ResidualOff, res, s.OutOff, out) {
 			return fmt.Errorf("%s: residual overlaps the output without being it", w)
 		}
 	}

@@ -145,7 +145,7 @@ func (s ElementwiseSpec) Validate() error {
 		if err := checkExtent(w, "input", in, s.Elems); err != nil {
 			return err
 		}
-		if in != s.OutOff && overlap(in, s.Elems, s.OutOff, s.Elems) {
+		if in != s.OutOff && Overlap(in, s.Elems, s.OutOff, s.Elems) {
 			return fmt.Errorf("%s: input [%d, %d) partially overlaps output [%d, %d)", w, in, in+s.Elems, s.OutOff, s.OutOff+s.Elems)
 		}
 	}
@@ -179,7 +179,7 @@ func (s ChannelAffineSpec) Validate(b int) error {
 			return err
 		}
 	}
-	if s.InOff != s.OutOff && overlap(s.InOff, act, s.OutOff, act) {
+	if s.InOff != s.OutOff && Overlap(s.InOff, act, s.OutOff, act) {
 		return fmt.Errorf("%s: input partially overlaps output", w)
 	}
 	return nil

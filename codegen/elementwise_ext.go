@@ -184,10 +184,10 @@ func (s ChannelMulSpec) Validate(b int) error {
 			return err
 		}
 	}
-	if s.InOff != s.OutOff && overlap(s.InOff, act, s.OutOff, act) {
+	if s.InOff != s.OutOff && Overlap(s.InOff, act, s.OutOff, act) {
 		return fmt.Errorf("%s: input partially overlaps output", w)
 	}
-	if overlap(s.ScaleOff, vec, s.OutOff, act) {
+	if Overlap(s.ScaleOff, vec, s.OutOff, act) {
 		return fmt.Errorf("%s: scale overlaps output", w)
 	}
 	return nil
@@ -279,7 +279,7 @@ func (s GlobalMaxPoolSpec) Validate(b int) error {
 	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
 		return err
 	}
-	if overlap(s.InOff, in, s.OutOff, out) {
+	if Overlap(s.InOff, in, s.OutOff, out) {
 		return fmt.Errorf("%s: input overlaps output", w)
 	}
 	return nil

@@ -234,7 +234,7 @@ func (s ConvSpec) Validate(b int) error {
 	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
 		return err
 	}
-	if overlap(s.InOff, in, s.OutOff, out) {
+	if Overlap(s.InOff, in, s.OutOff, out) {
 		return fmt.Errorf("conv: input [%d, %d) overlaps output [%d, %d)", s.InOff, s.InOff+in, s.OutOff, s.OutOff+out)
 	}
 	if s.HasResidual {
@@ -242,7 +242,7 @@ func (s ConvSpec) Validate(b int) error {
 			return err
 		}
 		inPlace := s.ResidualOff == s.OutOff && s.OutC == s.O && s.OutCOffset == 0
-		if !inPlace && overlap(s.ResidualOff, s.N*ob*b*s.OH*s.OW, s.OutOff, out) {
+		if !inPlace && Overlap(s.ResidualOff, s.N*ob*b*s.OH*s.OW, s.OutOff, out) {
 			return fmt.Errorf("conv: residual overlaps the output without being it")
 		}
 	}
@@ -255,7 +255,9 @@ func (s ConvSpec) dil() (int, int) { return max(s.DH, 1), max(s.DW, 1) }
 // groups returns the group count, 0 read as 1.
 func (s ConvSpec) groups() int { return max(s.Groups, 1) }
 
-func overlap(a, an, b, bn int) bool { return a < b+bn && b < a+an }
+// Overlap reports whether the arena ranges [a, a+an) and [b, b+bn) share
+// a float.
+func Overlap(a, an, b, bn int) bool { return a < b+bn && b < a+an }
 
 // Validate checks the spec against the block size b of a target.
 func (s PoolSpec) Validate(b int) error {
@@ -335,7 +337,7 @@ func (s DenseSpec) Validate() error {
 			return err
 		}
 	}
-	if overlap(s.InOff, s.N*s.I, s.OutOff, s.N*s.O) {
+	if Overlap(s.InOff, s.N*s.I, s.OutOff, s.N*s.O) {
 		return fmt.Errorf("%s: input overlaps output", w)
 	}
 	return nil
@@ -356,7 +358,7 @@ func (s SoftmaxSpec) Validate() error {
 	if err := checkExtent(w, "output", s.OutOff, prod(s.N, s.K)); err != nil {
 		return err
 	}
-	if s.InOff != s.OutOff && overlap(s.InOff, s.N*s.K, s.OutOff, s.N*s.K) {
+	if s.InOff != s.OutOff && Overlap(s.InOff, s.N*s.K, s.OutOff, s.N*s.K) {
 		return fmt.Errorf("%s: input partially overlaps output", w)
 	}
 	return nil
@@ -386,7 +388,7 @@ func (s CopySpec) Validate() error {
 	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
 		return err
 	}
-	if overlap(s.InOff, in, s.OutOff, out) {
+	if Overlap(s.InOff, in, s.OutOff, out) {
 		return fmt.Errorf("%s: ranges overlap", w)
 	}
 	return nil
@@ -401,7 +403,7 @@ func checkInOut(what string, inOff, in, outOff, out int) error {
 	if err := checkExtent(what, "output", outOff, out); err != nil {
 		return err
 	}
-	if overlap(inOff, in, outOff, out) {
+	if Overlap(inOff, in, outOff, out) {
 		return fmt.Errorf("%s: input overlaps output", what)
 	}
 	return nil

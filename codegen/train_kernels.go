@@ -295,7 +295,7 @@ func (s TrainConvSpec) Validate() error {
 		if err := extents("conv2d residual", r.X, n); err != nil {
 			return err
 		}
-		if r.X != s.Out && overlap(r.X, n, s.Out, n) {
+		if r.X != s.Out && Overlap(r.X, n, s.Out, n) {
 			return fmt.Errorf("conv2d: residual input [%d, %d) partially overlaps the output [%d, %d)", r.X, r.X+n, s.Out, s.Out+n)
 		}
 	}
@@ -432,7 +432,7 @@ func (s TrainConvGradInputSpec) Validate() error {
 		if err := extents("conv2d_grad_input mask", s.Mask.Y, n); err != nil {
 			return err
 		}
-		if s.Mask.Y != s.DX && overlap(s.Mask.Y, n, s.DX, n) {
+		if s.Mask.Y != s.DX && Overlap(s.Mask.Y, n, s.DX, n) {
 			return fmt.Errorf("conv2d_grad_input: mask [%d, %d) partially overlaps dx [%d, %d)", s.Mask.Y, s.Mask.Y+n, s.DX, s.DX+n)
 		}
 	}
@@ -1131,12 +1131,12 @@ func (s EltTrainSpec) Validate() error {
 	o := s.Out
 	for _, in := range []int{s.A, s.B} {
 		if in == s.B && s.Op == EltScaleBy {
-			if overlap(in, 1, o, s.Elems) {
+			if Overlap(in, 1, o, s.Elems) {
 				return fmt.Errorf("%s: the scalar operand lies in the output", s.Kind())
 			}
 			continue
 		}
-		if in != o && overlap(in, s.Elems, o, s.Elems) {
+		if in != o && Overlap(in, s.Elems, o, s.Elems) {
 			return fmt.Errorf("%s: input [%d, %d) partially overlaps output [%d, %d)", s.Kind(), in, in+s.Elems, o, o+s.Elems)
 		}
 	}
@@ -1343,7 +1343,7 @@ func (s TrainPoolGradSpec) Validate() error {
 		if err := extents(s.Kind(), s.Acc, n); err != nil {
 			return err
 		}
-		if s.Acc != s.DX && overlap(s.Acc, n, s.DX, n) {
+		if s.Acc != s.DX && Overlap(s.Acc, n, s.DX, n) {
 			return fmt.Errorf("%s: addend [%d, %d) partially overlaps dx [%d, %d)", s.Kind(), s.Acc, s.Acc+n, s.DX, s.DX+n)
 		}
 	}

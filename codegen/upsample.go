@@ -38,7 +38,7 @@ func (s UpsampleSpec) Validate(b int) error {
 	if err := checkExtent(w, "output", s.OutOff, out); err != nil {
 		return err
 	}
-	if overlap(s.InOff, in, s.OutOff, out) {
+	if Overlap(s.InOff, in, s.OutOff, out) {
 		return fmt.Errorf("%s: input overlaps output", w)
 	}
 	return nil

@@ -330,7 +330,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			continue
 		}
 		// The convolution reads its input while it writes j.
-		if overlaps(off(un.Args[0]), g.Nodes[un.Args[0]].Type.Numel(), off(j), un.Type.Numel()) {
+		if codegen.Overlap(off(un.Args[0]), g.Nodes[un.Args[0]].Type.Numel(), off(j), un.Type.Numel()) {
 			continue
 		}
 		resConv[u] = j
@@ -354,7 +354,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		for _, u := range users[du] {
 			un := g.Nodes[u]
 			_, acc := accOf[u]
-			ok = ok && !fused[u] && !acc && !overlaps(off(dr), g.Nodes[dr].Type.Numel(), off(u), un.Type.Numel())
+			ok = ok && !fused[u] && !acc && !codegen.Overlap(off(dr), g.Nodes[dr].Type.Numel(), off(u), un.Type.Numel())
 			if un.Op == ir.OpConv2DGradInput {
 				geo, err := convGeom(un, un.Type.Shape, g.Nodes[un.Args[1]].Type.Shape, g.Nodes[du].Type.Shape)
 				ok = ok && err == nil && (codegen.TrainConvGradInputSpec{ConvGeom: geo, Acc: -1}).ScaleOK()
@@ -383,9 +383,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		}
 		return off(v), 0
 	}
-	// scaleOut scales the n floats at v in place (c ≠ 0).
-	scaleOut := func(specs []kernelSpec, name string, node, v, n int, c float32) []kernelSpec {
-		return append(specs, kernelSpec{name: name + "_scale", node: node,
+	// scaleOut scales node v's n floats in place (c ≠ 0).
+	scaleOut := func(specs []kernelSpec, name string, v, n int, c float32) []kernelSpec {
+		return append(specs, kernelSpec{name: name + "_scale", node: v,
 			spec: codegen.ElementwiseSpec{Op: codegen.EltScale, Elems: n, InOff: off(v), OutOff: off(v), C: c}})
 	}
 	// A convolution whose output is a BatchNorm's input writes the
@@ -508,14 +508,14 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				add(s)
 			}
 			if c != 0 {
-				specs = scaleOut(specs, name, i, i, n.Type.Numel(), c)
+				specs = scaleOut(specs, name, i, n.Type.Numel(), c)
 			}
 		case ir.OpBiasGrad:
 			o, ch, in := channelLayout(arg(0).Type.Shape)
 			dy, c := gradOf(n.Args[0])
 			add(codegen.ChannelSumSpec{Outer: o, C: ch, Inner: in, DY: dy, Out: off(i)})
 			if c != 0 {
-				specs = scaleOut(specs, name, i, i, n.Type.Numel(), c)
+				specs = scaleOut(specs, name, i, n.Type.Numel(), c)
 			}
 		case ir.OpBatchNormTrain:
 			if n.Attrs.Int("ghost") > 0 || n.Attrs.Bool("sync") {
@@ -770,10 +770,12 @@ type residual struct{ mul, add, x int }
 // where j's buffer partially overlaps x's or u's (an elementwise pass reads
 // and writes element i in the same iteration, so only exact aliasing is
 // safe). The three unfused kernels read and wrote the tensor seven times,
-// the fused one three. The backward's relu_grad and mul (c·dy) stay two
-// kernels: written as one with two outputs it ran slower (3.7 against
-// 1.5 + 1.5 ms per step for mini_inception_resnet's six, 2026-12-02), the
-// mul's operand being still in L3 when it runs.
+// the fused one three; where u is a convolution that can apply it
+// (passes.ResidualConvs), the convolution does instead (resConv). The
+// backward's mul (c·dy) is folded into its readers where it can be
+// (passes.ScaledGrads); a relu_grad and mul written as one kernel with two
+// outputs had run slower (3.7 against 1.5 + 1.5 ms per step for
+// mini_inception_resnet's six, 2026-12-02).
 func fuseResidual(g *ir.Graph, plan *passes.Plan, users [][]int, fused, virtual map[int]bool, off func(int) int) map[int]residual {
 	fwd := map[int]residual{}
 	numel := func(i int) int { return g.Nodes[i].Type.Numel() }
@@ -1072,7 +1074,3 @@ func fuseTrainReLU(g *ir.Graph, plan *passes.Plan, users [][]int, results map[in
 	}
 	return fwd, bwd
 }
-
-// overlaps reports whether the arena ranges [a, a+n) and [b, b+m) share a
-// float.
-func overlaps(a, n, b, m int) bool { return a < b+m && b < a+n }
