@@ -126,12 +126,15 @@ func flatBlocks(P int) bool {
 	return P >= gemmNB && !(ConvGeom{OH: 1, OW: P}).dotFill()
 }
 
-// firstLanes returns the lanes of the vector at column off of a flat block
-// (flatBlocks) whose first column is pixel p0 of its image that are still
-// in that image (p0 + off + l < P); the others are pixels of the next.
-func (g *builder) firstLanes(p0 value.Value, off, P int) value.Value {
+// flatLanes returns, for the vector at column off of a flat block
+// (flatBlocks) whose first column is pixel p0 of its image, the lanes
+// still in that image (p0 + off + l < P; the others are pixels of the
+// next) and each lane's pixel in its own image.
+func (g *builder) flatLanes(p0 value.Value, off, P int) (first, pix value.Value) {
 	c := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return off + l }))
-	return g.b.NewICmp(enum.IPredULT, c, g.i32Vec(func(int) int { return P }))
+	pv := g.i32Vec(func(int) int { return P })
+	first = g.b.NewICmp(enum.IPredULT, c, pv)
+	return first, g.b.NewSelect(first, c, g.b.NewSub(c, pv))
 }
 
 // flatLoad loads the lanes of mask of a vector of a flat block: lanes of
@@ -320,11 +323,10 @@ func (s sameConv) gen(g *builder) {
 				_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, s.W)
 				continue
 			}
-			// The pixel of each lane in its own image.
-			fst[v] = g.firstLanes(p0, v*L, P)
-			c := g.b.NewAdd(g.splatI32(g.b.NewTrunc(p0, types.I32)), g.i32Vec(func(l int) int { return v*L + l }))
-			pv := g.b.NewSelect(fst[v], c, g.b.NewSub(c, g.i32Vec(func(int) int { return P })))
-			ohv[v], owv[v] = g.b.NewUDiv(pv, g.i32Vec(func(int) int { return s.W })), g.b.NewURem(pv, g.i32Vec(func(int) int { return s.W }))
+			var pv value.Value
+			fst[v], pv = g.flatLanes(p0, v*L, P)
+			wv := g.i32Vec(func(int) int { return s.W })
+			ohv[v], owv[v] = g.b.NewUDiv(pv, wv), g.b.NewURem(pv, wv)
 		}
 		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 		widths(func(w int) {
