@@ -127,6 +127,21 @@ func runStep(t *testing.T, m *rt.Model, g *ir.Graph, inputs map[string]*tensor.T
 	}
 }
 
+// stepSpecs runs the training pipeline on step graph g and returns its
+// graph after the passes and the kernel specs the lowering builds.
+func stepSpecs(t *testing.T, g *ir.Graph) (*ir.Graph, []kernelSpec) {
+	t.Helper()
+	st, err := passes.RunTraining(g, passes.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, _, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Graph, specs
+}
+
 // compileStep plans, lowers, compiles and loads graph g (a step graph,
 // possibly with extra outputs) for targets, forcing isa.
 func compileStep(t *testing.T, g *ir.Graph, params map[string]*tensor.Tensor, input string, isa string) *rt.Model {
@@ -206,14 +221,7 @@ func TestResidualFusionCompiled(t *testing.T) {
 // (TrainPoolGradSpec.Acc), which the lowering must choose.
 func TestPoolAccCompiled(t *testing.T) {
 	sg, _, _ := stepFixture(t, "tiny_red", 2, train.PaperRMSProp)
-	st, err := passes.RunTraining(sg.Graph, passes.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	specs, _, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, specs := stepSpecs(t, sg.Graph)
 	accs := 0
 	for _, k := range specs {
 		if s, ok := k.spec.(codegen.TrainPoolGradSpec); ok && s.Acc >= 0 {
@@ -575,14 +583,7 @@ func TestWgradSplit(t *testing.T) {
 	run := func(split bool) (outs [][]float32, sums int) {
 		wgradSplit = split
 		defer func() { wgradSplit = true }()
-		st, err := passes.RunTraining(&g, passes.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		specs, _, err := lowerTrainNodes(st.Graph, st.Plan, 1, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, specs := stepSpecs(t, &g)
 		for _, k := range specs {
 			if strings.HasSuffix(k.name, "_sum") {
 				sums++
