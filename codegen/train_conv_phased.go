@@ -56,6 +56,10 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 	type phase struct {
 		K                  int
 		koff, sh, sw, wofs value.Value
+		// The phase's taps' shifts and offsets in channel 0 (rows repeat
+		// per dy channel, P floats apart), for tap-major packing when
+		// every reduction block starts at a channel.
+		tsh, tsw, toff []int
 	}
 	var ph [4]phase
 	kcmax := 1 // the largest reduction block of the phases (kBlocks)
@@ -74,6 +78,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 			shk[k], swk[k] = sh[t], sw[t]
 			wofs[k] = o*s.C*T + taps[t]
 		}
+		ph[ab].tsh, ph[ab].tsw, ph[ab].toff = sh, sw, koff[:len(taps)]
 		sfx := string(rune('a' + ab))
 		ph[ab].koff = g.i32Table("koff"+sfx, koff)
 		ph[ab].sh = g.i32Table("sh"+sfx, shk)
@@ -98,20 +103,41 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 					_, ohv[v], owv[v] = g.pixelVec(p0, v*L, P, OW)
 				}
 				out := g.add(ci(base), p0)
+				nt := len(q.toff)
+				tapMajor := kcOf(q.K)%nt == 0
+				// tapMask[t][v]: the lanes of vector v whose dy pixel,
+				// shifted by tap t, is inside the plane (tapMajor).
+				var tapMask [][]value.Value
+				if tapMajor {
+					tapMask = make([][]value.Value, nt)
+					for t := range tapMask {
+						tapMask[t] = make([]value.Value, nvB)
+						for v := range tapMask[t] {
+							ih := g.b.NewAdd(ohv[v], g.i32Vec(func(int) int { return q.tsh[t] }))
+							iw := g.b.NewAdd(owv[v], g.i32Vec(func(int) int { return q.tsw[t] }))
+							tapMask[t][v] = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+						}
+					}
+				}
 				g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
 					g.kBlocks(q.K, func(k0 value.Value, kn int, first bool) {
-						g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
-							k := g.add(k0, kk)
-							off := g.add(dy, g.add(g.b.NewSExt(g.ldI(q.koff, k), i64), p0))
-							shv, swv := g.splatI32(g.ldI(q.sh, k)), g.splatI32(g.ldI(q.sw, k))
-							for v := 0; v < nvB; v++ {
-								ih := g.b.NewAdd(ohv[v], shv)
-								iw := g.b.NewAdd(owv[v], swv)
-								mask := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-								g.vstore(g.maskedLoad(g.arena, g.add(off, ci(v*L)), mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
-							}
-							return nil
-						})
+						if tapMajor {
+							// Channel by channel, the taps unrolled
+							// (sameConv's tap-major packing).
+							o0 := g.udiv(k0, nt)
+							g.loopN(kn/nt, nil, func(oo value.Value, _ []value.Value) []value.Value {
+								oc := g.add(dy, g.add(g.mul(g.add(o0, oo), ci(P)), p0))
+								for t := 0; t < nt; t++ {
+									row := g.add(g.mul(oo, ci(nt)), ci(t))
+									for v := 0; v < nvB; v++ {
+										g.vstore(g.maskedLoad(g.arena, g.add(oc, ci(q.toff[t]+v*L)), tapMask[t][v]), panel, g.add(g.mul(row, ci(gemmNB)), ci(v*L)))
+									}
+								}
+								return nil
+							})
+						} else {
+							s.packPhaseRows(g, q.koff, q.sh, q.sw, dy, p0, k0, kn, ohv, owv, hv, wv, panel)
+						}
 						g.subBlocks(w, func(j0, nv, wl int) {
 							g.blocks(s.C, balancedMR(g.t, s.C), func(c0 value.Value, mr int) {
 								cOff := func(r, v int) value.Value {
@@ -207,6 +233,26 @@ func (s TrainConvGradInputSpec) phaseMerge(g *builder, planes, dx value.Value) {
 	g.loopN(t, nil, func(k value.Value, _ []value.Value) []value.Value {
 		k = g.add(k, ci(rows-t))
 		row(g.udiv(k, s.H), g.urem(k, s.H), false)
+		return nil
+	})
+}
+
+// packPhaseRows packs rows [k0, k0+kn) of a phase's reduction into the
+// panel row by row, each row's offset and shifts read from the phase's
+// tables (koff, sh, sw) and its mask built from them: the general case,
+// where a reduction block may start inside a dy channel's taps.
+func (s TrainConvGradInputSpec) packPhaseRows(g *builder, koffT, shT, swT, dy, p0, k0 value.Value, kn int, ohv, owv []value.Value, hv, wv, panel value.Value) {
+	L := g.t.VectorLanes
+	g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
+		k := g.add(k0, kk)
+		off := g.add(dy, g.add(g.b.NewSExt(g.ldI(koffT, k), i64), p0))
+		shv, swv := g.splatI32(g.ldI(shT, k)), g.splatI32(g.ldI(swT, k))
+		for v := range ohv {
+			ih := g.b.NewAdd(ohv[v], shv)
+			iw := g.b.NewAdd(owv[v], swv)
+			mask := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+			g.vstore(g.maskedLoad(g.arena, g.add(off, ci(v*L)), mask), panel, g.add(g.mul(kk, ci(gemmNB)), ci(v*L)))
+		}
 		return nil
 	})
 }

@@ -114,6 +114,12 @@ func TestTrainConvKernels(t *testing.T) {
 		// 3x3 over two pixel chunks (143 = 128 + 15 pixels).
 		{N: 2, C: 60, H: 9, W: 7, O: 5, KH: 3, KW: 1, SH: 1, SW: 1},
 		{N: 2, C: 20, H: 13, W: 11, O: 7, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1},
+		// Tap-major packing (sameConv, genPhased) needs reduction blocks
+		// that start at a channel; these take the row-by-row packing in
+		// some blocks: the forward's K = 45·9 = 405 in blocks of 203
+		// (above), the phased input gradient's 4-tap phase K = 73·4 =
+		// 292 in blocks of 146.
+		{N: 1, C: 3, H: 9, W: 9, O: 73, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1},
 	}
 	for gi := range geoms {
 		s := &geoms[gi]
