@@ -105,35 +105,15 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 				out := g.add(ci(base), p0)
 				nt := len(q.toff)
 				tapMajor := kcOf(q.K)%nt == 0
-				// tapMask[t][v]: the lanes of vector v whose dy pixel,
-				// shifted by tap t, is inside the plane (tapMajor).
 				var tapMask [][]value.Value
 				if tapMajor {
-					tapMask = make([][]value.Value, nt)
-					for t := range tapMask {
-						tapMask[t] = make([]value.Value, nvB)
-						for v := range tapMask[t] {
-							ih := g.b.NewAdd(ohv[v], g.i32Vec(func(int) int { return q.tsh[t] }))
-							iw := g.b.NewAdd(owv[v], g.i32Vec(func(int) int { return q.tsw[t] }))
-							tapMask[t][v] = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-						}
-					}
+					tapMask = g.tapMasks(ohv, owv, q.tsh, q.tsw, hv, wv)
 				}
 				g.lastOr(pb, PB, gemmNB, P-(PB-1)*gemmNB, func(w int) {
 					g.kBlocks(q.K, func(k0 value.Value, kn int, first bool) {
 						if tapMajor {
-							// Channel by channel, the taps unrolled
-							// (sameConv's tap-major packing).
-							o0 := g.udiv(k0, nt)
-							g.loopN(kn/nt, nil, func(oo value.Value, _ []value.Value) []value.Value {
-								oc := g.add(dy, g.add(g.mul(g.add(o0, oo), ci(P)), p0))
-								for t := 0; t < nt; t++ {
-									row := g.add(g.mul(oo, ci(nt)), ci(t))
-									for v := 0; v < nvB; v++ {
-										g.vstore(g.maskedLoad(g.arena, g.add(oc, ci(q.toff[t]+v*L)), tapMask[t][v]), panel, g.add(g.mul(row, ci(gemmNB)), ci(v*L)))
-									}
-								}
-								return nil
+							g.packTapMajor(panel, g.add(dy, p0), k0, kn, P, q.toff, tapMask, func(off, mask value.Value, _ int) value.Value {
+								return g.maskedLoad(g.arena, off, mask)
 							})
 						} else {
 							s.packPhaseRows(g, q.koff, q.sh, q.sw, dy, p0, k0, kn, ohv, owv, hv, wv, panel)

@@ -364,19 +364,9 @@ func (s sameConv) gen(g *builder) {
 			ohv[v], owv[v] = g.b.NewUDiv(pv, wv), g.b.NewURem(pv, wv)
 		}
 		hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
-		// tapMask[t][v]: the lanes of vector v whose pixel, shifted by tap
-		// t, is inside the plane (tapMajor; the same for every channel).
 		var tapMask [][]value.Value
 		if tapMajor {
-			tapMask = make([][]value.Value, T)
-			for t := range tapMask {
-				tapMask[t] = make([]value.Value, nvB)
-				for v := range tapMask[t] {
-					ih := g.b.NewAdd(ohv[v], g.i32Vec(func(int) int { return tapDH[t] }))
-					iw := g.b.NewAdd(owv[v], g.i32Vec(func(int) int { return tapDW[t] }))
-					tapMask[t][v] = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-				}
-			}
+			tapMask = g.tapMasks(ohv, owv, tapDH, tapDW, hv, wv)
 		}
 		widths(func(w int) {
 			direct := pw && w == gemmNB && !flat
@@ -405,22 +395,8 @@ func (s sameConv) gen(g *builder) {
 						})
 					}
 				} else if tapMajor {
-					// Channel by channel, the taps unrolled: a row's
-					// offset is the channel's plus a constant and its
-					// mask one of the block's tapMask, where the
-					// row-by-row loop below loads three table entries
-					// and builds the mask from them for every row.
-					c0 := g.udiv(k0, T)
-					g.loopN(kn/T, nil, func(cc value.Value, _ []value.Value) []value.Value {
-						xc := g.add(x, g.add(g.mul(g.add(c0, cc), ci(cs)), p0))
-						for t := 0; t < T; t++ {
-							row := g.add(g.mul(cc, ci(T)), ci(t))
-							for v := 0; v < nvB; v++ {
-								off := g.add(xc, ci(tapOff[t]+v*L))
-								g.vstore(load(off, tapMask[t][v], v, s.C), panel, g.add(g.mul(row, ci(gemmNB)), ci(v*L)))
-							}
-						}
-						return nil
+					g.packTapMajor(panel, g.add(x, p0), k0, kn, cs, tapOff, tapMask, func(off, mask value.Value, v int) value.Value {
+						return load(off, mask, v, s.C)
 					})
 				} else if !direct {
 					g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
@@ -1119,6 +1095,46 @@ func (g *builder) tableMask(tab, i value.Value) value.Value {
 func (g *builder) fillBuf(buf value.Value, n int) {
 	g.loopN(n, nil, func(i value.Value, _ []value.Value) []value.Value {
 		g.store(cf(0), buf, i)
+		return nil
+	})
+}
+
+// tapMasks returns, for the taps' shifts (dh[t], dw[t]) and the vectors
+// of a block of pixels at (ohv[v], owv[v]), the lanes of vector v whose
+// pixel shifted by tap t is inside the hv×wv plane: the masks of
+// tap-major packing (packTapMajor), the same for every channel.
+func (g *builder) tapMasks(ohv, owv []value.Value, dh, dw []int, hv, wv value.Value) [][]value.Value {
+	m := make([][]value.Value, len(dh))
+	for t := range m {
+		m[t] = make([]value.Value, len(ohv))
+		for v := range m[t] {
+			ih := g.b.NewAdd(ohv[v], g.i32Vec(func(int) int { return dh[t] }))
+			iw := g.b.NewAdd(owv[v], g.i32Vec(func(int) int { return dw[t] }))
+			m[t][v] = g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+		}
+	}
+	return m
+}
+
+// packTapMajor packs panel rows [0, kn) of the reduction block starting at
+// row k0, where row k = c·T + t (T = len(off)) reads, for vector v of the
+// block's pixels, load(base + c·cs + off[t] + v·lanes, masks[t][v]): a
+// loop over the block's channels with the taps unrolled, each row's offset
+// the channel's plus a constant and its mask one of the block's tapMasks.
+// The row-by-row packing loads three table entries and builds the mask for
+// every row instead. k0 and kn must be multiples of T (the block starts at
+// a channel).
+func (g *builder) packTapMajor(panel, base, k0 value.Value, kn, cs int, off []int, masks [][]value.Value, load func(off, mask value.Value, v int) value.Value) {
+	T, L := len(off), g.t.VectorLanes
+	c0 := g.udiv(k0, T)
+	g.loopN(kn/T, nil, func(cc value.Value, _ []value.Value) []value.Value {
+		bc := g.add(base, g.mul(g.add(c0, cc), ci(cs)))
+		for t := 0; t < T; t++ {
+			row := g.add(g.mul(cc, ci(T)), ci(t))
+			for v := range masks[t] {
+				g.vstore(load(g.add(bc, ci(off[t]+v*L)), masks[t][v], v), panel, g.add(g.mul(row, ci(gemmNB)), ci(v*L)))
+			}
+		}
 		return nil
 	})
 }
