@@ -317,7 +317,7 @@ func mpirun(t *testing.T, np int, mode string, env ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), append([]string{workerEnv + "=" + mode}, env...)...)
+	cmd.Env = append(append(os.Environ(), testenv.MPIJobEnv(t)...), append([]string{workerEnv + "=" + mode}, env...)...)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("%s: still running after 2 minutes:\n%s", strings.Join(argv, " "), out)

@@ -319,7 +319,7 @@ func testMPISyncBNRankDies(t *testing.T, bin string) {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 			marker := "KILN_TEST_JOB=" + dir
-			cmd.Env = append(os.Environ(), dist.TimeoutEnv+"=3s", marker)
+			cmd.Env = append(append(os.Environ(), testenv.MPIJobEnv(t)...), dist.TimeoutEnv+"=3s", marker)
 			var out syncWriter
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {

@@ -36,7 +36,7 @@ func mpirun(t *testing.T, np int, kiln string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), dist.TimeoutEnv+"=120s")
+	cmd.Env = append(append(os.Environ(), testenv.MPIJobEnv(t)...), dist.TimeoutEnv+"=120s")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)

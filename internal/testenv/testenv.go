@@ -72,6 +72,25 @@ func MPI(t testing.TB) string {
 	return p
 }
 
+// MPIJobEnv returns the environment entries that give one mpirun job an
+// Open MPI session directory of its own: TMPDIR set to a fresh, short
+// directory (Unix socket paths inside it must stay under 108 bytes),
+// removed when the test ends. Open MPI 4 creates <TMPDIR>/ompi.<host>.<uid>
+// as each job starts, and two jobs starting at the same moment race to
+// create it: the loser fails in orte_init ("A call to mkdir was unable to
+// create the desired directory ... File exists", open-mpi/ompi#8510).
+// Tests start jobs side by side (t.Parallel, packages run concurrently),
+// so each job gets its own.
+func MPIJobEnv(t testing.TB) []string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ompi")
+	if err != nil {
+		t.Fatalf("MPI session directory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return []string{"TMPDIR=" + dir}
+}
+
 // HostISAs returns those of the named ISAs (e.g. "avx512", "avx2") that
 // this CPU runs, by the runtime's own check (rt.HostISAs), in the given
 // order, and logs the others. A CPU feature is not a tool that CI could
