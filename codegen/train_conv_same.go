@@ -268,8 +268,6 @@ func (s sameConv) gen(g *builder) {
 					panic("codegen: tap-major packing needs rows that repeat per channel")
 				}
 			}
-		}
-		if tapMajor {
 			tapDH, tapDW, tapOff = dh[:T], dw[:T], koff[:T]
 		} else {
 			koffT, dhT, dwT = g.i32Table("koff", koff), g.i32Table("dh", dh), g.i32Table("dw", dw)
