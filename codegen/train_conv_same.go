@@ -776,9 +776,19 @@ func (s TrainConvGradWeightSpec) wgGroup() (rows, groups int) {
 }
 
 func (s TrainConvGradWeightSpec) sameTiles() int {
-	_, groups := s.wgGroup()
 	S, _, _ := s.wgSplit()
-	return S * ceilDiv(s.O, wgTO) * groups
+	return S * s.sameRunTiles()
+}
+
+// sameRunTiles is the dot-product kernel's tiles per run of images: each
+// part's blocks of channels times its groups of K.
+func (s TrainConvGradWeightSpec) sameRunTiles() int {
+	n := 0
+	for _, p := range s.parts() {
+		_, groups := p.wgGroup()
+		n += ceilDiv(p.O, wgTO) * groups
+	}
+	return n
 }
 
 // wgSplitBytes bounds the x and dy bytes of one run of images of a split
@@ -830,8 +840,6 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	K, Pin, P := s.C*T, s.H*s.W, s.OH*s.OW
 	L := g.t.VectorLanes
 	MR, NR := wgShape(g.t)
-	KG, G := s.wgGroup()
-	OB := ceilDiv(s.O, wgTO)
 	PV, tail := P/L, P%L
 	NC := s.wgChunk()
 	U := max(1, lineFloats/L) // vectors per cache line: one prefetch each
@@ -839,7 +847,13 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	segU := max(1, s.wgSegment(L)/(U*L))
 	nseg := max(1, ceilDiv(GU, segU))
 	pw := T == 1
-	accBuf := g.stackBuf(KG * wgTO * L)
+	parts := s.parts()
+	maxKG := 0
+	for _, p := range parts {
+		kg, _ := p.wgGroup()
+		maxKG = max(maxKG, kg)
+	}
+	accBuf := g.stackBuf(maxKG * wgTO * L)
 	// Pp is a row's length in the mask table, P rounded up to vectors.
 	Pp := ceilDiv(P, L) * L
 	tab := !pw && T*Pp <= wgMaskMax
@@ -873,189 +887,225 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	}
 	hv, wv := g.i32Vec(func(int) int { return s.H }), g.i32Vec(func(int) int { return s.W })
 	tailMask := func() value.Value { return g.prefixMask(tail) }
-	// run is one tile over nImg images from image nb, writing its sums at
-	// dwAt (DW, or its run's partial dW when the batch is split).
-	run := func(t, nb value.Value, nImg int, dwAt value.Value) {
-		buffered := ceilDiv(nImg, NC) > 1 || nseg > 1
-		ob, kg := g.udiv(t, G), g.urem(t, G)
-		o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
-		g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
-			g.lastOr(kg, G, KG, K-(G-1)*KG, func(kn int) {
-				if buffered {
-					g.fillBuf(accBuf, KG*wgTO*L)
-				}
-				g.blocks(nImg, NC, func(n0 value.Value, nc int) {
-					// seg runs the chunk over the cache-line groups
-					// [gFrom, gTo) of every row, and the rest of the row
-					// (its last vectors and tail) when final.
-					seg := func(gFrom, gTo value.Value, final bool) {
-						g.blocks(osz, MR, func(oo value.Value, mr int) {
-							g.blocks(kn, NR, func(kb value.Value, nr int) {
-								k0 := g.add(kg0, kb)
-								// Per row of the block: its x offset within an
-								// image and its row of the mask table (or its
-								// tap's shifts).
-								koff, mrow := make([]value.Value, nr), make([]value.Value, nr)
-								dhv, dwv := make([]value.Value, nr), make([]value.Value, nr)
-								for c := 0; c < nr; c++ {
-									k := g.add(k0, ci(c))
-									switch {
-									case pw:
-										koff[c] = g.mul(k, ci(Pin))
-										continue
-									case tab:
-										mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
-									default:
-										dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
-									}
-									koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
-								}
-								accAt := func(r, c int) value.Value {
-									return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
-								}
-								acc := make([]value.Value, mr*nr)
-								for r := 0; r < mr; r++ {
-									for c := 0; c < nr; c++ {
-										if buffered {
-											acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
-										} else {
-											acc[r*nr+c] = g.vzero()
-										}
-									}
-								}
-								acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
-									n := g.add(nb, g.add(n0, ni))
-									x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
-									dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
-									xoff := make([]value.Value, nr)
-									for c := range xoff {
-										xoff[c] = g.add(x, koff[c])
-									}
-									step := func(p value.Value, last, pf bool, a []value.Value) []value.Value {
-										// Prefetch the same x and dy rows of the
-										// next image: a row is a short run, one
-										// image (C·H·W or O·OH·OW floats) from the
-										// next, which the hardware prefetchers
-										// find too late (see groupVecs). Once
-										// per cache line: on AVX2 and NEON a
-										// prefetch per vector would take as many
-										// load slots as the operands.
-										pf = pf && nseg == 1
-										for c := 0; pf && c < nr; c++ {
-											g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
-										}
-										for r := 0; pf && r < mr; r++ {
-											g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
-										}
-										colv := make([]value.Value, nr)
-										for c := 0; c < nr; c++ {
-											switch {
-											case pw && !last:
-												colv[c] = g.vload(g.arena, g.add(xoff[c], p))
-											case pw:
-												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
-											case tab:
-												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), g.tableMask(maskT, g.add(mrow[c], p)))
-											default:
-												ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
-												iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
-												m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
-												colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
-											}
-										}
-										out := make([]value.Value, len(a))
-										for r := 0; r < mr; r++ {
-											var d value.Value
-											if last {
-												d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
-											} else {
-												d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
-											}
-											for c := 0; c < nr; c++ {
-												out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
-											}
-										}
-										return out
-									}
-									// U vectors per iteration span one cache
-									// line; the first of them prefetches.
-									if GU > 0 {
-										acc = g.loopNoUnroll(gFrom, gTo, acc, func(v value.Value, a []value.Value) []value.Value {
-											for u := 0; u < U; u++ {
-												a = step(g.mul(g.add(g.mul(v, ci(U)), ci(u)), ci(L)), false, u == 0, a)
-											}
-											return a
-										})
-									}
-									if !final {
-										return acc
-									}
-									for v := GU * U; v < PV; v++ {
-										acc = step(ci(v*L), false, v == GU*U, acc)
-									}
-									if tail > 0 {
-										acc = step(ci(PV*L), true, PV%U == 0, acc)
-									}
-									return acc
-								})
-								for r := 0; r < mr; r++ {
-									for c := 0; c < nr; c++ {
-										if buffered {
-											g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
-											continue
-										}
-										sum := g.hreduce(acc[r*nr+c], g.radd)
-										g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
-									}
-								}
-							})
-						})
+	// mkRun returns, for part s (one weight gradient of the kernel), its
+	// tiles per run of images and run: one of its tiles over nImg images
+	// from image nb, writing its sums at dwAt (its DW, or its run's partial
+	// dW when the batch is split).
+	mkRun := func(s TrainConvGradWeightSpec) (int, func(t, nb value.Value, nImg int, dwAt value.Value)) {
+		KG, G := s.wgGroup()
+		OB := ceilDiv(s.O, wgTO)
+		return OB * G, func(t, nb value.Value, nImg int, dwAt value.Value) {
+			buffered := ceilDiv(nImg, NC) > 1 || nseg > 1
+			ob, kg := g.udiv(t, G), g.urem(t, G)
+			o0, kg0 := g.mul(ob, ci(wgTO)), g.mul(kg, ci(KG))
+			g.lastOr(ob, OB, wgTO, s.O-(OB-1)*wgTO, func(osz int) {
+				g.lastOr(kg, G, KG, K-(G-1)*KG, func(kn int) {
+					if buffered {
+						g.fillBuf(accBuf, KG*wgTO*L)
 					}
-					if nseg == 1 {
-						seg(ci(0), ci(GU), true)
+					g.blocks(nImg, NC, func(n0 value.Value, nc int) {
+						// seg runs the chunk over the cache-line groups
+						// [gFrom, gTo) of every row, and the rest of the row
+						// (its last vectors and tail) when final.
+						seg := func(gFrom, gTo value.Value, final bool) {
+							g.blocks(osz, MR, func(oo value.Value, mr int) {
+								g.blocks(kn, NR, func(kb value.Value, nr int) {
+									k0 := g.add(kg0, kb)
+									// Per row of the block: its x offset within an
+									// image and its row of the mask table (or its
+									// tap's shifts).
+									koff, mrow := make([]value.Value, nr), make([]value.Value, nr)
+									dhv, dwv := make([]value.Value, nr), make([]value.Value, nr)
+									for c := 0; c < nr; c++ {
+										k := g.add(k0, ci(c))
+										switch {
+										case pw:
+											koff[c] = g.mul(k, ci(Pin))
+											continue
+										case tab:
+											mrow[c] = g.b.NewSExt(g.ldI(mrowT, k), i64)
+										default:
+											dhv[c], dwv[c] = g.splatI32(g.ldI(dhT, k)), g.splatI32(g.ldI(dwT, k))
+										}
+										koff[c] = g.b.NewSExt(g.ldI(koffT, k), i64)
+									}
+									accAt := func(r, c int) value.Value {
+										return g.mul(g.add(g.mul(g.add(kb, ci(c)), ci(wgTO)), g.add(oo, ci(r))), ci(L))
+									}
+									acc := make([]value.Value, mr*nr)
+									for r := 0; r < mr; r++ {
+										for c := 0; c < nr; c++ {
+											if buffered {
+												acc[r*nr+c] = g.vload(accBuf, accAt(r, c))
+											} else {
+												acc[r*nr+c] = g.vzero()
+											}
+										}
+									}
+									acc = g.loopN(nc, acc, func(ni value.Value, acc []value.Value) []value.Value {
+										n := g.add(nb, g.add(n0, ni))
+										x := g.add(ci(s.X), g.mul(n, ci(s.C*Pin)))
+										dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(g.add(o0, oo), ci(P))))
+										xoff := make([]value.Value, nr)
+										for c := range xoff {
+											xoff[c] = g.add(x, koff[c])
+										}
+										step := func(p value.Value, last, pf bool, a []value.Value) []value.Value {
+											// Prefetch the same x and dy rows of the
+											// next image: a row is a short run, one
+											// image (C·H·W or O·OH·OW floats) from the
+											// next, which the hardware prefetchers
+											// find too late (see groupVecs). Once
+											// per cache line: on AVX2 and NEON a
+											// prefetch per vector would take as many
+											// load slots as the operands.
+											pf = pf && nseg == 1
+											for c := 0; pf && c < nr; c++ {
+												g.prefetch(g.add(g.add(xoff[c], p), ci(s.C*Pin)))
+											}
+											for r := 0; pf && r < mr; r++ {
+												g.prefetch(g.add(dy, g.add(ci(r*P+s.O*P), p)))
+											}
+											colv := make([]value.Value, nr)
+											for c := 0; c < nr; c++ {
+												switch {
+												case pw && !last:
+													colv[c] = g.vload(g.arena, g.add(xoff[c], p))
+												case pw:
+													colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), tailMask())
+												case tab:
+													colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), g.tableMask(maskT, g.add(mrow[c], p)))
+												default:
+													ih := g.b.NewAdd(g.ldI32Vec(ohT, p), dhv[c])
+													iw := g.b.NewAdd(g.ldI32Vec(owT, p), dwv[c])
+													m := g.b.NewAnd(g.b.NewICmp(enum.IPredULT, ih, hv), g.b.NewICmp(enum.IPredULT, iw, wv))
+													colv[c] = g.maskedLoad(g.arena, g.add(xoff[c], p), m)
+												}
+											}
+											out := make([]value.Value, len(a))
+											for r := 0; r < mr; r++ {
+												var d value.Value
+												if last {
+													d = g.maskedLoad(g.arena, g.add(dy, g.add(ci(r*P), p)), tailMask())
+												} else {
+													d = g.vload(g.arena, g.add(dy, g.add(ci(r*P), p)))
+												}
+												for c := 0; c < nr; c++ {
+													out[r*nr+c] = g.fma(d, colv[c], a[r*nr+c])
+												}
+											}
+											return out
+										}
+										// U vectors per iteration span one cache
+										// line; the first of them prefetches.
+										if GU > 0 {
+											acc = g.loopNoUnroll(gFrom, gTo, acc, func(v value.Value, a []value.Value) []value.Value {
+												for u := 0; u < U; u++ {
+													a = step(g.mul(g.add(g.mul(v, ci(U)), ci(u)), ci(L)), false, u == 0, a)
+												}
+												return a
+											})
+										}
+										if !final {
+											return acc
+										}
+										for v := GU * U; v < PV; v++ {
+											acc = step(ci(v*L), false, v == GU*U, acc)
+										}
+										if tail > 0 {
+											acc = step(ci(PV*L), true, PV%U == 0, acc)
+										}
+										return acc
+									})
+									for r := 0; r < mr; r++ {
+										for c := 0; c < nr; c++ {
+											if buffered {
+												g.vstore(acc[r*nr+c], accBuf, accAt(r, c))
+												continue
+											}
+											sum := g.hreduce(acc[r*nr+c], g.radd)
+											g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, g.add(oo, ci(r))), ci(K)), g.add(k0, ci(c)))))
+										}
+									}
+								})
+							})
+						}
+						if nseg == 1 {
+							seg(ci(0), ci(GU), true)
+							return
+						}
+						g.loopN(nseg-1, nil, func(sv value.Value, _ []value.Value) []value.Value {
+							from := g.mul(sv, ci(segU))
+							seg(from, g.add(from, ci(segU)), false)
+							return nil
+						})
+						seg(ci((nseg-1)*segU), ci(GU), true)
+					})
+					if !buffered {
 						return
 					}
-					g.loopN(nseg-1, nil, func(sv value.Value, _ []value.Value) []value.Value {
-						from := g.mul(sv, ci(segU))
-						seg(from, g.add(from, ci(segU)), false)
+					// dW[o0+r][kg0+kk] = Σ lanes of the partial sums.
+					g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
+						for r := 0; r < osz; r++ {
+							v := g.vload(accBuf, g.mul(g.add(g.mul(kk, ci(wgTO)), ci(r)), ci(L)))
+							sum := g.hreduce(v, g.radd)
+							g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(kg0, kk))))
+						}
 						return nil
 					})
-					seg(ci((nseg-1)*segU), ci(GU), true)
-				})
-				if !buffered {
-					return
-				}
-				// dW[o0+r][kg0+kk] = Σ lanes of the partial sums.
-				g.loopN(kn, nil, func(kk value.Value, _ []value.Value) []value.Value {
-					for r := 0; r < osz; r++ {
-						v := g.vload(accBuf, g.mul(g.add(g.mul(kk, ci(wgTO)), ci(r)), ci(L)))
-						sum := g.hreduce(v, g.radd)
-						g.st(sum, g.add(dwAt, g.add(g.mul(g.add(o0, ci(r)), ci(K)), g.add(kg0, kk))))
-					}
-					return nil
 				})
 			})
-		})
+		}
 	}
-	s.wgTiles(g, OB*G, run)
+	pers := make([]int, len(parts))
+	runs := make([]func(t, nb value.Value, nImg int, dwAt value.Value), len(parts))
+	for j, p := range parts {
+		pers[j], runs[j] = mkRun(p)
+	}
+	s.wgTilesParts(g, parts, pers, runs)
 }
 
-// wgTiles emits a weight gradient's tiles, per tiles for each run of
-// images (one run, the whole batch, unless split: wgSplit), calling
-// run(t, nb, nImg, dwAt) for tile t of its run, the run's first image nb
-// and its images nImg, and where the run's sums go (DW, or the run's
-// partial dW). Runs are the outer index, so that a thread's consecutive
-// tiles share their run's images (in L2).
-func (s TrainConvGradWeightSpec) wgTiles(g *builder, per int, run func(t, nb value.Value, nImg int, dwAt value.Value)) {
+// wgTilesParts emits the dot-product weight gradient's tiles, per tiles
+// for each run of images (one run, the whole batch, unless split:
+// wgSplit), for each of its parts (TrainConvGradWeightSpec.parts), part j
+// having pers[j] tiles per run: runs[j](t, nb, nImg, dwAt) runs tile t of
+// part j for the run's first image nb and its images nImg, its sums going
+// to dwAt (the part's DW, or its run's partial dW). Runs are the outer
+// index, so that a thread's consecutive tiles share their run's images
+// (in L2); within a run the parts' tiles follow one another, so that the
+// run's x, read from memory once, serves every part from L2.
+func (s TrainConvGradWeightSpec) wgTilesParts(g *builder, parts []TrainConvGradWeightSpec, pers []int, runs []func(t, nb value.Value, nImg int, dwAt value.Value)) {
 	S, NS, last := s.wgSplit()
-	g.tiles(func(t value.Value) {
-		if S <= 1 {
-			run(t, ci(0), s.N, ci(s.DW))
+	tot := 0
+	for _, n := range pers {
+		tot += n
+	}
+	// part dispatches tile u of the run (u < tot) to the part it belongs
+	// to, from part j on (whose tiles start at base).
+	var part func(j, base int, u, nb value.Value, nImg int, sp value.Value)
+	part = func(j, base int, u, nb value.Value, nImg int, sp value.Value) {
+		p := parts[j]
+		call := func() {
+			var dwAt value.Value = ci(p.DW)
+			if S > 1 {
+				dwAt = g.add(ci(p.Partial), g.mul(sp, ci(p.O*p.C*p.KH*p.KW)))
+			}
+			runs[j](g.sub(u, ci(base)), nb, nImg, dwAt)
+		}
+		if j == len(parts)-1 {
+			call()
 			return
 		}
-		sp := g.udiv(t, per)
+		g.ifElse(g.icmp(enum.IPredULT, u, ci(base+pers[j])), call, func() { part(j+1, base+pers[j], u, nb, nImg, sp) })
+	}
+	g.tiles(func(t value.Value) {
+		if S <= 1 {
+			part(0, 0, t, ci(0), s.N, nil)
+			return
+		}
+		sp := g.udiv(t, tot)
 		g.lastOr(sp, S, NS, last, func(nImg int) {
-			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*s.C*s.KH*s.KW))))
+			part(0, 0, g.urem(t, tot), g.mul(sp, ci(NS)), nImg, sp)
 		})
 	})
 }

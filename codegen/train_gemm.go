@@ -589,9 +589,14 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		pt = g.newColTab(P)
 		s.pixTab(g, pt, ci(0), P)
 	}
+	// With siblings (one channel group per part: WgradSiblingsOK) a tile
+	// is a block of K for every part: the panel, packed once per chunk of
+	// pixels, serves each part's channels in turn.
+	parts := s.parts()
 	// run is one tile over nImg images from image nb, accumulating into
-	// dwAt (DW, or its run's partial dW when the batch is split).
-	run := func(t, nb value.Value, nImg int, dwAt value.Value) {
+	// dwAt (DW, or its run's partial dW when the batch is split) and into
+	// the siblings' at sibAt(j).
+	run := func(t, nb value.Value, nImg int, dwAt value.Value, sibAt func(j int) value.Value) {
 		kb, og := g.udiv(t, G), g.urem(t, G)
 		k0 := g.mul(kb, ci(wgradNB))
 		switch {
@@ -603,17 +608,26 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		oLo := g.mul(og, ci(GS))
 		g.lastOr(kb, KB, wgradNB, K-(KB-1)*wgradNB, func(w int) {
 			g.lastOr(og, G, GS, s.O-(G-1)*GS, func(osz int) {
-				dw := g.add(dwAt, g.add(g.mul(oLo, ci(K)), k0))
-				g.loopN(osz, nil, func(o value.Value, _ []value.Value) []value.Value {
-					g.fillN(cf(0), g.add(dw, g.mul(o, ci(K))), w)
-					return nil
-				})
+				// Per part: its channels, dy and dW block.
+				oszs, dws := []int{osz}, []value.Value{g.add(dwAt, g.add(g.mul(oLo, ci(K)), k0))}
+				for j, p := range parts[1:] {
+					oszs, dws = append(oszs, p.O), append(dws, g.add(sibAt(j), k0))
+				}
+				for j, dw := range dws {
+					g.loopN(oszs[j], nil, func(o value.Value, _ []value.Value) []value.Value {
+						g.fillN(cf(0), g.add(dw, g.mul(o, ci(K))), w)
+						return nil
+					})
+				}
 				T := s.KH * s.KW
 				chans := min(s.C, (w-1)/T+2) // channels rows [k0, k0+w) can touch
 				g.loopN(nImg, nil, func(ni value.Value, _ []value.Value) []value.Value {
 					n := g.add(nb, ni)
 					x := g.add(ci(s.X), g.mul(n, ci(s.C*s.H*s.W)))
-					dy := g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))
+					dys := []value.Value{g.add(ci(s.DY), g.add(g.mul(n, ci(s.O*P)), g.mul(oLo, ci(P))))}
+					for _, p := range parts[1:] {
+						dys = append(dys, g.add(ci(p.DY), g.mul(n, ci(p.O*P))))
+					}
 					if tp {
 						tpack.image(g, x)
 					}
@@ -665,35 +679,59 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 								return nil
 							})
 						}
-						g.subBlocks(w, func(j0, nv, wl int) {
-							g.blocks(osz, balancedMR(g.t, osz), func(o0 value.Value, mr int) {
-								cOff := func(r, v int) value.Value {
-									return g.add(dw, g.add(g.mul(g.add(o0, ci(r)), ci(K)), ci(j0+v*L)))
-								}
-								acc := g.gemmTile(mr, nv, pc,
-									func(r, v int) value.Value {
-										return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
-									},
-									func(r int, j value.Value) value.Value {
-										return g.ld(g.add(dy, g.add(g.mul(g.add(o0, ci(r)), ci(P)), g.add(p0, j))))
-									},
-									func(v int, j value.Value) value.Value {
-										return g.vload(panel, g.add(g.mul(j, ci(wgradNB)), ci(j0+v*L)))
-									})
-								for r := 0; r < mr; r++ {
-									for v := 0; v < nv; v++ {
-										g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+						for pj, dw := range dws {
+							dy, osz := dys[pj], oszs[pj]
+							g.subBlocks(w, func(j0, nv, wl int) {
+								g.blocks(osz, balancedMR(g.t, osz), func(o0 value.Value, mr int) {
+									cOff := func(r, v int) value.Value {
+										return g.add(dw, g.add(g.mul(g.add(o0, ci(r)), ci(K)), ci(j0+v*L)))
 									}
-								}
+									acc := g.gemmTile(mr, nv, pc,
+										func(r, v int) value.Value {
+											return g.vloadN(g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+										},
+										func(r int, j value.Value) value.Value {
+											return g.ld(g.add(dy, g.add(g.mul(g.add(o0, ci(r)), ci(P)), g.add(p0, j))))
+										},
+										func(v int, j value.Value) value.Value {
+											return g.vload(panel, g.add(g.mul(j, ci(wgradNB)), ci(j0+v*L)))
+										})
+									for r := 0; r < mr; r++ {
+										for v := 0; v < nv; v++ {
+											g.vstoreN(acc[r*nv+v], g.arena, cOff(r, v), lanesOf(v, nv, wl, L))
+										}
+									}
+								})
 							})
-						})
+						}
 					})
 					return nil
 				})
 			})
 		})
 	}
-	s.wgTiles(g, KB*G, run)
+	s.wgTilesSib(g, KB*G, run)
+}
+
+// wgTilesSib is wgTiles for a kernel whose tiles also accumulate into its
+// siblings' dW (TrainConvGradWeightSpec.Siblings): run gets, besides the
+// first part's, where sibling j's sums go (its DW, or its run's partial
+// sums when the batch is split).
+func (s TrainConvGradWeightSpec) wgTilesSib(g *builder, per int, run func(t, nb value.Value, nImg int, dwAt value.Value, sibAt func(j int) value.Value)) {
+	S, NS, last := s.wgSplit()
+	g.tiles(func(t value.Value) {
+		if S <= 1 {
+			run(t, ci(0), s.N, ci(s.DW), func(j int) value.Value { return ci(s.Siblings[j].DW) })
+			return
+		}
+		sp := g.udiv(t, per)
+		g.lastOr(sp, S, NS, last, func(nImg int) {
+			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*s.C*s.KH*s.KW))), func(j int) value.Value {
+				sb := s.Siblings[j]
+				return g.add(ci(sb.Partial), g.mul(sp, ci(sb.O*s.C*s.KH*s.KW)))
+			})
+		})
+	})
 }
 
 // transPack reports a weight gradient whose colᵀ panels are packed

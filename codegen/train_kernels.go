@@ -535,6 +535,67 @@ type TrainConvGradWeightSpec struct {
 	// run r writes its partial dW at Partial + r·O·C·KH·KW, and DW is
 	// left for a ChannelSumSpec to write. Ignored by the other kernels.
 	Split, Partial int
+	// Siblings are the weight gradients of further 1x1 convolutions of
+	// the same input (passes.WgradSiblings), computed by the same kernel
+	// (WgradSiblingsOK): its tiles are each part's tiles for one run of
+	// images after another, so that a run's x, read from memory once,
+	// serves every part from L2.
+	Siblings []WgradSibling
+}
+
+// WgradSibling is one more weight gradient of a sibling group: O output
+// channels, its dy at DY, its dW at DW and, when the batch is split, its
+// runs' partial sums at Partial (as TrainConvGradWeightSpec's).
+type WgradSibling struct {
+	O, DY, DW, Partial int
+}
+
+// parts returns s's weight gradients as specs of their own: s without its
+// siblings, then each sibling with s's input, geometry and split.
+func (s TrainConvGradWeightSpec) parts() []TrainConvGradWeightSpec {
+	main := s
+	main.Siblings = nil
+	ps := []TrainConvGradWeightSpec{main}
+	for _, sb := range s.Siblings {
+		p := main
+		p.O, p.DY, p.DW, p.Partial = sb.O, sb.DY, sb.DW, sb.Partial
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// WgradSiblingsOK reports whether the weight gradients of 1x1 convolutions
+// of geometry s with the output channels os (s.O being os[0]) run as one
+// kernel: pointwise, and every part takes the same kernel, either the
+// dot-product kernel (genSame: the parts' tiles follow one another within
+// a run of images) or the packed one with a single group of channels
+// (genGemm: each tile's panel serves every part's channels).
+func (s ConvGeom) WgradSiblingsOK(os []int) bool {
+	if !s.pointwise() || len(os) == 0 {
+		return false
+	}
+	for _, o := range os {
+		p := TrainConvGradWeightSpec{ConvGeom: s}
+		p.O = o
+		if p.wgSame() != s.wgSameFor(os[0]) {
+			return false
+		}
+		if g, _ := p.wgradGroups(); !p.wgSame() && g != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// wgSame reports whether s's weight gradient (without siblings) takes the
+// dot-product kernel (genSame) rather than the packed one (genGemm).
+func (s TrainConvGradWeightSpec) wgSame() bool { return s.sameOK() && !s.transPack() }
+
+// wgSameFor is wgSame for s with o output channels.
+func (s ConvGeom) wgSameFor(o int) bool {
+	p := TrainConvGradWeightSpec{ConvGeom: s}
+	p.O = o
+	return p.wgSame()
 }
 
 func (s TrainConvGradWeightSpec) Kind() string { return "conv2d_grad_weight" }
@@ -552,19 +613,50 @@ func (s TrainConvGradWeightSpec) Validate() error {
 	} else if s.DW < 0 {
 		return fmt.Errorf("conv2d_grad_weight: no DW")
 	}
+	if len(s.Siblings) > 0 {
+		os := []int{s.O}
+		for _, sb := range s.Siblings {
+			if err := positive("conv2d_grad_weight sibling", "O", sb.O); err != nil {
+				return err
+			}
+			os = append(os, sb.O)
+		}
+		if !s.WgradSiblingsOK(os) {
+			return fmt.Errorf("conv2d_grad_weight: sibling weight gradients need 1x1 stride-1 unpadded convolutions that take one kernel (the dot-product one, or the packed one with one group of channels each), got %dx%d stride %dx%d pad %dx%d over %dx%d", s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, s.OH, s.OW)
+		}
+		for _, p := range s.parts()[1:] {
+			dw := p.O * p.C
+			part := -1
+			if s.SplitRuns() > 1 {
+				part = p.Partial
+				if part < 0 {
+					return fmt.Errorf("conv2d_grad_weight sibling: a batch split into %d runs needs a Partial area", s.SplitRuns())
+				}
+			} else if p.DW < 0 {
+				return fmt.Errorf("conv2d_grad_weight sibling: no DW")
+			}
+			if err := extents("conv2d_grad_weight sibling", p.DY, p.N*p.O*p.OH*p.OW, p.DW, dw, part, s.SplitRuns()*dw); err != nil {
+				return err
+			}
+		}
+	}
 	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, dw, part, s.SplitRuns()*dw)
 }
 func (s TrainConvGradWeightSpec) tileCount() int {
-	if s.sameOK() && !s.transPack() {
+	if s.wgSame() {
 		return s.sameTiles()
 	}
 	return s.gemmTiles()
 }
 func (s TrainConvGradWeightSpec) flops() int64 {
-	return 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+	o := s.O
+	for _, sb := range s.Siblings {
+		o += sb.O
+	}
+	return 2 * int64(s.N*o*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradWeightSpec) gen(g *builder) {
-	if s.sameOK() && !s.transPack() {
+	if s.wgSame() {
 		s.genSame(g)
 		return
 	}

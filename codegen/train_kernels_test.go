@@ -513,6 +513,118 @@ func TestTrainConvSiblings(t *testing.T) {
 	}
 }
 
+// TestTrainConvGradWeightSiblings checks the weight gradients of sibling
+// 1x1 convolutions computed by one kernel (TrainConvGradWeightSpec.Siblings,
+// passes.WgradSiblings) against each convolution's reference, whole and
+// with the batch split in runs (the last one ragged), each part's runs then
+// added by its own ChannelSumSpec as the lowering does: with the
+// dot-product kernel, four 16-channel parts over a plane of full vectors
+// and parts of 5, 21 and 3 channels (partial blocks of channels) over a
+// plane with a vector tail; with the packed kernel, parts of 48, 32 and
+// 20 channels. Outside
+// the dWs and partial sums the arena must be unchanged.
+func TestTrainConvGradWeightSiblings(t *testing.T) {
+	cases := []struct {
+		g  ConvGeom
+		os []int
+	}{
+		{ConvGeom{N: 5, C: 20, H: 8, W: 8}, []int{16, 16, 16, 16}},
+		{ConvGeom{N: 3, C: 9, H: 6, W: 6}, []int{5, 21, 3}},
+		// The packed kernel (transPack): each tile's panel serves the
+		// three parts.
+		{ConvGeom{N: 3, C: 176, H: 7, W: 7}, []int{48, 32, 20}},
+	}
+	for _, ts := range trainTargets(t) {
+		for ci, c := range cases {
+			s := c.g
+			s.KH, s.KW, s.SH, s.SW, s.OH, s.OW = 1, 1, 1, 1, s.H, s.W
+			for _, split := range []int{0, 2} {
+				t.Run(fmt.Sprintf("%s/%d/split%d", ts.Name, ci, split), func(t *testing.T) {
+					r := rand.New(rand.NewSource(int64(ci)))
+					const gap = 16
+					nx, P := s.N*s.C*s.H*s.W, s.H*s.W
+					x := randn(r, nx)
+					at := nx + gap
+					spec := TrainConvGradWeightSpec{Split: split}
+					runs := 1
+					type part struct {
+						geo               ConvGeom
+						dy, w             []float32
+						DY, DW, PART, Sum int
+					}
+					var ps []part
+					for j, o := range c.os {
+						g := s
+						g.O = o
+						pt := part{geo: g, dy: randn(r, s.N*o*P), w: randn(r, o*s.C)}
+						if j == 0 {
+							spec.ConvGeom = g
+							runs = spec.SplitRuns()
+						}
+						nw := o * s.C
+						pt.DY, at = at, at+s.N*o*P+gap
+						pt.DW, at = at, at+nw+gap
+						pt.PART, at = at, at+runs*nw+gap
+						pt.Sum = pt.DW
+						ps = append(ps, pt)
+					}
+					arena := make([]float32, at)
+					fill(arena, sentinel)
+					copy(arena, x)
+					for _, pt := range ps {
+						copy(arena[pt.DY:], pt.dy)
+					}
+					spec.X, spec.DY, spec.DW, spec.Partial = 0, ps[0].DY, ps[0].DW, ps[0].PART
+					for _, pt := range ps[1:] {
+						spec.Siblings = append(spec.Siblings, WgradSibling{O: pt.geo.O, DY: pt.DY, DW: pt.DW, Partial: pt.PART})
+					}
+					if !s.WgradSiblingsOK(c.os) {
+						t.Fatalf("siblings %v of %+v do not take one kernel", c.os, s)
+					}
+					lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
+						if _, _, err := m.Train("wg", spec); err != nil {
+							return err
+						}
+						for j, pt := range ps {
+							nw := pt.geo.O * s.C
+							if _, _, err := m.Train(fmt.Sprintf("sum%d", j), ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: pt.PART, Out: pt.DW}); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+					a := runChecked(t, kernel(t, lib, "wg", ts), arena, nil, spec.tileCount())
+					if runs > 1 {
+						for j, pt := range ps {
+							a = runChecked(t, kernel(t, lib, fmt.Sprintf("sum%d", j), ts), a, nil, ChannelSumSpec{Outer: runs, C: pt.geo.O * s.C, Inner: 1}.tileCount())
+						}
+					}
+					for j, pt := range ps {
+						_, _, rdw := convRef(pt.geo, x, pt.w, pt.dy)
+						compare(t, fmt.Sprintf("conv2d_grad_weight sibling %d (%d runs)", j, runs), a[pt.DW:pt.DW+len(rdw)], rdw)
+					}
+					checkUnchanged(t, "gaps", a, arena, func(i int) bool {
+						for _, pt := range ps {
+							nw := pt.geo.O * s.C
+							if i >= pt.DW && i < pt.DW+nw || runs > 1 && i >= pt.PART && i < pt.PART+runs*nw {
+								return true
+							}
+						}
+						return false
+					})
+				})
+			}
+		}
+	}
+	// Siblings the packed kernel would split in groups of channels are
+	// refused.
+	g := ConvGeom{N: 4, C: 176, H: 7, W: 7, O: 32, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}
+	bad := TrainConvGradWeightSpec{ConvGeom: g, DY: 0, X: 1 << 20, DW: 2 << 20, Siblings: []WgradSibling{{O: 96, DY: 3 << 20, DW: 4 << 20}}}
+	if err := bad.Validate(); err == nil {
+		t.Errorf("sibling weight gradients of %+v and 96 channels (two groups of the packed kernel) validate", g)
+	}
+}
+
 // TestEltTrainKernels checks the elementwise training kernels bit for bit
 // against float32 arithmetic in the interpreter's order (relu_grad, mul2,
 // scale_by and the fused residual forward relu(a + c·b)), over a length

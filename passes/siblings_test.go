@@ -16,7 +16,8 @@ import (
 // input (four in mini_inception, the pooling branch's moved before its
 // pool; three and two in mini_inception_resnet's A and B blocks) form one
 // group of adjacent nodes, and their input gradients one tree of adds
-// (GradInputSiblings); the order stays topological, and the plan keeps
+// (GradInputSiblings), and their weight gradients one group of adjacent
+// nodes (WgradSiblings); the order stays topological, and the plan keeps
 // every value a group reads or writes live over the whole group (up to an
 // input-gradient group's root), which the compiled step's one kernel per
 // group needs.
@@ -81,7 +82,23 @@ func TestConvSiblings(t *testing.T) {
 			if !slices.Equal(gsizes, want) {
 				t.Errorf("input-gradient groups of %v gradients, want %v", gsizes, want)
 			}
-			for _, grp := range groups {
+			// The weight gradients: one group per forward group, of as
+			// many gradients of the same input, adjacent.
+			wgroups := passes.WgradSiblings(tg)
+			var wsizes []int
+			for _, grp := range wgroups {
+				wsizes = append(wsizes, len(grp))
+				for _, m := range grp {
+					if n := tg.Nodes[m]; n.Op != ir.OpConv2DGradWeight || n.Args[1] != tg.Nodes[grp[0]].Args[1] {
+						t.Fatalf("%%%d %s %v in a group of weight gradients of %%%d", m, n.Op, n.Args, tg.Nodes[grp[0]].Args[1])
+					}
+				}
+			}
+			slices.Sort(wsizes)
+			if !slices.Equal(wsizes, want) {
+				t.Errorf("weight-gradient groups of %v gradients, want %v", wsizes, want)
+			}
+			for _, grp := range append(groups, wgroups...) {
 				s, e := grp[0], grp[len(grp)-1]
 				live := func(v int, what string) {
 					b := p.BufferOf[v]

@@ -526,6 +526,9 @@ type kernelSpec struct {
 	node int
 	spec any
 	macs int64
+	// also are further nodes whose values the kernel computes (the other
+	// members of a sibling group).
+	also []int
 }
 
 // validate checks the spec against the channel block b, as the kernel

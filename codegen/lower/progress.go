@@ -47,8 +47,10 @@ func outputReady(g *ir.Graph, plan *passes.Plan, specs []kernelSpec) []int {
 	}
 	last := map[int]int{} // buffer -> 1 + the last kernel writing it
 	for k, s := range specs {
-		for _, b := range writes[s.node] {
-			last[b] = k + 1
+		for _, n := range append([]int{s.node}, s.also...) {
+			for _, b := range writes[n] {
+				last[b] = k + 1
+			}
 		}
 	}
 	ready := make([]int, len(g.Outputs))

@@ -278,6 +278,27 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			fused[m] = true
 		}
 	}
+	// The weight gradients of sibling convolutions (passes.WgradSiblings)
+	// run as their first member's kernel.
+	wgSiblings := map[int][]int{}
+	for _, grp := range passes.WgradSiblings(g) {
+		n := g.Nodes[grp[0]]
+		geo, err := convGeom(n, g.Nodes[n.Args[1]].Type.Shape, n.Type.Shape, g.Nodes[n.Args[0]].Type.Shape)
+		if err != nil {
+			continue
+		}
+		var os []int
+		for _, m := range grp {
+			os = append(os, g.Nodes[m].Type.Shape[0])
+		}
+		if !geo.WgradSiblingsOK(os) {
+			continue
+		}
+		wgSiblings[grp[0]] = grp[1:]
+		for _, m := range grp[1:] {
+			fused[m] = true
+		}
+	}
 	for _, sl := range dyView {
 		fused[sl] = true
 	}
@@ -472,6 +493,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			add(s)
 			for _, m := range siblings[i] {
 				specs[len(specs)-1].macs += g.MACs(m)
+				specs[len(specs)-1].also = append(specs[len(specs)-1].also, m)
 			}
 		case ir.OpConv2DGradInput:
 			geo, err := convGeom(n, sh, arg(1).Type.Shape, arg(0).Type.Shape)
@@ -492,23 +514,49 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, X: off(n.Args[1]), DW: off(i)}
 			dy, c := gradOf(n.Args[0])
 			s.DY = dy
+			// The group's members (this node first) and the scale each
+			// one's dW takes.
+			members, scales := []int{i}, []float32{c}
+			split := geo // the runs are sized for the whole group's dy
+			for _, m := range wgSiblings[i] {
+				mn := g.Nodes[m]
+				mdy, mc := gradOf(mn.Args[0])
+				s.Siblings = append(s.Siblings, codegen.WgradSibling{O: mn.Type.Shape[0], DY: mdy, DW: off(m), Partial: -1})
+				members, scales = append(members, m), append(scales, mc)
+				split.O += mn.Type.Shape[0]
+			}
 			if wgradSplit {
-				s.Split = geo.WgradSplit()
+				s.Split = split.WgradSplit()
 			}
-			if s.SplitRuns() > 1 {
+			runs := s.SplitRuns()
+			if runs > 1 {
 				// Partial sums per run of images in the scratch area,
-				// added into DW by a second kernel.
-				runs, nw := s.SplitRuns(), geo.O*geo.C*geo.KH*geo.KW
-				s.Partial = sc.alloc(runs * nw)
-				add(s)
-				name += "_sum"
-				add(codegen.ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: s.Partial, Out: off(i)})
-				sc.free(s.Partial)
-			} else {
-				add(s)
+				// added into each DW by a second kernel.
+				s.Partial = sc.alloc(runs * geo.O * geo.C * geo.KH * geo.KW)
+				for j := range s.Siblings {
+					s.Siblings[j].Partial = sc.alloc(runs * s.Siblings[j].O * geo.C * geo.KH * geo.KW)
+				}
 			}
-			if c != 0 {
-				specs = scaleOut(specs, name, i, n.Type.Numel(), c)
+			add(s)
+			for _, m := range wgSiblings[i] {
+				specs[len(specs)-1].macs += g.MACs(m)
+				specs[len(specs)-1].also = append(specs[len(specs)-1].also, m)
+			}
+			for j, m := range members {
+				mname := fmt.Sprintf("k%d", m)
+				if runs > 1 {
+					part, o := s.Partial, geo.O
+					if j > 0 {
+						part, o = s.Siblings[j-1].Partial, s.Siblings[j-1].O
+					}
+					nw := o * geo.C * geo.KH * geo.KW
+					mname += "_sum"
+					specs = append(specs, kernelSpec{name: mname, node: m, spec: codegen.ChannelSumSpec{Outer: runs, C: nw, Inner: 1, DY: part, Out: off(m)}})
+					sc.free(part)
+				}
+				if scales[j] != 0 {
+					specs = scaleOut(specs, mname, m, g.Nodes[m].Type.Numel(), scales[j])
+				}
 			}
 		case ir.OpBiasGrad:
 			o, ch, in := channelLayout(arg(0).Type.Shape)
