@@ -1,6 +1,7 @@
 package codegen
 
 import (
+	"flag"
 	"fmt"
 	"math/rand"
 	"sync"
@@ -223,33 +224,80 @@ var benchWgrads = []struct {
 	{"1x1_384to96_35x35_n8", ConvGeom{N: 8, C: 384, H: 35, W: 35, O: 96, KH: 1, KW: 1, SH: 1, SW: 1, OH: 35, OW: 35}},
 }
 
+// benchAVX2 makes the training-kernel benchmarks time the AVX2 kernels on
+// a CPU that also has AVX-512.
+var benchAVX2 = flag.Bool("bench-avx2", false, "time BenchmarkTrainConv and BenchmarkTrainConvGradWeight on AVX2 even where AVX-512 is present")
+
+// benchTarget is the target of the training-kernel benchmarks: the CPU's
+// best x86 one, or AVX2 with -bench-avx2.
+func benchTarget(b *testing.B) Target {
+	ts := x86Targets(b)
+	if *benchAVX2 {
+		if !ktest.HasAVX2() {
+			b.Skip("-bench-avx2: the CPU has no AVX2")
+		}
+		return AVX2
+	}
+	return ts[0]
+}
+
 // BenchmarkTrainConvGradWeight reports the single-threaded GFLOP/s of the
 // weight-gradient kernels on the mini nets' shapes next to the FMA peak of
 // the CPU's best x86 target (AVX-512, else AVX2), and their GFLOP/s on two
 // threads splitting the tiles as the runtime does (GFLOP/s-2t), where both
-// threads compete for memory bandwidth.
+// threads compete for memory bandwidth. Each kernel splits its batch as
+// the lowering does (ConvGeom.WgradSplit; the partial sums' addition is
+// not timed). The "siblings" entries are the mini nets' groups of 1x1
+// weight gradients of one input (TrainConvGradWeightSpec.Siblings).
 func BenchmarkTrainConvGradWeight(b *testing.B) {
-	tgt := x86Targets(b)[0]
-	const X, DY, DW = 0, 8 << 20, 12 << 20
+	tgt := benchTarget(b)
+	const X, DY, DW, Part = 0, 8 << 20, 12 << 20, 12<<20 + 65536
+	type entry struct {
+		name string
+		s    TrainConvGradWeightSpec
+	}
+	var es []entry
+	for _, c := range benchWgrads {
+		es = append(es, entry{c.name, TrainConvGradWeightSpec{ConvGeom: c.s, DY: DY, X: X, DW: DW, Split: c.s.WgradSplit(), Partial: Part}})
+	}
+	for _, c := range []struct {
+		name string
+		g    ConvGeom
+		os   []int
+	}{
+		{"siblings_1x1_64to16x4_14x14_n128", ConvGeom{N: 128, C: 64, H: 14, W: 14, KH: 1, KW: 1, SH: 1, SW: 1, OH: 14, OW: 14}, []int{16, 16, 16, 16}},
+		{"siblings_1x1_176to48+32x3_7x7_n128", ConvGeom{N: 128, C: 176, H: 7, W: 7, KH: 1, KW: 1, SH: 1, SW: 1, OH: 7, OW: 7}, []int{48, 32, 32, 32}},
+	} {
+		g := c.g
+		g.O = c.os[0]
+		split := g
+		for _, o := range c.os[1:] {
+			split.O += o
+		}
+		s := TrainConvGradWeightSpec{ConvGeom: g, DY: DY, X: X, DW: DW, Split: split.WgradSplit(), Partial: Part}
+		dy, part := DY+g.N*g.O*g.OH*g.OW, Part+s.SplitRuns()*g.O*g.C
+		for j, o := range c.os[1:] {
+			s.Siblings = append(s.Siblings, WgradSibling{O: o, DY: dy, DW: DW + 8192*(j+1), Partial: part})
+			dy, part = dy+g.N*o*g.OH*g.OW, part+s.SplitRuns()*o*g.C
+		}
+		es = append(es, entry{c.name, s})
+	}
 	lib := buildLibFor(b, []Target{tgt}, func(m *Module) error {
 		if _, _, err := m.Peak("peak", benchPeak); err != nil {
 			return err
 		}
-		for i, c := range benchWgrads {
-			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), TrainConvGradWeightSpec{ConvGeom: c.s, DY: DY, X: X, DW: DW}); err != nil {
+		for i, e := range es {
+			if _, _, err := m.Train(fmt.Sprintf("wg%d", i), e.s); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	arena := randomAligned(rand.New(rand.NewSource(1)), 13<<20, 1)
+	arena := randomAligned(rand.New(rand.NewSource(1)), 14<<20, 1)
 	pk := kernel(b, lib, "peak", tgt)
-	for i, c := range benchWgrads {
-		s := c.s
+	for i, e := range es {
 		k := kernel(b, lib, fmt.Sprintf("wg%d", i), tgt)
-		tiles := TrainConvGradWeightSpec{ConvGeom: s}.tileCount()
-		flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
-		b.Run(tgt.Name+"/"+c.name, func(b *testing.B) { benchTrainKernel(b, k, pk, tgt, arena, tiles, flops) })
+		b.Run(tgt.Name+"/"+e.name, func(b *testing.B) { benchTrainKernel(b, k, pk, tgt, arena, e.s.tileCount(), e.s.flops()) })
 	}
 }
 
@@ -272,7 +320,7 @@ func benchTrainKernel(b *testing.B, k, pk ktest.Kernel, tgt Target, arena []floa
 // forward (fw) and input-gradient (dgrad) training convolutions on the same
 // shapes: with it the three products of one layer compare on one machine.
 func BenchmarkTrainConv(b *testing.B) {
-	tgt := x86Targets(b)[0]
+	tgt := benchTarget(b)
 	const X, Y, Wt = 0, 8 << 20, 12 << 20
 	kinds := []struct {
 		name  string

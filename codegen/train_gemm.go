@@ -736,13 +736,24 @@ func (s TrainConvGradWeightSpec) wgTilesSib(g *builder, per int, run func(t, nb 
 
 // transPack reports a weight gradient whose colᵀ panels are packed
 // without gathers (transPacker): a stride-1 convolution whose rows are as
-// wide as its input's (ConvGeom.contiguous) with at least 6 tiles, other
-// than a 1x1 over fewer than 128 channels whose plane fills its vectors
-// (dotFill), or a stride-2 one over phase
-// planes (ConvGeom.phased)
-// whose tile's channels' planes fit phaseMax; in both cases with a tap
-// mask table (one row per tap and a zero row) within wgMaskMax. The
-// others run the dot-product kernel (genSame) or gather their panels.
+// wide as its input's (ConvGeom.contiguous) with at least 6 tiles (over
+// all runs of a split batch), other than a 1x1 over fewer than 128
+// channels whose plane fills its vectors (dotFill) into fewer than 48
+// output channels (with its siblings': a panel serves them all), or a
+// stride-2 one over phase planes (ConvGeom.phased) whose tile's channels'
+// planes fit phaseMax; in both cases with a tap mask table (one row per
+// tap and a zero row) within wgMaskMax. The others run the dot-product
+// kernel (genSame) or gather their panels.
+//
+// BenchmarkTrainConvGradWeight on an Intel Xeon VM (2026-12-03, batches
+// split as the lowering splits them), % of the one-thread peak,
+// dot-product → packed: AVX-512 1x1 64→48 at 14x14 33 → 50, 64→64 34 →
+// 54, the 64→16×4 siblings 32 → 53, 3x3 16→16 at 14x14 35–39 → 48, 1x1
+// 160→64 at 73x73 32–36 → 48, but 1x1 64→16 even (34 / 33); AVX2 64→48
+// 57–59 → 63–65, the siblings 62 → 66–68, 3x3 16→16 60 → 53, 1x1 64→16
+// 62 → 42–44. Hence a 1x1's output channels decide, and the 3x3 over few
+// K blocks follows AVX-512 (the kernels of a module share their tiles,
+// so one choice serves every target).
 func (s TrainConvGradWeightSpec) transPack() bool {
 	P, T := s.OH*s.OW, s.KH*s.KW
 	if (T+1)*ceilDiv(P, lineFloats)*lineFloats > wgMaskMax {
@@ -750,11 +761,21 @@ func (s TrainConvGradWeightSpec) transPack() bool {
 	}
 	switch {
 	case s.contiguous():
-		return (T > 1 || s.C >= 128 || !s.dotFill()) && s.gemmBlocks() >= 6
+		return (T > 1 || s.C >= 128 || !s.dotFill() || s.outChannels() >= 48) && s.gemmTiles() >= 6
 	case s.phased():
 		return s.packChans()*4*phaseStride(P) <= phaseMax
 	}
 	return false
+}
+
+// outChannels is the output channels of the weight gradient and its
+// siblings'.
+func (s TrainConvGradWeightSpec) outChannels() int {
+	o := s.O
+	for _, sb := range s.Siblings {
+		o += sb.O
+	}
+	return o
 }
 
 // dotFill reports a plane whose pixels fill at least 90 % of the

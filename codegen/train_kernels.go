@@ -564,39 +564,29 @@ func (s TrainConvGradWeightSpec) parts() []TrainConvGradWeightSpec {
 	return ps
 }
 
-// WgradSiblingsOK reports whether the weight gradients of 1x1 convolutions
-// of geometry s with the output channels os (s.O being os[0]) run as one
-// kernel: pointwise, and every part takes the same kernel, either the
-// dot-product kernel (genSame: the parts' tiles follow one another within
-// a run of images) or the packed one with a single group of channels
-// (genGemm: each tile's panel serves every part's channels).
-func (s ConvGeom) WgradSiblingsOK(os []int) bool {
-	if !s.pointwise() || len(os) == 0 {
+// SiblingsOK reports whether s's weight gradient and its Siblings run as
+// one kernel: 1x1 stride-1 unpadded convolutions, and where the group
+// takes the packed kernel (transPack, decided for the group's channels)
+// one channel group per member (wgradGroups), as each tile's panel then
+// serves every member's channels. The dot-product kernel takes any group.
+func (s TrainConvGradWeightSpec) SiblingsOK() bool {
+	if !s.pointwise() {
 		return false
 	}
-	for _, o := range os {
-		p := TrainConvGradWeightSpec{ConvGeom: s}
-		p.O = o
-		if p.wgSame() != s.wgSameFor(os[0]) {
-			return false
-		}
-		if g, _ := p.wgradGroups(); !p.wgSame() && g != 1 {
+	if s.wgSame() {
+		return true
+	}
+	for _, p := range s.parts() {
+		if g, _ := p.wgradGroups(); g != 1 {
 			return false
 		}
 	}
 	return true
 }
 
-// wgSame reports whether s's weight gradient (without siblings) takes the
-// dot-product kernel (genSame) rather than the packed one (genGemm).
+// wgSame reports whether s's weight gradient takes the dot-product kernel
+// (genSame) rather than the packed one (genGemm).
 func (s TrainConvGradWeightSpec) wgSame() bool { return s.sameOK() && !s.transPack() }
-
-// wgSameFor is wgSame for s with o output channels.
-func (s ConvGeom) wgSameFor(o int) bool {
-	p := TrainConvGradWeightSpec{ConvGeom: s}
-	p.O = o
-	return p.wgSame()
-}
 
 func (s TrainConvGradWeightSpec) Kind() string { return "conv2d_grad_weight" }
 func (s TrainConvGradWeightSpec) Validate() error {
@@ -614,14 +604,12 @@ func (s TrainConvGradWeightSpec) Validate() error {
 		return fmt.Errorf("conv2d_grad_weight: no DW")
 	}
 	if len(s.Siblings) > 0 {
-		os := []int{s.O}
 		for _, sb := range s.Siblings {
 			if err := positive("conv2d_grad_weight sibling", "O", sb.O); err != nil {
 				return err
 			}
-			os = append(os, sb.O)
 		}
-		if !s.WgradSiblingsOK(os) {
+		if !s.SiblingsOK() {
 			return fmt.Errorf("conv2d_grad_weight: sibling weight gradients need 1x1 stride-1 unpadded convolutions that take one kernel (the dot-product one, or the packed one with one group of channels each), got %dx%d stride %dx%d pad %dx%d over %dx%d", s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, s.OH, s.OW)
 		}
 		for _, p := range s.parts()[1:] {

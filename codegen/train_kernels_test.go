@@ -142,9 +142,10 @@ func TestTrainConvKernels(t *testing.T) {
 				DW := DX + nx + gap
 				DXA := DW + nw + gap
 				DXI := DXA + nx + gap
-				// The dot-product weight gradient with its batch split in
-				// two runs (the second ragged for N = 3): partial sums |
-				// gap | their sum | gap.
+				// The weight gradient with its batch split in two runs
+				// (the second ragged for N = 3; the packed kernel where
+				// the runs give it enough tiles, else the dot-product
+				// one): partial sums | gap | their sum | gap.
 				// (A single run writes the sum itself.)
 				wsplit := TrainConvGradWeightSpec{ConvGeom: s, DY: DY, X: X, Split: 2}
 				runs := wsplit.SplitRuns()
@@ -521,18 +522,23 @@ func TestTrainConvSiblings(t *testing.T) {
 // dot-product kernel, four 16-channel parts over a plane of full vectors
 // and parts of 5, 21 and 3 channels (partial blocks of channels) over a
 // plane with a vector tail; with the packed kernel, parts of 48, 32 and
-// 20 channels. Outside
+// 20 channels, and three of 16 where the split gives it enough tiles (two
+// of 16 stay with the dot-product kernel: fewer than 48 channels). Outside
 // the dWs and partial sums the arena must be unchanged.
 func TestTrainConvGradWeightSiblings(t *testing.T) {
 	cases := []struct {
-		g  ConvGeom
-		os []int
+		g      ConvGeom
+		os     []int
+		packed [2]bool // the group takes the packed kernel (transPack), whole and split
 	}{
-		{ConvGeom{N: 5, C: 20, H: 8, W: 8}, []int{16, 16, 16, 16}},
-		{ConvGeom{N: 3, C: 9, H: 6, W: 6}, []int{5, 21, 3}},
-		// The packed kernel (transPack): each tile's panel serves the
-		// three parts.
-		{ConvGeom{N: 3, C: 176, H: 7, W: 7}, []int{48, 32, 20}},
+		{ConvGeom{N: 5, C: 20, H: 8, W: 8}, []int{16, 16, 16, 16}, [2]bool{false, false}},
+		{ConvGeom{N: 3, C: 9, H: 6, W: 6}, []int{5, 21, 3}, [2]bool{false, false}},
+		// The packed kernel: each tile's panel serves the three parts.
+		{ConvGeom{N: 3, C: 176, H: 7, W: 7}, []int{48, 32, 20}, [2]bool{true, true}},
+		// Split in two, 8 tiles: packed for 48 output channels in all
+		// (the group's), not for 32.
+		{ConvGeom{N: 8, C: 100, H: 4, W: 4}, []int{16, 16, 16}, [2]bool{false, true}},
+		{ConvGeom{N: 8, C: 100, H: 4, W: 4}, []int{16, 16}, [2]bool{false, false}},
 	}
 	for _, ts := range trainTargets(t) {
 		for ci, c := range cases {
@@ -578,8 +584,11 @@ func TestTrainConvGradWeightSiblings(t *testing.T) {
 					for _, pt := range ps[1:] {
 						spec.Siblings = append(spec.Siblings, WgradSibling{O: pt.geo.O, DY: pt.DY, DW: pt.DW, Partial: pt.PART})
 					}
-					if !s.WgradSiblingsOK(c.os) {
+					if !spec.SiblingsOK() {
 						t.Fatalf("siblings %v of %+v do not take one kernel", c.os, s)
+					}
+					if want := c.packed[min(split, 1)]; spec.wgSame() == want {
+						t.Fatalf("siblings %v of %+v, split %d: packed kernel %v, want %v", c.os, s, split, !spec.wgSame(), want)
 					}
 					lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 						if _, _, err := m.Train("wg", spec); err != nil {

@@ -287,11 +287,17 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		if err != nil {
 			continue
 		}
-		var os []int
-		for _, m := range grp {
-			os = append(os, g.Nodes[m].Type.Shape[0])
+		// The group's kernel as the loop below builds it, offsets aside.
+		ws, split := codegen.TrainConvGradWeightSpec{ConvGeom: geo}, geo
+		for _, m := range grp[1:] {
+			o := g.Nodes[m].Type.Shape[0]
+			ws.Siblings = append(ws.Siblings, codegen.WgradSibling{O: o})
+			split.O += o
 		}
-		if !geo.WgradSiblingsOK(os) {
+		if wgradSplit {
+			ws.Split = split.WgradSplit()
+		}
+		if !ws.SiblingsOK() {
 			continue
 		}
 		wgSiblings[grp[0]] = grp[1:]
