@@ -53,7 +53,7 @@ func TestDriverProgressStore(t *testing.T) {
 func TestRunProgressOutputsFinal(t *testing.T) {
 	tc, err := codegen.FindLLVM()
 	testenv.Check(t, err)
-	for _, net := range []string{"tiny_bn", "tiny_mix"} {
+	for _, net := range []string{"tiny_bn", "tiny_mix", "tiny_sib"} {
 		sg, params, inputs := stepFixture(t, net, 2, train.PaperRMSProp)
 		g := *sg.Graph
 		g.Outputs = append([]int(nil), sg.Graph.Outputs...)
@@ -85,6 +85,20 @@ func TestRunProgressOutputsFinal(t *testing.T) {
 		for k, r := range p.OutputReady {
 			if r < 1 || r > nk {
 				t.Errorf("%s: output %d ready after %d kernels, want 1..%d", net, k, r, nk)
+			}
+		}
+		// A sibling group's kernel writes its other members' values too
+		// (kernelSpec.also): their weight gradients are ready before the
+		// last kernel, as their optimizer updates follow.
+		wgroups := passes.WgradSiblings(st.Graph)
+		if net == "tiny_sib" && len(wgroups) != 1 {
+			t.Errorf("%s: %d weight-gradient sibling groups, want 1", net, len(wgroups))
+		}
+		for _, grp := range wgroups {
+			for _, m := range grp[1:] {
+				if k := slices.Index(st.Graph.Outputs, m); k >= 0 && p.OutputReady[k] >= nk {
+					t.Errorf("%s: sibling weight gradient %%%d ready only after the last kernel", net, m)
+				}
 			}
 		}
 		for _, threads := range []int{1, 2} {

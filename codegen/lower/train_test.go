@@ -56,6 +56,23 @@ var trainNets = map[string]string{
     return fc
 }
 `,
+	// Sibling 1x1 convolutions of one input (passes.ConvSiblings) with
+	// and without a BatchNorm, of 4, 6 and 3 channels: one forward kernel,
+	// one summed input gradient, one weight-gradient kernel
+	// (passes.WgradSiblings).
+	"tiny_sib": `network tiny_sib(x: f32[N, 1, 12, 12]) -> f32[N, 10] {
+    c0 = conv2d(x, 8, kernel=3, pad=1, bias=false)
+    n0 = batchnorm(c0, eps=0.001)
+    a = relu(n0)
+    c1 = conv2d(a, 4, kernel=1, bias=false)
+    n1 = batchnorm(c1, eps=0.001)
+    c2 = conv2d(a, 6, kernel=1, bias=false)
+    c3 = conv2d(a, 3, kernel=1, bias=false)
+    e = concat(relu(n1), relu(c2), relu(c3))
+    fc = dense(flatten(global_avgpool(e)), 10)
+    return fc
+}
+`,
 	// A reduction block's shape: one value read by a strided convolution
 	// and a max pooling whose outputs are concatenated, so that its
 	// gradient is the sum of an input gradient and a pooling gradient
@@ -189,6 +206,7 @@ func TestTrainStepValuesCompiled(t *testing.T) {
 		{"tiny_bn", "clip", clip},
 		{"tiny_mix", "rmsprop-tf", train.Optimizer{Kind: "rmsprop-tf", LR: 0.01, Alpha: 0.9, Eps: 1e-3, Momentum: 0.9, WeightDecay: 4e-5}},
 		{"tiny_mix", "sgd", train.Optimizer{Kind: "sgd", LR: 0.1, Momentum: 0.9, WeightDecay: 1e-4}},
+		{"tiny_sib", "rmsprop", train.PaperRMSProp},
 	}
 	if *trainNet != "" {
 		cases = cases[:1]
