@@ -234,7 +234,7 @@ func benchTarget(b *testing.B) Target {
 	ts := x86Targets(b)
 	if *benchAVX2 {
 		if !ktest.HasAVX2() {
-			b.Skip("-bench-avx2: the CPU has no AVX2")
+			b.Fatal("-bench-avx2: the CPU has no AVX2")
 		}
 		return AVX2
 	}

@@ -593,16 +593,6 @@ func (s TrainConvGradWeightSpec) Validate() error {
 	if err := s.validate("conv2d_grad_weight"); err != nil {
 		return err
 	}
-	dw := s.O * s.C * s.KH * s.KW
-	part := -1
-	if s.SplitRuns() > 1 {
-		part = s.Partial
-		if part < 0 {
-			return fmt.Errorf("conv2d_grad_weight: a batch split into %d runs needs a Partial area", s.SplitRuns())
-		}
-	} else if s.DW < 0 {
-		return fmt.Errorf("conv2d_grad_weight: no DW")
-	}
 	if len(s.Siblings) > 0 {
 		for _, sb := range s.Siblings {
 			if err := positive("conv2d_grad_weight sibling", "O", sb.O); err != nil {
@@ -612,23 +602,33 @@ func (s TrainConvGradWeightSpec) Validate() error {
 		if !s.SiblingsOK() {
 			return fmt.Errorf("conv2d_grad_weight: sibling weight gradients need 1x1 stride-1 unpadded convolutions that take one kernel (the dot-product one, or the packed one with one group of channels each), got %dx%d stride %dx%d pad %dx%d over %dx%d", s.KH, s.KW, s.SH, s.SW, s.PH, s.PW, s.OH, s.OW)
 		}
-		for _, p := range s.parts()[1:] {
-			dw := p.O * p.C
-			part := -1
-			if s.SplitRuns() > 1 {
-				part = p.Partial
-				if part < 0 {
-					return fmt.Errorf("conv2d_grad_weight sibling: a batch split into %d runs needs a Partial area", s.SplitRuns())
-				}
-			} else if p.DW < 0 {
-				return fmt.Errorf("conv2d_grad_weight sibling: no DW")
-			}
-			if err := extents("conv2d_grad_weight sibling", p.DY, p.N*p.O*p.OH*p.OW, p.DW, dw, part, s.SplitRuns()*dw); err != nil {
-				return err
-			}
+	}
+	for j, p := range s.parts() {
+		what := "conv2d_grad_weight"
+		if j > 0 {
+			what += " sibling"
+		}
+		if err := p.outExtents(what); err != nil {
+			return err
 		}
 	}
-	return extents("conv2d_grad_weight", s.DY, s.N*s.O*s.OH*s.OW, s.X, s.N*s.C*s.H*s.W, s.DW, dw, part, s.SplitRuns()*dw)
+	return extents("conv2d_grad_weight", s.X, s.N*s.C*s.H*s.W)
+}
+
+// outExtents checks the dy, dW and partial-sum areas of weight gradient s
+// (without its siblings).
+func (s TrainConvGradWeightSpec) outExtents(what string) error {
+	dw := s.O * s.C * s.KH * s.KW
+	part := -1
+	if s.SplitRuns() > 1 {
+		part = s.Partial
+		if part < 0 {
+			return fmt.Errorf("%s: a batch split into %d runs needs a Partial area", what, s.SplitRuns())
+		}
+	} else if s.DW < 0 {
+		return fmt.Errorf("%s: no DW", what)
+	}
+	return extents(what, s.DY, s.N*s.O*s.OH*s.OW, s.DW, dw, part, s.SplitRuns()*dw)
 }
 func (s TrainConvGradWeightSpec) tileCount() int {
 	if s.wgSame() {

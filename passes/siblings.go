@@ -35,19 +35,26 @@ func siblingKey(g *ir.Graph, n *ir.Node) (x int, ok bool) {
 	if n.Op != ir.OpConv2D || len(n.Args) != 2 || n.Type.DType != ir.F32 || !n.Type.Layout.IsPlain() {
 		return 0, false
 	}
-	w := g.Nodes[n.Args[1]].Type.Shape
-	if len(w) != 4 || w[2] != 1 || w[3] != 1 || n.Attrs.Int("groups") != 1 {
-		return 0, false
-	}
-	for _, a := range []string{"stride", "dilation"} {
-		if v := n.Attrs.Ints(a); v != nil && (v[0] != 1 || v[1] != 1) {
-			return 0, false
-		}
-	}
-	if p := n.Attrs.Ints("pad"); p != nil && (p[0] != 0 || p[1] != 0) {
+	if !pointwise(n, g.Nodes[n.Args[1]].Type.Shape) {
 		return 0, false
 	}
 	return n.Args[0], true
+}
+
+// pointwise reports a convolution node (or one of its gradients) with a
+// weight of shape w that is 1x1, stride 1, unpadded, ungrouped and
+// undilated.
+func pointwise(n *ir.Node, w []int) bool {
+	if len(w) != 4 || w[2] != 1 || w[3] != 1 || n.Attrs.Int("groups") > 1 {
+		return false
+	}
+	for _, a := range []string{"stride", "dilation"} {
+		if v := n.Attrs.Ints(a); v != nil && (v[0] != 1 || v[1] != 1) {
+			return false
+		}
+	}
+	p := n.Attrs.Ints("pad")
+	return p == nil || p[0] == 0 && p[1] == 0
 }
 
 // wgradKey is siblingKey for the weight gradients of such convolutions
@@ -59,16 +66,7 @@ func wgradKey(g *ir.Graph, n *ir.Node) (x int, ok bool) {
 	if !g.Nodes[n.Args[0]].Type.Layout.IsPlain() || !g.Nodes[n.Args[1]].Type.Layout.IsPlain() {
 		return 0, false
 	}
-	w := n.Type.Shape
-	if len(w) != 4 || w[2] != 1 || w[3] != 1 || n.Attrs.Int("groups") > 1 {
-		return 0, false
-	}
-	for _, a := range []string{"stride", "dilation"} {
-		if v := n.Attrs.Ints(a); v != nil && (v[0] != 1 || v[1] != 1) {
-			return 0, false
-		}
-	}
-	if p := n.Attrs.Ints("pad"); p != nil && (p[0] != 0 || p[1] != 0) {
+	if !pointwise(n, n.Type.Shape) {
 		return 0, false
 	}
 	return n.Args[1], true
