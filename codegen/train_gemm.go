@@ -589,7 +589,7 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 		pt = g.newColTab(P)
 		s.pixTab(g, pt, ci(0), P)
 	}
-	// With siblings (one channel group per part: WgradSiblingsOK) a tile
+	// With siblings (one channel group per part: SiblingsOK) a tile
 	// is a block of K for every part: the panel, packed once per chunk of
 	// pixels, serves each part's channels in turn.
 	parts := s.parts()

@@ -537,9 +537,10 @@ type TrainConvGradWeightSpec struct {
 	Split, Partial int
 	// Siblings are the weight gradients of further 1x1 convolutions of
 	// the same input (passes.WgradSiblings), computed by the same kernel
-	// (WgradSiblingsOK): its tiles are each part's tiles for one run of
-	// images after another, so that a run's x, read from memory once,
-	// serves every part from L2.
+	// (SiblingsOK), so that x is read from memory once for all: in the
+	// packed kernel each tile's panel serves every part's channels; in
+	// the dot-product kernel the parts' tiles follow one another within
+	// each run of images, the run's x in L2.
 	Siblings []WgradSibling
 }
 
