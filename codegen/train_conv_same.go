@@ -1065,17 +1065,14 @@ func (s TrainConvGradWeightSpec) genSame(g *builder) {
 	s.wgTilesParts(g, parts, pers, runs)
 }
 
-// wgTilesParts emits the dot-product weight gradient's tiles, per tiles
-// for each run of images (one run, the whole batch, unless split:
-// wgSplit), for each of its parts (TrainConvGradWeightSpec.parts), part j
-// having pers[j] tiles per run: runs[j](t, nb, nImg, dwAt) runs tile t of
-// part j for the run's first image nb and its images nImg, its sums going
-// to dwAt (the part's DW, or its run's partial dW). Runs are the outer
-// index, so that a thread's consecutive tiles share their run's images
-// (in L2); within a run the parts' tiles follow one another, so that the
-// run's x, read from memory once, serves every part from L2.
+// wgTilesParts emits the dot-product weight gradient's tiles (wgRuns),
+// for each of its parts (TrainConvGradWeightSpec.parts), part j having
+// pers[j] tiles per run: runs[j](t, nb, nImg, dwAt) runs tile t of part j
+// for the run's first image nb and its images nImg, its sums going to
+// dwAt (TrainConvGradWeightSpec.dwAt). Within a run the parts' tiles
+// follow one another, so that the run's x, read from memory once, serves
+// every part from L2.
 func (s TrainConvGradWeightSpec) wgTilesParts(g *builder, parts []TrainConvGradWeightSpec, pers []int, runs []func(t, nb value.Value, nImg int, dwAt value.Value)) {
-	S, NS, last := s.wgSplit()
 	tot := 0
 	for _, n := range pers {
 		tot += n
@@ -1084,30 +1081,43 @@ func (s TrainConvGradWeightSpec) wgTilesParts(g *builder, parts []TrainConvGradW
 	// to, from part j on (whose tiles start at base).
 	var part func(j, base int, u, nb value.Value, nImg int, sp value.Value)
 	part = func(j, base int, u, nb value.Value, nImg int, sp value.Value) {
-		p := parts[j]
-		call := func() {
-			var dwAt value.Value = ci(p.DW)
-			if S > 1 {
-				dwAt = g.add(ci(p.Partial), g.mul(sp, ci(p.O*p.C*p.KH*p.KW)))
-			}
-			runs[j](g.sub(u, ci(base)), nb, nImg, dwAt)
-		}
+		call := func() { runs[j](g.sub(u, ci(base)), nb, nImg, parts[j].dwAt(g, sp)) }
 		if j == len(parts)-1 {
 			call()
 			return
 		}
 		g.ifElse(g.icmp(enum.IPredULT, u, ci(base+pers[j])), call, func() { part(j+1, base+pers[j], u, nb, nImg, sp) })
 	}
+	s.wgRuns(g, tot, func(u, nb value.Value, nImg int, sp value.Value) { part(0, 0, u, nb, nImg, sp) })
+}
+
+// wgRuns emits a weight gradient's tiles, per tiles for each run of
+// images (one run, the whole batch, unless split: wgSplit), calling
+// body(u, nb, nImg, sp) for tile u of run sp (nil when not split), the
+// run's first image nb and its images nImg. Runs are the outer index, so
+// that a thread's consecutive tiles share their run's images (in L2).
+func (s TrainConvGradWeightSpec) wgRuns(g *builder, per int, body func(u, nb value.Value, nImg int, sp value.Value)) {
+	S, NS, last := s.wgSplit()
 	g.tiles(func(t value.Value) {
 		if S <= 1 {
-			part(0, 0, t, ci(0), s.N, nil)
+			body(t, ci(0), s.N, nil)
 			return
 		}
-		sp := g.udiv(t, tot)
+		sp := g.udiv(t, per)
 		g.lastOr(sp, S, NS, last, func(nImg int) {
-			part(0, 0, g.urem(t, tot), g.mul(sp, ci(NS)), nImg, sp)
+			body(g.urem(t, per), g.mul(sp, ci(NS)), nImg, sp)
 		})
 	})
+}
+
+// dwAt is where weight gradient s (one part, without its siblings) writes
+// the sums of run sp: its DW, or with a split batch (sp not nil) its run's
+// partial sums.
+func (s TrainConvGradWeightSpec) dwAt(g *builder, sp value.Value) value.Value {
+	if sp == nil {
+		return ci(s.DW)
+	}
+	return g.add(ci(s.Partial), g.mul(sp, ci(s.O*s.C*s.KH*s.KW)))
 }
 
 // tapMaskTable builds, in a stack buffer of T·Pp i32 (T = len(dh)), the

@@ -710,27 +710,8 @@ func (s TrainConvGradWeightSpec) genGemm(g *builder) {
 			})
 		})
 	}
-	s.wgTilesSib(g, KB*G, run)
-}
-
-// wgTilesSib is wgTiles for a kernel whose tiles also accumulate into its
-// siblings' dW (TrainConvGradWeightSpec.Siblings): run gets, besides the
-// first part's, where sibling j's sums go (its DW, or its run's partial
-// sums when the batch is split).
-func (s TrainConvGradWeightSpec) wgTilesSib(g *builder, per int, run func(t, nb value.Value, nImg int, dwAt value.Value, sibAt func(j int) value.Value)) {
-	S, NS, last := s.wgSplit()
-	g.tiles(func(t value.Value) {
-		if S <= 1 {
-			run(t, ci(0), s.N, ci(s.DW), func(j int) value.Value { return ci(s.Siblings[j].DW) })
-			return
-		}
-		sp := g.udiv(t, per)
-		g.lastOr(sp, S, NS, last, func(nImg int) {
-			run(g.urem(t, per), g.mul(sp, ci(NS)), nImg, g.add(ci(s.Partial), g.mul(sp, ci(s.O*s.C*s.KH*s.KW))), func(j int) value.Value {
-				sb := s.Siblings[j]
-				return g.add(ci(sb.Partial), g.mul(sp, ci(sb.O*s.C*s.KH*s.KW)))
-			})
-		})
+	s.wgRuns(g, KB*G, func(u, nb value.Value, nImg int, sp value.Value) {
+		run(u, nb, nImg, s.dwAt(g, sp), func(j int) value.Value { return parts[j+1].dwAt(g, sp) })
 	})
 }
 

@@ -638,11 +638,7 @@ func (s TrainConvGradWeightSpec) tileCount() int {
 	return s.gemmTiles()
 }
 func (s TrainConvGradWeightSpec) flops() int64 {
-	o := s.O
-	for _, sb := range s.Siblings {
-		o += sb.O
-	}
-	return 2 * int64(s.N*o*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
+	return 2 * int64(s.N*s.outChannels()*s.OH*s.OW) * int64(s.C*s.KH*s.KW)
 }
 func (s TrainConvGradWeightSpec) gen(g *builder) {
 	if s.wgSame() {

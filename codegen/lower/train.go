@@ -278,26 +278,31 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			fused[m] = true
 		}
 	}
+	// wgradSpec is the weight-gradient kernel of node i and the sibling
+	// members ms, offsets aside: its geometry, the siblings' channels and
+	// the batch split, sized for the whole group's dy.
+	wgradSpec := func(i int, ms []int) (codegen.TrainConvGradWeightSpec, error) {
+		n := g.Nodes[i]
+		geo, err := convGeom(n, g.Nodes[n.Args[1]].Type.Shape, n.Type.Shape, g.Nodes[n.Args[0]].Type.Shape)
+		if err != nil {
+			return codegen.TrainConvGradWeightSpec{}, err
+		}
+		s, split := codegen.TrainConvGradWeightSpec{ConvGeom: geo}, geo
+		for _, m := range ms {
+			o := g.Nodes[m].Type.Shape[0]
+			s.Siblings = append(s.Siblings, codegen.WgradSibling{O: o})
+			split.O += o
+		}
+		if wgradSplit {
+			s.Split = split.WgradSplit()
+		}
+		return s, nil
+	}
 	// The weight gradients of sibling convolutions (passes.WgradSiblings)
 	// run as their first member's kernel.
 	wgSiblings := map[int][]int{}
 	for _, grp := range passes.WgradSiblings(g) {
-		n := g.Nodes[grp[0]]
-		geo, err := convGeom(n, g.Nodes[n.Args[1]].Type.Shape, n.Type.Shape, g.Nodes[n.Args[0]].Type.Shape)
-		if err != nil {
-			continue
-		}
-		// The group's kernel as the loop below builds it, offsets aside.
-		ws, split := codegen.TrainConvGradWeightSpec{ConvGeom: geo}, geo
-		for _, m := range grp[1:] {
-			o := g.Nodes[m].Type.Shape[0]
-			ws.Siblings = append(ws.Siblings, codegen.WgradSibling{O: o})
-			split.O += o
-		}
-		if wgradSplit {
-			ws.Split = split.WgradSplit()
-		}
-		if !ws.SiblingsOK() {
+		if ws, err := wgradSpec(grp[0], grp[1:]); err != nil || !ws.SiblingsOK() {
 			continue
 		}
 		wgSiblings[grp[0]] = grp[1:]
@@ -513,26 +518,20 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 			add(s)
 		case ir.OpConv2DGradWeight:
-			geo, err := convGeom(n, arg(1).Type.Shape, sh, arg(0).Type.Shape)
+			s, err := wgradSpec(i, wgSiblings[i])
 			if err != nil {
 				return nil, 0, err
 			}
-			s := codegen.TrainConvGradWeightSpec{ConvGeom: geo, X: off(n.Args[1]), DW: off(i)}
+			geo := s.ConvGeom
 			dy, c := gradOf(n.Args[0])
-			s.DY = dy
+			s.X, s.DY, s.DW = off(n.Args[1]), dy, off(i)
 			// The group's members (this node first) and the scale each
 			// one's dW takes.
 			members, scales := []int{i}, []float32{c}
-			split := geo // the runs are sized for the whole group's dy
-			for _, m := range wgSiblings[i] {
-				mn := g.Nodes[m]
-				mdy, mc := gradOf(mn.Args[0])
-				s.Siblings = append(s.Siblings, codegen.WgradSibling{O: mn.Type.Shape[0], DY: mdy, DW: off(m), Partial: -1})
+			for j, m := range wgSiblings[i] {
+				mdy, mc := gradOf(g.Nodes[m].Args[0])
+				s.Siblings[j].DY, s.Siblings[j].DW, s.Siblings[j].Partial = mdy, off(m), -1
 				members, scales = append(members, m), append(scales, mc)
-				split.O += mn.Type.Shape[0]
-			}
-			if wgradSplit {
-				s.Split = split.WgradSplit()
 			}
 			runs := s.SplitRuns()
 			if runs > 1 {
