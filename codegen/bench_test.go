@@ -215,6 +215,9 @@ var benchWgrads = []struct {
 	{"3x3_32to48_14x14_n128", ConvGeom{N: 128, C: 32, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 14, OW: 14}},
 	{"1x7_32to32_7x7_n128", ConvGeom{N: 128, C: 32, H: 7, W: 7, O: 32, KH: 1, KW: 7, SH: 1, SW: 1, PW: 3, OH: 7, OW: 7}},
 	{"1x1_1024to128_17x17_n16", ConvGeom{N: 16, C: 1024, H: 17, W: 17, O: 128, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
+	{"1x1_128to1024_17x17_n16", ConvGeom{N: 16, C: 128, H: 17, W: 17, O: 1024, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
+	{"1x1_384to1024_17x17_n16", ConvGeom{N: 16, C: 384, H: 17, W: 17, O: 1024, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
+	{"1x1_1024to384_17x17_n16", ConvGeom{N: 16, C: 1024, H: 17, W: 17, O: 384, KH: 1, KW: 1, SH: 1, SW: 1, OH: 17, OW: 17}},
 	{"3x3s2_32to64_28x28_n128", ConvGeom{N: 128, C: 32, H: 28, W: 28, O: 64, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 14, OW: 14}},
 	{"3x3s2_48to48_14x14_n128", ConvGeom{N: 128, C: 48, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 7, OW: 7}},
 	// Inception-v4's 1x1 160→64 at 73x73 (features.4), more pixels than wgMaxP.
@@ -321,13 +324,17 @@ func benchTrainKernel(b *testing.B, k, pk ktest.Kernel, tgt Target, arena []floa
 // shapes: with it the three products of one layer compare on one machine.
 func BenchmarkTrainConv(b *testing.B) {
 	tgt := benchTarget(b)
-	const X, Y, Wt = 0, 8 << 20, 12 << 20
+	const X, Y, Wt, WtF = 0, 8 << 20, 12 << 20, 12<<20 + 512<<10
 	kinds := []struct {
 		name  string
 		tiles func(s ConvGeom) int
 	}{
 		{"fw", func(s ConvGeom) int { return TrainConvSpec{ConvGeom: s}.tileCount() }},
+		{"fwpack", func(s ConvGeom) int { return TrainConvSpec{ConvGeom: s}.tileCount() }},
 		{"dgrad", func(s ConvGeom) int { return TrainConvGradInputSpec{ConvGeom: s}.tileCount() }},
+		// The input gradient reading a packed weight (Packed), where
+		// its kernel can.
+		{"dgradpack", func(s ConvGeom) int { return TrainConvGradInputSpec{ConvGeom: s}.tileCount() }},
 	}
 	lib := buildLibFor(b, []Target{tgt}, func(m *Module) error {
 		if _, _, err := m.Peak("peak", benchPeak); err != nil {
@@ -340,6 +347,16 @@ func BenchmarkTrainConv(b *testing.B) {
 			if _, _, err := m.Train(fmt.Sprintf("dgrad%d", i), TrainConvGradInputSpec{ConvGeom: c.s, DY: Y, Wt: Wt, DX: X, Acc: -1}); err != nil {
 				return err
 			}
+			if fs := (TrainConvSpec{ConvGeom: c.s, X: X, Wt: WtF, Bias: -1, Out: Y, Packed: true}); fs.PackOK() {
+				if _, _, err := m.Train(fmt.Sprintf("fwpack%d", i), fs); err != nil {
+					return err
+				}
+			}
+			if fs := (TrainConvGradInputSpec{ConvGeom: c.s, DY: Y, Wt: WtF, DX: X, Acc: -1, Packed: true}); fs.PackOK() {
+				if _, _, err := m.Train(fmt.Sprintf("dgradflip%d", i), fs); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
@@ -348,6 +365,9 @@ func BenchmarkTrainConv(b *testing.B) {
 	for _, kd := range kinds {
 		for i, c := range benchWgrads {
 			s := c.s
+			if kd.name == "dgradpack" && !(TrainConvGradInputSpec{ConvGeom: s}).PackOK() || kd.name == "fwpack" && !(TrainConvSpec{ConvGeom: s}).PackOK() {
+				continue
+			}
 			k := kernel(b, lib, fmt.Sprintf("%s%d", kd.name, i), tgt)
 			tiles := kd.tiles(s)
 			flops := 2 * int64(s.N*s.O*s.OH*s.OW) * int64(s.C*s.KH*s.KW)

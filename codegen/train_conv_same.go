@@ -90,8 +90,14 @@ type sameConv struct {
 	Ins []samePart
 	// Flip makes A the flipped transpose of a forward weight W (C×O×T:
 	// the input gradient's dy channels by its dx channels by taps) read in
-	// place at Wt in the arena: A[o][k] = W[k/T][o][T−1−k%T].
+	// place at Wt in the arena: A[o][k] = W[k/T][o][T−1−k%T], and the
+	// Ins' A_j likewise.
 	Flip bool
+	// Packed says that A, the Outs' and the Ins' matrices were written
+	// at their Wt by PackWeightSpec kernels (train_pack.go), in the
+	// micro-kernel's order, rather than being read in place (row-major
+	// or, with Flip, flipped).
+	Packed bool
 	// Stats, when On, makes each block write the partial BatchNorm
 	// statistics of Out (train_bnstats.go; forward only, as Outs' Stats).
 	Stats BNStats
@@ -297,27 +303,35 @@ func (s sameConv) gen(g *builder) {
 	// The outputs: s's own and its siblings'.
 	type outPart struct {
 		O, Out, Bias, Acc int
-		a                 func(o, k value.Value) value.Value // A(o, k)
-		stats             BNStats
+		// a is A[o0+r][k] for row r of the row block of mr rows from o0.
+		a     func(o0 value.Value, r, mr int, k value.Value) value.Value
+		stats BNStats
 	}
-	a0 := func(o, k value.Value) value.Value {
-		return g.load(g.arena, g.add(ci(s.Wt), g.add(g.mul(o, ci(K)), k)))
+	// rowMajor (or packed) reads a part's A at wt.
+	rowMajor := func(wt int) func(o0 value.Value, r, mr int, k value.Value) value.Value {
+		if s.Packed {
+			return func(o0 value.Value, r, mr int, k value.Value) value.Value {
+				return g.load(g.arena, g.packedA(wt, K, o0, r, mr, k))
+			}
+		}
+		return func(o0 value.Value, r, mr int, k value.Value) value.Value {
+			return g.load(g.arena, g.add(ci(wt), g.add(g.mul(g.add(o0, ci(r)), ci(K)), k)))
+		}
 	}
-	if s.Flip {
+	a0 := rowMajor(s.Wt)
+	if s.Flip && !s.Packed {
 		wflip := make([]int, s.C*T)
 		for k := range wflip {
 			wflip[k] = k/T*s.O*T + T - 1 - k%T
 		}
 		wflipT := g.i32Table("wflip", wflip)
-		a0 = func(o, k value.Value) value.Value {
-			return g.load(g.arena, g.add(ci(s.Wt), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(o, ci(T)))))
+		a0 = func(o0 value.Value, r, _ int, k value.Value) value.Value {
+			return g.load(g.arena, g.add(ci(s.Wt), g.add(g.b.NewSExt(g.ldI(wflipT, k), i64), g.mul(g.add(o0, ci(r)), ci(T)))))
 		}
 	}
 	parts := []outPart{{s.O, s.Out, s.Bias, s.Acc, a0, s.Stats}}
 	for _, pt := range s.Outs {
-		parts = append(parts, outPart{pt.Ch, pt.At, -1, -1, func(o, k value.Value) value.Value {
-			return g.load(g.arena, g.add(ci(pt.Wt), g.add(g.mul(o, ci(K)), k)))
-		}, pt.Stats})
+		parts = append(parts, outPart{pt.Ch, pt.At, -1, -1, rowMajor(pt.Wt), pt.Stats})
 	}
 	// The reduction segments: s's input and, with Ins, its siblings';
 	// kstart[j] is segment j's first row of K.
@@ -456,10 +470,13 @@ func (s sameConv) gen(g *builder) {
 										return cLoad(cOff(r, v), v)
 									},
 									func(r int, kk value.Value) value.Value {
-										if multi {
+										switch {
+										case multi && s.Packed:
+											return g.load(g.arena, g.packedA(sg.Wt, sg.Ch*T, o0, r, mr, kk))
+										case multi:
 											return g.load(g.arena, g.add(ci(sg.Wt), g.add(g.mul(kk, ci(s.O)), g.add(o0, ci(r)))))
 										}
-										return pt.a(g.add(o0, ci(r)), g.add(k0, kk))
+										return pt.a(o0, r, mr, g.add(k0, kk))
 									},
 									func(v int, kk value.Value) value.Value {
 										switch {
@@ -627,13 +644,13 @@ func (g *builder) prefixMask(w int) value.Value {
 // its phase planes.
 func (s TrainConvSpec) phasedFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.OH, W: s.OW, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Phased: true, H0: s.H, W0: s.W, Stats: s.Stats}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Phased: true, H0: s.H, W0: s.W, Stats: s.Stats, Packed: s.Packed}
 }
 
 // sameFwd is the forward convolution of s as a sameConv.
 func (s TrainConvSpec) sameFwd() sameConv {
 	return sameConv{N: s.N, C: s.C, H: s.H, W: s.W, O: s.O, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Stats: s.Stats, Res: s.Residual}
+		In: s.X, Out: s.Out, Bias: s.Bias, Acc: -1, Wt: s.Wt, Stats: s.Stats, Res: s.Residual, Packed: s.Packed}
 }
 
 // sameOK reports whether the input gradient runs as a sameConv.
@@ -641,10 +658,11 @@ func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 
 // sameDgrad is the input gradient of s as a sameConv: input dy (O
 // channels), output dx (C channels), weight W′ (C×O·T) read in place from
-// W (Flip), the siblings' gradients as further reduction segments.
+// W (Flip) or packed beforehand (Packed), the siblings' gradients as
+// further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Scale: s.Scale, Mask: s.Mask}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Packed: s.Packed, Scale: s.Scale, Mask: s.Mask}
 	for _, sb := range s.Siblings {
 		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 	}

@@ -494,6 +494,9 @@ func (s TrainConvGradInputSpec) genGemm(g *builder) {
 					acc := g.gemmTile(mr, nv, s.O,
 						func(r, v int) value.Value { return g.vzero() },
 						func(r int, o value.Value) value.Value {
+							if s.Packed {
+								return g.ld(g.packedA(s.Wt, s.O, k0, r, mr, o))
+							}
 							return g.ld(g.add(ci(s.Wt), g.add(g.mul(o, ci(K)), g.add(k0, ci(r)))))
 						},
 						func(v int, o value.Value) value.Value {

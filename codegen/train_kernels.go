@@ -227,7 +227,15 @@ type TrainConvSpec struct {
 	// connection of Inception-ResNet (Szegedy et al. 2016, §3.3) as the
 	// epilogue of its up projection (see ResidualOK).
 	Residual ResidualEpilogue
+	// Packed says that Wt, and each sibling's Wt, holds the weight packed
+	// for the micro-kernel (PackWeightSpec without Flip; train_pack.go).
+	// Only the sameConv paths (PackOK) read packed weights.
+	Packed bool
 }
+
+// PackOK reports whether s's kernel can read packed weights (Packed):
+// the stride-1 "same" and the phased stride-2 convolutions.
+func (s TrainConvSpec) PackOK() bool { return s.same() || s.phased() }
 
 // ResidualEpilogue is the residual connection relu(x + c·v) applied to a
 // convolution's result v as it is stored: x (shaped like the output) at
@@ -261,6 +269,9 @@ func (s ConvGeom) SiblingsOK() bool { return s.pointwise() && s.same() }
 
 func (s TrainConvSpec) Kind() string { return "conv2d" }
 func (s TrainConvSpec) Validate() error {
+	if s.Packed && !s.PackOK() {
+		return fmt.Errorf("conv2d: packed weights need the stride-1 \"same\" or the phased stride-2 kernel, got %dx%d stride %dx%d", s.KH, s.KW, s.SH, s.SW)
+	}
 	if err := s.validate("conv2d"); err != nil {
 		return err
 	}
@@ -368,6 +379,11 @@ type TrainConvGradInputSpec struct {
 	// Mask, when On, applies a relu's gradient mask as the kernel stores:
 	// dx where Mask.Y > 0, else 0 (relu_grad of the sum, see MaskOK).
 	Mask ReLUMask
+	// Packed says that Wt, and each sibling's Wt, holds the weight packed
+	// for the micro-kernel in the layout PackLayout names (a
+	// PackWeightSpec kernel wrote it; train_pack.go) rather than the
+	// weight itself. Only some kernels read packed weights (PackOK).
+	Packed bool
 }
 
 // ReLUMask is relu_grad's mask as an epilogue: a stored gradient g
@@ -420,6 +436,9 @@ func (s TrainConvGradInputSpec) Validate() error {
 		if err := extents("conv2d_grad_input", s.Acc, s.N*s.C*s.H*s.W); err != nil {
 			return err
 		}
+	}
+	if s.Packed && !s.PackOK() {
+		return fmt.Errorf("conv2d_grad_input: packed weights need the stride-1 \"same\" or the im2col kernel, got %dx%d stride %dx%d", s.KH, s.KW, s.SH, s.SW)
 	}
 	if s.Scale != 0 && !s.ScaleOK() {
 		return fmt.Errorf("conv2d_grad_input: a scale needs the stride-1 \"same\" kernel without addend or siblings over at most %d reduction rows", gemmKC)

@@ -160,10 +160,22 @@ type GradInputGroup struct {
 	Members []int
 }
 
+// GradInputChannels bounds the summed dy channels (the weights' output
+// channels) of an input-gradient group: the compiled kernel reduces over
+// them in one block of its micro-kernel (codegen's gemmKC rows, which
+// codegen's TestGradInputChannels checks this equals).
+const GradInputChannels = 288
+
 // GradInputSiblings returns g's input-gradient groups (GradInputGroup).
 // No add in a group may be one that a gradient outside the group
 // accumulates into (AccAdds), so that every node of the tree is computed
-// by the group's kernel or before it.
+// by the group's kernel or before it. The leaves are taken in the tree's
+// order while their channels fit GradInputChannels; the first that does
+// not becomes the group's Other (computed by its own kernel, before the
+// root), and a second one leaves the tree ungrouped. Inception-v4's
+// Inception-A block has four 1x1 convolutions of its input (96 + 64 + 64 +
+// 96 channels, its pool branch's 1x1 moved before the pool): three form
+// the group, the fourth is its addend.
 func GradInputSiblings(g *ir.Graph) []GradInputGroup {
 	users := g.Users()
 	acc := AccAdds(g)
@@ -178,18 +190,18 @@ func GradInputSiblings(g *ir.Graph) []GradInputGroup {
 		}
 		grp := GradInputGroup{Root: root, Other: -1}
 		ok := true
+		chans := 0
 		var walk func(v int, top bool)
 		walk = func(v int, top bool) {
 			vn := g.Nodes[v]
 			switch {
 			case vn.Op == ir.OpAdd && len(vn.Args) == 2 && (top || single(v)):
-				if d, fused := acc[v]; fused && !(gradInputKey(g, g.Nodes[d]) && single(d)) {
-					ok = false
-				}
 				grp.Members = append(grp.Members, v)
 				walk(vn.Args[0], false)
 				walk(vn.Args[1], false)
-			case gradInputKey(g, vn) && single(v) && ir.ShapeEqual(vn.Type.Shape, n.Type.Shape):
+			case gradInputKey(g, vn) && single(v) && ir.ShapeEqual(vn.Type.Shape, n.Type.Shape) &&
+				chans+g.Nodes[vn.Args[1]].Type.Shape[0] <= GradInputChannels:
+				chans += g.Nodes[vn.Args[1]].Type.Shape[0]
 				grp.Grads = append(grp.Grads, v)
 				grp.Members = append(grp.Members, v)
 			case grp.Other < 0:
@@ -199,6 +211,13 @@ func GradInputSiblings(g *ir.Graph) []GradInputGroup {
 			}
 		}
 		walk(root, true)
+		// An add that a gradient accumulates into must have it among
+		// the group's own (the group's kernel computes the add).
+		for _, m := range grp.Members {
+			if d, fused := acc[m]; fused && g.Nodes[m].Op == ir.OpAdd && !slices.Contains(grp.Grads, d) {
+				ok = false
+			}
+		}
 		if !ok || len(grp.Grads) < 2 {
 			continue
 		}

@@ -470,6 +470,37 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 		}
 		name := fmt.Sprintf("k%d", i)
+		// pack emits the kernel that packs the weight (o output channels
+		// of geometry geo) at arena offset wt for part j of the sameConv
+		// of node i (codegen.PackWeightSpec; with flip, its input
+		// gradient's flipped transpose) into the scratch area, and
+		// returns where; freeAll frees such regions once the kernel that
+		// reads them is lowered.
+		pack := func(name string, i, j, o int, geo codegen.ConvGeom, wt int, layout codegen.PackLayout) int {
+			at := sc.alloc(o * geo.C * geo.KH * geo.KW)
+			specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_pack%d", name, j), node: i,
+				spec: codegen.PackWeightSpec{O: o, C: geo.C, KH: geo.KH, KW: geo.KW, W: wt, Out: at, Layout: layout}})
+			return at
+		}
+		freeAll := func(ats []int) {
+			for _, at := range ats {
+				sc.free(at)
+			}
+		}
+		// packGrad packs the weights of input gradient s when it pays.
+		packGrad := func(name string, i int, s *codegen.TrainConvGradInputSpec) []int {
+			if !s.PackPays() {
+				return nil
+			}
+			s.Wt = pack(name, i, 0, s.O, s.ConvGeom, s.Wt, s.PackLayout())
+			ats := []int{s.Wt}
+			for j := range s.Siblings {
+				s.Siblings[j].Wt = pack(name, i, j+1, s.Siblings[j].O, s.ConvGeom, s.Siblings[j].Wt, s.PackLayout())
+				ats = append(ats, s.Siblings[j].Wt)
+			}
+			s.Packed = true
+			return ats
+		}
 		add := func(s any) {
 			if debugTrain {
 				fmt.Printf("%%%d %s %+v\n", i, n.Op, s)
@@ -501,7 +532,18 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 				mn := g.Nodes[m]
 				s.Siblings = append(s.Siblings, codegen.ConvSibling{O: mn.Type.Shape[1], Wt: off(mn.Args[1]), Data: off(m), Stats: statsOf(m, s.FlatStats())})
 			}
+			var packs []int
+			if s.PackPays() {
+				s.Wt = pack(name, i, 0, geo.O, geo, s.Wt, codegen.PackForward)
+				packs = append(packs, s.Wt)
+				for j := range s.Siblings {
+					s.Siblings[j].Wt = pack(name, i, j+1, s.Siblings[j].O, geo, s.Siblings[j].Wt, codegen.PackForward)
+					packs = append(packs, s.Siblings[j].Wt)
+				}
+				s.Packed = true
+			}
 			add(s)
+			freeAll(packs)
 			for _, m := range siblings[i] {
 				specs[len(specs)-1].macs += g.MACs(m)
 				specs[len(specs)-1].also = append(specs[len(specs)-1].also, m)
@@ -516,7 +558,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if a, ok := accOf[i]; ok {
 				s.DX, s.Acc = off(a), off(accSum[a])
 			}
+			packs := packGrad(name, i, &s)
 			add(s)
+			freeAll(packs)
 		case ir.OpConv2DGradWeight:
 			s, err := wgradSpec(i, wgSiblings[i])
 			if err != nil {
@@ -735,7 +779,9 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 					}
 					s.DX, s.Mask = off(r), codegen.ReLUMask{On: true, Y: off(g.Nodes[r].Args[1])}
 				}
+				packs := packGrad(name, i, &s)
 				add(s)
+				freeAll(packs)
 				specs[len(specs)-1].macs = 0
 				for _, m := range grp.Grads {
 					specs[len(specs)-1].macs += g.MACs(m)

@@ -73,6 +73,27 @@ var trainNets = map[string]string{
     return fc
 }
 `,
+	// Sibling 1x1 convolutions of more summed channels (120 + 100 + 90)
+	// than an input-gradient group's kernel takes (passes.
+	// GradInputChannels): two gradients form the group, the third is its
+	// addend (Other); and weights of more than 16 K floats, which the step
+	// packs (codegen.PackWeightSpec): a 1x1 310→64 forward and input
+	// gradient, and an unpadded 3x3 64→32 whose input gradient is the
+	// im2col kernel's.
+	"tiny_wide": `network tiny_wide(x: f32[N, 1, 12, 12]) -> f32[N, 10] {
+    c0 = conv2d(x, 8, kernel=3, pad=1, bias=false)
+    n0 = batchnorm(c0, eps=0.001)
+    a = relu(n0)
+    c1 = conv2d(a, 120, kernel=1, bias=false)
+    c2 = conv2d(a, 100, kernel=1, bias=false)
+    c3 = conv2d(a, 90, kernel=1, bias=false)
+    e = concat(relu(c1), relu(c2), relu(c3))
+    c4 = conv2d(e, 64, kernel=1, bias=false)
+    c5 = conv2d(relu(c4), 32, kernel=3, bias=false)
+    fc = dense(flatten(global_avgpool(relu(c5))), 10)
+    return fc
+}
+`,
 	// A reduction block's shape: one value read by a strided convolution
 	// and a max pooling whose outputs are concatenated, so that its
 	// gradient is the sum of an input gradient and a pooling gradient
@@ -207,6 +228,7 @@ func TestTrainStepValuesCompiled(t *testing.T) {
 		{"tiny_mix", "rmsprop-tf", train.Optimizer{Kind: "rmsprop-tf", LR: 0.01, Alpha: 0.9, Eps: 1e-3, Momentum: 0.9, WeightDecay: 4e-5}},
 		{"tiny_mix", "sgd", train.Optimizer{Kind: "sgd", LR: 0.1, Momentum: 0.9, WeightDecay: 1e-4}},
 		{"tiny_sib", "rmsprop", train.PaperRMSProp},
+		{"tiny_wide", "rmsprop", train.PaperRMSProp},
 	}
 	if *trainNet != "" {
 		cases = cases[:1]
@@ -633,4 +655,51 @@ func TestWgradSplit(t *testing.T) {
 			t.Errorf("%%%d %s: split max|d| %.3g, max|dW| %.3g", o, g.Nodes[o].Type, d, mx)
 		}
 	}
+}
+
+// TestPackedCompiled checks a step of tiny_wide against the interpreter
+// (every update within trainTol of its max|ref|) after checking that its
+// lowering packs weights in all three layouts (codegen.PackWeightSpec: the
+// 1x1 310→64's forward and flipped input-gradient weights, the unpadded
+// 3x3's transposed one for the im2col input gradient), each read by a
+// kernel with Packed set, and that the input gradients of its three 1x1
+// siblings (310 summed channels) run as two kernels: a group of two, and
+// the third accumulated onto it (or taking it as its addend).
+func TestPackedCompiled(t *testing.T) {
+	sg, _, _ := stepFixture(t, "tiny_wide", 2, train.PaperRMSProp)
+	_, specs := stepSpecs(t, sg.Graph)
+	layouts := map[codegen.PackLayout]int{}
+	packedFwd, packedGrad, capped := 0, 0, 0
+	for _, k := range specs {
+		switch s := k.spec.(type) {
+		case codegen.PackWeightSpec:
+			layouts[s.Layout]++
+		case codegen.TrainConvSpec:
+			if s.Packed {
+				packedFwd++
+			}
+		case codegen.TrainConvGradInputSpec:
+			if s.Packed {
+				packedGrad++
+			}
+			if s.C == 8 {
+				capped += 1 + len(s.Siblings)
+				if len(s.Siblings) == 0 && s.Acc < 0 {
+					t.Errorf("the ungrouped sibling gradient %s is not added to the group's", k.name)
+				}
+			}
+		}
+	}
+	for _, l := range []codegen.PackLayout{codegen.PackForward, codegen.PackFlipped, codegen.PackTransposed} {
+		if layouts[l] == 0 {
+			t.Errorf("no weight packed in layout %d (packed: %v)", l, layouts)
+		}
+	}
+	if packedFwd != 1 || packedGrad != 2 {
+		t.Errorf("%d forward and %d input-gradient kernels read packed weights, want 1 and 2", packedFwd, packedGrad)
+	}
+	if capped != 3 {
+		t.Errorf("the kernels of a's input gradient compute %d convolutions' gradients, want 3", capped)
+	}
+	checkStepValues(t, "tiny_wide", train.PaperRMSProp, 2, false)
 }
