@@ -222,6 +222,10 @@ var benchWgrads = []struct {
 	{"3x3s2_48to48_14x14_n128", ConvGeom{N: 128, C: 48, H: 14, W: 14, O: 48, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 7, OW: 7}},
 	// Inception-v4's 1x1 160→64 at 73x73 (features.4), more pixels than wgMaxP.
 	{"1x1_160to64_73x73_n8", ConvGeom{N: 8, C: 160, H: 73, W: 73, O: 64, KH: 1, KW: 1, SH: 1, SW: 1, OH: 73, OW: 73}},
+	// Its stem's unpadded 3x3 32→32 at 149x149 and 64→96 at 73x73, whose
+	// input gradients are the im2col kernel's (genGemm).
+	{"3x3v_32to32_149x149_n4", ConvGeom{N: 4, C: 32, H: 149, W: 149, O: 32, KH: 3, KW: 3, SH: 1, SW: 1, OH: 147, OW: 147}},
+	{"3x3v_64to96_73x73_n8", ConvGeom{N: 8, C: 64, H: 73, W: 73, O: 96, KH: 3, KW: 3, SH: 1, SW: 1, OH: 71, OW: 71}},
 	// Its Reduction-A 3x3 192→224 and an Inception-A 1x1 384→96 at 35x35.
 	{"3x3_192to224_35x35_n8", ConvGeom{N: 8, C: 192, H: 35, W: 35, O: 224, KH: 3, KW: 3, SH: 1, SW: 1, PH: 1, PW: 1, OH: 35, OW: 35}},
 	{"1x1_384to96_35x35_n8", ConvGeom{N: 8, C: 384, H: 35, W: 35, O: 96, KH: 1, KW: 1, SH: 1, SW: 1, OH: 35, OW: 35}},

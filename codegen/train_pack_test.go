@@ -39,6 +39,9 @@ func TestTrainConvPacked(t *testing.T) {
 		{g: ConvGeom{N: 1, C: 40, H: 9, W: 9, O: 7, KH: 3, KW: 3, SH: 2, SW: 2}},
 		{g: ConvGeom{N: 2, C: 5, H: 9, W: 8, O: 19, KH: 3, KW: 3, SH: 1, SW: 1}},
 		{g: ConvGeom{N: 2, C: 33, H: 9, W: 7, O: 17, KH: 1, KW: 1, SH: 2, SW: 2}},
+		// A padded one that is not "same" (5x5, pad 1): windows partly
+		// outside the image, masked off in the scatter.
+		{g: ConvGeom{N: 2, C: 3, H: 8, W: 9, O: 5, KH: 5, KW: 5, SH: 1, SW: 1, PH: 1, PW: 1}},
 		{g: ConvGeom{N: 2, C: 8, H: 14, W: 14, O: 16, KH: 1, KW: 1, SH: 1, SW: 1}, os: []int{16, 16, 16}},
 		{g: ConvGeom{N: 3, C: 11, H: 7, W: 7, O: 5, KH: 1, KW: 1, SH: 1, SW: 1}, os: []int{13, 3}},
 	}
