@@ -109,6 +109,22 @@ func (m *Module) checkName(name string) error {
 	return nil
 }
 
+// declare returns the module's declaration of the LLVM intrinsic name,
+// returning ret and taking params, created on first use (nounwind).
+func (m *Module) declare(name string, ret types.Type, params ...types.Type) *ir.Func {
+	if f, ok := m.intr[name]; ok {
+		return f
+	}
+	ps := make([]*ir.Param, len(params))
+	for i, t := range params {
+		ps[i] = ir.NewParam("", t)
+	}
+	f := m.mod.NewFunc(name, ret, ps...)
+	f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
+	m.intr[name] = f
+	return f
+}
+
 // intrinsic declares (once) an overloaded LLVM intrinsic such as llvm.fma on
 // type t with n operands of that type.
 func (m *Module) intrinsic(base string, t types.Type, n int) *ir.Func {

@@ -3,7 +3,6 @@ package codegen
 import (
 	"fmt"
 
-	"github.com/llir/llvm/ir"
 	"github.com/llir/llvm/ir/constant"
 	"github.com/llir/llvm/ir/enum"
 	"github.com/llir/llvm/ir/types"
@@ -191,15 +190,8 @@ func (g *builder) splatI32(x value.Value) value.Value { return g.broadcast(x) }
 // <lanes x i1>) is false read nothing and are zero.
 func (g *builder) maskedLoad(base, off, mask value.Value) value.Value {
 	L := g.t.VectorLanes
-	name := fmt.Sprintf("llvm.masked.load.v%df32.p0", L)
-	f, ok := g.m.intr[name]
-	if !ok {
-		f = g.m.mod.NewFunc(name, g.vec,
-			ir.NewParam("", types.NewPointer(g.vec)), ir.NewParam("", types.I32),
-			ir.NewParam("", types.NewVector(uint64(L), types.I1)), ir.NewParam("", g.vec))
-		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
-		g.m.intr[name] = f
-	}
+	f := g.m.declare(fmt.Sprintf("llvm.masked.load.v%df32.p0", L), g.vec,
+		types.NewPointer(g.vec), types.I32, types.NewVector(uint64(L), types.I1), g.vec)
 	p := g.b.NewBitCast(g.gep(base, off), types.NewPointer(g.vec))
 	return g.b.NewCall(f, p, constant.NewInt(types.I32, 4), mask, g.vzero())
 }

@@ -3,7 +3,6 @@ package codegen
 import (
 	"fmt"
 
-	"github.com/llir/llvm/ir"
 	"github.com/llir/llvm/ir/constant"
 	"github.com/llir/llvm/ir/enum"
 	"github.com/llir/llvm/ir/types"
@@ -321,15 +320,8 @@ func (g *builder) ldI32Vec(tab, i value.Value) value.Value {
 func (g *builder) maskedGather(base, off, mask value.Value) value.Value {
 	L := g.t.VectorLanes
 	pv := types.NewVector(uint64(L), types.NewPointer(f32))
-	name := fmt.Sprintf("llvm.masked.gather.v%df32.v%dp0", L, L)
-	f, ok := g.m.intr[name]
-	if !ok {
-		f = g.m.mod.NewFunc(name, g.vec,
-			ir.NewParam("", pv), ir.NewParam("", types.I32),
-			ir.NewParam("", types.NewVector(uint64(L), types.I1)), ir.NewParam("", g.vec))
-		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
-		g.m.intr[name] = f
-	}
+	f := g.m.declare(fmt.Sprintf("llvm.masked.gather.v%df32.v%dp0", L, L), g.vec,
+		pv, types.I32, types.NewVector(uint64(L), types.I1), g.vec)
 	ptrs := g.b.NewGetElementPtr(f32, base, off)
 	return g.b.NewCall(f, ptrs, constant.NewInt(types.I32, 4), mask, g.vzero())
 }
@@ -339,15 +331,8 @@ func (g *builder) maskedGather(base, off, mask value.Value) value.Value {
 func (g *builder) maskedScatter(v, base, off, mask value.Value) {
 	L := g.t.VectorLanes
 	pv := types.NewVector(uint64(L), types.NewPointer(f32))
-	name := fmt.Sprintf("llvm.masked.scatter.v%df32.v%dp0", L, L)
-	f, ok := g.m.intr[name]
-	if !ok {
-		f = g.m.mod.NewFunc(name, types.Void,
-			ir.NewParam("", g.vec), ir.NewParam("", pv), ir.NewParam("", types.I32),
-			ir.NewParam("", types.NewVector(uint64(L), types.I1)))
-		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
-		g.m.intr[name] = f
-	}
+	f := g.m.declare(fmt.Sprintf("llvm.masked.scatter.v%df32.v%dp0", L, L), types.Void,
+		g.vec, pv, types.I32, types.NewVector(uint64(L), types.I1))
 	g.b.NewCall(f, v, g.b.NewGetElementPtr(f32, base, off), constant.NewInt(types.I32, 4), mask)
 }
 

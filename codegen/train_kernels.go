@@ -881,14 +881,7 @@ func (g *builder) prefetch(i value.Value) { g.prefetchRW(i, 0) }
 func (g *builder) prefetchW(i value.Value) { g.prefetchRW(i, 1) }
 
 func (g *builder) prefetchRW(i value.Value, rw int64) {
-	const name = "llvm.prefetch.p0"
-	f, ok := g.m.intr[name]
-	if !ok {
-		f = g.m.mod.NewFunc(name, types.Void, ir.NewParam("", types.NewPointer(f32)),
-			ir.NewParam("", types.I32), ir.NewParam("", types.I32), ir.NewParam("", types.I32))
-		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
-		g.m.intr[name] = f
-	}
+	f := g.m.declare("llvm.prefetch.p0", types.Void, types.NewPointer(f32), types.I32, types.I32, types.I32)
 	i32 := func(v int64) value.Value { return constant.NewInt(types.I32, v) }
 	g.b.NewCall(f, g.gep(g.arena, i), i32(rw), i32(3), i32(1))
 }

@@ -3,7 +3,6 @@ package codegen
 import (
 	"fmt"
 
-	"github.com/llir/llvm/ir"
 	"github.com/llir/llvm/ir/constant"
 	"github.com/llir/llvm/ir/enum"
 	"github.com/llir/llvm/ir/types"
@@ -368,15 +367,8 @@ func (s PoolGeom) divisorVec(g *builder, pv planeVec) value.Value {
 // maskedStore stores the lanes of v where mask is true at base+off floats.
 func (g *builder) maskedStore(v, base, off, mask value.Value) {
 	L := g.t.VectorLanes
-	name := fmt.Sprintf("llvm.masked.store.v%df32.p0", L)
-	f, ok := g.m.intr[name]
-	if !ok {
-		f = g.m.mod.NewFunc(name, types.Void, ir.NewParam("", g.vec),
-			ir.NewParam("", types.NewPointer(g.vec)), ir.NewParam("", types.I32),
-			ir.NewParam("", types.NewVector(uint64(L), types.I1)))
-		f.FuncAttrs = append(f.FuncAttrs, enum.FuncAttrNoUnwind)
-		g.m.intr[name] = f
-	}
+	f := g.m.declare(fmt.Sprintf("llvm.masked.store.v%df32.p0", L), types.Void,
+		g.vec, types.NewPointer(g.vec), types.I32, types.NewVector(uint64(L), types.I1))
 	p := g.b.NewBitCast(g.gep(base, off), types.NewPointer(g.vec))
 	g.b.NewCall(f, v, p, constant.NewInt(types.I32, 4), mask)
 }
