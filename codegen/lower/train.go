@@ -470,17 +470,25 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 		}
 		name := fmt.Sprintf("k%d", i)
-		// pack emits the kernel that packs the weight (o output channels
-		// of geometry geo) at arena offset wt for part j of the sameConv
-		// of node i (codegen.PackWeightSpec; with flip, its input
-		// gradient's flipped transpose) into the scratch area, and
-		// returns where; freeAll frees such regions once the kernel that
-		// reads them is lowered.
-		pack := func(name string, i, j, o int, geo codegen.ConvGeom, wt int, layout codegen.PackLayout) int {
-			at := sc.alloc(o * geo.C * geo.KH * geo.KW)
-			specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_pack%d", name, j), node: i,
-				spec: codegen.PackWeightSpec{O: o, C: geo.C, KH: geo.KH, KW: geo.KW, W: wt, Out: at, Layout: layout}})
-			return at
+		// packWeights emits, for a convolution kernel of geometry geo
+		// that reads packed weights, one codegen.PackWeightSpec kernel
+		// per weight (its own at *wt, then each sibling's) writing it in
+		// layout into the scratch area, points the kernel at the copies,
+		// and returns them; freeAll frees them once that kernel is
+		// lowered.
+		packWeights := func(geo codegen.ConvGeom, wt *int, sibs []codegen.ConvSibling, layout codegen.PackLayout) []int {
+			pack := func(j, o int, w *int) int {
+				at := sc.alloc(o * geo.C * geo.KH * geo.KW)
+				specs = append(specs, kernelSpec{name: fmt.Sprintf("%s_pack%d", name, j), node: i,
+					spec: codegen.PackWeightSpec{O: o, C: geo.C, KH: geo.KH, KW: geo.KW, W: *w, Out: at, Layout: layout}})
+				*w = at
+				return at
+			}
+			ats := []int{pack(0, geo.O, wt)}
+			for j := range sibs {
+				ats = append(ats, pack(j+1, sibs[j].O, &sibs[j].Wt))
+			}
+			return ats
 		}
 		freeAll := func(ats []int) {
 			for _, at := range ats {
@@ -488,18 +496,12 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 		}
 		// packGrad packs the weights of input gradient s when it pays.
-		packGrad := func(name string, i int, s *codegen.TrainConvGradInputSpec) []int {
+		packGrad := func(s *codegen.TrainConvGradInputSpec) []int {
 			if !s.PackPays() {
 				return nil
 			}
-			s.Wt = pack(name, i, 0, s.O, s.ConvGeom, s.Wt, s.PackLayout())
-			ats := []int{s.Wt}
-			for j := range s.Siblings {
-				s.Siblings[j].Wt = pack(name, i, j+1, s.Siblings[j].O, s.ConvGeom, s.Siblings[j].Wt, s.PackLayout())
-				ats = append(ats, s.Siblings[j].Wt)
-			}
 			s.Packed = true
-			return ats
+			return packWeights(s.ConvGeom, &s.Wt, s.Siblings, s.PackLayout())
 		}
 		add := func(s any) {
 			if debugTrain {
@@ -534,13 +536,8 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			}
 			var packs []int
 			if s.PackPays() {
-				s.Wt = pack(name, i, 0, geo.O, geo, s.Wt, codegen.PackForward)
-				packs = append(packs, s.Wt)
-				for j := range s.Siblings {
-					s.Siblings[j].Wt = pack(name, i, j+1, s.Siblings[j].O, geo, s.Siblings[j].Wt, codegen.PackForward)
-					packs = append(packs, s.Siblings[j].Wt)
-				}
 				s.Packed = true
+				packs = packWeights(geo, &s.Wt, s.Siblings, codegen.PackForward)
 			}
 			add(s)
 			freeAll(packs)
@@ -558,7 +555,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 			if a, ok := accOf[i]; ok {
 				s.DX, s.Acc = off(a), off(accSum[a])
 			}
-			packs := packGrad(name, i, &s)
+			packs := packGrad(&s)
 			add(s)
 			freeAll(packs)
 		case ir.OpConv2DGradWeight:
@@ -779,7 +776,7 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 					}
 					s.DX, s.Mask = off(r), codegen.ReLUMask{On: true, Y: off(g.Nodes[r].Args[1])}
 				}
-				packs := packGrad(name, i, &s)
+				packs := packGrad(&s)
 				add(s)
 				freeAll(packs)
 				specs[len(specs)-1].macs = 0
