@@ -228,7 +228,7 @@ type TrainConvSpec struct {
 	// epilogue of its up projection (see ResidualOK).
 	Residual ResidualEpilogue
 	// Packed says that Wt, and each sibling's Wt, holds the weight packed
-	// for the micro-kernel (PackWeightSpec without Flip; train_pack.go).
+	// for the micro-kernel (PackWeightSpec, layout PackForward; train_pack.go).
 	// Only the sameConv paths (PackOK) read packed weights.
 	Packed bool
 }
