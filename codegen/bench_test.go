@@ -357,7 +357,7 @@ func BenchmarkTrainConv(b *testing.B) {
 				}
 			}
 			if fs := (TrainConvGradInputSpec{ConvGeom: c.s, DY: Y, Wt: WtF, DX: X, Acc: -1, Packed: true}); fs.PackOK() {
-				if _, _, err := m.Train(fmt.Sprintf("dgradflip%d", i), fs); err != nil {
+				if _, _, err := m.Train(fmt.Sprintf("dgradpack%d", i), fs); err != nil {
 					return err
 				}
 			}
