@@ -97,8 +97,9 @@ type sameConv struct {
 	// micro-kernel's order, rather than being read in place (row-major
 	// or, with Flip, flipped).
 	Packed bool
-	// Stats, when On, makes each block write the partial BatchNorm
-	// statistics of Out (train_bnstats.go; forward only, as Outs' Stats).
+	// Stats, when On, makes each block write the partial statistics of
+	// Out as stored (train_bnstats.go): a forward's for its BatchNorm (as
+	// Outs' Stats), an input gradient's for a bias gradient's sum.
 	Stats BNStats
 	// Res (forward), Scale (input gradient, nonzero) and Mask (input
 	// gradient) are epilogues applied to Out's values as they are stored:
@@ -654,7 +655,7 @@ func (s TrainConvGradInputSpec) sameOK() bool { return s.same() }
 // further reduction segments.
 func (s TrainConvGradInputSpec) sameDgrad() sameConv {
 	sc := sameConv{N: s.N, C: s.O, H: s.H, W: s.W, O: s.C, KH: s.KH, KW: s.KW, PH: s.PH, PW: s.PW,
-		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Packed: s.Packed, Scale: s.Scale, Mask: s.Mask}
+		In: s.DY, Out: s.DX, Bias: -1, Acc: s.Acc, Wt: s.Wt, Flip: true, Packed: s.Packed, Scale: s.Scale, Mask: s.Mask, Stats: s.Stats}
 	for _, sb := range s.Siblings {
 		sc.Ins = append(sc.Ins, samePart{Ch: sb.O, At: sb.Data, Wt: sb.Wt})
 	}

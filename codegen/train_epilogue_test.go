@@ -2,6 +2,7 @@ package codegen
 
 import (
 	"fmt"
+	"math"
 	"math/rand"
 	"testing"
 )
@@ -15,7 +16,11 @@ import (
 // geometries are a 1x1 blocked image by image with a ragged last block, a
 // 1x1 over 7x7 planes in flat blocks (flatBlocks, a short last block), a
 // 3x3 and a 1x7 "same" convolution; the residual input is a separate
-// buffer and, for the 1x1, the output itself (written in place).
+// buffer and, for the 1x1, the output itself (written in place). The
+// masked input gradient also writes its partial sums (Stats) once, which
+// must leave dx bit for bit as it was, and the bias gradient of dx summed
+// from them (ChannelSumSpec.Stats) must match the float64 sum of dx within
+// 1e-6 of the sum of magnitudes, as the one reading dx does.
 func TestTrainConvEpilogues(t *testing.T) {
 	geoms := []ConvGeom{
 		{N: 2, C: 24, H: 14, W: 14, O: 20, KH: 1, KW: 1, SH: 1, SW: 1},
@@ -38,7 +43,8 @@ func TestTrainConvEpilogues(t *testing.T) {
 					at := 0
 					next := func(n int) int { a := at; at += n + gap; return a }
 					X, W, B, SK, Y, YR, DY, DX, DXS := next(nx), next(nw), next(s.O), next(ny), next(ny), next(ny), next(ny), next(nx), next(nx)
-					MY, DXM := next(nx), next(nx)
+					MY, DXM, DXT := next(nx), next(nx), next(nx)
+					SUMS, BD, BS := next(StatsFloats(s.C, s.N, s.H*s.W)), next(s.C), next(s.C)
 					arena := make([]float32, at)
 					fill(arena, sentinel)
 					skip := randn(r, ny)
@@ -62,14 +68,19 @@ func TestTrainConvEpilogues(t *testing.T) {
 					dscale.DX, dscale.Scale = DXS, c
 					dmask := dgrad
 					dmask.DX, dmask.Mask = DXM, ReLUMask{On: true, Y: MY}
-					if !fres.ResidualOK() || !dscale.ScaleOK() || !dmask.MaskOK() {
+					dsums := dmask
+					dsums.DX, dsums.Stats = DXT, BNStats{On: true, At: SUMS, Flat: dmask.FlatStats()}
+					bdirect := ChannelSumSpec{Outer: s.N, C: s.C, Inner: s.H * s.W, DY: DXM, Out: BD}
+					bsums := ChannelSumSpec{Outer: s.N, C: s.C, Inner: s.H * s.W, DY: DXT, Out: BS, Stats: dsums.Stats}
+					if !fres.ResidualOK() || !dscale.ScaleOK() || !dmask.MaskOK() || !dsums.StatsOK() {
 						t.Fatalf("geometry %+v: no epilogue", s)
 					}
 					lib := buildLibFor(t, []Target{ts}, func(m *Module) error {
 						for _, k := range []struct {
 							n string
 							s TrainKernel
-						}{{"fwd", fwd}, {"fres", fres}, {"dgrad", dgrad}, {"dscale", dscale}, {"dmask", dmask}} {
+						}{{"fwd", fwd}, {"fres", fres}, {"dgrad", dgrad}, {"dscale", dscale}, {"dmask", dmask},
+							{"dsums", dsums}, {"bdirect", bdirect}, {"bsums", bsums}} {
 							if _, _, err := m.Train(k.n, k.s); err != nil {
 								return err
 							}
@@ -81,6 +92,26 @@ func TestTrainConvEpilogues(t *testing.T) {
 					a = runChecked(t, kernel(t, lib, "dgrad", ts), a, nil, dgrad.tileCount())
 					a = runChecked(t, kernel(t, lib, "dscale", ts), a, nil, dscale.tileCount())
 					a = runChecked(t, kernel(t, lib, "dmask", ts), a, nil, dmask.tileCount())
+					a = runChecked(t, kernel(t, lib, "dsums", ts), a, nil, dsums.tileCount())
+					a = runChecked(t, kernel(t, lib, "bdirect", ts), a, nil, bdirect.tileCount())
+					a = runChecked(t, kernel(t, lib, "bsums", ts), a, nil, bsums.tileCount())
+					P := s.H * s.W
+					for ch := 0; ch < s.C; ch++ {
+						var sum, mag float64
+						for n := 0; n < s.N; n++ {
+							for _, v := range a[DXM+(n*s.C+ch)*P:][:P] {
+								sum, mag = sum+float64(v), mag+math.Abs(float64(v))
+							}
+						}
+						for _, b := range []struct {
+							name string
+							at   int
+						}{{"from dx", BD}, {"from partial sums", BS}} {
+							if got := float64(a[b.at+ch]); math.Abs(got-sum) > 1e-6*mag+1e-30 {
+								t.Fatalf("bias gradient %s, channel %d: %v, want %v (Σ|v| = %v)", b.name, ch, got, sum, mag)
+							}
+						}
+					}
 					for i := 0; i < ny; i++ {
 						m := float32(c * a[Y+i])
 						want := max(float32(skip[i]+m), 0)
@@ -99,9 +130,13 @@ func TestTrainConvEpilogues(t *testing.T) {
 						if got := a[DXM+i]; got != want {
 							t.Fatalf("masked input gradient: element %d is %v, want %v (mask %v)", i, got, want, mask[i])
 						}
+						if got := a[DXT+i]; got != want {
+							t.Fatalf("masked input gradient with partial sums: element %d is %v, want %v", i, got, want)
+						}
 					}
 					checkUnchanged(t, "gaps", a, arena, func(i int) bool {
-						for _, rg := range [][2]int{{Y, ny}, {YR, ny}, {DX, nx}, {DXS, nx}, {DXM, nx}} {
+						for _, rg := range [][2]int{{Y, ny}, {YR, ny}, {DX, nx}, {DXS, nx}, {DXM, nx}, {DXT, nx},
+							{SUMS, dsums.Stats.blocks(s.N, s.H*s.W) * s.C * 3}, {BD, s.C}, {BS, s.C}} {
 							if i >= rg[0] && i < rg[0]+rg[1] {
 								return true
 							}

@@ -447,6 +447,25 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		statsAt[b] = st
 		return st
 	}
+	// A bias gradient of a value that an input-gradient group's kernel
+	// writes whole (the up projection's gradient in an Inception-ResNet
+	// block) reads the partial sums that kernel stores with it
+	// (codegen.TrainConvGradInputSpec.Stats) instead of the value:
+	// biasOfGrad[v] is the bias_grad reading node v's value, biasSums[b]
+	// bias_grad b's region, allocated by the writer and freed by b.
+	biasOfGrad, biasSums := map[int]int{}, map[int]codegen.BNStats{}
+	for i, n := range g.Nodes {
+		if n.Op != ir.OpBiasGrad || len(g.Nodes[n.Args[0]].Type.Shape) != 4 {
+			continue
+		}
+		v := n.Args[0]
+		if dr, ok := scaledBy[v]; ok {
+			v = dr
+		}
+		if _, ok := biasOfGrad[v]; !ok {
+			biasOfGrad[v] = i
+		}
+	}
 	var specs []kernelSpec
 	for i, n := range g.Nodes {
 		if fused[i] {
@@ -607,7 +626,11 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 		case ir.OpBiasGrad:
 			o, ch, in := channelLayout(arg(0).Type.Shape)
 			dy, c := gradOf(n.Args[0])
-			add(codegen.ChannelSumSpec{Outer: o, C: ch, Inner: in, DY: dy, Out: off(i)})
+			st, ok := biasSums[i]
+			if ok {
+				sc.free(st.At)
+			}
+			add(codegen.ChannelSumSpec{Outer: o, C: ch, Inner: in, DY: dy, Out: off(i), Stats: st})
 			if c != 0 {
 				specs = scaleOut(specs, name, i, n.Type.Numel(), c)
 			}
@@ -775,6 +798,14 @@ func lowerTrainNodes(g *ir.Graph, plan *passes.Plan, B, lrOff int) ([]kernelSpec
 						return nil, 0, ir.Errorf(g.Nodes[r].Pos, "codegen: %%%d relu_grad: its input-gradient group cannot apply the mask", r)
 					}
 					s.DX, s.Mask = off(r), codegen.ReLUMask{On: true, Y: off(g.Nodes[r].Args[1])}
+				}
+				w := i
+				if r, ok := maskOf[i]; ok {
+					w = r
+				}
+				if b, ok := biasOfGrad[w]; ok && s.StatsOK() && s.DX == off(w) {
+					s.Stats = codegen.BNStats{On: true, At: sc.alloc(codegen.StatsFloats(geo.C, geo.N, geo.H*geo.W)), Flat: s.FlatStats()}
+					biasSums[b] = s.Stats
 				}
 				packs := packGrad(&s)
 				add(s)

@@ -373,7 +373,7 @@ func TestFuseTrainReLU(t *testing.T) {
 			}
 			var bnStats, convStats int
 			var bn, bnReLU, bnGrad, bnGradReLU, bnGradMaskX, dyViews, slices, yViews, concatCopies, relu, reluGrad, adds, accs int
-			var resFwd, scales, resConv, scaledDgrad, scaledSmall, poolAccs, masked int
+			var resFwd, scales, resConv, scaledDgrad, scaledSmall, poolAccs, masked, sums, biasFromSums int
 			for _, k := range specs {
 				switch s := k.spec.(type) {
 				case codegen.TrainConvGradInputSpec:
@@ -382,6 +382,9 @@ func TestFuseTrainReLU(t *testing.T) {
 					}
 					if s.Mask.On {
 						masked++
+					}
+					if s.Stats.On {
+						sums++
 					}
 					// Each sibling's gradient and the addend are sums the
 					// kernel does.
@@ -513,6 +516,19 @@ func TestFuseTrainReLU(t *testing.T) {
 			t.Logf("%s: %d relu masks applied by input-gradient groups, %d relu_grad kernels left", net, masked, reluGrad)
 			if masked != wantMasked {
 				t.Errorf("%d relu masks applied by input-gradient groups, want %d", masked, wantMasked)
+			}
+			// The up projections' bias gradients of those sums add the
+			// partial sums their input-gradient kernel wrote
+			// (codegen.ChannelSumSpec.Stats), and no other kernel writes
+			// any.
+			for _, k := range specs {
+				if s, ok := k.spec.(codegen.ChannelSumSpec); ok && s.Stats.On {
+					biasFromSums++
+				}
+			}
+			t.Logf("%s: %d bias gradients from partial sums, %d input-gradient kernels write them", net, biasFromSums, sums)
+			if biasFromSums != wantMasked || sums != wantMasked {
+				t.Errorf("%d bias gradients from partial sums and %d input-gradient kernels writing them, want %d", biasFromSums, sums, wantMasked)
 			}
 			// Every relu_grad whose only user is a BatchNorm gradient is
 			// fused (the plan keeps its operands live to that gradient).
