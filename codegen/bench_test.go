@@ -163,6 +163,8 @@ func BenchmarkTrainPool(b *testing.B) {
 	}{
 		{"3x3s2_147x147", PoolGeom{Planes: 64, H: 147, W: 147, KH: 3, KW: 3, SH: 2, SW: 2, OH: 73, OW: 73, Max: true}},
 		{"3x3s2_71x71", PoolGeom{Planes: 64, H: 71, W: 71, KH: 3, KW: 3, SH: 2, SW: 2, OH: 35, OW: 35, Max: true}},
+		// The mini nets' reduction pool (padded, phased) at batch 128.
+		{"3x3s2p1_14x14_n128", PoolGeom{Planes: 128 * 64, H: 14, W: 14, KH: 3, KW: 3, SH: 2, SW: 2, PH: 1, PW: 1, OH: 7, OW: 7, Max: true}},
 	}
 	const X, DY, Y, DX = 0, 2 << 20, 3 << 20, 4 << 20
 	tgt := x86Targets(b)[0]

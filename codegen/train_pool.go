@@ -39,7 +39,9 @@ import (
 //     gradient then adds each dy to its pixel in output order. Two max
 //     pool shapes take that rule in vectors instead: stride-2 windows over
 //     phase planes (maxTapsPhased) and unpadded ones with column stride 2
-//     (maxTapsStride2, the Inception stems' "valid" 3x3 pools).
+//     (maxTapsStride2, the Inception stems' "valid" 3x3 pools). The
+//     phased ones split each plane one plane ahead (splitAhead), and
+//     their gradient adds dy tap by tap in registers (maxGradPhased).
 //
 // The scratch planes are stack buffers of OH·OW floats (and i32 indexes for
 // max), so planes up to poolFastMax outputs use these kernels and larger
@@ -83,7 +85,8 @@ func (s PoolGeom) forOutputs(g *builder, f func(i, oh, ow value.Value)) {
 // tables start at "none" (idx −1, or a first-tap flag kept in idx).
 func (s PoolGeom) maxTaps(g *builder, x, best, idx, phases value.Value) {
 	if phases != nil {
-		s.maxTapsPhased(g, x, best, idx, phases)
+		g.phaseSplit(phases, x, 1, s.H, s.W, phaseStride(s.OH*s.OW))
+		s.maxTapsPhased(g, best, idx, phases, false)
 		return
 	}
 	if s.stride2Valid() {
@@ -120,9 +123,26 @@ func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
 	L := g.t.VectorLanes
 	idx = g.stackI32(ceilDiv(s.OH*s.OW, L) * L)
 	if s.conv().phased() {
-		phases = g.stackBuf(4 * phaseStride(s.OH*s.OW))
+		phases = g.stackBuf(8 * phaseStride(s.OH*s.OW))
 	}
 	return idx, phases
+}
+
+// splitAhead returns the phase planes of plane t of a tile loop at x(t),
+// split (builder.phaseSplit) one plane ahead into the two halves of
+// phases (maxScratch), alternately: plane t+1 is split before plane t is
+// pooled. Split and read at once, the taps' shifted vector loads each
+// overlapped several of the split's stores still in flight, which the
+// CPU cannot forward, and waited for them to retire (Zen 5: the mini nets'
+// 14x14 pool ran at 500 cycles a plane).
+func (s PoolGeom) splitAhead(g *builder, t value.Value, x func(t value.Value) value.Value, phases value.Value) value.Value {
+	PS := phaseStride(s.OH * s.OW)
+	buf := func(t value.Value) value.Value { return g.gep(phases, g.mul(g.b.NewAnd(t, ci(1)), ci(4*PS))) }
+	split := func(t value.Value) { g.phaseSplit(buf(t), x(t), 1, s.H, s.W, PS) }
+	g.ifThen(g.icmp(enum.IPredEQ, t, g.begin), func() { split(t) })
+	next := g.add(t, ci(1))
+	g.ifThen(g.icmp(enum.IPredSLT, next, g.end), func() { split(next) })
+	return buf(t)
 }
 
 // maxTapsPhased is maxTaps for a stride-2 window over the phase planes of
@@ -133,11 +153,12 @@ func (s PoolGeom) maxScratch(g *builder) (idx, phases value.Value) {
 // per lane (first in-bounds pixel, then a strictly greater value or the
 // first NaN; nothing replaces a NaN). Lanes are valid only where the
 // pixel exists (a phase plane of an odd-sized input has a zero row or
-// column that is not a pixel).
-func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
+// column that is not a pixel). With ids, idx gets the winning tap's index
+// kh·KW + kw instead of the pixel's (−1: none), for maxGradPhased. The
+// caller splits the plane into phases (phaseSplit, splitAhead).
+func (s PoolGeom) maxTapsPhased(g *builder, best, idx, phases value.Value, ids bool) {
 	L := g.t.VectorLanes
 	PS := phaseStride(s.OH * s.OW)
-	g.phaseSplit(phases, x, 1, s.H, s.W, PS)
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
 	vt := types.NewVector(uint64(L), types.I1)
 	g.planeVecs(s.OH, s.OW, func(pv planeVec) {
@@ -156,7 +177,11 @@ func (s PoolGeom) maxTapsPhased(g *builder, x, best, idx, phases value.Value) {
 					g.b.NewXor(g.b.NewFCmp(enum.FPredUNO, bv, bv), constant.NewVector(vt, trues(L)...)))
 				repl := g.b.NewAnd(ok, g.b.NewOr(g.b.NewXor(have, constant.NewVector(vt, trues(L)...)), better))
 				bv = g.b.NewSelect(repl, val, bv)
-				iv = g.b.NewSelect(repl, g.b.NewAdd(g.b.NewMul(r, vi(s.W)), c), iv)
+				if ids {
+					iv = g.b.NewSelect(repl, vi(kh*s.KW+kw), iv)
+				} else {
+					iv = g.b.NewSelect(repl, g.b.NewAdd(g.b.NewMul(r, vi(s.W)), c), iv)
+				}
 				have = g.b.NewOr(have, ok)
 			}
 		}
@@ -270,17 +295,31 @@ type planeVec struct {
 	hv, wv value.Value
 }
 
-// planeVecs calls f for every vector of an H×W plane.
+// planeVecs calls f for every vector of an H×W plane. Planes of at most
+// planeUnroll vectors are unrolled: each vector's positions are then
+// constants, and so are the masks and indexes derived from them (the
+// mini nets' 7x7 max pool: 4 vectors of 9 taps per plane, 8192 planes).
 func (g *builder) planeVecs(H, W int, f func(pv planeVec)) {
 	L := g.t.VectorLanes
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
-	g.loopN(ceilDiv(H*W, L), nil, func(v value.Value, _ []value.Value) []value.Value {
-		p0 := g.mul(v, ci(L))
+	one := func(p0 value.Value) {
 		in, oh, ow := g.pixelVec(p0, 0, H*W, W)
 		f(planeVec{p: p0, oh: oh, ow: ow, in: in, hv: vi(H), wv: vi(W)})
+	}
+	if nv := ceilDiv(H*W, L); nv <= planeUnroll {
+		for v := 0; v < nv; v++ {
+			one(ci(v * L))
+		}
+		return
+	}
+	g.loopN(ceilDiv(H*W, L), nil, func(v value.Value, _ []value.Value) []value.Value {
+		one(g.mul(v, ci(L)))
 		return nil
 	})
 }
+
+// planeUnroll is the most vectors of a plane that planeVecs unrolls.
+const planeUnroll = 4
 
 // pixelVec returns the in-plane mask and the (oh, ow) of the lanes of the
 // vector of flattened pixels p0+off+[0, lanes) of a plane of P pixels W
@@ -396,6 +435,12 @@ func (s TrainPoolSpec) genFast(g *builder) {
 	g.tiles(func(p value.Value) {
 		x := g.add(ci(s.X), g.mul(p, ci(s.H*s.W)))
 		out := g.add(ci(s.Out), g.mul(p, ci(s.OH*s.OW)))
+		if phases != nil {
+			s.maxTapsPhased(g, g.gep(g.arena, out), idx, s.splitAhead(g, p, func(t value.Value) value.Value {
+				return g.add(ci(s.X), g.mul(t, ci(s.H*s.W)))
+			}, phases), false)
+			return
+		}
 		if s.Max {
 			s.maxTaps(g, x, g.gep(g.arena, out), idx, phases)
 			return
@@ -446,6 +491,10 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 	if s.Max {
 		idx, phases = s.maxScratch(g)
 	}
+	if phases != nil && ceilDiv(s.OH*s.OW, g.t.VectorLanes) <= maxGradVecs {
+		s.maxGradPhased(g, scratch, idx, phases)
+		return
+	}
 	g.tiles(func(p value.Value) {
 		dx := g.add(ci(s.DX), g.mul(p, ci(s.H*s.W)))
 		dy := g.add(ci(s.DY), g.mul(p, ci(s.OH*s.OW)))
@@ -474,5 +523,108 @@ func (s TrainPoolGradSpec) genFast(g *builder) {
 				return nil
 			})
 		})
+	})
+}
+
+// maxGradPhased is the max pooling gradient over phase planes
+// (ConvGeom.phased: the 3x3 stride-2 pool with padding 1) in vectors held
+// in registers: per plane, maxTapsPhased finds each output's winning tap;
+// then each vector of each phase plane of dx (the addend split into
+// phases, or zeros) takes, tap by tap, the dy of the outputs whose window
+// reaches it through that tap and which that tap won: the tap's shift
+// (⌊(k−pad)/2⌋ ∈ {−1, 0} rows and columns) makes them the lanes of dy and
+// of the winners a constant number of lanes further on, one two-vector
+// shuffle each. The phases are then merged back into dx, interleaved
+// from the registers.
+// Taps run in descending order: the windows that share a pixel reach it
+// by taps that fall as the output index rises, so every pixel takes its
+// contributions in output order (a select, not an add of zero, where a
+// tap did not win), as the scalar loop over outputs did, and the sums are
+// its bits. Before, that loop ran per output (Zen 5, the mini nets'
+// 8192-plane 14x14 pool at batch 128, one thread: 1.5–1.7 ms).
+// maxGradVecs is the most vectors of an output plane that maxGradPhased,
+// fully unrolled, takes; larger planes add dy output by output.
+const maxGradVecs = 16
+
+func (s TrainPoolGradSpec) maxGradPhased(g *builder, best, idx, phases value.Value) {
+	L := g.t.VectorLanes
+	P := s.OH * s.OW
+	PS := phaseStride(P)
+	NV := ceilDiv(P, L)
+	acc := g.stackBuf(4 * PS)
+	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
+	vt := types.NewVector(uint64(L), types.I32)
+	g.tiles(func(p value.Value) {
+		plane := g.mul(p, ci(s.H*s.W))
+		dy := g.add(ci(s.DY), g.mul(p, ci(P)))
+		s.maxTapsPhased(g, best, idx, s.splitAhead(g, p, func(t value.Value) value.Value {
+			return g.add(ci(s.X), g.mul(t, ci(s.H*s.W)))
+		}, phases), true)
+		if s.Acc >= 0 {
+			g.phaseSplit(acc, g.add(ci(s.Acc), plane), 1, s.H, s.W, PS)
+		}
+		// The plane's dy and winners, then pad vectors (no dy, no
+		// winner) as far as the largest shift reaches.
+		pad := ceilDiv(s.OW+1, L) + 1
+		ds, ws := make([]value.Value, NV+pad), make([]value.Value, NV+pad)
+		for v := 0; v < NV; v++ {
+			in := g.prefixMask(P - v*L)
+			ds[v] = g.maskedLoad(g.arena, g.add(dy, ci(v*L)), in)
+			w := g.b.NewLoad(vt, g.b.NewBitCast(g.b.NewGetElementPtr(types.I32, idx, ci(v*L)), types.NewPointer(vt)))
+			w.Align = 4
+			ws[v] = g.b.NewSelect(in, w, vi(-1))
+		}
+		for v := NV; v < NV+pad; v++ {
+			ds[v], ws[v] = g.vzero(), vi(-1)
+		}
+		// at returns lanes o..o+L of xs.
+		at := func(xs []value.Value, o int) value.Value {
+			v, r := o/L, o%L
+			if r == 0 {
+				return xs[v]
+			}
+			return g.b.NewShuffleVector(xs[v], xs[v+1], g.i32Vec(func(l int) int { return r + l }))
+		}
+		var res [4][]value.Value
+		for ph := 0; ph < 4; ph++ {
+			res[ph] = make([]value.Value, NV+1)
+			res[ph][NV] = g.vzero()
+			for v := 0; v < NV; v++ {
+				off := ci(ph*PS + v*L)
+				var a value.Value = g.vzero()
+				if s.Acc >= 0 {
+					a = g.vload(acc, off)
+				}
+				for t := s.KH*s.KW - 1; t >= 0; t-- {
+					pa, dh := phaseOf(t/s.KW - s.PH)
+					pb, dw := phaseOf(t%s.KW - s.PW)
+					if 2*pa+pb != ph {
+						continue
+					}
+					// Phase pixel q = output p + dh·OW + dw: p = q + sh.
+					sh := -(dh*s.OW + dw)
+					won := g.b.NewICmp(enum.IPredEQ, at(ws, v*L+sh), vi(t))
+					a = g.sel(won, g.fadd(a, at(ds, v*L+sh)), a)
+				}
+				res[ph][v] = a
+			}
+		}
+		// Merged into dx from the registers: input row r is row r/2 of
+		// phases (r mod 2, 0) and (r mod 2, 1), interleaved (a pass
+		// through the stack would load across the stores of several
+		// vectors, which the CPU cannot forward).
+		lo := g.i32Vec(func(l int) int { return l/2 + l%2*L })
+		hi := g.i32Vec(func(l int) int { return (L+l)/2 + l%2*L })
+		dx := g.add(ci(s.DX), plane)
+		for r := 0; r < s.H; r++ {
+			for j0 := 0; j0 < s.OW; j0 += L {
+				ev, od := at(res[r%2*2], r/2*s.OW+j0), at(res[r%2*2+1], r/2*s.OW+j0)
+				out := g.add(dx, ci(r*s.W+2*j0))
+				g.maskedStore(g.b.NewShuffleVector(ev, od, lo), g.arena, out, g.prefixMask(s.W-2*j0))
+				if s.W > 2*j0+L {
+					g.maskedStore(g.b.NewShuffleVector(ev, od, hi), g.arena, g.add(out, ci(L)), g.prefixMask(s.W-2*j0-L))
+				}
+			}
+		}
 	})
 }
