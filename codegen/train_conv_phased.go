@@ -165,8 +165,7 @@ func (s TrainConvGradInputSpec) genPhased(g *builder) {
 func (s TrainConvGradInputSpec) phaseMerge(g *builder, planes, dx value.Value) {
 	L := g.t.VectorLanes
 	P := s.OH * s.OW
-	lo := g.i32Vec(func(l int) int { return l/2 + (l%2)*L })
-	hi := g.i32Vec(func(l int) int { return (L+l)/2 + (l%2)*L })
+	lo, hi := g.interleave()
 	// row merges input row r of channel c; full stores whole vectors,
 	// running past the row into the next one (merged after it).
 	row := func(c, r value.Value, full bool) {

@@ -624,6 +624,16 @@ func (g *builder) phaseSplit(buf, x value.Value, C, H0, W0, ps int) {
 	})
 }
 
+// interleave returns the shuffle masks that interleave two vectors a and
+// b lane by lane: lo gives a0 b0 a1 b1 … of their first halves, hi of
+// their second halves (merging phase planes' even and odd columns).
+func (g *builder) interleave() (lo, hi value.Value) {
+	L := g.t.VectorLanes
+	lo = g.i32Vec(func(l int) int { return l/2 + l%2*L })
+	hi = g.i32Vec(func(l int) int { return (L+l)/2 + l%2*L })
+	return lo, hi
+}
+
 // prefixMask is the constant lane mask whose first w lanes are set.
 func (g *builder) prefixMask(w int) value.Value {
 	el := make([]constant.Constant, g.t.VectorLanes)

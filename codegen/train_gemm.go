@@ -920,8 +920,7 @@ func (tp *transPacker) pack(g *builder, panel, p0 value.Value, pc, w int) {
 // C-20(2), 1971).
 func (g *builder) transpose(rows []value.Value) []value.Value {
 	L := len(rows)
-	lo := g.i32Vec(func(l int) int { return l/2 + (l%2)*L })
-	hi := g.i32Vec(func(l int) int { return (L+l)/2 + (l%2)*L })
+	lo, hi := g.interleave()
 	for n := L; n > 1; n /= 2 {
 		next := make([]value.Value, L)
 		for i := 0; i < L/2; i++ {

@@ -551,7 +551,10 @@ func (s TrainPoolGradSpec) maxGradPhased(g *builder, best, idx, phases value.Val
 	P := s.OH * s.OW
 	PS := phaseStride(P)
 	NV := ceilDiv(P, L)
-	acc := g.stackBuf(4 * PS)
+	var acc value.Value // the addend's phase planes
+	if s.Acc >= 0 {
+		acc = g.stackBuf(4 * PS)
+	}
 	vi := func(c int) value.Value { return g.i32Vec(func(int) int { return c }) }
 	vt := types.NewVector(uint64(L), types.I32)
 	g.tiles(func(p value.Value) {
@@ -613,8 +616,7 @@ func (s TrainPoolGradSpec) maxGradPhased(g *builder, best, idx, phases value.Val
 		// phases (r mod 2, 0) and (r mod 2, 1), interleaved (a pass
 		// through the stack would load across the stores of several
 		// vectors, which the CPU cannot forward).
-		lo := g.i32Vec(func(l int) int { return l/2 + l%2*L })
-		hi := g.i32Vec(func(l int) int { return (L+l)/2 + l%2*L })
+		lo, hi := g.interleave()
 		dx := g.add(ci(s.DX), plane)
 		for r := 0; r < s.H; r++ {
 			for j0 := 0; j0 < s.OW; j0 += L {
