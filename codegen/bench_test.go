@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -323,6 +324,47 @@ func benchTrainKernel(b *testing.B, k, pk ktest.Kernel, tgt Target, arena []floa
 	b.ReportMetric(gf, "GFLOP/s")
 	b.ReportMetric(100*gf/peak, "%peak")
 	b.ReportMetric(measure2(k, arena, tiles, flops), "GFLOP/s-2t")
+	if *benchCold {
+		b.ReportMetric(measureCold2(k, arena, tiles, flops), "GFLOP/s-2t-cold")
+	}
+}
+
+// benchCold makes the training-kernel benchmarks also report GFLOP/s on two
+// threads with cold caches (measureCold2), as the kernels of a training
+// step find them: every tensor of a batch-128 step is larger than the L2.
+var benchCold = flag.Bool("bench-cold", false, "also time the training kernels on two threads after evicting the caches (GFLOP/s-2t-cold)")
+
+// measureCold2 is measure2 with the caches emptied before each run by
+// writing and reading a 256 MiB buffer (larger than any L3 here), the
+// median of 15 runs.
+func measureCold2(k ktest.Kernel, arena []float32, tiles int, flops int64) float64 {
+	evict := make([]float32, 64<<20)
+	var sink float32
+	ds := make([]time.Duration, 15)
+	for rep := range ds {
+		for i := range evict {
+			evict[i] += 1
+		}
+		for i := 0; i < len(evict); i += 16 {
+			sink += evict[i]
+		}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for t := 0; t < 2; t++ {
+			wg.Add(1)
+			go func(t int) {
+				defer wg.Done()
+				k.Run(arena, nil, tiles*t/2, tiles*(t+1)/2)
+			}(t)
+		}
+		wg.Wait()
+		ds[rep] = time.Since(start)
+	}
+	if sink < 0 {
+		panic("unreachable")
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return float64(flops) / ds[len(ds)/2].Seconds() * 1e-9
 }
 
 // BenchmarkTrainConv reports, like BenchmarkTrainConvGradWeight, the
